@@ -1,0 +1,93 @@
+"""How the client hands a frame to the sidecar, behind one small interface.
+
+A transport has `send(frame)`, `send_blob(frame, blob)` and `close(linger)`.
+Both sends either queue the message at once or raise `QueueFull` (the local
+queue is at its limit) or `TransportError` (anything else); neither blocks.
+ZeroMQ PUSH is the only transport today; a shared-memory ring can join it
+without touching `Client`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import zmq
+
+# pyzmq documents that zero-copy sends cost more than copying below tens of
+# kilobytes, because the IO thread must track the buffer's lifetime.
+ZERO_COPY_MIN_BYTES = 64 * 1024
+
+_NOBLOCK = zmq.NOBLOCK
+_SNDMORE_NOBLOCK = zmq.NOBLOCK | zmq.SNDMORE
+
+
+class QueueFull(Exception):
+    """The local send queue is at its high-water mark: the message was not queued."""
+
+
+class TransportError(Exception):
+    """The transport cannot queue the message for another reason (closed, broken)."""
+
+
+class Transport(Protocol):
+    def send(self, frame: bytes) -> None: ...
+
+    def send_blob(self, frame: bytes, blob: bytes | bytearray | memoryview) -> None: ...
+
+    def close(self, linger: float) -> None: ...
+
+
+class ZmqTransport:
+    """A PUSH socket connected to the sidecar's PULL socket.
+
+    `queue_size` is the send high-water mark in messages: while the sidecar is
+    absent or slow, that many messages wait in this process and flow when it
+    is back. Each transport has its own context, so closing one never waits on
+    another's queue.
+    """
+
+    def __init__(self, endpoint: str, *, queue_size: int) -> None:
+        self._ctx = zmq.Context(io_threads=1)
+        sock = self._ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, queue_size)
+        # A socket's own linger is set at close(); until then never hang the
+        # process on exit if the interpreter tears the context down first.
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            self._ctx.term()
+            raise TransportError(f"cannot connect to {endpoint!r}: {exc}") from None
+        self._sock = sock
+        self._raw_send = sock.send
+
+    def send(self, frame: bytes) -> None:
+        try:
+            self._raw_send(frame, _NOBLOCK)
+        except zmq.Again:
+            raise QueueFull from None
+        except zmq.ZMQError as exc:
+            raise TransportError(str(exc)) from None
+
+    def send_blob(self, frame: bytes, blob: bytes | bytearray | memoryview) -> None:
+        # Multipart messages are atomic: once the first frame is accepted the
+        # second cannot meet the high-water mark.
+        try:
+            self._raw_send(frame, _SNDMORE_NOBLOCK)
+            self._raw_send(blob, _NOBLOCK, copy=len(blob) < ZERO_COPY_MIN_BYTES)
+        except zmq.Again:
+            raise QueueFull from None
+        except zmq.ZMQError as exc:
+            raise TransportError(str(exc)) from None
+
+    def close(self, linger: float) -> None:
+        """Wait at most `linger` seconds for queued messages to leave, then drop them."""
+        self._sock.close(linger=int(linger * 1000))
+        self._ctx.term()
+
+    def abandon(self) -> None:
+        """Forget the socket without touching it: used in a forked child,
+        where the parent's context must not be closed or terminated."""
+        self._sock = None  # type: ignore[assignment]
+        self._ctx = None  # type: ignore[assignment]

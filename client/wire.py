@@ -1,0 +1,121 @@
+"""The wire contract between `client` and `sidecar`: kinds, envelope, endpoint.
+
+One event is one ZeroMQ message. Its first frame is a JSON array::
+
+    [1, client_id, seq, kind, key, ref, emitted_ns, payload]
+
+and an optional second frame carries a binary blob (S3 bodies, images).
+A positional array costs less to encode than an object, and the sidecar
+stores the frame as received, so the hot path serialises exactly once.
+
+`seq` counts from 1 per client; control messages (kinds starting with
+``_``) carry ``seq = 0`` and never count towards gap detection.
+
+>>> frame = encode("c1", 1, "webhook.post", None, None, 0, {"text": "hi"})
+>>> decode(frame).kind
+'webhook.post'
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+VERSION = 1
+
+# Every kind the sidecar can deliver. The client refuses others at once, so
+# a typo shows up in the trading process rather than in the sidecar's rejects.
+KINDS: frozenset[str] = frozenset(
+    {
+        "notion.page.create",
+        "notion.page.update",
+        "notion.blocks.append",
+        "s3.put",
+        "naver.product.update",
+        "naver.images.upload",
+        "webhook.post",
+    }
+)
+
+# Control kinds: the client's own counters, sent now and then and at close.
+STATS = "_client.stats"
+BYE = "_client.bye"
+CONTROL_KINDS: frozenset[str] = frozenset({STATS, BYE})
+
+SYSTEMD_RUNTIME_DIR = "/run/trading-sidecar"
+
+
+def default_endpoint() -> str:
+    """Where client and sidecar meet when nothing is configured.
+
+    ``SIDECAR_ENDPOINT`` wins; else the systemd unit's runtime directory if
+    it exists; else a per-user socket in the temp directory.
+    """
+    env = os.environ.get("SIDECAR_ENDPOINT")
+    if env:
+        return env
+    if os.path.isdir(SYSTEMD_RUNTIME_DIR):
+        return f"ipc://{SYSTEMD_RUNTIME_DIR}/ingest.sock"
+    return f"ipc://{tempfile.gettempdir()}/trading-sidecar-{os.getuid()}.sock"
+
+
+def encode(
+    client_id: str,
+    seq: int,
+    kind: str,
+    key: str | None,
+    ref: str | None,
+    emitted_ns: int,
+    payload: Any,
+) -> bytes:
+    """Serialise one event's first frame (raises TypeError if not JSON-able)."""
+    return orjson.dumps([VERSION, client_id, seq, kind, key, ref, emitted_ns, payload])
+
+
+class WireError(ValueError):
+    """A frame that is not a valid envelope; `reason` names why, for counters."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    client_id: str
+    seq: int
+    kind: str
+    key: str | None
+    ref: str | None
+    emitted_ns: int
+    payload: Any
+
+
+def decode(frame: bytes) -> Envelope:
+    """Parse and check one first frame; raise WireError with a counter reason."""
+    try:
+        doc = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise WireError("bad_json", str(exc)) from None
+    if not isinstance(doc, list) or len(doc) != 8:
+        raise WireError("bad_envelope", "expected a JSON array of 8 items")
+    version, client_id, seq, kind, key, ref, emitted_ns, payload = doc
+    if version != VERSION:
+        raise WireError("bad_version", f"envelope version {version!r}, expected {VERSION}")
+    if not isinstance(client_id, str) or not client_id:
+        raise WireError("bad_envelope", "client_id must be a non-empty string")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise WireError("bad_envelope", "seq must be a non-negative integer")
+    if not isinstance(kind, str):
+        raise WireError("bad_envelope", "kind must be a string")
+    if key is not None and not isinstance(key, str):
+        raise WireError("bad_envelope", "key must be a string or null")
+    if ref is not None and not isinstance(ref, str):
+        raise WireError("bad_envelope", "ref must be a string or null")
+    if not isinstance(emitted_ns, int) or isinstance(emitted_ns, bool):
+        raise WireError("bad_envelope", "emitted_ns must be an integer")
+    return Envelope(client_id, seq, kind, key, ref, emitted_ns, payload)

@@ -1,0 +1,132 @@
+"""Settings: frozen dataclasses read from TOML at the edge; every field has a default.
+
+    cfg = load_config("sidecar.toml")      # or load_config(None) for the defaults
+    cfg.notion.rate_per_second             # 3.0
+
+Unknown sections or keys are an error that names them, so a typo in a
+config file cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client import wire
+
+
+def _default_journal_dir() -> str:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY; elsewhere use the user's state dir.
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return state.split(":")[0]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "trading-sidecar")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    endpoint: str = field(default_factory=wire.default_endpoint)
+    max_message_bytes: int = 1024 * 1024
+    max_blob_bytes: int = 64 * 1024 * 1024
+    batch_max: int = 4096          # events per journal transaction (group commit)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JournalConfig:
+    dir: str = field(default_factory=_default_journal_dir)
+    # FULL survives power loss; NORMAL survives a killed process only.
+    synchronous: str = "FULL"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryConfig:
+    base: float = 0.5              # first backoff ceiling, seconds
+    cap: float = 60.0              # largest backoff ceiling, seconds
+    max_attempts: int = 30         # then dead-letter as retries_exhausted
+    ref_wait: float = 600.0        # how long an update may wait for an unknown ref
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotionConfig:
+    base_url: str = "https://api.notion.com/v1"
+    token_env: str = "NOTION_TOKEN"
+    version: str = "2022-06-28"
+    rate_per_second: float = 3.0
+    burst: float = 1.0
+    idempotency_property: str = "Idempotency Key"
+    timeout: float = 30.0          # seconds for one HTTP call
+    max_children_per_request: int = 100
+    max_request_bytes: int = 450_000  # under Notion's 500 KB, leaving room for overhead
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    notion: NotionConfig = field(default_factory=NotionConfig)
+    drain_timeout: float = 10.0    # seconds SIGTERM may spend finishing calls in flight
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        f = known[name]
+        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
+            kwargs[name] = _build(f.type, value, name)  # type: ignore[arg-type]
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if default is not None and not isinstance(value, type(default)):
+            raise ConfigError(f"[{where}] {name} must be {type(default).__name__}, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+SECTIONS: dict[str, type] = {
+    "ingest": IngestConfig,
+    "journal": JournalConfig,
+    "retry": RetryConfig,
+    "notion": NotionConfig,
+}
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read a TOML file (None: all defaults). Raises ConfigError with the reason."""
+    if path is None:
+        return Config()
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return from_dict(doc)
+
+
+def from_dict(doc: dict[str, Any]) -> Config:
+    kwargs: dict[str, Any] = {}
+    for name, value in doc.items():
+        if name in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{name}] must be a table")
+            kwargs[name] = _build(SECTIONS[name], value, name)
+        elif name == "drain_timeout":
+            kwargs[name] = float(value)
+        else:
+            raise ConfigError(f"unknown section or setting {name!r}")
+    return Config(**kwargs)

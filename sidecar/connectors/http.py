@@ -1,0 +1,66 @@
+"""HTTP plumbing shared by connectors: one place that turns httpx outcomes
+into the error tree of `sidecar.errors`.
+
+    response = await request(client, "PATCH", "pages/abc", json=body)
+    raise_for_status(response, rate_limited=(429, 529))
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import httpx
+
+from ..backoff import parse_retry_after
+from ..errors import Permanent, RateLimited, Retryable
+
+BODY_KEEP_CHARS = 4000
+
+
+async def request(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """Send one request; transport failures become Retryable errors.
+
+    A failure before the connection was made cannot have been applied; any
+    later one (timeout, reset) leaves the outcome unknown.
+    """
+    try:
+        return await client.request(method, url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise Retryable("connect_error", type(exc).__name__) from None
+    except httpx.TimeoutException as exc:
+        raise Retryable("timeout", type(exc).__name__, ambiguous=True) from None
+    except httpx.TransportError as exc:
+        raise Retryable("transport_error", type(exc).__name__, ambiguous=True) from None
+
+
+def raise_for_status(
+    response: httpx.Response,
+    *,
+    rate_limited: Callable[[httpx.Response], bool] = lambda r: r.status_code == 429,
+    retryable_4xx: frozenset[int] = frozenset({409}),
+    code_of: Callable[[httpx.Response], str] = lambda r: "",
+) -> None:
+    """Map a non-2xx answer to RateLimited, Retryable or Permanent (with the body)."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    body = response.text[:BODY_KEEP_CHARS]
+    code = code_of(response)
+    reason = f"http_{status}"
+    if rate_limited(response):
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+        raise RateLimited(reason, code, status=status, body=body, retry_after=retry_after)
+    if status >= 500 or status in retryable_4xx:
+        raise Retryable(reason, code, status=status, body=body, ambiguous=status >= 500)
+    raise Permanent(reason, code, status=status, body=body)
+
+
+def json_code(response: httpx.Response, field: str = "code") -> str:
+    """The error code in a JSON error body, or "" if there is none."""
+    try:
+        doc = response.json()
+    except ValueError:
+        return ""
+    value = doc.get(field) if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else ""

@@ -1,0 +1,270 @@
+"""Notion: create pages, update page properties, append blocks.
+
+Kinds and how waiting events are combined (all in emit order):
+
+- ``notion.page.create``: body of ``POST /v1/pages``. One idempotency key
+  makes one page, ever: the key is written to the database property
+  `idempotency_property`, and after any attempt whose outcome is unknown the
+  database is queried for it before creating again. Creates without a key get
+  ``auto:<client>:<seq>``, so retries are safe for them too.
+- ``notion.page.update``: body of ``PATCH /v1/pages/{id}``, target from
+  ``page_id`` in the payload or ``ref=KEY`` of an earlier create. Updates to
+  one page waiting together merge into one PATCH, later values winning per
+  property.
+- ``notion.blocks.append``: body of ``PATCH /v1/blocks/{id}/children``, target
+  from ``block_id`` or ``ref``. Appends to one parent go out together, at most
+  100 children (and under 500 KB) a request. After an unknown outcome the
+  parent's last children are compared with the batch before resending.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from client.wire import Envelope
+
+from ..config import NotionConfig
+from ..errors import Permanent
+from ..journal import Event
+from .base import Dead, Delivered, PlanContext, Plan, Reject, Send, Skip, Wait
+from .http import json_code, raise_for_status, request
+
+CREATE = "notion.page.create"
+UPDATE = "notion.page.update"
+APPEND = "notion.blocks.append"
+
+REF_RECHECK_SECONDS = 1.0
+UPDATE_FIELDS = frozenset({"properties", "archived", "in_trash", "icon", "cover"})
+
+
+def _rate_limited(response: httpx.Response) -> bool:
+    # 529 service_overload is Notion's other way of saying "slow down".
+    return response.status_code in (429, 529)
+
+
+def _check(response: httpx.Response) -> None:
+    raise_for_status(response, rate_limited=_rate_limited, code_of=json_code)
+
+
+def _plain_text(block: dict[str, Any]) -> tuple[str, str]:
+    """A block's type and visible text: what identifies it in a parent's children."""
+    kind = block.get("type") or next((k for k in block if k not in ("object", "id")), "")
+    inner = block.get(kind) if isinstance(block.get(kind), dict) else {}
+    parts = []
+    for item in inner.get("rich_text", []) if isinstance(inner, dict) else []:
+        if isinstance(item, dict):
+            parts.append(item.get("plain_text") or (item.get("text") or {}).get("content", ""))
+    return kind, "".join(parts)
+
+
+def _count_blocks(children: list[Any]) -> int:
+    total = 0
+    for child in children:
+        total += 1
+        if isinstance(child, dict):
+            inner = child.get(child.get("type", ""), {})
+            if isinstance(inner, dict) and isinstance(inner.get("children"), list):
+                total += _count_blocks(inner["children"])
+    return total
+
+
+class NotionConnector:
+    lane = "notion"
+    kinds = frozenset({CREATE, UPDATE, APPEND})
+
+    def __init__(self, cfg: NotionConfig, token: str, *, ref_wait: float = 600.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.cfg = cfg
+        self.ref_wait = ref_wait
+        self.http = httpx.AsyncClient(
+            base_url=cfg.base_url.rstrip("/") + "/",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Notion-Version": cfg.version,
+                "Content-Type": "application/json",
+            },
+            timeout=cfg.timeout,
+            transport=transport,
+        )
+
+    # -- ingest ---------------------------------------------------------------
+
+    def route(self, env: Envelope, blob: bytes | None) -> str:
+        body = env.payload
+        if not isinstance(body, dict):
+            raise Reject("bad_payload", f"{env.kind} payload must be a JSON object")
+        if blob is not None:
+            raise Reject("bad_payload", f"{env.kind} takes no blob")
+        if env.kind == CREATE:
+            parent = body.get("parent")
+            if not isinstance(parent, dict) or not (
+                {"database_id", "data_source_id", "page_id"} & parent.keys()
+            ):
+                raise Reject("bad_payload", "notion.page.create needs parent.database_id, data_source_id or page_id")
+            return "create:" + (env.key or f"auto:{env.client_id}:{env.seq}")
+        if env.kind == UPDATE:
+            if "properties" in body and not isinstance(body["properties"], dict):
+                raise Reject("bad_payload", "properties must be an object")
+            return "update:" + self._target_id(env, "page_id")
+        children = body.get("children")
+        if not isinstance(children, list) or not children:
+            raise Reject("bad_payload", "notion.blocks.append needs a non-empty children list")
+        if len(children) > self.cfg.max_children_per_request:
+            raise Reject("bad_payload", f"{len(children)} children in one append; Notion takes at most "
+                                        f"{self.cfg.max_children_per_request}: split it into several emits")
+        return "append:" + self._target_id(env, "block_id")
+
+    @staticmethod
+    def _target_id(env: Envelope, field: str) -> str:
+        value = env.payload.get(field)
+        if isinstance(value, str) and value:
+            return value
+        if env.ref:
+            return "ref:" + env.ref
+        raise Reject("bad_payload", f"{env.kind} needs {field} in the payload or ref=KEY")
+
+    def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
+        return [(f"update:ref:{key}", f"update:{created_id}"), (f"append:ref:{key}", f"append:{created_id}")]
+
+    # -- planning -------------------------------------------------------------
+
+    def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
+        head = group[0]
+        kind, _, ident = head.target.partition(":")
+        if kind == "create":
+            if ctx.ref(ident) is not None:
+                return Skip(group, "duplicate")
+            return Send(group, ("create", ident, head.payload), merged=len(group) - 1)
+        target_id = ident
+        if ident.startswith("ref:"):
+            key = ident[4:]
+            resolved = ctx.ref(key)
+            if resolved is None:
+                return self._unresolved(group, key, ctx)
+            target_id = resolved
+        if kind == "update":
+            return self._merge_updates(group, target_id)
+        return self._batch_appends(group, target_id)
+
+    def _unresolved(self, group: list[Event], key: str, ctx: PlanContext) -> Plan:
+        if ctx.has_target("create:" + key):
+            return Wait(REF_RECHECK_SECONDS, "ref_pending")
+        why = ctx.dead_key(CREATE, key)
+        if why is not None:
+            return Dead(group, "ref_failed", f"the create with key {key!r} was dead-lettered ({why})")
+        waited = ctx.now - group[0].received_ns / 1e9
+        if waited > self.ref_wait:
+            return Dead(group, "unknown_ref", f"no create with key {key!r} arrived within {self.ref_wait:.0f} s")
+        return Wait(REF_RECHECK_SECONDS * 5, "ref_unknown")
+
+    def _merge_updates(self, group: list[Event], page_id: str) -> Send:
+        body: dict[str, Any] = {}
+        properties: dict[str, Any] = {}
+        for event in group:
+            for name, value in event.payload.items():
+                if name == "properties":
+                    properties.update(value)
+                elif name in UPDATE_FIELDS:
+                    body[name] = value
+        if properties:
+            body["properties"] = properties
+        return Send(group, ("update", page_id, body), merged=len(group) - 1)
+
+    def _batch_appends(self, group: list[Event], block_id: str) -> Send:
+        taken: list[Event] = []
+        children: list[Any] = []
+        size = 0
+        for event in group:
+            body = event.payload
+            positioned = "after" in body or "position" in body
+            more = body["children"]
+            more_size = len(orjson.dumps(more))
+            fits = (
+                len(children) + len(more) <= self.cfg.max_children_per_request
+                and _count_blocks(children) + _count_blocks(more) <= 1000
+                and size + more_size <= self.cfg.max_request_bytes
+            )
+            if taken and (positioned or not fits):
+                break
+            taken.append(event)
+            children.extend(more)
+            size += more_size
+            if positioned:
+                break  # an append placed after a given block goes alone
+        extra = {k: v for k, v in taken[0].payload.items() if k in ("after", "position")}
+        return Send(taken, ("append", block_id, {"children": children, **extra}), merged=len(taken) - 1)
+
+    # -- calls ----------------------------------------------------------------
+
+    async def send(self, plan: Send) -> Delivered:
+        op, ident, body = plan.request
+        retried = any(e.attempts > 0 for e in plan.events)
+        if op == "create":
+            return await self._create(ident, body, retried, duplicates=len(plan.events) - 1)
+        if op == "update":
+            response = await request(self.http, "PATCH", f"pages/{ident}", json=body)
+            _check(response)
+            return Delivered()
+        if retried and await self._children_already_there(ident, body["children"]):
+            return Delivered()
+        response = await request(self.http, "PATCH", f"blocks/{ident}/children", json=body)
+        _check(response)
+        return Delivered()
+
+    async def _create(self, key: str, body: dict[str, Any], retried: bool, duplicates: int) -> Delivered:
+        body = dict(body)
+        parent = body["parent"]
+        prop = self.cfg.idempotency_property
+        queryable = bool(prop) and ("database_id" in parent or "data_source_id" in parent)
+        if queryable:
+            properties = dict(body.get("properties") or {})
+            properties[prop] = {"rich_text": [{"type": "text", "text": {"content": key}}]}
+            body["properties"] = properties
+            if retried:
+                existing = await self._find_by_key(parent, prop, key)
+                if existing is not None:
+                    return Delivered(refs={key: existing}, duplicates=duplicates)
+        response = await request(self.http, "POST", "pages", json=body)
+        _check(response)
+        page_id = response.json().get("id")
+        if not isinstance(page_id, str):
+            raise Permanent("bad_response", "create answered without a page id", status=response.status_code,
+                            body=response.text[:4000])
+        return Delivered(refs={key: page_id}, duplicates=duplicates)
+
+    async def _find_by_key(self, parent: dict[str, Any], prop: str, key: str) -> str | None:
+        if "data_source_id" in parent:
+            path = f"data_sources/{parent['data_source_id']}/query"
+        else:
+            path = f"databases/{parent['database_id']}/query"
+        query = {"filter": {"property": prop, "rich_text": {"equals": key}}, "page_size": 1}
+        response = await request(self.http, "POST", path, json=query)
+        _check(response)
+        results = response.json().get("results") or []
+        return results[0]["id"] if results else None
+
+    async def _children_already_there(self, block_id: str, sent: list[Any]) -> bool:
+        """Did an earlier attempt of this append land? Compare the parent's last children."""
+        existing: list[Any] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"page_size": 100}
+            if cursor:
+                params["start_cursor"] = cursor
+            response = await request(self.http, "GET", f"blocks/{block_id}/children", params=params)
+            _check(response)
+            doc = response.json()
+            existing.extend(doc.get("results") or [])
+            cursor = doc.get("next_cursor")
+            if not doc.get("has_more") or not cursor:
+                break
+        if len(existing) < len(sent):
+            return False
+        tail = existing[len(existing) - len(sent):]
+        return [_plain_text(b) for b in tail] == [_plain_text(b) for b in sent]
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

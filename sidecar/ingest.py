@@ -1,0 +1,282 @@
+"""Ingest: read events from the PULL socket and group-commit them to the journal.
+
+    ingest = Ingest(cfg.ingest, journal, connectors, metrics, on_written=wake_lanes)
+    ingest.bind()              # raises IngestError if the endpoint is unusable
+    ingest.start()             # a thread: poll, drain up to batch_max, one transaction
+    ingest.stop()              # stop reading, journal what was already received
+
+Runs in its own thread so that a journal fsync never delays the delivery
+loop, and libzmq and SQLite release the GIL while they wait. Anything that is
+not a valid event is counted by reason and kept in `rejects`, and the rest
+of its batch is journaled as usual. Sequence numbers are tracked per client:
+a jump is a gap (events lost in between), and the client's closing message
+announces its last number so a lost tail counts too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import orjson
+import zmq
+
+from client import wire
+
+from .config import IngestConfig
+from .connectors.base import Connector, Reject
+from .journal import EventRow, Journal
+from .metrics import Metrics
+
+log = logging.getLogger("sidecar.ingest")
+
+POLL_MS = 100
+STOP_DRAIN_QUIET_MS = 50  # on stop, read until the socket has been quiet this long
+
+
+class IngestError(RuntimeError):
+    pass
+
+
+@dataclass
+class _ClientSeq:
+    last_seq: int
+    gaps: int
+    closed: bool = False
+    stats: bytes | None = None
+
+
+class Ingest:
+    def __init__(
+        self,
+        cfg: IngestConfig,
+        journal: Journal,
+        connectors: Mapping[str, Connector],
+        metrics: Metrics,
+        *,
+        on_written: Callable[[set[str]], None] = lambda lanes: None,
+        spool_dir: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.journal = journal
+        self.by_kind = {kind: c for c in connectors.values() for kind in c.kinds}
+        self.metrics = metrics
+        self.on_written = on_written
+        self.spool_dir = spool_dir or os.path.join(os.path.dirname(journal.path), "blobs")
+        self.clients: dict[str, _ClientSeq] = {
+            cid: _ClientSeq(s.last_seq, s.gaps) for cid, s in journal.client_states().items()
+        }
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def bind(self) -> None:
+        endpoint = self.cfg.endpoint
+        if endpoint.startswith("ipc://"):
+            _clear_stale_ipc(self._ctx, endpoint[len("ipc://"):])
+        sock = self._ctx.socket(zmq.PULL)
+        # Unlimited receive queue: with the default of 1000, libzmq loses the
+        # tail of a burst from a client that exits at once (see API_FACTS).
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise IngestError(f"cannot bind ingest endpoint {endpoint}: {exc}; "
+                              "is another sidecar running, or is [ingest] endpoint wrong?") from None
+        if endpoint.startswith("ipc://"):
+            # The unit's RuntimeDirectory= decides who may reach the socket;
+            # the socket itself is writable by the group (the trading user's).
+            try:
+                os.chmod(endpoint[len("ipc://"):], 0o660)
+            except OSError:
+                pass
+        self._sock = sock
+
+    def start(self) -> None:
+        assert self._sock is not None, "bind() first"
+        self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._sock is not None:
+            self._sock.close(0)
+        self._ctx.term()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the loop -------------------------------------------------------------
+
+    def _run(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            while not self._stop.is_set():
+                if sock.poll(POLL_MS):
+                    self.process(self._drain(sock))
+            # Stop reading new work, but journal what already reached us.
+            while sock.poll(STOP_DRAIN_QUIET_MS):
+                self.process(self._drain(sock))
+        except BaseException as exc:  # surfaced by the app, which exits non-zero
+            self.error = exc
+            log.exception("ingest stopped on an unexpected error")
+
+    def _drain(self, sock: zmq.Socket) -> list[list[bytes]]:
+        messages: list[list[bytes]] = []
+        recv = sock.recv_multipart
+        try:
+            while len(messages) < self.cfg.batch_max:
+                messages.append(recv(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+        return messages
+
+    def process(self, messages: list[list[bytes]]) -> None:
+        """Validate, route and journal one batch in a single transaction."""
+        rows: list[EventRow] = []
+        rejects: list[tuple[str, str, bytes | None]] = []
+        touched: dict[str, tuple[int, int, bool, bytes | None]] = {}
+        lanes: set[str] = set()
+        kinds: dict[str, int] = {}
+        spooled: list[str] = []
+        now_ns = time.time_ns()
+        for frames in messages:
+            try:
+                env, blob = self._parse(frames)
+            except Reject as exc:
+                rejects.append((exc.reason, exc.detail, frames[0] if frames else None))
+                continue
+            if env.kind in wire.CONTROL_KINDS:
+                self._control(env, touched)
+                continue
+            connector = self.by_kind.get(env.kind)
+            if connector is None:
+                rejects.append(("unknown_kind", f"no connector delivers {env.kind!r}", frames[0]))
+                continue
+            try:
+                target = connector.route(env, blob)
+            except Reject as exc:
+                rejects.append((exc.reason, f"{env.kind}: {exc.detail}", frames[0]))
+                continue
+            if not self._sequence(env.client_id, env.seq, touched):
+                continue
+            blob_path = self._spool(blob) if blob is not None else None
+            if blob_path:
+                spooled.append(blob_path)
+            rows.append((connector.lane, env.kind, target, env.key, env.ref, env.client_id, env.seq,
+                         env.emitted_ns, now_ns, frames[0], blob_path))
+            lanes.add(connector.lane)
+            kinds[env.kind] = kinds.get(env.kind, 0) + 1
+        try:
+            self.journal.write_batch(rows, rejects, touched)
+        except Exception:
+            for path in spooled:
+                _unlink(path)
+            raise
+        for kind, n in kinds.items():
+            self.metrics.received.labels(kind=kind).inc(n)
+            self.metrics.journaled.labels(kind=kind).inc(n)
+        for reason, detail, _ in rejects:
+            self.metrics.rejected.labels(reason=reason).inc()
+            log.warning("rejected a frame: %s (%s)", reason, detail[:200])
+        if lanes:
+            self.on_written(lanes)
+
+    def _parse(self, frames: list[bytes]) -> tuple[wire.Envelope, bytes | None]:
+        if not frames or len(frames) > 2:
+            raise Reject("bad_frames", f"expected 1 or 2 frames, got {len(frames)}")
+        if len(frames[0]) > self.cfg.max_message_bytes:
+            raise Reject("too_large", f"event of {len(frames[0])} bytes, limit {self.cfg.max_message_bytes}")
+        blob = frames[1] if len(frames) == 2 else None
+        if blob is not None and len(blob) > self.cfg.max_blob_bytes:
+            raise Reject("too_large", f"blob of {len(blob)} bytes, limit {self.cfg.max_blob_bytes}")
+        try:
+            return wire.decode(frames[0]), blob
+        except wire.WireError as exc:
+            raise Reject(exc.reason, str(exc)) from None
+
+    def _sequence(self, client_id: str, seq: int, touched: dict) -> bool:
+        """Track the client's sequence; False for a replay of a number already seen."""
+        state = self.clients.get(client_id)
+        if state is None:
+            state = self.clients[client_id] = _ClientSeq(0, 0)
+        if seq <= state.last_seq:
+            self.metrics.deduplicated.labels(kind="any", reason="replayed_seq").inc()
+            return False
+        if seq > state.last_seq + 1:
+            missing = seq - state.last_seq - 1
+            state.gaps += missing
+            self.metrics.gaps.labels(client=client_id).inc(missing)
+            log.warning("client %s: %d event(s) lost before seq %d", client_id, missing, seq)
+        state.last_seq = seq
+        touched[client_id] = (state.last_seq, state.gaps, state.closed, state.stats)
+        return True
+
+    def _control(self, env: wire.Envelope, touched: dict) -> None:
+        stats = env.payload if isinstance(env.payload, dict) else {}
+        state = self.clients.setdefault(env.client_id, _ClientSeq(0, 0))
+        state.stats = orjson.dumps(stats)
+        announced = stats.get("last_seq")
+        if env.kind == wire.BYE and isinstance(announced, int) and announced > state.last_seq:
+            missing = announced - state.last_seq
+            state.gaps += missing
+            state.last_seq = announced
+            self.metrics.gaps.labels(client=env.client_id).inc(missing)
+            log.warning("client %s closed: its last %d event(s) never arrived", env.client_id, missing)
+        if env.kind == wire.BYE:
+            state.closed = True
+        touched[env.client_id] = (state.last_seq, state.gaps, state.closed, state.stats)
+        if state.closed:
+            del self.clients[env.client_id]  # persisted; no need to keep it in memory
+
+    def _spool(self, blob: bytes) -> str:
+        """Write a blob beside the journal; the event row refers to the file."""
+        name = hashlib.sha256(blob).hexdigest()
+        path = os.path.join(self.spool_dir, f"{name}.{time.time_ns()}")
+        with open(path, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+
+
+def _clear_stale_ipc(ctx: zmq.Context, path: str) -> None:
+    """Remove a socket file left by a dead sidecar; refuse if one still listens."""
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)
+        return
+    except OSError as exc:
+        raise IngestError(f"socket path {path} exists and cannot be probed ({exc.strerror})") from None
+    finally:
+        probe.close()
+    raise IngestError(f"socket path {path} is in use by a running process (another sidecar?); "
+                      "stop it or set [ingest] endpoint to another path")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

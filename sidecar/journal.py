@@ -1,0 +1,331 @@
+"""The durable journal: one SQLite file in WAL mode, written by group commit.
+
+    journal = Journal.open("/var/lib/trading-sidecar")
+    journal.write_batch(events=[...], rejects=[...], clients={...})   # one transaction
+    for event in journal.group("notion", "update:abc"): ...
+    journal.complete([e.id for e in events], lane="notion", refs={"trade-1": "page-id"})
+
+An event stays in `events` until it is delivered (deleted) or dead-lettered
+(moved to `dead_letters` with the reason and the API's error body). Frames
+are stored exactly as received, so ingest never serialises twice. Only the
+sidecar's event-loop thread uses a Journal; other processes (the CLI) open
+their own read connection.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from client import wire
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,   -- ingest order, which is emit order per client
+    lane        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    target      TEXT NOT NULL,         -- the group that is coalesced and ordered together
+    key         TEXT,
+    ref         TEXT,
+    client_id   TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    emitted_ns  INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    frame       BLOB NOT NULL,         -- the envelope as received
+    blob_path   TEXT,                  -- a spooled binary body, if any
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    not_before  REAL NOT NULL DEFAULT 0,
+    last_error  TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_lane ON events (lane, id);
+CREATE INDEX IF NOT EXISTS events_by_target ON events (lane, target, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,
+    event_id    INTEGER NOT NULL,
+    lane        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    key         TEXT,
+    ref         TEXT,
+    client_id   TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    emitted_ns  INTEGER NOT NULL,
+    frame       BLOB NOT NULL,
+    blob_path   TEXT,
+    attempts    INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    status      INTEGER,
+    detail      TEXT,
+    dead_at     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_by_key ON dead_letters (lane, kind, key);
+CREATE TABLE IF NOT EXISTS rejects (
+    id          INTEGER PRIMARY KEY,
+    reason      TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    frame       BLOB,                  -- the first 64 KiB of what arrived
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refs (
+    lane        TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    target_id   TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (lane, key)
+);
+CREATE TABLE IF NOT EXISTS clients (
+    client_id   TEXT PRIMARY KEY,
+    last_seq    INTEGER NOT NULL,
+    gaps        INTEGER NOT NULL,
+    closed      INTEGER NOT NULL DEFAULT 0,
+    stats       BLOB,
+    updated_at  REAL NOT NULL
+);
+"""
+
+REJECT_KEEP_BYTES = 64 * 1024
+
+# Row shape written by ingest, in column order of INSERT_EVENT.
+EventRow = tuple[str, str, str, str | None, str | None, str, int, int, int, bytes, str | None]
+INSERT_EVENT = (
+    "INSERT INTO events (lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame, blob_path)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+EVENT_COLUMNS = "id, lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame, blob_path, attempts, not_before"
+
+
+@dataclass(slots=False)
+class Event:
+    id: int
+    lane: str
+    kind: str
+    target: str
+    key: str | None
+    ref: str | None
+    client_id: str
+    seq: int
+    emitted_ns: int
+    received_ns: int
+    frame: bytes
+    blob_path: str | None
+    attempts: int
+    not_before: float
+
+    @cached_property
+    def payload(self) -> Any:
+        return wire.decode(self.frame).payload
+
+    def blob(self) -> bytes:
+        if self.blob_path is None:
+            return b""
+        return Path(self.blob_path).read_bytes()
+
+
+@dataclass(frozen=True)
+class ClientState:
+    last_seq: int
+    gaps: int
+
+
+class JournalError(RuntimeError):
+    pass
+
+
+class Journal:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], *, synchronous: str = "FULL") -> "Journal":
+        """Open (creating if needed) `directory/journal.db`. Raises JournalError
+        with an operator-readable message if the directory is unusable."""
+        d = Path(directory)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "blobs").mkdir(exist_ok=True)
+            probe = d / ".write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise JournalError(
+                f"journal directory {d} is not writable ({exc.strerror}); "
+                "set [journal] dir to a writable directory or fix its owner"
+            ) from None
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise JournalError(f"[journal] synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
+        path = d / "journal.db"
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(SCHEMA)
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- ingest ---------------------------------------------------------------
+
+    def write_batch(
+        self,
+        events: Sequence[EventRow],
+        rejects: Sequence[tuple[str, str, bytes | None]] = (),
+        clients: dict[str, tuple[int, int, bool, bytes | None]] | None = None,
+    ) -> None:
+        """Group commit: all of it lands in one transaction, or none of it."""
+        now = time.time()
+        with self._transaction() as c:
+            if events:
+                c.executemany(INSERT_EVENT, events)
+            if rejects:
+                c.executemany(
+                    "INSERT INTO rejects (reason, detail, frame, received_at) VALUES (?,?,?,?)",
+                    [(r, d, f[:REJECT_KEEP_BYTES] if f is not None else None, now) for r, d, f in rejects],
+                )
+            if clients:
+                c.executemany(
+                    "INSERT INTO clients (client_id, last_seq, gaps, closed, stats, updated_at) VALUES (?,?,?,?,?,?)"
+                    " ON CONFLICT(client_id) DO UPDATE SET last_seq=excluded.last_seq, gaps=excluded.gaps,"
+                    " closed=excluded.closed, stats=COALESCE(excluded.stats, clients.stats), updated_at=excluded.updated_at",
+                    [(cid, seq, gaps, int(closed), stats, now) for cid, (seq, gaps, closed, stats) in clients.items()],
+                )
+
+    def client_states(self) -> dict[str, ClientState]:
+        return {cid: ClientState(seq, gaps) for cid, seq, gaps in
+                self.conn.execute("SELECT client_id, last_seq, gaps FROM clients")}
+
+    # -- delivery -------------------------------------------------------------
+
+    def ready_heads(self, lane: str, now: float, limit: int = 512) -> list[tuple[int, str]]:
+        """Oldest ready events of a lane, as (id, target), in ingest order."""
+        return self.conn.execute(
+            "SELECT id, target FROM events WHERE lane=? AND not_before<=? ORDER BY id LIMIT ?",
+            (lane, now, limit),
+        ).fetchall()
+
+    def group(self, lane: str, target: str, limit: int = 10_000) -> list[Event]:
+        rows = self.conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE lane=? AND target=? ORDER BY id LIMIT ?",
+            (lane, target, limit),
+        ).fetchall()
+        return [Event(*row) for row in rows]
+
+    def next_wakeup(self, lane: str) -> float | None:
+        row = self.conn.execute("SELECT MIN(not_before) FROM events WHERE lane=?", (lane,)).fetchone()
+        return row[0]
+
+    def start_attempt(self, ids: Iterable[int]) -> None:
+        """Count the attempt before the call, so a crash mid-call is known as one."""
+        with self._transaction() as c:
+            c.executemany("UPDATE events SET attempts=attempts+1 WHERE id=?", [(i,) for i in ids])
+
+    def defer(self, ids: Iterable[int], not_before: float, error: str | None) -> None:
+        with self._transaction() as c:
+            c.executemany(
+                "UPDATE events SET not_before=?, last_error=? WHERE id=?",
+                [(not_before, error, i) for i in ids],
+            )
+
+    def complete(self, ids: Iterable[int], *, lane: str, refs: dict[str, str] | None = None) -> list[str]:
+        """Delivered: forget the events, remember created ids; return spooled files to delete."""
+        ids = list(ids)
+        now = time.time()
+        with self._transaction() as c:
+            paths = self._blob_paths(c, ids)
+            c.executemany("DELETE FROM events WHERE id=?", [(i,) for i in ids])
+            if refs:
+                c.executemany(
+                    "INSERT OR REPLACE INTO refs (lane, key, target_id, created_at) VALUES (?,?,?,?)",
+                    [(lane, k, v, now) for k, v in refs.items()],
+                )
+        return paths
+
+    def dead_letter(self, events: Sequence[Event], reason: str, *, status: int | None = None,
+                    detail: str | None = None) -> None:
+        now = time.time()
+        with self._transaction() as c:
+            c.executemany(
+                "INSERT INTO dead_letters (event_id, lane, kind, key, ref, client_id, seq, emitted_ns, frame,"
+                " blob_path, attempts, reason, status, detail, dead_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(e.id, e.lane, e.kind, e.key, e.ref, e.client_id, e.seq, e.emitted_ns, e.frame, e.blob_path,
+                  e.attempts, reason, status, detail, now) for e in events],
+            )
+            c.executemany("DELETE FROM events WHERE id=?", [(e.id,) for e in events])
+
+    def retarget(self, lane: str, old: str, new: str) -> int:
+        """Move waiting events to another group and make them ready now."""
+        with self._transaction() as c:
+            return c.execute(
+                "UPDATE events SET target=?, not_before=0 WHERE lane=? AND target=?", (new, lane, old)
+            ).rowcount
+
+    def ref(self, lane: str, key: str) -> str | None:
+        row = self.conn.execute("SELECT target_id FROM refs WHERE lane=? AND key=?", (lane, key)).fetchone()
+        return row[0] if row else None
+
+    def has_target(self, lane: str, target: str) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM events WHERE lane=? AND target=? LIMIT 1", (lane, target)
+        ).fetchone() is not None
+
+    def dead_key(self, lane: str, kind: str, key: str) -> str | None:
+        """The reason a dead-lettered event with this kind and key died, if one did."""
+        row = self.conn.execute(
+            "SELECT reason, detail FROM dead_letters WHERE lane=? AND kind=? AND key=? ORDER BY id DESC LIMIT 1",
+            (lane, kind, key),
+        ).fetchone()
+        return f"{row[0]}: {row[1]}" if row else None
+
+    # -- inspection -----------------------------------------------------------
+
+    def depth(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT lane, COUNT(*) FROM events GROUP BY lane").fetchall())
+
+    def count(self, table: str) -> int:
+        assert table in ("events", "dead_letters", "rejects", "refs", "clients")
+        return self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.path.getsize(str(self.path) + suffix)
+            except OSError:
+                pass
+        return total
+
+    # -- internals ------------------------------------------------------------
+
+    @staticmethod
+    def _blob_paths(c: sqlite3.Connection, ids: list[int]) -> list[str]:
+        if not ids:
+            return []
+        paths = []
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk:chunk + 500]
+            marks = ",".join("?" * len(part))
+            paths += [p for (p,) in c.execute(
+                f"SELECT blob_path FROM events WHERE id IN ({marks}) AND blob_path IS NOT NULL", part)]
+        return paths
+
+    def _transaction(self) -> "_Tx":
+        return _Tx(self.conn)
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")

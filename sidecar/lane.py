@@ -1,0 +1,247 @@
+"""A delivery lane: one API, one limiter, events delivered from the journal.
+
+    lane = Lane(connector, journal, limiter, retry_cfg, metrics)
+    task = asyncio.create_task(lane.run())
+    lane.notify()          # ingest wrote new events for this lane
+    await lane.stop(timeout=10)
+
+Each worker picks the oldest ready event, asks the connector to plan a call
+for everything waiting in that event's group (coalescing), takes a token from
+the limiter, makes the call, and settles the outcome in the journal:
+delivered (deleted), retry later (backoff with full jitter, at least
+Retry-After), or dead-lettered with the API's error body. A group is never
+in two calls at once, so per-target order holds with any concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .backoff import retry_delay
+from .config import RetryConfig
+from .connectors.base import Connector, Dead, Send, Skip, Wait
+from .errors import DeliveryError, Permanent, RateLimited, Retryable
+from .journal import Event, Journal
+from .limiter import Limiter
+from .metrics import Metrics
+
+log = logging.getLogger("sidecar.lane")
+
+IDLE_POLL_SECONDS = 1.0
+
+
+@dataclass
+class _Context:
+    """The journal as a connector's plan() may see it."""
+
+    journal: Journal
+    lane: str
+    now: float
+
+    def ref(self, key: str) -> str | None:
+        return self.journal.ref(self.lane, key)
+
+    def has_target(self, target: str) -> bool:
+        return self.journal.has_target(self.lane, target)
+
+    def dead_key(self, kind: str, key: str) -> str | None:
+        return self.journal.dead_key(self.lane, kind, key)
+
+
+class Lane:
+    def __init__(
+        self,
+        connector: Connector,
+        journal: Journal,
+        limiter: Limiter,
+        retry: RetryConfig,
+        metrics: Metrics,
+        *,
+        concurrency: int = 1,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = connector.lane
+        self.connector = connector
+        self.journal = journal
+        self.limiter = limiter
+        self.retry = retry
+        self.metrics = metrics
+        self.concurrency = concurrency
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.paused_reason: str | None = None  # set when the lane cannot call at all (no token)
+        self._inflight: set[str] = set()
+        self._blocked: dict[str, float] = {}  # target -> not before (waits and backoffs)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.paused_reason:
+            log.error("lane %s is paused: %s; its events stay in the journal", self.name, self.paused_reason)
+            return
+        self._tasks = [asyncio.create_task(self._worker(), name=f"{self.name}-{i}") for i in range(self.concurrency)]
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def stop(self, timeout: float) -> int:
+        """Let calls in flight finish for up to `timeout` s; return how many were cut off."""
+        self._stopping = True
+        self._wake.set()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+            return len(still)
+        return 0
+
+    # -- the loop -------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while not self._stopping:
+            picked = self._pick()
+            if picked is None:
+                await self._idle()
+                continue
+            wait = self.limiter.reserve(self.clock())
+            if wait > 0:
+                # Sleep without holding the group, then plan it afresh so events
+                # that arrived meanwhile are coalesced into the same call.
+                self._inflight.discard(picked[0])
+                await asyncio.sleep(wait)
+                if self._stopping:
+                    return
+                picked = self._pick()
+                if picked is None:
+                    continue
+            target, plan = picked
+            try:
+                await self._deliver(plan)
+            finally:
+                self._inflight.discard(target)
+
+    async def _idle(self) -> None:
+        now = self.clock()
+        self._blocked = {t: until for t, until in self._blocked.items() if until > now}
+        horizon = min([IDLE_POLL_SECONDS, *(until - now for until in self._blocked.values())])
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.005, horizon))
+        except asyncio.TimeoutError:
+            pass
+
+    def _pick(self) -> tuple[str, Send] | None:
+        """The next call to make, settling duplicates and dead ends on the way."""
+        now = self.clock()
+        seen: set[str] = set()
+        for _, target in self.journal.ready_heads(self.name, now):
+            if target in seen or target in self._inflight or self._blocked.get(target, 0) > now:
+                continue
+            seen.add(target)
+            group = self.journal.group(self.name, target)
+            if not group:
+                continue
+            if group[0].not_before > now:  # an older event of this group is backing off
+                self._blocked[target] = group[0].not_before
+                continue
+            plan = self.connector.plan(group, _Context(self.journal, self.name, now))
+            if isinstance(plan, Send):
+                self._inflight.add(target)
+                return target, plan
+            if isinstance(plan, Wait):
+                self._blocked[target] = now + plan.seconds
+            elif isinstance(plan, Skip):
+                self._settle_skip(plan)
+            elif isinstance(plan, Dead):
+                self._dead(plan.events, plan.reason, None, plan.detail)
+        return None
+
+    async def _deliver(self, plan: Send) -> None:
+        events = plan.events
+        ids = [e.id for e in events]
+        self.journal.start_attempt(ids)
+        started = time.perf_counter()
+        status = "error"
+        try:
+            result = await self.connector.send(plan)
+            status = "ok"
+        except DeliveryError as exc:
+            status = str(exc.status) if exc.status else exc.reason
+            self._failed(events, exc)
+            return
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise  # the attempt is counted: a restart checks before resending
+        except Exception as exc:  # a bug in a connector must not stop the lane
+            log.exception("lane %s: unexpected error delivering %d event(s)", self.name, len(events))
+            status = "internal_error"
+            self._failed(events, Retryable("internal_error", type(exc).__name__))
+            return
+        finally:
+            self.metrics.calls.labels(api=self.name, status=status).inc()
+            self.metrics.call_seconds.labels(api=self.name).observe(time.perf_counter() - started)
+        self.limiter.on_success()
+        blobs = self.journal.complete(ids, lane=self.name, refs=result.refs)
+        for key, created in result.refs.items():
+            for old, new in self.connector.retargets(key, created):
+                if self.journal.retarget(self.name, old, new):
+                    self._blocked.pop(old, None)
+        _remove_files(blobs)
+        now_ns = time.time_ns()
+        delivered = events[: len(events) - result.duplicates]
+        for event in delivered:
+            self.metrics.delivered.labels(kind=event.kind).inc()
+            self.metrics.emit_to_delivery.labels(lane=self.name).observe((now_ns - event.emitted_ns) / 1e9)
+        for event in events[len(delivered):]:
+            self.metrics.deduplicated.labels(kind=event.kind, reason="duplicate").inc()
+        if plan.merged and not result.duplicates:
+            self.metrics.coalesced.labels(kind=events[0].kind).inc(plan.merged)
+
+    def _failed(self, events: list[Event], exc: DeliveryError) -> None:
+        now = self.clock()
+        if isinstance(exc, Permanent):
+            self._dead(events, exc.reason, exc.status, exc.body or exc.detail)
+            return
+        attempts = max(e.attempts for e in events) + 1
+        if isinstance(exc, RateLimited):
+            self.limiter.on_rate_limited(exc.retry_after, now)
+        if self.retry.max_attempts and attempts >= self.retry.max_attempts:
+            self._dead(events, "retries_exhausted", exc.status, f"{attempts} attempts; last: {exc} {exc.body or ''}")
+            return
+        delay = retry_delay(attempts, exc.retry_after, base=self.retry.base, cap=self.retry.cap, rng=self.rng)
+        self.metrics.retried.labels(lane=self.name, reason=exc.reason).inc()
+        log.info("lane %s: %s; retry %d in %.2f s", self.name, exc, attempts, delay)
+        self.journal.defer([e.id for e in events], now + delay, str(exc))
+        self._blocked[events[0].target] = now + delay
+
+    def _dead(self, events: list[Event], reason: str, status: int | None, detail: str | None) -> None:
+        log.warning("lane %s: dead-lettered %d event(s): %s %s", self.name, len(events), reason, status or "")
+        self.journal.dead_letter(events, reason, status=status, detail=detail)
+        for event in events:
+            self.metrics.dead.labels(kind=event.kind, reason=reason).inc()
+
+    def _settle_skip(self, plan: Skip) -> None:
+        _remove_files(self.journal.complete([e.id for e in plan.events], lane=self.name))
+        for event in plan.events:
+            self.metrics.deduplicated.labels(kind=event.kind, reason=plan.reason).inc()
+
+
+def _remove_files(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,651 @@
+"""Shared machinery for the loopback HTTP simulators.
+
+Every simulator is a `SimServer`: a real HTTP/1.1 server (keep-alive) on
+127.0.0.1 that runs in a daemon thread, logs each API request, rate-limits with
+a token bucket and can be told to misbehave with `Fault`s::
+
+    with NotionSimulator() as sim:                 # start() / stop()
+        sim.url, sim.port                          # "http://127.0.0.1:PORT"
+        sim.inject(Fault(when="after", status=500, path_prefix="/v1/pages"))
+        ...                                        # drive your client
+        sim.requests                               # [RequestRecord(time, method, path, status)]
+        sim.stats()                                # counts, 429s, peak per 1-second window
+        sim.wait_until(lambda: len(sim.pages()) == 3, timeout=5)
+
+Faults (only API requests, never `/_sim/...`), first matching fault wins and
+is used up after `count` requests:
+
+- `Fault(status=503)`: answer the error without applying (`when="before"`).
+- `Fault(when="after", status=500)`: apply the request, then answer the error.
+- `Fault(stall=2.0)`: sleep 2 s, then handle normally (client timeouts);
+  with `when="after"` the change is applied first and the answer comes late.
+- `Fault(reset=True)`: close the TCP connection (RST) with no answer; with
+  `when="after"` the request is applied first.
+- `status` may be combined with `stall`; `code`/`message` fill the simulator's
+  own error body, `body` replaces it whole, `headers` adds headers (e.g.
+  `{"Retry-After": "2"}`). `method` and `path_prefix` narrow what it hits.
+
+Control API, so a simulator in another process can be driven over HTTP:
+
+- `GET /_sim/state`: the simulator's data (`state()`).
+- `GET /_sim/stats`: `{"requests", "by_status", "rate_limited",
+  "max_in_1s", "max_accepted_in_1s"}` (status 0 = connection reset by a fault).
+- `POST /_sim/faults`: one fault (or a list) as JSON, fields as `Fault`.
+- `POST /_sim/reset`: drop pending faults, the request log and rate buckets;
+  stored data (pages, products, deliveries) is kept.
+- Subclasses add their own (`control()`), e.g. `POST /_sim/databases`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import signal
+import socket
+import struct
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+Clock = Callable[[], float]
+
+# Anything larger is refused before parsing so a runaway client cannot eat memory.
+MAX_READ_BYTES = 32 * 1024 * 1024
+
+
+def retry_after_seconds(wait: float) -> int:
+    """Whole seconds for a `Retry-After` header, never below 1::
+
+        retry_after_seconds(0.2)  # -> 1
+        retry_after_seconds(1.5)  # -> 2
+    """
+    return max(1, math.ceil(wait))
+
+
+class TokenBucket:
+    """Thread-safe token bucket: `rate` tokens a second, at most `burst` saved::
+
+        now = [0.0]
+        b = TokenBucket(rate=1.0, burst=2, clock=lambda: now[0])
+        b.take(), b.take(), b.take()   # -> (0.0, 0.0, 1.0): 0.0 = granted, else seconds to wait
+        now[0] = 1.0
+        b.take()                       # -> 0.0
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Clock = time.monotonic) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def take(self, n: float = 1.0) -> float:
+        """Take `n` tokens; return 0.0 if granted, else the wait until they would be."""
+        with self._lock:
+            self._refill()
+            if self._tokens >= n:
+                self._tokens -= n
+                return 0.0
+            return (n - self._tokens) / self.rate
+
+    @property
+    def remaining(self) -> float:
+        """Tokens available now."""
+        with self._lock:
+            self._refill()
+            return self._tokens
+
+
+class RateLimiter:
+    """One `TokenBucket` per key (token, application, ...); `rate=None` never limits::
+
+        limiter = RateLimiter(rate=3.0, burst=3)
+        limiter.take("secret_a")       # -> 0.0 (granted)
+    """
+
+    def __init__(self, rate: float | None, burst: float, clock: Clock = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[Any, TokenBucket] = {}
+        self._lock = threading.Lock()
+
+    def bucket(self, key: Any) -> TokenBucket | None:
+        """The bucket for `key`, created full on first use (None when unlimited)."""
+        if self.rate is None:
+            return None
+        with self._lock:
+            if key not in self._buckets:
+                self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
+            return self._buckets[key]
+
+    def take(self, key: Any) -> float:
+        """0.0 if the request may pass, else seconds until it could."""
+        bucket = self.bucket(key)
+        return 0.0 if bucket is None else bucket.take()
+
+    def reset(self) -> None:
+        """Forget every bucket (all start full again)."""
+        with self._lock:
+            self._buckets.clear()
+
+
+@dataclass
+class RequestRecord:
+    """One API request: arrival `time` (monotonic), `method`, `path`, `status`.
+
+    `status` is 0 while in flight and for connections reset by a fault.
+    """
+
+    time: float
+    method: str
+    path: str
+    status: int = 0
+
+
+_FAULT_FIELDS = {
+    "when", "status", "code", "message", "body", "headers",
+    "stall", "reset", "method", "path_prefix", "count",
+}
+
+
+@dataclass
+class Fault:
+    """A misbehaviour for the next `count` matching API requests::
+
+        Fault(status=503, code="service_unavailable")      # error, nothing applied
+        Fault(when="after", status=500, path_prefix="/v1/pages", method="POST")
+        Fault(when="after", stall=3.0)                     # applied, answered late
+        Fault(reset=True, count=2)                         # no answer, socket reset
+    """
+
+    when: Literal["before", "after"] = "before"
+    status: int | None = None
+    code: str | None = None
+    message: str = "fault injected by the simulator"
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    stall: float = 0.0
+    reset: bool = False
+    method: str | None = None
+    path_prefix: str | None = None
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.when not in ("before", "after"):
+            raise ValueError("when must be 'before' or 'after'")
+        if self.status is None and not self.reset and self.stall <= 0:
+            raise ValueError("a fault needs status, stall or reset")
+        if self.reset and self.status is not None:
+            raise ValueError("reset and status exclude each other")
+        if self.count < 1 or self.stall < 0:
+            raise ValueError("count must be >= 1 and stall >= 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fault:
+        """Build from the JSON of `POST /_sim/faults`; unknown keys are refused."""
+        unknown = set(data) - _FAULT_FIELDS
+        if unknown:
+            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def matches(self, method: str, path: str) -> bool:
+        """True if this fault applies to a request with `method` and `path`."""
+        if self.method is not None and self.method.upper() != method:
+            return False
+        return self.path_prefix is None or path.startswith(self.path_prefix)
+
+
+@dataclass
+class Request:
+    """An incoming request as the simulators see it."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises `orjson.JSONDecodeError`)."""
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Response:
+    """What a simulator answers; `json_body` is serialised when `body` is None."""
+
+    status: int
+    json_body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+
+    def encode(self) -> bytes:
+        if self.body is not None:
+            return self.body
+        return b"" if self.json_body is None else orjson.dumps(self.json_body)
+
+
+class SimError(Exception):
+    """Raise inside `handle()` to answer the simulator's error body::
+
+        raise SimError(404, "object_not_found", "Could not find page")
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, *,
+        headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+class _ResetConnection(Exception):
+    """Internal: close the socket without answering."""
+
+
+class SimServer:
+    """Base of every simulator. Subclasses implement `handle()` and `error()`::
+
+        sim = MySim().start(); sim.url; sim.stop()
+        with MySim(port=8081) as sim: ...
+
+    `lock` guards the simulator's data: `handle()` always runs under it, and
+    test-side accessors take it too. `limiter` is the simulated rate limit
+    (`rate_per_second=None`: unlimited); subclasses choose the bucket key.
+    """
+
+    # Error code a `Fault` with a status but no `code` answers, per status.
+    fault_codes: dict[int, str] = {}
+
+    def __init__(
+        self, *, port: int = 0, rate_per_second: float | None = None, burst: float = 1,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._wanted_port = port
+        self.clock = clock
+        self.limiter = RateLimiter(rate_per_second, burst, clock)
+        self.lock = threading.RLock()
+        self._changed = threading.Condition(self.lock)
+        self._faults: list[Fault] = []
+        self._log: list[RequestRecord] = []
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+
+    # -- to implement -------------------------------------------------------
+    def handle(self, request: Request) -> Response:
+        """Answer one API request (called with `lock` held)."""
+        raise NotImplementedError
+
+    def error(self, err: SimError) -> Response:
+        """Render `err` in this API's error-body format."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """The data shown by `GET /_sim/state`."""
+        return {}
+
+    def control(self, request: Request, name: str) -> Response | None:
+        """Extra `/_sim/<name>` endpoints; None means unknown."""
+        return None
+
+    def reset_faults_and_log(self) -> None:
+        """What `POST /_sim/reset` does: no faults, empty log, full rate buckets."""
+        with self.lock:
+            self._faults.clear()
+            self._log.clear()
+            self.limiter.reset()
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> Self:
+        """Bind 127.0.0.1 and serve in a daemon thread; returns self."""
+        if self._httpd is not None:
+            raise RuntimeError("already started")
+        self._stopping.clear()
+        self._httpd = _HTTPServer(("127.0.0.1", self._wanted_port), _Handler, self)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name=f"{type(self).__name__}:{self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and cut open keep-alive connections (they would still answer)."""
+        if self._httpd is None:
+            return
+        self._stopping.set()  # wakes stalled handlers
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        with self._conn_lock:
+            for conn in list(self._connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if self._thread is not None:
+            self._thread.join(5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL without a trailing slash, e.g. `http://127.0.0.1:40123`."""
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- faults, log, stats -------------------------------------------------
+    def inject(self, fault: Fault) -> None:
+        """Queue a fault; faults are tried in the order they were injected."""
+        with self.lock:
+            self._faults.append(fault)
+
+    @property
+    def pending_faults(self) -> list[Fault]:
+        with self.lock:
+            return list(self._faults)
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Copies of the API request log, in arrival order."""
+        with self.lock:
+            return [dataclasses.replace(r) for r in self._log]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by status, 429s, and the peak number of requests in any 1 s window."""
+        with self.lock:
+            records = list(self._log)
+        by_status: dict[str, int] = {}
+        for r in records:
+            by_status[str(r.status)] = by_status.get(str(r.status), 0) + 1
+        return {
+            "requests": len(records),
+            "by_status": by_status,
+            "rate_limited": by_status.get("429", 0),
+            "max_in_1s": _max_in_window([r.time for r in records], 1.0),
+            "max_accepted_in_1s": _max_in_window([r.time for r in records if r.status != 429], 1.0),
+        }
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Block until `predicate()` is true (checked after every request), or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{type(self).__name__}: condition not met within {timeout} s")
+                self._changed.wait(left)
+
+    # -- request pipeline (called from handler threads) -------------------
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.count -= 1
+                    if fault.count == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _dispatch(self, request: Request) -> Response:
+        """Run one request through faults, the subclass and the log."""
+        if request.path.startswith("/_sim/"):
+            return self._control(request)
+        record = RequestRecord(self.clock(), request.method, request.path)
+        with self.lock:
+            self._log.append(record)
+        try:
+            response = self._faulted(request, self._take_fault(request.method, request.path))
+        except _ResetConnection:
+            self._finish(record, 0)
+            raise
+        self._finish(record, response.status)
+        return response
+
+    def _faulted(self, request: Request, fault: Fault | None) -> Response:
+        if fault is not None and fault.when == "before":
+            self._stall(fault)
+            if fault.reset:
+                raise _ResetConnection
+            if fault.status is not None:
+                return self._fault_response(fault)
+        response = self._apply(request)
+        if fault is not None and fault.when == "after":
+            self._stall(fault)
+            if fault.reset:
+                raise _ResetConnection
+            if fault.status is not None:
+                return self._fault_response(fault)
+        return response
+
+    def _apply(self, request: Request) -> Response:
+        with self.lock:
+            try:
+                return self.handle(request)
+            except SimError as err:
+                return self._render(err)
+            except Exception as exc:  # a simulator bug: show it to the test, keep serving
+                traceback.print_exc()
+                return self._render(SimError(500, "internal_server_error", f"simulator bug: {exc!r}"))
+
+    def _render(self, err: SimError) -> Response:
+        response = self.error(err)
+        response.headers.update(err.headers)
+        return response
+
+    def _stall(self, fault: Fault) -> None:
+        if fault.stall > 0:
+            self._stopping.wait(fault.stall)
+
+    def _fault_response(self, fault: Fault) -> Response:
+        assert fault.status is not None  # checked by the caller
+        headers = dict(fault.headers)
+        if fault.body is not None:
+            return Response(fault.status, fault.body, headers)
+        code = fault.code or self.fault_codes.get(fault.status, f"http_{fault.status}")
+        return self._render(SimError(fault.status, code, fault.message, headers=headers))
+
+    def _finish(self, record: RequestRecord, status: int) -> None:
+        with self._changed:
+            record.status = status
+            self._changed.notify_all()
+
+    def _control(self, request: Request) -> Response:
+        name = request.path[len("/_sim/"):]
+        route = (request.method, name)
+        if route == ("GET", "state"):
+            with self.lock:
+                return Response(200, self.state())
+        if route == ("GET", "stats"):
+            return Response(200, self.stats())
+        if route == ("POST", "reset"):
+            self.reset_faults_and_log()
+            return Response(200, {"ok": True})
+        try:
+            if route == ("POST", "faults"):
+                data = request.json()
+                for item in data if isinstance(data, list) else [data]:
+                    self.inject(Fault.from_dict(item))
+                return Response(200, {"ok": True, "pending": len(self.pending_faults)})
+            with self.lock:
+                extra = self.control(request, name)
+        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            return Response(400, {"error": str(exc)})
+        if extra is None:
+            return Response(404, {"error": f"unknown control endpoint {request.method} {request.path}"})
+        with self._changed:
+            self._changed.notify_all()
+        return extra
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    """Most timestamps inside any half-open interval of length `window`."""
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True  # stalled handlers must not keep the process alive
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], sim: SimServer) -> None:
+        self.sim = sim
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real services
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.sim._conn_lock:
+            self.server.sim._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.sim._conn_lock:
+            self.server.sim._connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass  # the socket may already be reset
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests read sim.requests instead of stderr noise
+
+    def _read_body(self) -> bytes | None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks: list[bytes] = []
+            total = 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                total += size
+                if total > MAX_READ_BYTES:
+                    return None
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_READ_BYTES:
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _serve(self) -> None:
+        try:
+            body = self._read_body()
+        except ValueError:
+            body = None
+        if body is None:
+            self.close_connection = True
+            self._write(Response(413, {"error": "request body unreadable or too large"}))
+            return
+        parts = urlsplit(self.path)
+        request = Request(
+            method=self.command,
+            path=parts.path,
+            query=parse_qs(parts.query),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+        )
+        try:
+            response = self.server.sim._dispatch(request)
+        except _ResetConnection:
+            self._reset()
+            return
+        self._write(response)
+
+    def _write(self, response: Response) -> None:
+        payload = response.encode()
+        try:
+            self.send_response(response.status)
+            headers = {"Content-Type": "application/json", **response.headers}
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            self.close_connection = True  # client went away (e.g. its timeout fired)
+
+    def _reset(self) -> None:
+        # SO_LINGER 0 turns close() into a TCP RST, as a crashed peer or a middlebox would.
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+
+def serve_forever(sim: SimServer, info: dict[str, Any]) -> int:
+    """Start `sim`, print `info` (plus `url`) as one JSON line, serve until SIGTERM/SIGINT.
+
+    Used by the `python -m sidecar.simulators.X` entry points; returns the exit code 0.
+    """
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sim.start()
+    print(json.dumps({"url": sim.url, **info}), flush=True)
+    done.wait()
+    sim.stop()
+    return 0
+
+
+def cli_parser(description: str, rate: float, burst: int) -> argparse.ArgumentParser:
+    """The options every simulator entry point shares: --port, --rate, --burst."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free)")
+    parser.add_argument("--rate", type=float, default=rate, help="requests per second allowed")
+    parser.add_argument("--burst", type=int, default=burst, help="token bucket size")
+    return parser
