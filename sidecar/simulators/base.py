@@ -328,8 +328,9 @@ class SimServer:
             raise RuntimeError("already started")
         self._stopping.clear()
         self._httpd = _HTTPServer(("127.0.0.1", self._wanted_port), _Handler, self)
+        # A short poll interval keeps stop() (which waits for the loop to notice) fast.
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"{type(self).__name__}:{self.port}", daemon=True
+            target=self._httpd.serve_forever, args=(0.05,), name=f"{type(self).__name__}:{self.port}", daemon=True
         )
         self._thread.start()
         return self
@@ -441,19 +442,23 @@ class SimServer:
 
     def _faulted(self, request: Request, fault: Fault | None) -> Response:
         if fault is not None and fault.when == "before":
-            self._stall(fault)
-            if fault.reset:
-                raise _ResetConnection
-            if fault.status is not None:
-                return self._fault_response(fault)
+            early = self._misbehave(fault)
+            if early is not None:
+                return early
         response = self._apply(request)
         if fault is not None and fault.when == "after":
-            self._stall(fault)
-            if fault.reset:
-                raise _ResetConnection
-            if fault.status is not None:
-                return self._fault_response(fault)
+            late = self._misbehave(fault)
+            if late is not None:
+                return late
         return response
+
+    def _misbehave(self, fault: Fault) -> Response | None:
+        """Stall, then reset the connection or answer the fault's error; None: answer normally."""
+        if fault.stall > 0:
+            self._stopping.wait(fault.stall)  # an Event, so stop() cuts the stall short
+        if fault.reset:
+            raise _ResetConnection
+        return None if fault.status is None else self._fault_response(fault)
 
     def _apply(self, request: Request) -> Response:
         with self.lock:
@@ -469,10 +474,6 @@ class SimServer:
         response = self.error(err)
         response.headers.update(err.headers)
         return response
-
-    def _stall(self, fault: Fault) -> None:
-        if fault.stall > 0:
-            self._stopping.wait(fault.stall)
 
     def _fault_response(self, fault: Fault) -> Response:
         assert fault.status is not None  # checked by the caller
@@ -536,6 +537,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real services
+    # Headers and body go out in separate writes; with Nagle on, the body waits
+    # for the client's delayed ACK and every answer takes 40 ms.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def setup(self) -> None:

@@ -302,7 +302,7 @@ class NaverSimulator(SimServer):
             self.token_issues += 1
         self.token_requests += 1
         return Response(200, {
-            "access_token": current, "expires_in": int(self._tokens[current] - now), "token_type": "Bearer",
+            "access_token": current, "expires_in": round(self._tokens[current] - now), "token_type": "Bearer",
         })
 
     def _multi_update(self, request: Request) -> Response:

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from sidecar.simulators.notion import NotionSimulator
+
+NOTION_SCHEMA = {
+    "Name": "title",
+    "Idempotency Key": "rich_text",
+    "Price": "number",
+    "Side": "select",
+    "Note": "rich_text",
+}
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary directory: ipc:// socket paths must stay under ~107 bytes."""
+    with tempfile.TemporaryDirectory(prefix="sc-") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+def notion_sim() -> Iterator[NotionSimulator]:
+    sim = NotionSimulator(rate_per_second=30, burst=30).start()
+    sim.database_id = sim.create_database(title="Trades", properties=NOTION_SCHEMA)  # type: ignore[attr-defined]
+    try:
+        yield sim
+    finally:
+        sim.stop()

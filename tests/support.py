@@ -1,0 +1,131 @@
+"""Helpers for tests that run a real sidecar process against loopback servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Poll `predicate` until it is truthy; fail loudly with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def write_toml(path: Path, doc: dict[str, Any]) -> Path:
+    lines: list[str] = []
+    for key, value in doc.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {toml_value(value)}")
+    for section, table in doc.items():
+        if isinstance(table, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class SidecarProcess:
+    """`python -m sidecar run` in a subprocess, with its log captured.
+
+        sc = SidecarProcess(tmp_path, config={...}, env={"NOTION_TOKEN": ...}).start()
+        sc.journal_count("events"); sc.stop()  # SIGTERM, expects exit 0
+    """
+
+    def __init__(self, workdir: Path, *, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.endpoint: str = config["ingest"]["endpoint"]
+        self.journal_path = Path(config["journal"]["dir"]) / "journal.db"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_lines: list[str] = []
+        self._ready = threading.Event()
+
+    def start(self, *, wait_ready: bool = True) -> "SidecarProcess":
+        cfg = write_toml(self.workdir / "sidecar.toml", self.config)
+        self._ready.clear()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "run", "--config", str(cfg)],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+        )
+        threading.Thread(target=self._read_log, args=(self.proc,), daemon=True).start()
+        if wait_ready:
+            if not self._ready.wait(30):
+                raise AssertionError("sidecar did not become ready:\n" + self.log_text())
+        return self
+
+    def _read_log(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.log_lines.append(line)
+            if "sidecar ready" in line:
+                self._ready.set()
+
+    def log_text(self) -> str:
+        return "\n".join(self.log_lines)
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("sidecar did not exit after SIGTERM:\n" + self.log_text())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(f"file:{self.journal_path}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def journal_count(self, table: str) -> int:
+        return self.query(f"SELECT COUNT(*) FROM {table}")[0][0]
+
+
+def sidecar_config(tmp: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """A config with a private endpoint and journal under `tmp`, plus overrides."""
+    doc: dict[str, Any] = {
+        "ingest": {"endpoint": f"ipc://{tmp}/ingest.sock"},
+        "journal": {"dir": str(tmp / "journal"), "synchronous": "NORMAL"},
+        "retry": {"base": 0.05, "cap": 0.5},
+    }
+    for name, table in sections.items():
+        doc.setdefault(name, {}).update(table)
+    return doc

@@ -1,0 +1,226 @@
+"""End to end: client process -> sidecar process -> Notion simulator, over real sockets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from client import Client
+from sidecar.simulators.base import Fault
+from sidecar.simulators.notion import NotionSimulator, property_value
+
+from .support import ROOT, SidecarProcess, sidecar_config, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def start_sidecar(tmp: Path, sim: NotionSimulator, **notion: Any) -> SidecarProcess:
+    cfg = sidecar_config(tmp, notion={"base_url": sim.url + "/v1", "rate_per_second": 25.0, "burst": 5.0,
+                                      "timeout": 1.0, **notion})
+    return SidecarProcess(tmp, config=cfg, env={"NOTION_TOKEN": sim.token}).start()
+
+
+def create_body(db: str, name: str) -> dict[str, Any]:
+    return {"parent": {"database_id": db}, "properties": {"Name": {"title": [{"text": {"content": name}}]}}}
+
+
+def paragraph(text: str) -> dict[str, Any]:
+    return {"object": "block", "type": "paragraph",
+            "paragraph": {"rich_text": [{"type": "text", "text": {"content": text}}]}}
+
+
+def texts(blocks: list[dict[str, Any]]) -> list[str]:
+    return ["".join(t["plain_text"] for t in b["paragraph"]["rich_text"]) for b in blocks]
+
+
+def page_by_key(sim: NotionSimulator, key: str) -> dict[str, Any]:
+    pages = sim.pages_with_property(sim.database_id, "Idempotency Key", key)
+    assert len(pages) == 1, f"{len(pages)} pages carry key {key!r}"
+    return pages[0]
+
+
+def drained(sc: SidecarProcess, *clients: Client) -> bool:
+    """Every event of `clients` has reached the journal, and the journal is empty."""
+    for client in clients:
+        seen = sc.query("SELECT last_seq FROM clients WHERE client_id=?", client.client_id)
+        if not seen or seen[0][0] < client.stats()["last_seq"]:
+            return False
+    return sc.journal_count("events") == 0
+
+
+def test_mixed_workload_with_faults_ends_in_exact_state(short_tmp: Path, notion_sim: NotionSimulator) -> None:
+    sim, db = notion_sim, notion_sim.database_id
+    # Faults of every kind, each hitting a different endpoint.
+    sim.inject(Fault(when="after", status=500, method="POST", path_prefix="/v1/pages", count=2))
+    sim.inject(Fault(when="after", stall=2.5, method="POST", path_prefix="/v1/pages", count=1))
+    sim.inject(Fault(when="after", status=504, method="PATCH", path_prefix="/v1/blocks", count=2))
+    sim.inject(Fault(when="after", reset=True, method="PATCH", path_prefix="/v1/blocks", count=1))
+    sim.inject(Fault(status=503, code="service_unavailable", method="PATCH", path_prefix="/v1/pages", count=3))
+    sim.inject(Fault(status=409, code="conflict_error", method="PATCH", path_prefix="/v1/pages", count=1))
+    sc = start_sidecar(short_tmp, sim)
+    keys = [f"trade-{i}" for i in range(12)]
+    expected_price: dict[str, int] = {}
+    expected_children: dict[str, list[str]] = {k: [] for k in keys[:3]}
+    with Client(sc.endpoint, strict=True) as client:
+        for key in keys:  # every create twice: one page each, ever
+            assert client.emit("notion.page.create", create_body(db, key), key=key)
+            assert client.emit("notion.page.create", create_body(db, key), key=key)
+        for i, key in enumerate(keys):  # a select set once, early; later updates leave it alone
+            client.emit("notion.page.update", {"properties": {"Side": {"select": {"name": "BUY" if i % 2 else "SELL"}}}},
+                        ref=key)
+        for n in range(3000):  # thousands of updates to a few pages
+            key = keys[n % 4]
+            client.emit("notion.page.update", {"properties": {"Price": {"number": n}}}, ref=key)
+            expected_price[key] = n
+        for n in range(300):  # hundreds of appends to three parents
+            key = keys[n % 3]
+            client.emit("notion.blocks.append", {"children": [paragraph(f"{key} line {n}")]}, ref=key)
+            expected_children[key].append(f"{key} line {n}")
+    wait_until(lambda: drained(sc, client), timeout=60, what="the journal to drain")
+    # A late duplicate of a delivered create is skipped too.
+    with Client(sc.endpoint, strict=True) as late:
+        late.emit("notion.page.create", create_body(db, "trade-0"), key="trade-0")
+    wait_until(lambda: drained(sc, late), timeout=20, what="the late duplicate to settle")
+    assert sc.stop() == 0
+
+    assert len(sim.pages()) == len(keys)
+    for i, key in enumerate(keys):
+        page = page_by_key(sim, key)
+        assert property_value(page, "Name") == key
+        assert property_value(page, "Side") == ("BUY" if i % 2 else "SELL")
+        assert property_value(page, "Price") == expected_price.get(key)
+        assert texts(sim.children(page["id"])) == expected_children.get(key, [])
+    assert sc.query("SELECT reason, status, detail FROM dead_letters LIMIT 3") == []
+    assert sc.journal_count("rejects") == 0
+    # Coalescing: far fewer calls than events.
+    calls = len(sim.requests)
+    assert calls < (len(keys) * 2 + 3000 + 300 + len(keys)) / 10, calls
+
+
+def test_killed_mid_call_resumes_without_duplicates(short_tmp: Path, notion_sim: NotionSimulator) -> None:
+    sim, db = notion_sim, notion_sim.database_id
+    sc = start_sidecar(short_tmp, sim, timeout=30.0)
+    with Client(sc.endpoint, strict=True) as first:
+        first.emit("notion.page.create", create_body(db, "k"), key="k")
+    wait_until(lambda: drained(sc, first), timeout=20, what="the create")
+    page_id = page_by_key(sim, "k")["id"]
+    # The next append is applied but its answer never comes; kill the sidecar then.
+    sim.inject(Fault(when="after", stall=30, method="PATCH", path_prefix="/v1/blocks", count=1))
+    with Client(sc.endpoint, strict=True) as client:
+        client.emit("notion.blocks.append", {"children": [paragraph("first")]}, ref="k")
+        wait_until(lambda: texts(sim.children(page_id)) == ["first"], timeout=20, what="the stalled append to apply")
+        for n in range(50):
+            client.emit("notion.blocks.append", {"children": [paragraph(f"more {n}")]}, ref="k")
+            client.emit("notion.page.create", create_body(db, f"k{n}"), key=f"k{n}")
+        wait_until(lambda: sc.journal_count("events") >= 101, timeout=20, what="the new events to be journaled")
+    sc.kill()
+    assert sc.journal_count("events") >= 101  # nothing delivered or lost while stalled
+
+    sc.start()
+    wait_until(lambda: drained(sc, client), timeout=60, what="the restarted sidecar to finish")
+    assert sc.stop() == 0
+    assert texts(sim.children(page_id)) == ["first"] + [f"more {n}" for n in range(50)]
+    assert len(sim.pages()) == 51
+    for n in range(50):
+        page_by_key(sim, f"k{n}")
+
+
+def test_create_that_fails_for_good_dead_letters_its_dependents(short_tmp: Path, notion_sim: NotionSimulator) -> None:
+    sim = notion_sim
+    sc = start_sidecar(short_tmp, sim)
+    with Client(sc.endpoint, strict=True) as client:
+        # Not a database the simulator knows: 404 object_not_found, never retried.
+        client.emit("notion.page.create", create_body("0" * 32, "lost"), key="lost")
+        client.emit("notion.page.update", {"properties": {"Price": {"number": 1}}}, ref="lost")
+        client.emit("notion.blocks.append", {"children": [paragraph("x")]}, ref="lost")
+        # A property the database does not have: 400 validation_error.
+        client.emit("notion.page.create", {**create_body(sim.database_id, "bad"),
+                                           "properties": {"Nope": {"number": 1}}}, key="bad")
+    wait_until(lambda: sc.journal_count("dead_letters") == 4, timeout=20, what="4 dead letters")
+    rows = dict(sc.query("SELECT kind || ':' || COALESCE(key, ref), reason || ' ' || COALESCE(status, '') || ' ' || "
+                         "COALESCE(detail, '') FROM dead_letters"))
+    assert rows["notion.page.create:lost"].startswith("http_404 404")
+    assert "object_not_found" in rows["notion.page.create:lost"]
+    assert rows["notion.page.update:lost"].startswith("ref_failed")
+    assert rows["notion.blocks.append:lost"].startswith("ref_failed")
+    assert "validation_error" in rows["notion.page.create:bad"]
+    assert sc.stop() == 0
+    assert sim.pages() == []
+
+
+def test_bad_frames_are_counted_kept_and_harmless(short_tmp: Path, notion_sim: NotionSimulator) -> None:
+    sim, db = notion_sim, notion_sim.database_id
+    sc = start_sidecar(short_tmp, sim)
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.PUSH)
+    raw.setsockopt(zmq.LINGER, 5000)
+    raw.connect(sc.endpoint)
+    with Client(sc.endpoint, strict=True) as client:
+        garbage: list[list[bytes]] = [
+            [b"\xff\xfe not json"],
+            [b'{"an": "object"}'],
+            [b"[1, 2, 3]"],
+            [b'[2, "c", 1, "webhook.post", null, null, 0, {}]'],
+            [b'[1, "c", "one", "notion.page.create", null, null, 0, {}]'],
+            [b'[1, "c", 1, "no.such.kind", null, null, 0, {}]'],
+            [b'[1, "c", 2, "notion.page.update", null, null, 0, []]'],
+            [b'[1, "c", 3, "notion.page.create", null, null, 0, {"parent": 5}]'],
+            [b"a", b"b", b"c"],
+            [b'[1, "c", 4, "notion.page.update", null, null, 0, {"x": "' + b"y" * 2_000_000 + b'"}]'],
+        ]
+        for n, frames in enumerate(garbage):
+            client.emit("notion.page.create", create_body(db, f"ok{n}"), key=f"ok{n}")
+            raw.send_multipart(frames)
+        client.emit("notion.page.create", create_body(db, "last"), key="last")
+    raw.close()
+    ctx.term()
+    wait_until(lambda: sc.journal_count("rejects") == len(garbage), timeout=20, what="every bad frame rejected")
+    wait_until(lambda: len(sim.pages()) == len(garbage) + 1, timeout=30, what="every good event delivered")
+    reasons = sorted(r for (r,) in sc.query("SELECT reason FROM rejects"))
+    assert reasons == sorted(["bad_json", "bad_envelope", "bad_envelope", "bad_version", "bad_envelope",
+                              "unknown_kind", "bad_payload", "bad_payload", "bad_frames", "too_large"])
+    assert sc.proc is not None and sc.proc.poll() is None
+    assert sc.stop() == 0
+
+
+def test_short_lived_emitter_loses_nothing(short_tmp: Path, notion_sim: NotionSimulator) -> None:
+    sim, db = notion_sim, notion_sim.database_id
+    sc = start_sidecar(short_tmp, sim)
+    # A separate process bursts thousands of events and exits at once, without close().
+    script = textwrap.dedent(f"""
+        from client import Client
+        c = Client({sc.endpoint!r}, strict=True)
+        c.emit("notion.page.create", {create_body(db, "burst")!r}, key="burst")
+        for n in range(5000):
+            c.emit("notion.blocks.append", {{"children": [{{"type": "paragraph", "paragraph": {{"rich_text":
+                [{{"type": "text", "text": {{"content": str(n)}}}}]}}}}]}}, ref="burst")
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=60)
+    wait_until(lambda: sc.query("SELECT closed FROM clients") == [(1,)] and sc.journal_count("events") == 0,
+               timeout=90, what="the burst to be delivered")
+    page = page_by_key(sim, "burst")
+    assert texts(sim.children(page["id"])) == [str(n) for n in range(5000)]
+    gaps = sc.query("SELECT SUM(gaps), SUM(closed), MAX(last_seq) FROM clients")
+    assert gaps == [(0, 1, 5001)]
+    assert sc.stop() == 0
+
+
+def test_rate_seen_by_the_api_never_exceeds_the_configured_rate(short_tmp: Path) -> None:
+    # Notion's own figures: 3 requests/s on average.
+    with NotionSimulator(rate_per_second=3, burst=3) as sim:
+        db = sim.create_database(title="T", properties={"Name": "title", "Idempotency Key": "rich_text"})
+        sc = start_sidecar(short_tmp, sim, rate_per_second=3.0, burst=1.0)
+        with Client(sc.endpoint, strict=True) as client:
+            for n in range(18):
+                client.emit("notion.page.create", create_body(db, f"r{n}"), key=f"r{n}")
+        wait_until(lambda: len(sim.pages()) == 18, timeout=30, what="18 pages")
+        assert sc.stop() == 0
+        stats = sim.stats()
+    assert stats["rate_limited"] == 0
+    assert stats["max_in_1s"] <= 3 + 1  # rate plus the configured burst

@@ -1,0 +1,138 @@
+"""Pure pieces with an injected clock: backoff, Retry-After, limiter, config, planning."""
+
+from __future__ import annotations
+
+import random
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+
+from client import wire
+from sidecar.backoff import full_jitter, parse_retry_after, retry_delay
+from sidecar.config import ConfigError, load_config
+from sidecar.connectors.base import Dead, Send, Skip, Wait
+from sidecar.connectors.notion import NotionConnector
+from sidecar.config import NotionConfig
+from sidecar.journal import Event
+from sidecar.limiter import Limiter, MemoryStore, Rule
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_full_jitter_stays_under_the_capped_ceiling() -> None:
+    rng = random.Random(7)
+    for attempt in range(1, 30):
+        ceiling = min(10.0, 0.5 * 2 ** (attempt - 1))
+        samples = [full_jitter(attempt, base=0.5, cap=10.0, rng=rng) for _ in range(200)]
+        assert all(0 <= s <= ceiling for s in samples)
+        assert max(samples) > ceiling / 2  # spread over the whole range, not a constant
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("3", 3.0), (" 10 ", 10.0), ("0", 0.0), ("", None), (None, None), ("soon", None),
+    (formatdate(1_000_030, usegmt=True), 30.0), (formatdate(999_000, usegmt=True), 0.0),
+])
+def test_retry_after_in_seconds_or_http_date(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header, now=1_000_000) == expected
+
+
+def test_retry_delay_never_shorter_than_retry_after() -> None:
+    assert retry_delay(1, 5.0, base=0.1, cap=1.0, rng=random.Random(1)) == 5.0
+
+
+def test_token_bucket_spaces_calls_at_the_rate_after_the_burst() -> None:
+    limiter = Limiter("t", Rule(rate=3, burst=2), MemoryStore())
+    now = 100.0
+    waits = [limiter.reserve(now) for _ in range(5)]
+    assert waits[:2] == [0.0, 0.0]
+    assert waits[2:] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # After a quiet spell the burst is back, never more.
+    assert limiter.tokens(now + 100) == 2
+
+
+def test_rate_limit_pauses_and_slows_then_recovers() -> None:
+    limiter = Limiter("t", Rule(rate=4, burst=1, recovery_step=0.25), MemoryStore())
+    limiter.on_rate_limited(retry_after=2.0, now=10.0)
+    assert limiter.rate == 2.0
+    assert limiter.reserve(10.0) == pytest.approx(2.0)
+    for _ in range(10):
+        limiter.on_success()
+    assert limiter.rate == 4.0
+    for _ in range(10):
+        limiter.on_rate_limited(retry_after=None, now=20.0)
+    assert limiter.rate == pytest.approx(0.4)  # floor: min_fraction of the rule
+
+
+def test_config_defaults_and_strict_keys(tmp_path: Path) -> None:
+    cfg = load_config(None)
+    assert cfg.notion.version == "2022-06-28"
+    assert cfg.notion.rate_per_second == 3.0
+    assert cfg.notion.token_env == "NOTION_TOKEN"
+    assert cfg.notion.idempotency_property == "Idempotency Key"
+    path = tmp_path / "c.toml"
+    path.write_text('[notion]\nrate_per_second = 2\nbase_url = "http://x/v1"\n[journal]\ndir = "/tmp/j"\n')
+    cfg = load_config(path)
+    assert cfg.notion.rate_per_second == 2.0 and cfg.journal.dir == "/tmp/j"
+    path.write_text("[notion]\nrate_per_secnod = 2\n")
+    with pytest.raises(ConfigError, match="rate_per_secnod"):
+        load_config(path)
+    path.write_text('[notion]\nrate_per_second = "fast"\n')
+    with pytest.raises(ConfigError, match="rate_per_second"):
+        load_config(path)
+
+
+class _Ctx:
+    def __init__(self, refs: dict[str, str] | None = None, pending: set[str] | None = None,
+                 dead: dict[str, str] | None = None, now: float = 1000.0) -> None:
+        self.refs, self.pending, self.dead, self.now = refs or {}, pending or set(), dead or {}, now
+
+    def ref(self, key: str) -> str | None:
+        return self.refs.get(key)
+
+    def has_target(self, target: str) -> bool:
+        return target in self.pending
+
+    def dead_key(self, kind: str, key: str) -> str | None:
+        return self.dead.get(key)
+
+
+def _event(n: int, kind: str, target: str, payload: dict, key: str | None = None) -> Event:
+    frame = wire.encode("c", n, kind, key, None, 0, payload)
+    return Event(n, "notion", kind, target, key, None, "c", n, 0, int(999e9), frame, None, 0, 0.0)
+
+
+def test_notion_plans_merge_updates_per_property_in_order() -> None:
+    conn = NotionConnector(NotionConfig(), "t")
+    group = [
+        _event(1, "notion.page.update", "update:p", {"page_id": "p", "properties": {"A": 1, "B": 1}}),
+        _event(2, "notion.page.update", "update:p", {"page_id": "p", "properties": {"A": 2}, "archived": False}),
+        _event(3, "notion.page.update", "update:p", {"page_id": "p", "properties": {"C": 3}}),
+    ]
+    plan = conn.plan(group, _Ctx())
+    assert isinstance(plan, Send) and plan.merged == 2
+    assert plan.request == ("update", "p", {"properties": {"A": 2, "B": 1, "C": 3}, "archived": False})
+
+
+def test_notion_plans_appends_in_requests_of_at_most_100_children() -> None:
+    conn = NotionConnector(NotionConfig(), "t")
+    group = [_event(n, "notion.blocks.append", "append:b", {"block_id": "b", "children": [{"n": n}] * 30})
+             for n in range(5)]
+    plan = conn.plan(group, _Ctx())
+    assert isinstance(plan, Send)
+    assert [e.id for e in plan.events] == [0, 1, 2]
+    assert len(plan.request[2]["children"]) == 90
+
+
+def test_notion_refs_wait_resolve_or_die() -> None:
+    conn = NotionConnector(NotionConfig(), "t", ref_wait=60)
+    group = [_event(1, "notion.page.update", "update:ref:k", {"properties": {"A": 1}})]
+    assert isinstance(conn.plan(group, _Ctx(pending={"create:k"})), Wait)
+    assert isinstance(conn.plan(group, _Ctx()), Wait)  # unknown yet: wait a while
+    assert isinstance(conn.plan(group, _Ctx(now=2000.0)), Dead)  # ...but not forever
+    dead = conn.plan(group, _Ctx(dead={"k": "http_404: object_not_found"}))
+    assert isinstance(dead, Dead) and dead.reason == "ref_failed"
+    sent = conn.plan(group, _Ctx(refs={"k": "page-1"}))
+    assert isinstance(sent, Send) and sent.request[1] == "page-1"
+    create = [_event(2, "notion.page.create", "create:k", {"parent": {"database_id": "d"}}, key="k")]
+    assert isinstance(conn.plan(create, _Ctx(refs={"k": "page-1"})), Skip)
