@@ -39,6 +39,8 @@ import weakref
 from collections import Counter
 from typing import Any
 
+import orjson
+
 from . import wire
 from .transport import QueueFull, Transport, TransportError, ZmqTransport
 
@@ -52,6 +54,9 @@ DEFAULT_MAX_BLOB_BYTES = 64 * 1024 * 1024
 STATS_INTERVAL_NS = 1_000_000_000
 
 _time_ns = time.time_ns
+_dumps = orjson.dumps
+_KINDS = wire.KINDS
+_VERSION = wire.VERSION
 _live: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
 
@@ -95,7 +100,8 @@ class Client:
         self._warned: set[tuple[str, str]] = set()
         self._closed = False
         self._next_stats_ns = 0
-        self._transport: Transport | None = transport or self._connect()
+        self._transport: Transport | None = None
+        self._attach(transport or self._connect())
         if threadsafe:
             lock = threading.Lock()
             unlocked = self.emit
@@ -107,6 +113,11 @@ class Client:
 
             self.emit = emit  # type: ignore[method-assign]
         _live.add(self)
+
+    def _attach(self, transport: Transport | None) -> None:
+        self._transport = transport
+        # Bound once: the hot path calls the transport's send without a lookup.
+        self._send = transport.send if transport is not None else None
 
     def _connect(self) -> Transport | None:
         try:
@@ -132,19 +143,20 @@ class Client:
         transport = self._transport
         if transport is None:
             return self._drop("closed" if self._closed else "transport_error", kind)
-        if kind not in wire.KINDS:
+        if kind not in _KINDS:
             return self._misuse("unknown_kind", kind, f"unknown event kind {kind!r}")
         seq = self._seq + 1
         now = _time_ns()
         try:
-            frame = wire.encode(self.client_id, seq, kind, key, ref, now, payload)
+            # wire.encode, inlined: this line is most of emit's cost.
+            frame = _dumps([_VERSION, self.client_id, seq, kind, key, ref, now, payload])
         except TypeError as exc:
             return self._misuse("unserializable", kind, f"payload is not JSON-serialisable: {exc}")
         if len(frame) > self.max_event_bytes:
             return self._misuse("too_large", kind, f"event is {len(frame)} bytes, limit {self.max_event_bytes}")
         try:
             if blob is None:
-                transport.send(frame)
+                self._send(frame)
             else:
                 if not isinstance(blob, (bytes, bytearray, memoryview)):
                     return self._misuse("bad_blob", kind, f"blob must be bytes-like, not {type(blob).__name__}")
@@ -203,7 +215,8 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        transport, self._transport = self._transport, None
+        transport = self._transport
+        self._attach(None)
         if transport is None:
             return
         frame = wire.encode(self.client_id, 0, wire.BYE, None, None, _time_ns(), self.stats())
@@ -214,7 +227,8 @@ class Client:
         transport.close(self.linger if linger is None else linger)
 
     def _after_fork_in_child(self) -> None:
-        transport, self._transport = self._transport, None
+        transport = self._transport
+        self._attach(None)
         if isinstance(transport, ZmqTransport):
             transport.abandon()
         self.client_id = _new_client_id()
@@ -222,7 +236,7 @@ class Client:
         self._dropped = Counter()
         self._next_stats_ns = 0
         if not self._closed:
-            self._transport = self._connect()
+            self._attach(self._connect())
 
     def __enter__(self) -> "Client":
         return self

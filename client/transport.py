@@ -60,7 +60,10 @@ class ZmqTransport:
             self._ctx.term()
             raise TransportError(f"cannot connect to {endpoint!r}: {exc}") from None
         self._sock = sock
-        self._raw_send = sock.send
+        # pyzmq's Socket.send is a Python layer (for routing ids and groups,
+        # unused here) over the Cython send; calling the latter directly
+        # saves about a quarter of a microsecond on every emit.
+        self._raw_send = super(zmq.Socket, sock).send
 
     def send(self, frame: bytes) -> None:
         try:

@@ -56,7 +56,7 @@ def paragraph(content: str = "x", children: list[Any] | None = None) -> dict[str
 
 
 def assert_notion_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert response.status_code == status, body
     assert set(body) == ERROR_KEYS
     assert (body["object"], body["status"], body["code"]) == ("error", status, code)
@@ -166,12 +166,13 @@ def test_notion_auth_and_version_headers(notion: tuple[NotionSimulator, str, htt
 
 
 def test_notion_request_errors(notion: tuple[NotionSimulator, str, httpx.Client]) -> None:
-    sim, db, client = notion
+    _, _, client = notion
     assert_notion_error(client.post("/pages", content=b"{not json"), 400, "invalid_json")
     assert_notion_error(client.get("/users/me"), 400, "invalid_request_url")
     assert_notion_error(client.get("/pages/" + "1" * 32), 404, "object_not_found")
     assert_notion_error(client.post("/pages", json=page_body("2" * 32, "k")), 404, "object_not_found")
-    assert_notion_error(client.patch("/blocks/" + "3" * 32 + "/children", json={"children": []}), 404, "object_not_found")
+    missing_block = client.patch("/blocks/" + "3" * 32 + "/children", json={"children": []})
+    assert_notion_error(missing_block, 404, "object_not_found")
     assert_notion_error(client.get("/pages/not-a-uuid"), 400, "validation_error")
 
 
@@ -213,7 +214,7 @@ def test_notion_two_levels_of_nesting_are_accepted(notion: tuple[NotionSimulator
 
 
 def test_notion_property_schema_and_types(notion: tuple[NotionSimulator, str, httpx.Client]) -> None:
-    sim, db, client = notion
+    _, db, client = notion
     unknown = page_body(db, "k", Colour={"rich_text": text("red")})
     assert "Colour" in assert_notion_error(client.post("/pages", json=unknown), 400, "validation_error")["message"]
     for wrong in ({"Price": {"number": "12"}}, {"Side": {"select": "BUY"}}, {"Filled": {"checkbox": 1}},
@@ -255,9 +256,14 @@ def test_notion_append_children_in_order(notion: tuple[NotionSimulator, str, htt
     assert answer["object"] == "list" and all(b["id"] for b in answer["results"])
     client.patch(f"/blocks/{page['id']}/children",
                  json={"children": [paragraph("after first")], "after": sim.children(page["id"])[0]["id"]})
-    client.patch(f"/blocks/{page['id']}/children", json={"children": [paragraph("zero")], "position": {"type": "start"}})
+    at_start = {"children": [paragraph("zero")], "position": {"type": "start"}}
+    client.patch(f"/blocks/{page['id']}/children", json=at_start)
     contents = [b["paragraph"]["rich_text"][0]["plain_text"] for b in sim.children(page["id"])]
     assert contents == ["zero", "first", "after first", "second", "third"]
+    listed = client.get(f"/blocks/{page['id']}/children", params={"page_size": 3}).json()
+    rest = client.get(f"/blocks/{page['id']}/children", params={"start_cursor": listed["next_cursor"]}).json()
+    assert [b["id"] for b in listed["results"] + rest["results"]] == [b["id"] for b in sim.children(page["id"])]
+    assert listed["has_more"] is True and rest["has_more"] is False
 
 
 def test_notion_query_by_idempotency_key_and_pages(notion: tuple[NotionSimulator, str, httpx.Client]) -> None:
@@ -287,7 +293,8 @@ def test_notion_2025_data_sources(notion: tuple[NotionSimulator, str, httpx.Clie
         page = client.post("/pages", json={**page_body(db, "k"), "parent": {"data_source_id": source}}).json()
         assert page["parent"] == {"type": "data_source_id", "data_source_id": source, "database_id": db}
         query = {"filter": {"property": "Idempotency Key", "rich_text": {"equals": "k"}}}
-        assert [p["id"] for p in client.post(f"/data_sources/{source}/query", json=query).json()["results"]] == [page["id"]]
+        found = client.post(f"/data_sources/{source}/query", json=query).json()["results"]
+        assert [p["id"] for p in found] == [page["id"]]
         assert_notion_error(client.post(f"/databases/{db}/query", json=query), 400, "invalid_request_url")
     assert_notion_error(client_2022.post(f"/data_sources/{source}/query", json={}), 400, "invalid_request_url")
     old_form = client_2022.post("/pages", json={**page_body(db, "j"), "parent": {"data_source_id": source}})
@@ -376,7 +383,8 @@ def test_naver_token_refusals() -> None:
     with NaverSimulator() as sim, httpx.Client(base_url=sim.url + "/external/v1") as client:
         ts = int(time.time() * 1000)
         other_secret = bcrypt.gensalt(4).decode()
-        wrong = client.post("/oauth2/token", data=naver_token_form(sim, ts, client_secret_sign(sim.client_id, other_secret, ts)))
+        wrong_sign = client_secret_sign(sim.client_id, other_secret, ts)
+        wrong = client.post("/oauth2/token", data=naver_token_form(sim, ts, wrong_sign))
         assert wrong.status_code == 401
         assert set(wrong.json()) == {"code", "message", "invalidInputs", "timestamp"}
         assert wrong.json()["invalidInputs"][0]["name"] == "client_secret_sign"

@@ -28,8 +28,10 @@ is used up after `count` requests:
 Control API, so a simulator in another process can be driven over HTTP:
 
 - `GET /_sim/state`: the simulator's data (`state()`).
-- `GET /_sim/stats`: `{"requests", "by_status", "rate_limited",
-  "max_in_1s", "max_accepted_in_1s"}` (status 0 = connection reset by a fault).
+- `GET /_sim/stats`: `{"requests", "by_status", "rate_limited", "max_in_1s",
+  "max_accepted_in_1s"}`: counts by status ("0": reset by a fault, or still
+  in flight), 429s, and the most requests (all / not answered 429) whose
+  arrival fell in any sliding 1-second window.
 - `POST /_sim/faults`: one fault (or a list) as JSON, fields as `Fault`.
 - `POST /_sim/reset`: drop pending faults, the request log and rate buckets;
   stored data (pages, products, deliveries) is kept.
@@ -52,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -169,7 +171,7 @@ _FAULT_FIELDS = {
 
 @dataclass
 class Fault:
-    """A misbehaviour for the next `count` matching API requests::
+    """A misbehaviour for the next `count` matching API requests (`count` counts down)::
 
         Fault(status=503, code="service_unavailable")      # error, nothing applied
         Fault(when="after", status=500, path_prefix="/v1/pages", method="POST")
@@ -278,7 +280,7 @@ class SimServer:
     """
 
     # Error code a `Fault` with a status but no `code` answers, per status.
-    fault_codes: dict[int, str] = {}
+    fault_codes: ClassVar[dict[int, str]] = {}
 
     def __init__(
         self, *, port: int = 0, rate_per_second: float | None = None, burst: float = 1,
@@ -390,7 +392,7 @@ class SimServer:
             return [dataclasses.replace(r) for r in self._log]
 
     def stats(self) -> dict[str, Any]:
-        """Counts by status, 429s, and the peak number of requests in any 1 s window."""
+        """Counts by status, 429s, and the peak number of requests in any 1 s window (see module doc)."""
         with self.lock:
             records = list(self._log)
         by_status: dict[str, int] = {}
@@ -458,7 +460,7 @@ class SimServer:
             self._stopping.wait(fault.stall)  # an Event, so stop() cuts the stall short
         if fault.reset:
             raise _ResetConnection
-        return None if fault.status is None else self._fault_response(fault)
+        return None if fault.status is None else self._fault_response(fault, fault.status)
 
     def _apply(self, request: Request) -> Response:
         with self.lock:
@@ -466,7 +468,7 @@ class SimServer:
                 return self.handle(request)
             except SimError as err:
                 return self._render(err)
-            except Exception as exc:  # a simulator bug: show it to the test, keep serving
+            except Exception as exc:  # noqa: BLE001 - a simulator bug: show it to the test, keep serving
                 traceback.print_exc()
                 return self._render(SimError(500, "internal_server_error", f"simulator bug: {exc!r}"))
 
@@ -475,13 +477,12 @@ class SimServer:
         response.headers.update(err.headers)
         return response
 
-    def _fault_response(self, fault: Fault) -> Response:
-        assert fault.status is not None  # checked by the caller
+    def _fault_response(self, fault: Fault, status: int) -> Response:
         headers = dict(fault.headers)
         if fault.body is not None:
-            return Response(fault.status, fault.body, headers)
-        code = fault.code or self.fault_codes.get(fault.status, f"http_{fault.status}")
-        return self._render(SimError(fault.status, code, fault.message, headers=headers))
+            return Response(status, fault.body, headers)
+        code = fault.code or self.fault_codes.get(status, f"http_{status}")
+        return self._render(SimError(status, code, fault.message, headers=headers))
 
     def _finish(self, record: RequestRecord, status: int) -> None:
         with self._changed:
@@ -507,7 +508,7 @@ class SimServer:
                 return Response(200, {"ok": True, "pending": len(self.pending_faults)})
             with self.lock:
                 extra = self.control(request, name)
-        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
             return Response(400, {"error": str(exc)})
         if extra is None:
             return Response(404, {"error": f"unknown control endpoint {request.method} {request.path}"})
@@ -627,7 +628,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
 
-def serve_forever(sim: SimServer, info: dict[str, Any]) -> int:
+def run_until_signal(sim: SimServer, info: dict[str, Any]) -> int:
     """Start `sim`, print `info` (plus `url`) as one JSON line, serve until SIGTERM/SIGINT.
 
     Used by the `python -m sidecar.simulators.X` entry points; returns the exit code 0.
@@ -650,6 +651,6 @@ def cli_parser(description: str, rate: float, burst: int) -> argparse.ArgumentPa
     """The options every simulator entry point shares: --port, --rate, --burst."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free)")
-    parser.add_argument("--rate", type=float, default=rate, help="requests per second allowed")
+    parser.add_argument("--rate", type=float, default=rate, help="requests per second allowed (0 = unlimited)")
     parser.add_argument("--burst", type=int, default=burst, help="token bucket size")
     return parser

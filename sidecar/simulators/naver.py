@@ -73,16 +73,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 import bcrypt
 import orjson
 
-from sidecar.simulators.base import (
-    Request, Response, SimError, SimServer, cli_parser, retry_after_seconds, serve_forever,
-)
+from sidecar.simulators.base import Request, Response, SimError, SimServer
+from sidecar.simulators.base import cli_parser, retry_after_seconds, run_until_signal
 
 TOKEN_PATH = "/external/v1/oauth2/token"
 MULTI_UPDATE_PATH = "/external/v1/products/origin-products/multi-update"
@@ -93,7 +92,9 @@ TOKEN_REUSE_MIN_REMAINING = 1_800.0
 TIMESTAMP_TOLERANCE_MS = 5 * 60 * 1000
 MULTI_UPDATE_TYPES = ("SALE_PRICE", "IMMEDIATE_DISCOUNT", "STOCK", "PRODUCT_STATUS_SALE", "PRODUCT_STATUS_SUSPENSION")
 
-_IMAGE_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"), (b"BM", "bmp"))
+_IMAGE_MAGIC = (
+    (b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"), (b"BM", "bmp"),
+)
 
 
 def client_secret_sign(client_id: str, client_secret: str, timestamp_ms: int) -> str:
@@ -103,11 +104,13 @@ def client_secret_sign(client_id: str, client_secret: str, timestamp_ms: int) ->
 
 
 def _bad(name: str, message: str, status: int = 400, code: str = "BadRequest") -> SimError:
-    return SimError(status, code, message, extra={"invalidInputs": [{"name": name, "type": "Invalid", "message": message}]})
+    invalid = [{"name": name, "type": "Invalid", "message": message}]
+    return SimError(status, code, message, extra={"invalidInputs": invalid})
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _int_at_least(value: Any, minimum: int) -> bool:
+    """True for an int (JSON booleans excluded) no smaller than `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 @dataclass
@@ -130,10 +133,8 @@ def _multipart(body: bytes, content_type: str) -> list[_Part]:
         head, sep, data = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
         if not sep:
             raise _bad("imageFiles", "malformed multipart part")
-        headers = dict(
-            (k.strip().lower(), v.strip())
-            for k, _, v in (line.partition(":") for line in head.decode("utf-8", "replace").split("\r\n"))
-        )
+        lines = head.decode("utf-8", "replace").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
         disposition = headers.get("content-disposition", "")
         name = re.search(r'(?:^|;)\s*name="([^"]*)"', disposition)
         filename = re.search(r'filename="([^"]*)"', disposition)
@@ -156,7 +157,7 @@ class NaverSimulator(SimServer):
     `clock` (wall time, seconds) drives token lifetimes and the timestamp check.
     """
 
-    fault_codes = {
+    fault_codes: ClassVar[dict[int, str]] = {
         400: "BadRequest", 401: "GW.AUTHN", 403: "GW.AUTHZ", 404: "NotFound", 429: "GW.RATE_LIMIT",
         500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout",
     }
@@ -235,7 +236,7 @@ class NaverSimulator(SimServer):
         return Response(err.status, {
             "code": err.code, "message": err.message,
             "invalidInputs": err.extra.get("invalidInputs", []),
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
         })
 
     def handle(self, request: Request) -> Response:
@@ -328,19 +329,19 @@ class NaverSimulator(SimServer):
 
     def _check_item(self, item: Any, where: str) -> None:
         """Refuse the whole call on a malformed item, before anything is applied."""
-        if not isinstance(item, dict) or not _is_int(item.get("originProductNo")):
-            raise _bad(f"{where}.originProductNo", "originProductNo (integer) is required")
+        if not isinstance(item, dict) or not _int_at_least(item.get("originProductNo"), 1):
+            raise _bad(f"{where}.originProductNo", "originProductNo (positive integer) is required")
         types = item.get("multiUpdateTypes")
         if not isinstance(types, list) or not types or any(t not in MULTI_UPDATE_TYPES for t in types):
             raise _bad(f"{where}.multiUpdateTypes", f"a non-empty list of {MULTI_UPDATE_TYPES} is required")
         if "PRODUCT_STATUS_SALE" in types and "PRODUCT_STATUS_SUSPENSION" in types:
-            raise _bad(f"{where}.multiUpdateTypes", "PRODUCT_STATUS_SALE and PRODUCT_STATUS_SUSPENSION exclude each other")
+            raise _bad(f"{where}.multiUpdateTypes", "PRODUCT_STATUS_SALE and PRODUCT_STATUS_SUSPENSION conflict")
         sale = item.get("productSalePrice")
         price = sale.get("salePrice") if isinstance(sale, dict) else None
-        if "SALE_PRICE" in types and not (_is_int(price) and price > 0):
+        if "SALE_PRICE" in types and not _int_at_least(price, 1):
             raise _bad(f"{where}.productSalePrice.salePrice", "a positive integer is required for SALE_PRICE")
         stock = item.get("stockQuantity")
-        if "STOCK" in types and not (_is_int(stock) and stock >= 0):
+        if "STOCK" in types and not _int_at_least(stock, 0):
             raise _bad(f"{where}.stockQuantity", "a non-negative integer is required for STOCK")
         if "IMMEDIATE_DISCOUNT" in types and not isinstance(item.get("immediateDiscountPolicy"), dict):
             raise _bad(f"{where}.immediateDiscountPolicy", "an object is required for IMMEDIATE_DISCOUNT")
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sim = NaverSimulator(client_id=args.client_id, client_secret=args.client_secret, rate_per_second=args.rate or None,
                          burst=args.burst, port=args.port, max_items_per_call=args.max_items)
-    return serve_forever(sim, {"client_id": sim.client_id, "client_secret": sim.client_secret})
+    return run_until_signal(sim, {"client_id": sim.client_id, "client_secret": sim.client_secret})
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Usage::
 
 HTTP endpoints: `POST /v1/pages`, `GET|PATCH /v1/pages/{id}`,
 `PATCH /v1/blocks/{id}/children` (optional `after` or `position`),
+`GET /v1/blocks/{id}/children` (`page_size`, `start_cursor` query parameters),
 `GET /v1/databases/{id}`, `POST /v1/databases/{id}/query` (2022-06-28 only),
 `GET /v1/data_sources/{id}`, `POST /v1/data_sources/{id}/query` (2025-09-03 only).
 Create accepts `parent: {database_id}` in both versions and
@@ -55,14 +56,13 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import orjson
 
-from sidecar.simulators.base import (
-    Request, Response, SimError, SimServer, cli_parser, retry_after_seconds, serve_forever,
-)
+from sidecar.simulators.base import Request, Response, SimError, SimServer
+from sidecar.simulators.base import cli_parser, retry_after_seconds, run_until_signal
 
 VERSION_2022 = "2022-06-28"
 VERSION_2025 = "2025-09-03"
@@ -124,11 +124,15 @@ def property_value(page: dict[str, Any], name: str) -> Any:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _invalid(message: str) -> SimError:
     return SimError(400, "validation_error", message)
+
+
+def _body_invalid(message: str) -> SimError:
+    return _invalid(f"body failed validation: {message}")
 
 
 def _not_found(kind: str, object_id: str) -> SimError:
@@ -166,29 +170,29 @@ def _longest_list(value: Any, path: str) -> tuple[str, int] | None:
 
 def _check_length(value: str, limit: int, path: str) -> None:
     if len(value) > limit:
-        raise _invalid(f"body failed validation: {path}.length should be ≤ `{limit}`, instead was `{len(value)}`.")
+        raise _body_invalid(f"{path}.length should be ≤ `{limit}`, instead was `{len(value)}`.")
 
 
 def _rich_text(items: Any, path: str) -> list[dict[str, Any]]:
     """Validate rich text and return it the way Notion answers it (with plain_text)."""
     if not isinstance(items, list):
-        raise _invalid(f"body failed validation: {path} should be an array.")
+        raise _body_invalid(f"{path} should be an array.")
     out = []
     for i, item in enumerate(items):
         where = f"{path}[{i}]"
         if not isinstance(item, dict):
-            raise _invalid(f"body failed validation: {where} should be an object.")
+            raise _body_invalid(f"{where} should be an object.")
         kind = item.get("type") or next((k for k in ("text", "mention", "equation") if k in item), None)
         href = None
         if kind == "text" and isinstance(item.get("text"), dict):
             content = item["text"].get("content")
             if not isinstance(content, str):
-                raise _invalid(f"body failed validation: {where}.text.content should be a string.")
+                raise _body_invalid(f"{where}.text.content should be a string.")
             _check_length(content, MAX_TEXT, f"{where}.text.content")
             link = item["text"].get("link")
             if link is not None:
                 if not isinstance(link, dict) or not isinstance(link.get("url"), str):
-                    raise _invalid(f"body failed validation: {where}.text.link.url should be a string.")
+                    raise _body_invalid(f"{where}.text.link.url should be a string.")
                 _check_length(link["url"], MAX_URL, f"{where}.text.link.url")
                 href = link["url"]
             body: dict[str, Any] = {"content": content, "link": link}
@@ -201,7 +205,7 @@ def _rich_text(items: Any, path: str) -> list[dict[str, Any]]:
             body = item["mention"]
             plain = str(item.get("plain_text", ""))
         else:
-            raise _invalid(f"body failed validation: {where} should be a text, mention or equation object.")
+            raise _body_invalid(f"{where} should be a text, mention or equation object.")
         annotations = {**_ANNOTATIONS, **(item.get("annotations") or {})}
         out.append({"type": kind, kind: body, "annotations": annotations, "plain_text": plain, "href": href})
     return out
@@ -209,7 +213,7 @@ def _rich_text(items: Any, path: str) -> list[dict[str, Any]]:
 
 def _option(value: Any, path: str) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("name", value.get("id")), str):
-        raise _invalid(f"body failed validation: {path} should be an object with `name`.")
+        raise _body_invalid(f"{path} should be an object with `name`.")
     name = str(value.get("name", value.get("id")))
     _check_length(name, 100, f"{path}.name")
     # Stable ids so the same option name gets the same id on every page.
@@ -220,13 +224,13 @@ def _date(value: Any, path: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict) or not isinstance(value.get("start"), str):
-        raise _invalid(f"body failed validation: {path}.start should be an ISO 8601 string.")
+        raise _body_invalid(f"{path}.start should be an ISO 8601 string.")
     for key in ("start", "end"):
         if value.get(key) is not None:
             try:
                 datetime.fromisoformat(value[key])
             except (TypeError, ValueError):
-                raise _invalid(f"body failed validation: {path}.{key} should be an ISO 8601 date, instead was `{value[key]!r}`.")
+                raise _body_invalid(f"{path}.{key} should be an ISO 8601 date, instead was `{value[key]!r}`.")
     return {"start": value["start"], "end": value.get("end"), "time_zone": value.get("time_zone")}
 
 
@@ -248,7 +252,7 @@ def _property_value(kind: str, value: Any, path: str) -> Any:
         return [_option(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if kind == "date":
         return _date(value, path)
-    raise _invalid(f"body failed validation: {path} should be a valid {kind} value, instead was `{value!r}`.")
+    raise _body_invalid(f"{path} should be a valid {kind} value, instead was `{value!r}`.")
 
 
 def _block_children(block: dict[str, Any]) -> list[Any] | None:
@@ -261,13 +265,13 @@ def _block_children(block: dict[str, Any]) -> list[Any] | None:
 def _count_blocks(blocks: Any, path: str, depth: int) -> int:
     """Validate a `children` array; return how many blocks it holds, nested ones included."""
     if not isinstance(blocks, list):
-        raise _invalid(f"body failed validation: {path} should be an array.")
+        raise _body_invalid(f"{path} should be an array.")
     total = 0
     for i, block in enumerate(blocks):
         where = f"{path}[{i}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if not isinstance(kind, str) or not isinstance(block.get(kind), dict):
-            raise _invalid(f"body failed validation: {where} should be a block object with `type` and a `{kind or 'type'}` object.")
+            raise _body_invalid(f"{where} should be a block object with `type` and a `{kind or 'type'}` object.")
         if "rich_text" in block[kind]:
             _rich_text(block[kind]["rich_text"], f"{where}.{kind}.rich_text")
         total += 1
@@ -284,7 +288,26 @@ def _count_blocks(blocks: Any, path: str, depth: int) -> int:
 
 def _check_children(blocks: Any, path: str) -> None:
     if _count_blocks(blocks, path, 0) > MAX_BLOCKS:
-        raise _invalid(f"body failed validation: the request holds more than {MAX_BLOCKS} block elements.")
+        raise _body_invalid(f"the request holds more than {MAX_BLOCKS} block elements.")
+
+
+def _paginate(items: list[dict[str, Any]], page_size: Any, cursor: Any, where: str) -> dict[str, Any]:
+    """One page of a Notion list answer; cursors are the id of the first item of the next page."""
+    if not isinstance(page_size, int) or isinstance(page_size, bool) or not 1 <= page_size <= MAX_ARRAY:
+        raise _invalid(f"{where} failed validation: {where}.page_size should be ≤ `{MAX_ARRAY}`, "
+                       f"instead was `{page_size}`.")
+    start = 0
+    if cursor is not None:
+        ids = [item["id"] for item in items]
+        wanted = _uuid(str(cursor), "start_cursor")
+        if wanted not in ids:
+            raise _invalid(f"{where} failed validation: {where}.start_cursor `{cursor}` is not valid.")
+        start = ids.index(wanted)
+    has_more = start + page_size < len(items)
+    return {
+        "object": "list", "results": items[start:start + page_size],
+        "next_cursor": items[start + page_size]["id"] if has_more else None, "has_more": has_more,
+    }
 
 
 @dataclass
@@ -316,7 +339,7 @@ class NotionSimulator(SimServer):
         ...; sim.stop()
     """
 
-    fault_codes = {
+    fault_codes: ClassVar[dict[int, str]] = {
         400: "validation_error", 401: "unauthorized", 403: "restricted_resource", 404: "object_not_found",
         409: "conflict_error", 429: "rate_limited", 500: "internal_server_error", 502: "bad_gateway",
         503: "service_unavailable", 504: "gateway_timeout", 529: "service_overload",
@@ -338,6 +361,7 @@ class NotionSimulator(SimServer):
             ("GET", re.compile(r"/v1/pages/([^/]+)"), self._get_page),
             ("PATCH", re.compile(r"/v1/pages/([^/]+)"), self._update_page),
             ("PATCH", re.compile(r"/v1/blocks/([^/]+)/children"), self._append),
+            ("GET", re.compile(r"/v1/blocks/([^/]+)/children"), self._list_children),
             ("GET", re.compile(r"/v1/databases/([^/]+)"), self._get_database),
             ("POST", re.compile(r"/v1/databases/([^/]+)/query"), self._query_database),
             ("GET", re.compile(r"/v1/data_sources/([^/]+)"), self._get_data_source),
@@ -431,7 +455,9 @@ class NotionSimulator(SimServer):
                 "instead was `undefined`.",
             )
         if version not in NOTION_VERSIONS:
-            raise _invalid(f"Notion-Version header failed validation: `{version}` is not one of {list(NOTION_VERSIONS)}.")
+            raise _invalid(
+                f"Notion-Version header failed validation: `{version}` is not one of {list(NOTION_VERSIONS)}."
+            )
         wait = self.limiter.take(self.token)
         if wait:
             raise SimError(
@@ -441,7 +467,8 @@ class NotionSimulator(SimServer):
         for method, pattern, action in self._routes:
             match = pattern.fullmatch(request.path)
             if match and method == request.method:
-                body = self._body(request) if method != "GET" else {}
+                # GET handlers receive the query string in place of a body.
+                body = self._body(request) if method != "GET" else {k: v[-1] for k, v in request.query.items()}
                 return action(body, version, *match.groups())
         raise SimError(400, "invalid_request_url", f"Invalid request URL: {request.method} {request.path}")
 
@@ -455,11 +482,12 @@ class NotionSimulator(SimServer):
         except orjson.JSONDecodeError:
             raise SimError(400, "invalid_json", "Error parsing JSON body.")
         if not isinstance(body, dict):
-            raise _invalid("body failed validation: body should be an object.")
+            raise _body_invalid("body should be an object.")
         too_long = _longest_list(body, "body")
         if too_long:
             raise _invalid(
-                f"body failed validation: {too_long[0]}.length should be ≤ `{MAX_ARRAY}`, instead was `{too_long[1]}`."
+                f"body failed validation: {too_long[0]}.length should be ≤ `{MAX_ARRAY}`, "
+                f"instead was `{too_long[1]}`."
             )
         return body
 
@@ -489,7 +517,7 @@ class NotionSimulator(SimServer):
 
     def _properties(self, db: _Database, given: Any) -> dict[str, Any]:
         if not isinstance(given, dict):
-            raise _invalid("body failed validation: body.properties should be an object.")
+            raise _body_invalid("body.properties should be an object.")
         ids = {prop["id"]: name for name, prop in db.schema_json().items()}
         out = {}
         for key, value in given.items():
@@ -506,7 +534,7 @@ class NotionSimulator(SimServer):
     def _create_page(self, body: dict[str, Any], version: str) -> Response:
         parent = body.get("parent")
         if not isinstance(parent, dict):
-            raise _invalid("body failed validation: body.parent should be defined, instead was `undefined`.")
+            raise _body_invalid("body.parent should be defined, instead was `undefined`.")
         if "data_source_id" in parent:
             if version == VERSION_2022:
                 raise _invalid("body.parent.data_source_id requires Notion-Version 2025-09-03.")
@@ -519,8 +547,10 @@ class NotionSimulator(SimServer):
         if "children" in body:
             _check_children(body["children"], "body.children")
         now, page_id = _now(), str(uuid.uuid4())
-        empty = {name: {"id": prop["id"], "type": prop["type"], prop["type"]: copy.deepcopy(_EMPTY_VALUES[prop["type"]])}
-                 for name, prop in db.schema_json().items()}
+        empty = {
+            name: {"id": prop["id"], "type": prop["type"], prop["type"]: copy.deepcopy(_EMPTY_VALUES[prop["type"]])}
+            for name, prop in db.schema_json().items()
+        }
         page = {
             "object": "page", "id": page_id, "created_time": now, "last_edited_time": now,
             "created_by": {"object": "user", "id": "sim-bot"}, "last_edited_by": {"object": "user", "id": "sim-bot"},
@@ -541,7 +571,7 @@ class NotionSimulator(SimServer):
         page = self._page(raw_id)
         flags = {key: body[key] for key in ("archived", "in_trash") if key in body}
         if any(not isinstance(v, bool) for v in flags.values()):
-            raise _invalid("body failed validation: body.archived and body.in_trash should be booleans.")
+            raise _body_invalid("body.archived and body.in_trash should be booleans.")
         if (page["archived"] or page["in_trash"]) and False not in flags.values():
             raise _invalid("Can't edit block that is archived. You must unarchive the block before editing.")
         db = self._databases[page["parent"]["database_id"]]
@@ -567,7 +597,7 @@ class NotionSimulator(SimServer):
         else:
             raise _not_found("block", raw_id)
         if "children" not in body:
-            raise _invalid("body failed validation: body.children should be defined, instead was `undefined`.")
+            raise _body_invalid("body.children should be defined, instead was `undefined`.")
         _check_children(body["children"], "body.children")
         index = self._insert_index(parent_id, body)
         blocks = self._store_blocks(parent_id, parent_type, body["children"], index)
@@ -587,10 +617,12 @@ class NotionSimulator(SimServer):
             return len(siblings)
         after_id = _uuid(str(after), "after")
         if after_id not in siblings:
-            raise _invalid(f"body failed validation: block {after} is not a child of {parent_id}.")
+            raise _body_invalid(f"block {after} is not a child of {parent_id}.")
         return siblings.index(after_id) + 1
 
-    def _store_blocks(self, parent_id: str, parent_type: str, blocks: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    def _store_blocks(
+        self, parent_id: str, parent_type: str, blocks: list[dict[str, Any]], index: int
+    ) -> list[dict[str, Any]]:
         """Store validated blocks (and their children) under a parent; return the top-level ones."""
         stored = []
         for block in blocks:
@@ -649,33 +681,27 @@ class NotionSimulator(SimServer):
             raise SimError(400, "invalid_request_url", "Data source endpoints need Notion-Version 2025-09-03.")
 
     def _query(self, db: _Database, body: dict[str, Any], version: str) -> Response:
-        page_size = body.get("page_size", MAX_ARRAY)
-        if not isinstance(page_size, int) or isinstance(page_size, bool) or not 1 <= page_size <= MAX_ARRAY:
-            raise _invalid(f"body failed validation: body.page_size should be ≤ `{MAX_ARRAY}`, instead was `{page_size}`.")
         keep = self._filter(db, body.get("filter"))
-        found = [p for p in self._pages.values()
+        found = [self._page_json(p, version) for p in self._pages.values()
                  if p["parent"]["database_id"] == db.id and not (p["archived"] or p["in_trash"]) and keep(p)]
-        start = 0
-        if body.get("start_cursor") is not None:
-            cursor = _uuid(str(body["start_cursor"]), "start_cursor")
-            ids = [p["id"] for p in found]
-            if cursor not in ids:
-                raise _invalid(f"body failed validation: body.start_cursor `{body['start_cursor']}` is not valid.")
-            start = ids.index(cursor)
-        chunk = found[start:start + page_size]
-        has_more = start + page_size < len(found)
-        return Response(200, {
-            "object": "list", "results": [self._page_json(p, version) for p in chunk],
-            "next_cursor": found[start + page_size]["id"] if has_more else None,
-            "has_more": has_more, "type": "page_or_database", "page_or_database": {},
-        })
+        listing = _paginate(found, body.get("page_size", MAX_ARRAY), body.get("start_cursor"), "body")
+        return Response(200, {**listing, "type": "page_or_database", "page_or_database": {}})
+
+    def _list_children(self, params: dict[str, Any], version: str, raw_id: str) -> Response:
+        parent_id = _uuid(raw_id, "block_id")
+        if parent_id not in self._pages and parent_id not in self._blocks:
+            raise _not_found("block", raw_id)
+        blocks = [self._blocks[i] for i in self._children.get(parent_id, [])]
+        size = params.get("page_size", str(MAX_ARRAY))
+        listing = _paginate(blocks, int(size) if size.isdigit() else size, params.get("start_cursor"), "query")
+        return Response(200, {**copy.deepcopy(listing), "type": "block", "block": {}})
 
     def _filter(self, db: _Database, spec: Any) -> Callable[[dict[str, Any]], bool]:
         """Compile `{"property": NAME, TYPE: {"equals": VALUE}}` into a predicate."""
         if spec is None:
             return lambda page: True
         if not isinstance(spec, dict) or not isinstance(spec.get("property"), str) or len(spec) != 2:
-            raise _invalid("body failed validation: body.filter should be {\"property\": NAME, TYPE: {\"equals\": VALUE}}.")
+            raise _body_invalid("body.filter should be {\"property\": NAME, TYPE: {\"equals\": VALUE}}.")
         name = spec["property"]
         if name not in db.schema:
             raise _invalid(f"Could not find property with name or id: {name}")
@@ -684,9 +710,9 @@ class NotionSimulator(SimServer):
         kind = db.schema[name]
         text_like = condition in TEXT_TYPES and kind in (*TEXT_TYPES, "url")
         if not (text_like or condition == kind):
-            raise _invalid(f"body failed validation: filter.{condition} does not match property {name} of type {kind}.")
+            raise _body_invalid(f"filter.{condition} does not match property {name} of type {kind}.")
         if not isinstance(test, dict) or list(test) != ["equals"]:
-            raise _invalid(f"body failed validation: filter.{condition} supports only `equals` in the simulator.")
+            raise _body_invalid(f"filter.{condition} supports only `equals` in the simulator.")
         wanted = test["equals"]
         return lambda page: property_value(page, name) == wanted
 
@@ -698,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sim = NotionSimulator(token=args.token, rate_per_second=args.rate or None, burst=args.burst, port=args.port)
     db = sim.create_database()
-    return serve_forever(sim, {"database_id": db, "data_source_id": sim.data_source_id(db), "token": args.token})
+    return run_until_signal(sim, {"database_id": db, "data_source_id": sim.data_source_id(db), "token": args.token})
 
 
 if __name__ == "__main__":

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
-from sidecar.simulators.base import (
-    Request, Response, SimError, SimServer, cli_parser, retry_after_seconds, serve_forever,
-)
+from sidecar.simulators.base import Request, Response, SimError, SimServer
+from sidecar.simulators.base import cli_parser, retry_after_seconds, run_until_signal
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,9 @@ class WebhookReceiver(SimServer):
         hook = WebhookReceiver(rate_per_second=1.0, burst=1).start(); ...; hook.stop()
     """
 
-    fault_codes = {429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "unavailable"}
+    fault_codes: ClassVar[dict[int, str]] = {
+        429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "unavailable",
+    }
 
     def __init__(self, port: int = 0, *, rate_per_second: float | None = None, burst: int = 1) -> None:
         super().__init__(port=port, rate_per_second=rate_per_second, burst=burst)
@@ -102,7 +103,7 @@ class WebhookReceiver(SimServer):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m sidecar.simulators.webhook` (`--rate 0`: no limit)."""
     args = cli_parser("Webhook receiver on 127.0.0.1", rate=0.0, burst=1).parse_args(argv)
-    return serve_forever(WebhookReceiver(args.port, rate_per_second=args.rate or None, burst=args.burst), {})
+    return run_until_signal(WebhookReceiver(args.port, rate_per_second=args.rate or None, burst=args.burst), {})
 
 
 if __name__ == "__main__":
