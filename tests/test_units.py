@@ -136,3 +136,12 @@ def test_notion_refs_wait_resolve_or_die() -> None:
     assert isinstance(sent, Send) and sent.request[1] == "page-1"
     create = [_event(2, "notion.page.create", "create:k", {"parent": {"database_id": "d"}}, key="k")]
     assert isinstance(conn.plan(create, _Ctx(refs={"k": "page-1"})), Skip)
+
+
+def test_notion_resends_a_possibly_applied_append_batch_unchanged() -> None:
+    conn = NotionConnector(NotionConfig(), "t")
+    group = [_event(n, "notion.blocks.append", "append:b", {"block_id": "b", "children": [{"n": n}]})
+             for n in range(4)]
+    group[0].attempts = group[1].attempts = 1  # these two went out together and the answer was lost
+    plan = conn.plan(group, _Ctx())
+    assert isinstance(plan, Send) and [e.id for e in plan.events] == [0, 1]

@@ -177,7 +177,12 @@ class NotionConnector:
         taken: list[Event] = []
         children: list[Any] = []
         size = 0
+        # A batch whose last attempt may have landed is resent exactly as it
+        # was, so the check before resending compares like with like.
+        retrying = group[0].attempts > 0
         for event in group:
+            if taken and retrying and event.attempts == 0:
+                break
             body = event.payload
             positioned = "after" in body or "position" in body
             more = body["children"]

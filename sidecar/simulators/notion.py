@@ -561,7 +561,7 @@ class NotionSimulator(SimServer):
         }
         self._pages[page_id] = page
         if body.get("children"):
-            self._store_blocks(page_id, "page_id", body["children"], len(self._children.get(page_id, [])))
+            self._store_blocks(page_id, "page_id", body["children"], 0)
         return Response(200, self._page_json(page, version))
 
     def _get_page(self, body: dict[str, Any], version: str, raw_id: str) -> Response:
@@ -682,9 +682,10 @@ class NotionSimulator(SimServer):
 
     def _query(self, db: _Database, body: dict[str, Any], version: str) -> Response:
         keep = self._filter(db, body.get("filter"))
-        found = [self._page_json(p, version) for p in self._pages.values()
+        found = [p for p in self._pages.values()
                  if p["parent"]["database_id"] == db.id and not (p["archived"] or p["in_trash"]) and keep(p)]
         listing = _paginate(found, body.get("page_size", MAX_ARRAY), body.get("start_cursor"), "body")
+        listing["results"] = [self._page_json(p, version) for p in listing["results"]]
         return Response(200, {**listing, "type": "page_or_database", "page_or_database": {}})
 
     def _list_children(self, params: dict[str, Any], version: str, raw_id: str) -> Response:
