@@ -37,7 +37,7 @@ import time
 import uuid
 import weakref
 from collections import Counter
-from typing import Any
+from typing import Any, Sequence, Union
 
 import orjson
 
@@ -53,6 +53,8 @@ DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 DEFAULT_MAX_BLOB_BYTES = 64 * 1024 * 1024
 STATS_INTERVAL_NS = 1_000_000_000
 
+Blob = Union[bytes, bytearray, memoryview]
+_BLOB_TYPES = (bytes, bytearray, memoryview)
 _time_ns = time.time_ns
 _dumps = orjson.dumps
 _KINDS = wire.KINDS
@@ -137,9 +139,13 @@ class Client:
         *,
         key: str | None = None,
         ref: str | None = None,
-        blob: bytes | bytearray | memoryview | None = None,
+        blob: Blob | Sequence[Blob] | None = None,
     ) -> bool:
-        """Queue one event for the sidecar. True if queued, False if dropped."""
+        """Queue one event for the sidecar. True if queued, False if dropped.
+
+        `blob` is binary data that travels in its own frame (an S3 body), or a
+        list of them (images to upload together).
+        """
         transport = self._transport
         if transport is None:
             return self._drop("closed" if self._closed else "transport_error", kind)
@@ -158,11 +164,15 @@ class Client:
             if blob is None:
                 self._send(frame)
             else:
-                if not isinstance(blob, (bytes, bytearray, memoryview)):
-                    return self._misuse("bad_blob", kind, f"blob must be bytes-like, not {type(blob).__name__}")
-                if len(blob) > self.max_blob_bytes:
-                    return self._misuse("too_large", kind, f"blob is {len(blob)} bytes, limit {self.max_blob_bytes}")
-                transport.send_blob(frame, blob)
+                blobs = [blob] if isinstance(blob, _BLOB_TYPES) else blob
+                if not isinstance(blobs, (list, tuple)) or not blobs or not all(
+                        isinstance(b, _BLOB_TYPES) for b in blobs):
+                    return self._misuse("bad_blob", kind, "blob must be bytes-like or a non-empty list of them, "
+                                                          f"not {type(blob).__name__}")
+                size = sum(len(b) for b in blobs)
+                if size > self.max_blob_bytes:
+                    return self._misuse("too_large", kind, f"blob is {size} bytes, limit {self.max_blob_bytes}")
+                transport.send_blobs(frame, blobs)
         except QueueFull:
             return self._drop("queue_full", kind)
         except TransportError:

@@ -1,6 +1,6 @@
 """How the client hands a frame to the sidecar, behind one small interface.
 
-A transport has `send(frame)`, `send_blob(frame, blob)` and `close(linger)`.
+A transport has `send(frame)`, `send_blobs(frame, blobs)` and `close(linger)`.
 Both sends either queue the message at once or raise `QueueFull` (the local
 queue is at its limit) or `TransportError` (anything else); neither blocks.
 ZeroMQ PUSH is the only transport today; a shared-memory ring can join it
@@ -9,7 +9,7 @@ without touching `Client`.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import zmq
 
@@ -32,7 +32,7 @@ class TransportError(Exception):
 class Transport(Protocol):
     def send(self, frame: bytes) -> None: ...
 
-    def send_blob(self, frame: bytes, blob: bytes | bytearray | memoryview) -> None: ...
+    def send_blobs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview]) -> None: ...
 
     def close(self, linger: float) -> None: ...
 
@@ -73,12 +73,15 @@ class ZmqTransport:
         except zmq.ZMQError as exc:
             raise TransportError(str(exc)) from None
 
-    def send_blob(self, frame: bytes, blob: bytes | bytearray | memoryview) -> None:
+    def send_blobs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview]) -> None:
         # Multipart messages are atomic: once the first frame is accepted the
-        # second cannot meet the high-water mark.
+        # others cannot meet the high-water mark.
         try:
             self._raw_send(frame, _SNDMORE_NOBLOCK)
-            self._raw_send(blob, _NOBLOCK, copy=len(blob) < ZERO_COPY_MIN_BYTES)
+            last = len(blobs) - 1
+            for n, blob in enumerate(blobs):
+                self._raw_send(blob, _NOBLOCK if n == last else _SNDMORE_NOBLOCK,
+                               len(blob) < ZERO_COPY_MIN_BYTES)
         except zmq.Again:
             raise QueueFull from None
         except zmq.ZMQError as exc:

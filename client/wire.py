@@ -4,7 +4,7 @@ One event is one ZeroMQ message. Its first frame is a JSON array::
 
     [1, client_id, seq, kind, key, ref, emitted_ns, payload]
 
-and an optional second frame carries a binary blob (S3 bodies, images).
+and any further frames carry binary blobs (an S3 body, images to upload).
 A positional array costs less to encode than an object, and the sidecar
 stores the frame as received, so the hot path serialises exactly once.
 

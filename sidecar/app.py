@@ -16,32 +16,16 @@ import signal
 from typing import Callable
 
 from .config import Config
-from .connectors.base import Connector
-from .connectors.notion import NotionConnector
+from .connectors import build_lanes
 from .ingest import Ingest
 from .journal import Journal
 from .lane import Lane
-from .limiter import Limiter, MemoryStore, Rule
+from .limiter import Limiter, MemoryStore
 from .metrics import Metrics
-from .secrets import read_secret
 
 log = logging.getLogger("sidecar")
 
 HOUSEKEEPING_SECONDS = 1.0
-
-
-def build_connectors(cfg: Config) -> tuple[dict[str, Connector], dict[str, str], dict[str, Rule]]:
-    """Connectors by lane, reasons why a lane cannot call yet, and each lane's rate rule."""
-    connectors: dict[str, Connector] = {}
-    paused: dict[str, str] = {}
-    rules: dict[str, Rule] = {}
-    token = read_secret(cfg.notion.token_env)
-    if not token:
-        paused["notion"] = (f"no Notion token: set ${cfg.notion.token_env} or a systemd credential of that "
-                            "name, then restart; events are kept in the journal meanwhile")
-    connectors["notion"] = NotionConnector(cfg.notion, token or "", ref_wait=cfg.retry.ref_wait)
-    rules["notion"] = Rule(rate=cfg.notion.rate_per_second, burst=cfg.notion.burst)
-    return connectors, paused, rules
 
 
 class Sidecar:
@@ -60,13 +44,15 @@ class Sidecar:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        connectors, paused, rules = build_connectors(cfg)
+        specs = build_lanes(cfg)
+        connectors = {name: spec.connector for name, spec in specs.items()}
         journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous)
         ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous)
         store = MemoryStore()
-        for name, connector in connectors.items():
-            lane = Lane(connector, journal, Limiter(name, rules[name], store), cfg.retry, self.metrics)
-            lane.paused_reason = paused.get(name)
+        for name, spec in specs.items():
+            lane = Lane(spec.connector, journal, Limiter(name, spec.rule, store), cfg.retry, self.metrics,
+                        concurrency=spec.concurrency)
+            lane.paused_reason = spec.paused
             self.lanes[name] = lane
 
         def wake(lanes: set[str]) -> None:

@@ -65,11 +65,43 @@ class NotionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class S3Config:
+    endpoint_url: str = ""         # empty: AWS's own endpoint for the region
+    region: str = "us-east-1"
+    concurrency: int = 4           # calls in flight at once on the lane
+    rate_per_second: float = 100.0
+    burst: float = 20.0
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class NaverConfig:
+    base_url: str = "https://api.commerce.naver.com/external"
+    client_id_env: str = "NAVER_CLIENT_ID"
+    client_secret_env: str = "NAVER_CLIENT_SECRET"
+    rate_per_second: float = 2.0
+    burst: float = 1.0
+    max_products_per_request: int = 50   # per-call maximum of multi-update (unconfirmed by Naver's docs)
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookConfig:
+    url: str
+    rate_per_second: float = 1.0
+    burst: float = 1.0
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     notion: NotionConfig = field(default_factory=NotionConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    naver: NaverConfig = field(default_factory=NaverConfig)
+    webhooks: dict[str, WebhookConfig] = field(default_factory=dict)  # [webhooks.NAME]
     drain_timeout: float = 10.0    # seconds SIGTERM may spend finishing calls in flight
 
 
@@ -88,7 +120,10 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
             kwargs[name] = _build(f.type, value, name)  # type: ignore[arg-type]
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            default = ""  # a required setting: only strings are required today
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if default is not None and not isinstance(value, type(default)):
@@ -102,6 +137,8 @@ SECTIONS: dict[str, type] = {
     "journal": JournalConfig,
     "retry": RetryConfig,
     "notion": NotionConfig,
+    "s3": S3Config,
+    "naver": NaverConfig,
 }
 
 
@@ -125,6 +162,15 @@ def from_dict(doc: dict[str, Any]) -> Config:
             if not isinstance(value, dict):
                 raise ConfigError(f"[{name}] must be a table")
             kwargs[name] = _build(SECTIONS[name], value, name)
+        elif name == "webhooks":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigError("[webhooks.NAME] tables expected, e.g. [webhooks.alerts] url = \"https://...\"")
+            hooks = {}
+            for hook, table in value.items():
+                if "url" not in table:
+                    raise ConfigError(f"[webhooks.{hook}] needs url")
+                hooks[hook] = _build(WebhookConfig, table, f"webhooks.{hook}")
+            kwargs[name] = hooks
         elif name == "drain_timeout":
             kwargs[name] = float(value)
         else:

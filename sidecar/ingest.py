@@ -31,12 +31,13 @@ from client import wire
 
 from .config import IngestConfig
 from .connectors.base import Connector, Reject
-from .journal import EventRow, Journal
+from .journal import BLOB_PATH_SEPARATOR, EventRow, Journal
 from .metrics import Metrics
 
 log = logging.getLogger("sidecar.ingest")
 
 POLL_MS = 100
+MAX_BLOBS = 16  # frames after the first; Naver takes 10 images a call
 STOP_DRAIN_QUIET_MS = 50  # on stop, read until the socket has been quiet this long
 
 
@@ -65,7 +66,10 @@ class Ingest:
     ) -> None:
         self.cfg = cfg
         self.journal = journal
-        self.by_kind = {kind: c for c in connectors.values() for kind in c.kinds}
+        self.by_kind: dict[str, list[Connector]] = {}
+        for connector in connectors.values():
+            for kind in connector.kinds:
+                self.by_kind.setdefault(kind, []).append(connector)
         self.metrics = metrics
         self.on_written = on_written
         self.spool_dir = spool_dir or os.path.join(os.path.dirname(journal.path), "blobs")
@@ -158,27 +162,33 @@ class Ingest:
         now_ns = time.time_ns()
         for frames in messages:
             try:
-                env, blob = self._parse(frames)
+                env, blobs = self._parse(frames)
             except Reject as exc:
                 rejects.append((exc.reason, exc.detail, frames[0] if frames else None))
                 continue
             if env.kind in wire.CONTROL_KINDS:
                 self._control(env, touched)
                 continue
-            connector = self.by_kind.get(env.kind)
-            if connector is None:
+            candidates = self.by_kind.get(env.kind)
+            if not candidates:
                 rejects.append(("unknown_kind", f"no connector delivers {env.kind!r}", frames[0]))
                 continue
+            connector = candidates[0] if len(candidates) == 1 else next(
+                (c for c in candidates if c.accepts(env)), None)
+            if connector is None:
+                rejects.append(("unknown_target", f"no {env.kind} lane is configured for ref {env.ref!r}",
+                                frames[0]))
+                continue
             try:
-                target = connector.route(env, blob)
+                target = connector.route(env, blobs)
             except Reject as exc:
                 rejects.append((exc.reason, f"{env.kind}: {exc.detail}", frames[0]))
                 continue
             if not self._sequence(env.client_id, env.seq, touched):
                 continue
-            blob_path = self._spool(blob) if blob is not None else None
-            if blob_path:
-                spooled.append(blob_path)
+            paths = [self._spool(blob) for blob in blobs]
+            spooled += paths
+            blob_path = BLOB_PATH_SEPARATOR.join(paths) if paths else None
             rows.append((connector.lane, env.kind, target, env.key, env.ref, env.client_id, env.seq,
                          env.emitted_ns, now_ns, frames[0], blob_path))
             lanes.add(connector.lane)
@@ -198,16 +208,17 @@ class Ingest:
         if lanes:
             self.on_written(lanes)
 
-    def _parse(self, frames: list[bytes]) -> tuple[wire.Envelope, bytes | None]:
-        if not frames or len(frames) > 2:
-            raise Reject("bad_frames", f"expected 1 or 2 frames, got {len(frames)}")
+    def _parse(self, frames: list[bytes]) -> tuple[wire.Envelope, list[bytes]]:
+        if not frames or len(frames) > 1 + MAX_BLOBS:
+            raise Reject("bad_frames", f"expected 1 to {1 + MAX_BLOBS} frames, got {len(frames)}")
         if len(frames[0]) > self.cfg.max_message_bytes:
             raise Reject("too_large", f"event of {len(frames[0])} bytes, limit {self.cfg.max_message_bytes}")
-        blob = frames[1] if len(frames) == 2 else None
-        if blob is not None and len(blob) > self.cfg.max_blob_bytes:
-            raise Reject("too_large", f"blob of {len(blob)} bytes, limit {self.cfg.max_blob_bytes}")
+        blobs = frames[1:]
+        size = sum(len(b) for b in blobs)
+        if size > self.cfg.max_blob_bytes:
+            raise Reject("too_large", f"blobs of {size} bytes, limit {self.cfg.max_blob_bytes}")
         try:
-            return wire.decode(frames[0]), blob
+            return wire.decode(frames[0]), blobs
         except wire.WireError as exc:
             raise Reject(exc.reason, str(exc)) from None
 

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS events (
     emitted_ns  INTEGER NOT NULL,
     received_ns INTEGER NOT NULL,
     frame       BLOB NOT NULL,         -- the envelope as received
-    blob_path   TEXT,                  -- a spooled binary body, if any
+    blob_path   TEXT,                  -- spooled binary bodies, if any, one path a line
     attempts    INTEGER NOT NULL DEFAULT 0,
     not_before  REAL NOT NULL DEFAULT 0,
     last_error  TEXT
@@ -88,6 +88,7 @@ CREATE TABLE IF NOT EXISTS clients (
 """
 
 REJECT_KEEP_BYTES = 64 * 1024
+BLOB_PATH_SEPARATOR = "\n"
 
 # Row shape written by ingest, in column order of INSERT_EVENT.
 EventRow = tuple[str, str, str, str | None, str | None, str, int, int, int, bytes, str | None]
@@ -119,10 +120,17 @@ class Event:
     def payload(self) -> Any:
         return wire.decode(self.frame).payload
 
-    def blob(self) -> bytes:
-        if self.blob_path is None:
-            return b""
-        return Path(self.blob_path).read_bytes()
+    @property
+    def blob_paths(self) -> list[str]:
+        return self.blob_path.split(BLOB_PATH_SEPARATOR) if self.blob_path else []
+
+    def blobs(self) -> list[bytes]:
+        """The event's binary frames, read back from the spool."""
+        return [Path(p).read_bytes() for p in self.blob_paths]
+
+    def blob_sha256(self, index: int = 0) -> str:
+        """Hex SHA-256 of a blob, from its spool file's name (written at ingest)."""
+        return Path(self.blob_paths[index]).name.split(".")[0]
 
 
 @dataclass(frozen=True)
@@ -309,8 +317,9 @@ class Journal:
         for chunk in range(0, len(ids), 500):
             part = ids[chunk:chunk + 500]
             marks = ",".join("?" * len(part))
-            paths += [p for (p,) in c.execute(
-                f"SELECT blob_path FROM events WHERE id IN ({marks}) AND blob_path IS NOT NULL", part)]
+            for (joined,) in c.execute(
+                    f"SELECT blob_path FROM events WHERE id IN ({marks}) AND blob_path IS NOT NULL", part):
+                paths += joined.split(BLOB_PATH_SEPARATOR)
         return paths
 
     def _transaction(self) -> "_Tx":

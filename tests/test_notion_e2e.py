@@ -171,7 +171,7 @@ def test_bad_frames_are_counted_kept_and_harmless(short_tmp: Path, notion_sim: N
             [b'[1, "c", 1, "no.such.kind", null, null, 0, {}]'],
             [b'[1, "c", 2, "notion.page.update", null, null, 0, []]'],
             [b'[1, "c", 3, "notion.page.create", null, null, 0, {"parent": 5}]'],
-            [b"a", b"b", b"c"],
+            [b"a"] * 20,
             [b'[1, "c", 4, "notion.page.update", null, null, 0, {"x": "' + b"y" * 2_000_000 + b'"}]'],
         ]
         for n, frames in enumerate(garbage):

@@ -1,0 +1,38 @@
+"""Connectors, one module per outside API, and the table that builds their lanes.
+
+    specs = build_lanes(cfg)      # {"notion": LaneSpec(connector, rule, concurrency, paused), ...}
+
+Adding an API means one module with a `build(cfg) -> list[LaneSpec]` function
+and one line in BUILDERS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import Config
+from ..limiter import Rule
+from .base import Connector
+
+
+@dataclass
+class LaneSpec:
+    connector: Connector
+    rule: Rule
+    concurrency: int = 1
+    paused: str | None = None  # why the lane cannot call yet (a missing secret); events wait meanwhile
+
+
+def _builders() -> list[Callable[[Config], list[LaneSpec]]]:
+    from . import notion
+
+    return [notion.build]
+
+
+def build_lanes(cfg: Config) -> dict[str, LaneSpec]:
+    specs: dict[str, LaneSpec] = {}
+    for build in _builders():
+        for spec in build(cfg):
+            specs[spec.connector.lane] = spec
+    return specs

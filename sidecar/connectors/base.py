@@ -2,7 +2,7 @@
 
 A connector owns one lane (one API, one quota). The lane asks it three things:
 
-    target = connector.route(envelope, blob)   # at ingest: validate, pick the group
+    target = connector.route(envelope, blobs)  # at ingest: validate, pick the group
     plan = connector.plan(group, ctx)          # which events go out in one call, or wait/skip/dead
     result = await connector.send(plan)        # one HTTP call; raises DeliveryError
 
@@ -92,7 +92,13 @@ class Connector(Protocol):
     lane: str
     kinds: frozenset[str]
 
-    def route(self, env: Envelope, blob: bytes | None) -> str: ...
+    def accepts(self, env: Envelope) -> bool:
+        """When several lanes share a kind (one per webhook): is this event ours?"""
+        ...
+
+    def route(self, env: Envelope, blobs: list[bytes]) -> str:
+        """Validate at ingest (raise Reject) and name the event's group."""
+        ...
 
     def plan(self, group: list[Event], ctx: PlanContext) -> Plan: ...
 

@@ -26,9 +26,12 @@ import orjson
 
 from client.wire import Envelope
 
-from ..config import NotionConfig
+from ..config import Config, NotionConfig
 from ..errors import Permanent
 from ..journal import Event
+from ..limiter import Rule
+from ..secrets import read_secret
+from . import LaneSpec
 from .base import Dead, Delivered, PlanContext, Plan, Reject, Send, Skip, Wait
 from .http import json_code, raise_for_status, request
 
@@ -92,11 +95,14 @@ class NotionConnector:
 
     # -- ingest ---------------------------------------------------------------
 
-    def route(self, env: Envelope, blob: bytes | None) -> str:
+    def accepts(self, env: Envelope) -> bool:
+        return True
+
+    def route(self, env: Envelope, blobs: list[bytes]) -> str:
         body = env.payload
         if not isinstance(body, dict):
             raise Reject("bad_payload", f"{env.kind} payload must be a JSON object")
-        if blob is not None:
+        if blobs:
             raise Reject("bad_payload", f"{env.kind} takes no blob")
         if env.kind == CREATE:
             parent = body.get("parent")
@@ -273,3 +279,11 @@ class NotionConnector:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def build(cfg: Config) -> list[LaneSpec]:
+    token = read_secret(cfg.notion.token_env)
+    paused = None if token else (
+        f"no Notion token: set ${cfg.notion.token_env} or a systemd credential of that name, then restart")
+    connector = NotionConnector(cfg.notion, token or "", ref_wait=cfg.retry.ref_wait)
+    return [LaneSpec(connector, Rule(rate=cfg.notion.rate_per_second, burst=cfg.notion.burst), paused=paused)]
