@@ -39,16 +39,18 @@ def toml_value(value: Any) -> str:
     raise TypeError(value)
 
 
+def _toml_table(prefix: str, table: dict[str, Any]) -> list[str]:
+    lines = [f"{k} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for name, sub in table.items():
+        if isinstance(sub, dict):
+            header = f"{prefix}.{name}" if prefix else name
+            lines += [f"[{header}]", *_toml_table(header, sub)]
+    return lines
+
+
 def write_toml(path: Path, doc: dict[str, Any]) -> Path:
-    lines: list[str] = []
-    for key, value in doc.items():
-        if not isinstance(value, dict):
-            lines.append(f"{key} = {toml_value(value)}")
-    for section, table in doc.items():
-        if isinstance(table, dict):
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
-    path.write_text("\n".join(lines) + "\n")
+    """Write a nested dict as TOML ({"webhooks": {"alerts": {...}}} -> [webhooks.alerts])."""
+    path.write_text("\n".join(_toml_table("", doc)) + "\n")
     return path
 
 
