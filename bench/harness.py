@@ -39,7 +39,8 @@ class Stack:
         self.db = self.sim.create_database(title="Bench", properties={
             "Name": "title", "Idempotency Key": "rich_text", "Price": "number", "Side": "select"})
         notion = {"base_url": self.sim.url + "/v1", "rate_per_second": self.rate, "burst": 1.0, **self.notion}
-        lines = [f'[ingest]\nendpoint = "{self.endpoint}"', f'[journal]\ndir = "{self.dir}/journal"', "[notion]"]
+        lines = [f'[ingest]\nendpoint = "{self.endpoint}"', f'[journal]\ndir = "{self.dir}/journal"',
+                 '[metrics]\naddress = "127.0.0.1:0"', "[notion]"]
         lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in notion.items()]
         (self.dir / "sidecar.toml").write_text("\n".join(lines) + "\n")
         env = {**os.environ, "NOTION_TOKEN": self.sim.token}

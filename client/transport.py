@@ -46,10 +46,13 @@ class ZmqTransport:
     another's queue.
     """
 
-    def __init__(self, endpoint: str, *, queue_size: int) -> None:
+    def __init__(self, endpoint: str, *, queue_size: int, immediate: bool = False) -> None:
         self._ctx = zmq.Context(io_threads=1)
         sock = self._ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, queue_size)
+        # immediate: refuse (QueueFull) rather than queue while no sidecar is
+        # connected; for one-shot emitters that must know, not for trading loops.
+        sock.setsockopt(zmq.IMMEDIATE, int(immediate))
         # A socket's own linger is set at close(); until then never hang the
         # process on exit if the interpreter tears the context down first.
         sock.setsockopt(zmq.LINGER, 0)

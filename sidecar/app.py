@@ -1,8 +1,12 @@
-"""The sidecar process: ingest thread, delivery lanes, orderly shutdown.
+"""The sidecar process: ingest thread, delivery lanes, health, orderly shutdown.
 
     cfg = load_config("sidecar.toml")
     exit_code = asyncio.run(Sidecar(cfg).run())
 
+Start-up: place the process on its CPUs, open the journal, bind the ingest
+socket, start the lanes and the metrics server, then tell systemd READY=1.
+A housekeeping tick on the event loop refreshes gauges and the status
+snapshot, and pings the systemd watchdog, so a stalled loop is restarted.
 On SIGTERM or SIGINT it stops reading, journals what it already received,
 lets calls in flight finish for up to `drain_timeout` seconds, says how many
 events remain in the journal for next time, and returns 0.
@@ -12,20 +16,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from typing import Callable
+import sqlite3
+import time
+from typing import Any, Callable
 
+import psutil
+
+from . import systemd
+from .breaker import STATE_VALUES
 from .config import Config
 from .connectors import build_lanes
+from .http_api import ApiServer
 from .ingest import Ingest
 from .journal import Journal
 from .lane import Lane
 from .limiter import Limiter, MemoryStore
-from .metrics import Metrics
+from .metrics import Metrics, process_snapshot
 
 log = logging.getLogger("sidecar")
 
 HOUSEKEEPING_SECONDS = 1.0
+
+
+def place_process(cpus: list[int], nice: int) -> None:
+    """Apply [process] cpu_affinity and nice (no-ops when unset)."""
+    proc = psutil.Process()
+    if cpus:
+        proc.cpu_affinity(cpus)
+    if nice:
+        proc.nice(nice)
 
 
 class Sidecar:
@@ -34,16 +55,22 @@ class Sidecar:
         self.metrics = Metrics()
         self.on_ready = on_ready
         self.lanes: dict[str, Lane] = {}
+        self.started = time.time()
+        self._snapshot: dict[str, Any] = {"health": {"ok": False, "problems": ["starting"]}}
         self._stop: asyncio.Event | None = None
 
     def request_stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
 
+    def snapshot(self) -> dict[str, Any]:
+        return self._snapshot
+
     async def run(self) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        place_process(cfg.process.cpu_affinity, cfg.process.nice)
         specs = build_lanes(cfg)
         connectors = {name: spec.connector for name, spec in specs.items()}
         journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous)
@@ -51,7 +78,7 @@ class Sidecar:
         store = MemoryStore()
         for name, spec in specs.items():
             lane = Lane(spec.connector, journal, Limiter(name, spec.rule, store), cfg.retry, self.metrics,
-                        concurrency=spec.concurrency)
+                        concurrency=spec.concurrency, breaker=cfg.breaker)
             lane.paused_reason = spec.paused
             self.lanes[name] = lane
 
@@ -62,27 +89,48 @@ class Sidecar:
         ingest = Ingest(cfg.ingest, ingest_journal, connectors, self.metrics,
                         on_written=lambda lanes: loop.call_soon_threadsafe(wake, lanes))
         ingest.bind()
+        api = None
+        if cfg.metrics.address:
+            try:
+                api = ApiServer(cfg.metrics.address, self.metrics.registry, self.snapshot,
+                                lambda lane, key: journal_ref(cfg.journal.dir, lane, key))
+            except OSError as exc:
+                ingest.stop()
+                raise SidecarError(f"cannot serve metrics on {cfg.metrics.address} ({exc.strerror}); "
+                                   "is another sidecar running? set [metrics] address to another port, "
+                                   "or to \"\" to turn it off") from None
+            api.start()
         ingest.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         tasks = [asyncio.create_task(lane.run(), name=f"lane-{name}") for name, lane in self.lanes.items()]
-        log.info("sidecar ready: ingest %s, journal %s, lanes %s", cfg.ingest.endpoint, journal.path,
-                 ", ".join(f"{n}{' (paused)' if l.paused_reason else ''}" for n, l in self.lanes.items()))
+        for name, lane in self.lanes.items():
+            if lane.paused_reason:
+                log.error("lane %s is paused: %s; its events wait in the journal", name, lane.paused_reason)
+        self._housekeeping(journal, ingest)
+        log.info("sidecar ready: ingest %s, journal %s, metrics %s, lanes %s", cfg.ingest.endpoint, journal.path,
+                 api.address if api else "off", ", ".join(self.lanes))
+        systemd.notify(f"READY=1\nSTATUS=ingest {cfg.ingest.endpoint}, {len(self.lanes)} lane(s)\nMAINPID={os.getpid()}")
         if self.on_ready:
             self.on_ready()
+        watchdog = systemd.watchdog_interval()
+        tick = min(HOUSEKEEPING_SECONDS, watchdog) if watchdog else HOUSEKEEPING_SECONDS
         exit_code = 0
         try:
             while not self._stop.is_set():
                 try:
-                    await asyncio.wait_for(self._stop.wait(), HOUSEKEEPING_SECONDS)
+                    await asyncio.wait_for(self._stop.wait(), tick)
                 except asyncio.TimeoutError:
                     pass
+                if watchdog:
+                    systemd.notify("WATCHDOG=1")  # from the loop itself: a stalled loop misses it
                 if ingest.error is not None:
-                    log.error("ingest failed (%s); shutting down so systemd can restart", ingest.error)
+                    log.error("ingest failed (%s); exiting so that systemd restarts the sidecar", ingest.error)
                     exit_code = 1
                     break
-                self._housekeeping(journal)
+                self._housekeeping(journal, ingest)
         finally:
+            systemd.notify("STOPPING=1")
             log.info("stopping: no longer reading new events")
             await loop.run_in_executor(None, ingest.stop)
             cut = 0
@@ -91,6 +139,8 @@ class Sidecar:
             await asyncio.gather(*tasks, return_exceptions=True)
             for connector in connectors.values():
                 await connector.aclose()
+            if api is not None:
+                api.stop()
             left = journal.depth()
             log.info("stopped: %d event(s) left in the journal for next start%s", sum(left.values()),
                      f" ({cut} call(s) cut off mid-flight, to be checked before resending)" if cut else "")
@@ -98,7 +148,65 @@ class Sidecar:
             journal.close()
         return exit_code
 
-    def _housekeeping(self, journal: Journal) -> None:
+    def _housekeeping(self, journal: Journal, ingest: Ingest) -> None:
+        now = time.time()
         depth = journal.depth()
-        for name in self.lanes:
-            self.metrics.depth.labels(lane=name).set(depth.get(name, 0))
+        dead = journal.count("dead_letters")
+        size = journal.size_bytes()
+        m = self.metrics
+        m.dead_letters.set(dead)
+        m.journal_bytes.set(size)
+        lanes: dict[str, Any] = {}
+        problems: list[str] = []
+        if not ingest.alive:
+            problems.append("ingest thread is not running")
+        for name, lane in self.lanes.items():
+            tokens = lane.limiter.tokens(now)
+            m.depth.labels(lane=name).set(depth.get(name, 0))
+            m.limiter_tokens.labels(lane=name).set(tokens)
+            m.limiter_rate.labels(lane=name).set(lane.limiter.rate)
+            m.breaker_state.labels(lane=name).set(STATE_VALUES[lane.breaker.state])
+            lanes[name] = {
+                "depth": depth.get(name, 0),
+                "rate_per_second": round(lane.limiter.rate, 3),
+                "configured_rate": lane.limiter.rule.rate,
+                "tokens": round(tokens, 2),
+                "breaker": lane.breaker.state,
+                "paused": lane.paused_reason,
+                "delivered": int(sum(m.value("sidecar_events_delivered_total", kind=k) for k in lane.connector.kinds)),
+            }
+            if lane.paused_reason:
+                problems.append(f"{name}: {lane.paused_reason}")
+            if lane.breaker.state != "closed":
+                problems.append(f"{name}: circuit breaker {lane.breaker.state} after {lane.breaker.failures} "
+                                f"failures; probing again in {lane.breaker.reopens_in(now):.0f} s")
+        self._snapshot = {
+            "time": now,
+            "uptime_seconds": round(now - self.started, 1),
+            "ingest": {"endpoint": self.cfg.ingest.endpoint, "alive": ingest.alive,
+                       "received": int(m.total("sidecar_events_received_total")),
+                       "rejected": int(m.total("sidecar_events_rejected_total")),
+                       "sequence_gaps": int(m.total("sidecar_client_sequence_gaps_total"))},
+            "journal": {"path": str(journal.path), "bytes": size, "pending": sum(depth.values()),
+                        "dead_letters": dead},
+            "lanes": lanes,
+            "process": process_snapshot(),
+            "health": {"ok": not problems, "problems": problems},
+        }
+
+
+class SidecarError(RuntimeError):
+    pass
+
+
+def journal_ref(journal_dir: str, lane: str, key: str) -> str | None:
+    """Read one ref from the journal with a short-lived read-only connection (any thread)."""
+
+
+    path = os.path.join(journal_dir, "journal.db")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute("SELECT target_id FROM refs WHERE lane=? AND key=?", (lane, key)).fetchone()
+        return row[0] if row else None
+    finally:
+        conn.close()

@@ -1,34 +1,218 @@
-"""The `sidecar` command.
+"""The `sidecar` command: a thin layer over the library.
 
-    sidecar run [--config FILE] [--log-json]   run the sidecar (all settings have defaults)
-    sidecar demo                                 sidecar + Notion simulator + a synthetic trading loop
+    sidecar run [--config FILE] [--log-json]     run the sidecar (every setting has a default)
+    sidecar status [--json]                      lanes, depths, rates, breakers, dead letters, resources
+    sidecar check                                exit 0 healthy, 1 degraded (says why), 2 not reachable
+    sidecar dlq list|show ID|retry ID...|purge ID...   inspect and replay dead letters
+    sidecar emit KIND JSON [--key K] [--ref R]   one event from a shell script or git hook
+    sidecar refs LANE KEY                        what a delivered event created (e.g. Naver image URLs)
+    sidecar demo                                 sidecar + simulators + a synthetic trading loop
+
+Every command but `demo` reads the same --config as `run` (or $SIDECAR_CONFIG).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
+import os
 import sys
+import time
+from typing import Any
 
-from .config import ConfigError, load_config
-from .ingest import IngestError
-from .journal import JournalError
-from .logs import setup_logging
+import orjson
+
+from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("sidecar")
 
+EXIT_OK, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config or os.environ.get("SIDECAR_CONFIG"))
+
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import Sidecar
+    from .app import Sidecar, SidecarError
+    from .ingest import IngestError
+    from .journal import JournalError
+    from .logs import setup_logging
 
-    setup_logging(json_lines=args.log_json, level=args.log_level)
     try:
-        cfg = load_config(args.config)
-        return asyncio.run(Sidecar(cfg).run())
-    except (ConfigError, JournalError, IngestError) as exc:
+        cfg = _config(args)
+    except ConfigError as exc:
+        setup_logging()
         log.error("%s", exc)
         return 2
+    setup_logging(json_lines=args.log_json or cfg.log.json, level=args.log_level or cfg.log.level)
+    try:
+        return asyncio.run(Sidecar(cfg).run())
+    except (JournalError, IngestError, SidecarError) as exc:
+        log.error("%s", exc)
+        return 2
+    except PermissionError as exc:
+        log.error("permission denied: %s (run as the service user, or fix the file's owner)", exc)
+        return 2
+
+
+def _fetch(cfg: Config, path: str) -> tuple[int, Any]:
+    """GET from the running sidecar's API; raises OSError if it is not there."""
+    import http.client
+
+    if not cfg.metrics.address:
+        raise OSError("[metrics] address is empty, so the sidecar serves no status")
+    host, _, port = cfg.metrics.address.rpartition(":")
+    conn = http.client.HTTPConnection(host or "127.0.0.1", int(port), timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, orjson.loads(response.read())
+    finally:
+        conn.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        _, status = _fetch(cfg, "/status")
+    except OSError as exc:
+        print(f"sidecar not reachable at {cfg.metrics.address}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    print(render_status(status))
+    return EXIT_OK
+
+
+def render_status(s: dict[str, Any]) -> str:
+    proc, journal, ingest = s["process"], s["journal"], s["ingest"]
+    lines = [
+        f"sidecar pid {proc['pid']}, up {s['uptime_seconds']:.0f} s, "
+        f"{'healthy' if s['health']['ok'] else 'DEGRADED'}",
+        f"ingest   {ingest['endpoint']}  received {ingest['received']}  rejected {ingest['rejected']}  "
+        f"sequence gaps {ingest['sequence_gaps']}",
+        f"journal  {journal['path']}  {journal['bytes'] / 1e6:.1f} MB  pending {journal['pending']}  "
+        f"dead letters {journal['dead_letters']}",
+        f"process  cpu {proc['cpu_seconds']:.1f} s  rss {proc['rss_bytes'] / 1e6:.1f} MB  fds {proc['open_fds']}  "
+        f"threads {proc['threads']}  cpus {proc['cpu_affinity']}  nice {proc['nice']}",
+        "",
+        f"{'lane':<18}{'depth':>8}{'rate/s':>9}{'of':>7}{'tokens':>8}  {'breaker':<10}{'delivered':>10}  paused",
+    ]
+    for name, lane in s["lanes"].items():
+        lines.append(f"{name:<18}{lane['depth']:>8}{lane['rate_per_second']:>9.2f}{lane['configured_rate']:>7.1f}"
+                     f"{lane['tokens']:>8.2f}  {lane['breaker']:<10}{lane['delivered']:>10}  {lane['paused'] or '-'}")
+    for problem in s["health"]["problems"]:
+        lines.append(f"problem: {problem}")
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        code, health = _fetch(cfg, "/health")
+    except OSError as exc:
+        print(f"CRITICAL: sidecar not reachable at {cfg.metrics.address}: {exc}")
+        return EXIT_UNREACHABLE
+    if code == 200 and health.get("ok"):
+        print("OK: sidecar healthy")
+        return EXIT_OK
+    print("WARNING: " + "; ".join(health.get("problems") or ["unhealthy"]))
+    return EXIT_DEGRADED
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from . import dlq
+
+    cfg = _config(args)
+    directory = cfg.journal.dir
+    try:
+        if args.action == "list":
+            rows = dlq.list_dead(directory, lane=args.lane, limit=args.limit)
+            if args.json:
+                print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+                return EXIT_OK
+            print(f"{'id':>6}  {'lane':<10} {'kind':<22} {'key/ref':<24} {'reason':<18} {'status':>6}  dead at")
+            for r in rows:
+                when = datetime.datetime.fromtimestamp(r["dead_at"]).strftime("%Y-%m-%d %H:%M:%S")
+                print(f"{r['id']:>6}  {r['lane']:<10} {r['kind']:<22} {str(r['key'] or r['ref'] or '-'):<24.24} "
+                      f"{r['reason']:<18} {str(r['status'] or '-'):>6}  {when}")
+            print(f"{len(rows)} dead letter(s) shown")
+        elif args.action == "show":
+            found = [dlq.show_dead(directory, i) for i in args.ids]
+            if not all(found):
+                print("no such dead letter", file=sys.stderr)
+                return 1
+            print(orjson.dumps(found if len(found) > 1 else found[0], option=orjson.OPT_INDENT_2).decode())
+        elif args.action == "retry":
+            if not args.ids and not args.lane and not args.all:
+                print("name dead-letter ids, --lane LANE, or --all", file=sys.stderr)
+                return 1
+            print(f"{dlq.retry_dead(directory, ids=args.ids or None, lane=args.lane)} event(s) queued again")
+        elif args.action == "purge":
+            if not args.ids and not args.lane and not args.all:
+                print("name dead-letter ids, --lane LANE, or --all", file=sys.stderr)
+                return 1
+            print(f"{dlq.purge_dead(directory, ids=args.ids or None, lane=args.lane, all_=args.all)} "
+                  "dead letter(s) purged")
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return EXIT_OK
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    """One event, for scripts: exit 0 once the sidecar has it queued, 3 if it is not running."""
+    from client import Client, EmitError
+    from client.transport import TransportError, ZmqTransport
+
+    endpoint = args.endpoint or _config(args).ingest.endpoint
+    try:
+        payload = orjson.loads(args.json)
+    except orjson.JSONDecodeError as exc:
+        print(f"JSON is not valid: {exc}", file=sys.stderr)
+        return 1
+    blobs = []
+    for path in args.blob or []:
+        with open(path, "rb") as f:
+            blobs.append(f.read())
+    if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://"):]):
+        print(f"sidecar not running (no socket at {endpoint}): event not sent", file=sys.stderr)
+        return 3
+    try:
+        transport = ZmqTransport(endpoint, queue_size=100, immediate=True)
+    except TransportError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    client = Client(endpoint, transport=transport, strict=True, linger=2.0)
+    try:
+        deadline = time.monotonic() + args.wait
+        # With immediate set, a send fails until the connection is up (about a millisecond).
+        while not client.emit(args.kind, payload, key=args.key, ref=args.ref, blob=blobs or None):
+            if time.monotonic() > deadline:
+                print(f"sidecar not reachable at {endpoint}: event not sent", file=sys.stderr)
+                return 3
+            time.sleep(0.002)
+    except EmitError as exc:
+        print(f"event refused: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+def cmd_refs(args: argparse.Namespace) -> int:
+    from .app import journal_ref
+
+    value = journal_ref(_config(args).journal.dir, args.lane, args.key)
+    if value is None:
+        print(f"nothing recorded for {args.lane} key {args.key!r} (not delivered yet?)", file=sys.stderr)
+        return 1
+    print(value)
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -37,20 +221,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(events=args.events)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML settings file (default: $SIDECAR_CONFIG, else built-in defaults)")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the sidecar")
-    run.add_argument("--config", help="TOML settings file (default: built-in defaults)")
+
+    run = sub.add_parser("run", parents=[common], help="run the sidecar")
     run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
-    run.add_argument("--log-level", default="INFO")
+    run.add_argument("--log-level", help="DEBUG, INFO, WARNING... (default: [log] level)")
     run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", parents=[common], help="lanes, depths, rates, breakers, resources")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    check = sub.add_parser("check", parents=[common], help="exit 0 healthy, 1 degraded, 2 not reachable")
+    check.set_defaults(func=cmd_check)
+
+    dlq = sub.add_parser("dlq", parents=[common], help="inspect and replay dead letters")
+    dlq.add_argument("action", choices=["list", "show", "retry", "purge"])
+    dlq.add_argument("ids", nargs="*", type=int)
+    dlq.add_argument("--lane")
+    dlq.add_argument("--all", action="store_true", help="retry or purge every dead letter")
+    dlq.add_argument("--limit", type=int, default=50)
+    dlq.add_argument("--json", action="store_true")
+    dlq.set_defaults(func=cmd_dlq)
+
+    emit = sub.add_parser("emit", parents=[common], help="send one event (for scripts and git hooks)")
+    emit.add_argument("kind")
+    emit.add_argument("json", help="the payload as JSON")
+    emit.add_argument("--key")
+    emit.add_argument("--ref")
+    emit.add_argument("--blob", action="append", help="a file to send as a blob (repeatable)")
+    emit.add_argument("--endpoint", help="default: [ingest] endpoint of the config")
+    emit.add_argument("--wait", type=float, default=0.5, help="seconds to wait for the sidecar to accept")
+    emit.set_defaults(func=cmd_emit)
+
+    refs = sub.add_parser("refs", parents=[common], help="what a delivered event created")
+    refs.add_argument("lane")
+    refs.add_argument("key")
+    refs.set_defaults(func=cmd_refs)
+
     demo = sub.add_parser("demo", help="run the sidecar against the simulators, driven by a synthetic loop")
-    demo.add_argument("--events", type=int, default=2000, help="events the synthetic loop emits")
+    demo.add_argument("--events", type=int, default=2000, help="ticks of the synthetic loop")
     demo.set_defaults(func=cmd_demo)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"config: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

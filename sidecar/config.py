@@ -94,6 +94,31 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    address: str = "127.0.0.1:9464"   # /metrics, /health, /status; empty turns it off
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerConfig:
+    failures: int = 5              # failed calls in a row that open a lane's breaker
+    cooldown: float = 30.0         # seconds before a probe call
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessConfig:
+    # Keep the sidecar off the trading loop's core when not under systemd
+    # (the unit's CPUAffinity= and Nice= do the same there).
+    cpu_affinity: list[int] = field(default_factory=list)
+    nice: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    json: bool = False
+    level: str = "INFO"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
@@ -102,6 +127,10 @@ class Config:
     s3: S3Config = field(default_factory=S3Config)
     naver: NaverConfig = field(default_factory=NaverConfig)
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)  # [webhooks.NAME]
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     drain_timeout: float = 10.0    # seconds SIGTERM may spend finishing calls in flight
 
 
@@ -139,6 +168,10 @@ SECTIONS: dict[str, type] = {
     "notion": NotionConfig,
     "s3": S3Config,
     "naver": NaverConfig,
+    "metrics": MetricsConfig,
+    "breaker": BreakerConfig,
+    "process": ProcessConfig,
+    "log": LogConfig,
 }
 
 

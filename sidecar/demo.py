@@ -79,7 +79,7 @@ def main(events: int = 2000) -> int:
         endpoint = f"ipc://{tmp}/ingest.sock"
         config = Path(tmp) / "sidecar.toml"
         config.write_text(f'[ingest]\nendpoint = "{endpoint}"\n[journal]\ndir = "{tmp}/journal"\n'
-                          f'[notion]\nbase_url = "{sim.url}/v1"\n')
+                          f'[notion]\nbase_url = "{sim.url}/v1"\n[metrics]\naddress = "127.0.0.1:0"\n')
         print(f"notion simulator  {sim.url}  (3 requests/s, like Notion)")
         proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run", "--config", str(config),
                                  "--log-level", "WARNING"], env={**os.environ, "NOTION_TOKEN": sim.token})

@@ -241,6 +241,7 @@ class Ingest:
 
     def _control(self, env: wire.Envelope, touched: dict) -> None:
         stats = env.payload if isinstance(env.payload, dict) else {}
+        self.metrics.clients.update(env.client_id, stats)
         state = self.clients.setdefault(env.client_id, _ClientSeq(0, 0))
         state.stats = orjson.dumps(stats)
         announced = stats.get("last_seq")

@@ -49,11 +49,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     event_id    INTEGER NOT NULL,
     lane        TEXT NOT NULL,
     kind        TEXT NOT NULL,
+    target      TEXT NOT NULL,
     key         TEXT,
     ref         TEXT,
     client_id   TEXT NOT NULL,
     seq         INTEGER NOT NULL,
     emitted_ns  INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
     frame       BLOB NOT NULL,
     blob_path   TEXT,
     attempts    INTEGER NOT NULL,
@@ -258,10 +260,11 @@ class Journal:
         now = time.time()
         with self._transaction() as c:
             c.executemany(
-                "INSERT INTO dead_letters (event_id, lane, kind, key, ref, client_id, seq, emitted_ns, frame,"
-                " blob_path, attempts, reason, status, detail, dead_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(e.id, e.lane, e.kind, e.key, e.ref, e.client_id, e.seq, e.emitted_ns, e.frame, e.blob_path,
-                  e.attempts, reason, status, detail, now) for e in events],
+                "INSERT INTO dead_letters (event_id, lane, kind, target, key, ref, client_id, seq, emitted_ns,"
+                " received_ns, frame, blob_path, attempts, reason, status, detail, dead_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(e.id, e.lane, e.kind, e.target, e.key, e.ref, e.client_id, e.seq, e.emitted_ns, e.received_ns,
+                  e.frame, e.blob_path, e.attempts, reason, status, detail, now) for e in events],
             )
             c.executemany("DELETE FROM events WHERE id=?", [(e.id,) for e in events])
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .backoff import retry_delay
-from .config import RetryConfig
+from .breaker import Breaker
+from .config import BreakerConfig, RetryConfig
 from .connectors.base import Connector, Dead, Send, Skip, Wait
 from .errors import DeliveryError, Permanent, RateLimited, Retryable
 from .journal import Event, Journal
@@ -64,6 +65,7 @@ class Lane:
         metrics: Metrics,
         *,
         concurrency: int = 1,
+        breaker: BreakerConfig | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -77,6 +79,8 @@ class Lane:
         self.clock = clock
         self.rng = rng or random.Random()
         self.paused_reason: str | None = None  # set when the lane cannot call at all (no token)
+        cfg = breaker or BreakerConfig()
+        self.breaker = Breaker(failures=cfg.failures, cooldown=cfg.cooldown)
         self._inflight: set[str] = set()
         self._blocked: dict[str, float] = {}  # target -> not before (waits and backoffs)
         self._wake = asyncio.Event()
@@ -112,8 +116,13 @@ class Lane:
 
     async def _worker(self) -> None:
         while not self._stopping:
+            if not self.breaker.allow(self.clock()):
+                # Open: no calls; events wait in the journal until the probe.
+                await self._idle(self.breaker.reopens_in(self.clock()))
+                continue
             picked = self._pick()
             if picked is None:
+                self.breaker.release()
                 await self._idle()
                 continue
             wait = self.limiter.reserve(self.clock())
@@ -126,6 +135,7 @@ class Lane:
                     return
                 picked = self._pick()
                 if picked is None:
+                    self.breaker.release()
                     continue
             target, plan = picked
             try:
@@ -133,10 +143,10 @@ class Lane:
             finally:
                 self._inflight.discard(target)
 
-    async def _idle(self) -> None:
+    async def _idle(self, at_most: float = IDLE_POLL_SECONDS) -> None:
         now = self.clock()
         self._blocked = {t: until for t, until in self._blocked.items() if until > now}
-        horizon = min([IDLE_POLL_SECONDS, *(until - now for until in self._blocked.values())])
+        horizon = min([at_most, IDLE_POLL_SECONDS, *(until - now for until in self._blocked.values())])
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=max(0.005, horizon))
@@ -180,20 +190,25 @@ class Lane:
             status = "ok"
         except DeliveryError as exc:
             status = str(exc.status) if exc.status else exc.reason
+            # The API answered with a refusal or a rate limit: it is alive.
+            self.breaker.record(isinstance(exc, (Permanent, RateLimited)), self.clock())
             self._failed(events, exc)
             return
         except asyncio.CancelledError:
             status = "cancelled"
+            self.breaker.release()
             raise  # the attempt is counted: a restart checks before resending
         except Exception as exc:  # a bug in a connector must not stop the lane
             log.exception("lane %s: unexpected error delivering %d event(s)", self.name, len(events))
             status = "internal_error"
+            self.breaker.record(False, self.clock())
             self._failed(events, Retryable("internal_error", type(exc).__name__))
             return
         finally:
             self.metrics.calls.labels(api=self.name, status=status).inc()
             self.metrics.call_seconds.labels(api=self.name).observe(time.perf_counter() - started)
         self.limiter.on_success()
+        self.breaker.record(True, self.clock())
         blobs = self.journal.complete(ids, lane=self.name, refs=result.refs)
         for key, created in result.refs.items():
             for old, new in self.connector.retargets(key, created):

@@ -9,7 +9,13 @@ Names use base units and `_total` for counters, as Prometheus asks.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any, Iterator
+
+import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -37,6 +43,16 @@ class Metrics:
         self.emit_to_delivery = Histogram("sidecar_emit_to_delivery_seconds", "From emit() to the API's answer",
                                           ["lane"], buckets=LATENCY_BUCKETS, registry=r)
         self.depth = Gauge("sidecar_queue_depth", "Events waiting in the journal", ["lane"], registry=r)
+        self.dead_letters = Gauge("sidecar_dead_letters", "Events in the dead-letter store", registry=r)
+        self.limiter_tokens = Gauge("sidecar_limiter_tokens", "Tokens in the lane's bucket", ["lane"], registry=r)
+        self.limiter_rate = Gauge("sidecar_limiter_rate_per_second", "The lane's allowed rate now", ["lane"],
+                                  registry=r)
+        self.breaker_state = Gauge("sidecar_circuit_breaker_state", "0 closed, 1 half-open, 2 open", ["lane"],
+                                   registry=r)
+        self.journal_bytes = Gauge("sidecar_journal_size_bytes", "Journal files on disk", registry=r)
+        self.clients = ClientReports()
+        r.register(self.clients)
+        r.register(ProcessCollector())
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 if never set); for tests and the CLI."""
@@ -51,3 +67,66 @@ class Metrics:
                 if sample.name == name:
                     total += sample.value
         return total
+
+
+class ClientReports(Collector):
+    """The counters each client reports about itself, so one scrape shows both ends.
+
+    Keeps the latest report of the most recent `keep` clients (short-lived
+    emitters come and go; their labels must not grow without bound).
+    """
+
+    def __init__(self, keep: int = 256) -> None:
+        self.keep = keep
+        self.reports: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def update(self, client_id: str, stats: dict[str, Any]) -> None:
+        self.reports[client_id] = stats
+        self.reports.move_to_end(client_id)
+        while len(self.reports) > self.keep:
+            self.reports.popitem(last=False)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        sent = CounterMetricFamily("sidecar_client_sent", "Events a client queued, as it reported", labels=["client"])
+        dropped = CounterMetricFamily("sidecar_client_dropped", "Events a client dropped, by reason, as it reported",
+                                      labels=["client", "reason"])
+        for client_id, stats in list(self.reports.items()):
+            sent.add_metric([client_id], float(stats.get("sent", 0)))
+            for reason, count in (stats.get("dropped") or {}).items():
+                dropped.add_metric([client_id, str(reason)], float(count))
+        yield sent
+        yield dropped
+
+
+class ProcessCollector(Collector):
+    """The sidecar's own CPU, memory and open files, read with psutil at scrape time."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        p = self.process
+        with p.oneshot():
+            cpu = p.cpu_times()
+            yield CounterMetricFamily("sidecar_process_cpu_seconds", "CPU time used by the sidecar",
+                                      value=cpu.user + cpu.system)
+            yield GaugeMetricFamily("sidecar_process_resident_memory_bytes", "Resident set size",
+                                    value=p.memory_info().rss)
+            yield GaugeMetricFamily("sidecar_process_open_fds", "Open file descriptors", value=p.num_fds())
+            yield GaugeMetricFamily("sidecar_process_threads", "Threads", value=p.num_threads())
+
+
+def process_snapshot() -> dict[str, Any]:
+    """The same figures for `sidecar status`."""
+    p = psutil.Process()
+    with p.oneshot():
+        cpu = p.cpu_times()
+        return {
+            "pid": p.pid,
+            "cpu_seconds": round(cpu.user + cpu.system, 3),
+            "rss_bytes": p.memory_info().rss,
+            "open_fds": p.num_fds(),
+            "threads": p.num_threads(),
+            "cpu_affinity": p.cpu_affinity() if hasattr(p, "cpu_affinity") else None,
+            "nice": p.nice(),
+        }

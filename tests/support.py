@@ -127,6 +127,7 @@ def sidecar_config(tmp: Path, **sections: dict[str, Any]) -> dict[str, Any]:
         "ingest": {"endpoint": f"ipc://{tmp}/ingest.sock"},
         "journal": {"dir": str(tmp / "journal"), "synchronous": "NORMAL"},
         "retry": {"base": 0.05, "cap": 0.5},
+        "metrics": {"address": "127.0.0.1:0"},  # tests run side by side: never a fixed port
     }
     for name, table in sections.items():
         doc.setdefault(name, {}).update(table)

@@ -25,9 +25,9 @@ class LaneSpec:
 
 
 def _builders() -> list[Callable[[Config], list[LaneSpec]]]:
-    from . import notion
+    from . import notion, s3
 
-    return [notion.build]
+    return [notion.build, s3.build]
 
 
 def build_lanes(cfg: Config) -> dict[str, LaneSpec]:

@@ -1,0 +1,217 @@
+"""Amazon S3: put objects, one signed ``PUT /{bucket}/{key}`` per event.
+
+    client.emit("s3.put", {"bucket": "reports", "key": "2024/06/pnl.csv", "content_type": "text/csv",
+                           "metadata": {"desk": "fx"}}, blob=data)
+
+The body travels as the event's single blob, spooled at ingest to a file
+named by its SHA-256. Puts to one object are delivered in emit order, and
+only the last of those waiting together goes out: S3 keeps the last write
+anyway, so the others are skipped as ``superseded``. A put equal (body,
+content type and metadata) to the last one delivered for its object is
+skipped as ``identical``.
+
+Requests are signed by botocore's SigV4 signer with credentials from
+botocore's standard chain (environment, shared config and credentials
+files, container or instance role); with none, the lane is paused.
+
+Errors: 503 SlowDown slows the lane down (RateLimited); other 5xx and
+transport errors are retried (a PUT is idempotent, so resending after an
+unknown outcome is harmless); 400/403/404 (SignatureDoesNotMatch,
+InvalidAccessKeyId, NoSuchBucket, BadDigest...) dead-letter with S3's XML body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import botocore.session
+import httpx
+import orjson
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.exceptions import BotoCoreError
+
+from client.wire import Envelope
+
+from ..config import Config, S3Config
+from ..errors import Permanent, Retryable
+from ..journal import Event
+from ..limiter import Rule
+from . import LaneSpec
+from .base import Delivered, Plan, PlanContext, Reject, Send, Skip
+from .http import raise_for_status, request
+
+PUT = "s3.put"
+SUPERSEDED = "superseded"
+IDENTICAL = "identical"
+# Refs kept per object: the body's SHA-256 under "bucket/key", and a digest of
+# the headers under this prefix (bucket names cannot hold ":", so no clash).
+HEADERS_REF = "headers:"
+
+FIELDS = frozenset({"bucket", "key", "content_type", "metadata"})
+MAX_KEY_BYTES = 1024
+MAX_METADATA_BYTES = 2048  # S3's limit on user metadata, names and values together
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+_XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
+
+NO_CREDENTIALS = (
+    "no AWS credentials: botocore's chain found none (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
+    "environment, the shared files ~/.aws/credentials and ~/.aws/config or AWS_SHARED_CREDENTIALS_FILE, "
+    "AWS_CONFIG_FILE and AWS_PROFILE, a container or EC2 instance role); provide one, then restart"
+)
+
+
+@dataclass(frozen=True)
+class ObjectPut:
+    """One validated ``s3.put`` payload."""
+
+    bucket: str
+    key: str
+    content_type: str
+    metadata: dict[str, str]
+
+    @property
+    def target(self) -> str:
+        return f"{self.bucket}/{self.key}"
+
+    def headers_digest(self) -> str:
+        """What identifies the headers of a put, beside its body's SHA-256."""
+        doc = orjson.dumps([self.content_type, sorted(self.metadata.items())])
+        return hashlib.sha256(doc).hexdigest()
+
+
+def parse_put(body: Any) -> ObjectPut:
+    """Validate an ``s3.put`` payload; raise Reject("bad_payload", why) if S3 could never take it."""
+    if not isinstance(body, dict):
+        raise Reject("bad_payload", "s3.put payload must be a JSON object")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise Reject("bad_payload", f"unknown field(s) {', '.join(unknown)}; s3.put takes {', '.join(sorted(FIELDS))}")
+    bucket, key, content_type = body.get("bucket"), body.get("key"), body.get("content_type")
+    if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise Reject("bad_payload", f"bucket must be an S3 bucket name (3-63 of a-z 0-9 . -), got {bucket!r}")
+    if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
+        raise Reject("bad_payload", f"key must be a non-empty string of at most {MAX_KEY_BYTES} UTF-8 bytes")
+    if any(part in (".", "..") for part in key.split("/")):
+        # HTTP clients fold "." and ".." out of URL paths, so the object would land elsewhere.
+        raise Reject("bad_payload", f"key {key!r} has a '.' or '..' path segment")
+    if not isinstance(content_type, str) or not content_type or not _PRINTABLE_ASCII.fullmatch(content_type):
+        raise Reject("bad_payload", "content_type must be a non-empty printable ASCII string, e.g. \"text/csv\"")
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and _HEADER_NAME.fullmatch(k) and isinstance(v, str) and _PRINTABLE_ASCII.fullmatch(v)
+            for k, v in metadata.items()):
+        raise Reject("bad_payload", "metadata must map header-safe names to printable ASCII strings")
+    if sum(len(k) + len(v) for k, v in metadata.items()) > MAX_METADATA_BYTES:
+        raise Reject("bad_payload", f"metadata over S3's {MAX_METADATA_BYTES} bytes")
+    return ObjectPut(bucket, key, content_type, metadata)
+
+
+def xml_code(response: httpx.Response) -> str:
+    """The <Code> of an S3 XML error body, or ""."""
+    found = _XML_CODE.search(response.text)
+    return found.group(1) if found else ""
+
+
+def _check(response: httpx.Response) -> None:
+    # S3 says "slow down" with 503 SlowDown (no Retry-After): back the lane off.
+    raise_for_status(response, rate_limited=lambda r: r.status_code in (429, 503), code_of=xml_code)
+
+
+class S3Connector:
+    lane = "s3"
+    kinds = frozenset({PUT})
+
+    def __init__(self, cfg: S3Config, credentials: Any, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """`credentials`: botocore Credentials (refreshable or not), None if the chain found none."""
+        self.region = cfg.region
+        self.endpoint = cfg.endpoint_url.rstrip("/") or f"https://s3.{cfg.region}.amazonaws.com"
+        self.credentials = credentials
+        self.http = httpx.AsyncClient(timeout=cfg.timeout, transport=transport)
+
+    # -- ingest ---------------------------------------------------------------
+
+    def accepts(self, env: Envelope) -> bool:
+        return True
+
+    def route(self, env: Envelope, blobs: list[bytes]) -> str:
+        put = parse_put(env.payload)
+        if len(blobs) != 1:
+            raise Reject("bad_payload", f"s3.put takes the object's body as exactly one blob, got {len(blobs)}")
+        return put.target
+
+    def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
+        return []
+
+    # -- planning -------------------------------------------------------------
+
+    def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
+        if len(group) > 1:
+            return Skip(group[:-1], SUPERSEDED)  # the lane plans again and sends the last
+        event = group[0]
+        put = parse_put(event.payload)
+        sha256 = event.blob_sha256(0)
+        if ctx.ref(put.target) == sha256 and ctx.ref(HEADERS_REF + put.target) == put.headers_digest():
+            return Skip([event], IDENTICAL)
+        return Send([event], (put, event.blob_paths[0], sha256))
+
+    # -- calls ----------------------------------------------------------------
+
+    async def send(self, plan: Send) -> Delivered:
+        put, path, sha256 = plan.request
+        # Reading the spool, hashing and a credential refresh may all block: off the loop.
+        url, headers, body = await asyncio.to_thread(self._signed, put, path, sha256)
+        response = await request(self.http, "PUT", url, headers=headers, content=body)
+        _check(response)
+        return Delivered(refs={put.target: sha256, HEADERS_REF + put.target: put.headers_digest()})
+
+    def _signed(self, put: ObjectPut, path: str, sha256: str) -> tuple[str, dict[str, str], bytes]:
+        if self.credentials is None:
+            raise Retryable("no_credentials", NO_CREDENTIALS)
+        try:
+            credentials = self.credentials.get_frozen_credentials()  # refreshes a role's token when due
+        except BotoCoreError as exc:
+            raise Retryable("credentials", str(exc)) from None
+        body = Path(path).read_bytes()
+        url = f"{self.endpoint}/{put.bucket}/{quote(put.key, safe='/')}"
+        headers = {
+            "Content-Type": put.content_type,
+            "Content-MD5": base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
+            "X-Amz-Content-SHA256": sha256,
+            **{f"x-amz-meta-{name}": value for name, value in put.metadata.items()},
+        }
+        aws = AWSRequest(method="PUT", url=url, data=body, headers=headers)
+        S3SigV4Auth(credentials, "s3", self.region).add_auth(aws)
+        # The signer hashes the body itself; a different hash means the spool file changed since ingest.
+        if aws.headers["X-Amz-Content-SHA256"] != sha256:
+            raise Permanent("blob_corrupt", f"spool file {path} no longer matches the SHA-256 it was received with")
+        return url, dict(aws.headers.items()), body
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def find_credentials() -> tuple[Any, str | None]:
+    """botocore's credential chain: (credentials, None), or (None, why the lane must pause)."""
+    try:
+        found = botocore.session.get_session().get_credentials()
+    except BotoCoreError as exc:  # e.g. AWS_PROFILE names a profile that does not exist
+        return None, f"AWS credentials could not be loaded: {exc}; fix it, then restart"
+    return (found, None) if found is not None else (None, NO_CREDENTIALS)
+
+
+def build(cfg: Config) -> list[LaneSpec]:
+    credentials, paused = find_credentials()
+    connector = S3Connector(cfg.s3, credentials)
+    return [LaneSpec(connector, Rule(rate=cfg.s3.rate_per_second, burst=cfg.s3.burst),
+                     concurrency=cfg.s3.concurrency, paused=paused)]

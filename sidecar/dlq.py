@@ -1,0 +1,114 @@
+"""The dead-letter store, for operators: list, show, retry, purge.
+
+    rows = list_dead(journal_dir, lane=None, limit=50)
+    retry_dead(journal_dir, ids=[3, 4])       # back into the delivery queue, attempts reset
+    purge_dead(journal_dir, all_=True)        # gone for good, spooled blobs too
+
+These work on the journal file directly, whether or not the sidecar runs:
+SQLite's WAL mode and busy timeout let both write, and a running sidecar
+picks retried events up within a second.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from .journal import BLOB_PATH_SEPARATOR
+
+
+def _connect(journal_dir: str) -> sqlite3.Connection:
+    path = Path(journal_dir) / "journal.db"
+    if not path.exists():
+        raise FileNotFoundError(f"no journal at {path}: is [journal] dir right?")
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def _where(ids: list[int] | None, lane: str | None) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if ids:
+        clauses.append(f"id IN ({','.join('?' * len(ids))})")
+        args += ids
+    if lane:
+        clauses.append("lane = ?")
+        args.append(lane)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def list_dead(journal_dir: str, *, lane: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    where, args = _where(None, lane)
+    conn = _connect(journal_dir)
+    try:
+        rows = conn.execute(
+            f"SELECT id, lane, kind, key, ref, reason, status, attempts, dead_at FROM dead_letters{where}"
+            " ORDER BY id DESC LIMIT ?", [*args, limit]).fetchall()
+    finally:
+        conn.close()
+    names = ("id", "lane", "kind", "key", "ref", "reason", "status", "attempts", "dead_at")
+    return [dict(zip(names, row)) for row in rows]
+
+
+def show_dead(journal_dir: str, dead_id: int) -> dict[str, Any] | None:
+    conn = _connect(journal_dir)
+    try:
+        cur = conn.execute("SELECT * FROM dead_letters WHERE id = ?", (dead_id,))
+        row = cur.fetchone()
+        names = [d[0] for d in cur.description]
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    record = dict(zip(names, row))
+    record["frame"] = bytes(record["frame"]).decode(errors="replace")
+    return record
+
+
+def retry_dead(journal_dir: str, *, ids: list[int] | None = None, lane: str | None = None) -> int:
+    """Move dead letters back to the queue with a fresh attempt count; returns how many."""
+    where, args = _where(ids, lane)
+    conn = _connect(journal_dir)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        moved = conn.execute(
+            "INSERT INTO events (lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame,"
+            " blob_path) SELECT lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame,"
+            f" blob_path FROM dead_letters{where} ORDER BY event_id", args).rowcount
+        conn.execute(f"DELETE FROM dead_letters{where}", args)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+    return moved
+
+
+def purge_dead(journal_dir: str, *, ids: list[int] | None = None, lane: str | None = None,
+               all_: bool = False) -> int:
+    """Delete dead letters (and their spooled blobs) for good; returns how many."""
+    if not ids and not lane and not all_:
+        raise ValueError("name ids, a lane, or all")
+    where, args = _where(ids, lane)
+    conn = _connect(journal_dir)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        paths = [p for (joined,) in conn.execute(
+            f"SELECT blob_path FROM dead_letters{where}{' AND' if where else ' WHERE'} blob_path IS NOT NULL", args)
+            for p in joined.split(BLOB_PATH_SEPARATOR)]
+        gone = conn.execute(f"DELETE FROM dead_letters{where}", args).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return gone
