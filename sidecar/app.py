@@ -175,8 +175,9 @@ class Sidecar:
                 "paused": lane.paused_reason,
                 "delivered": int(sum(m.value("sidecar_events_delivered_total", kind=k) for k in lane.connector.kinds)),
             }
-            if lane.paused_reason:
-                problems.append(f"{name}: {lane.paused_reason}")
+            # An API nobody uses may lack credentials; one with events waiting may not.
+            if lane.paused_reason and depth.get(name, 0):
+                problems.append(f"{name}: {depth[name]} event(s) waiting; {lane.paused_reason}")
             if lane.breaker.state != "closed":
                 problems.append(f"{name}: circuit breaker {lane.breaker.state} after {lane.breaker.failures} "
                                 f"failures; probing again in {lane.breaker.reopens_in(now):.0f} s")

@@ -70,9 +70,10 @@ class SidecarProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_lines: list[str] = []
         self._ready = threading.Event()
+        self.config_path = write_toml(workdir / "sidecar.toml", config)
 
     def start(self, *, wait_ready: bool = True) -> "SidecarProcess":
-        cfg = write_toml(self.workdir / "sidecar.toml", self.config)
+        cfg = write_toml(self.config_path, self.config)
         self._ready.clear()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "run", "--config", str(cfg)],
@@ -91,6 +92,31 @@ class SidecarProcess:
             self.log_lines.append(line)
             if "sidecar ready" in line:
                 self._ready.set()
+
+    @property
+    def api_address(self) -> str:
+        """host:port of /metrics, /health and /status, from the ready line of the log."""
+        for line in self.log_lines:
+            if "sidecar ready" in line:
+                return line.split(" metrics ", 1)[1].split(",", 1)[0]
+        raise AssertionError("sidecar not ready")
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        import http.client
+
+        host, _, port = self.api_address.rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run `sidecar ARGS --config <this sidecar's config>`."""
+        return subprocess.run([sys.executable, "-m", "sidecar", *args, "--config", str(self.workdir / "sidecar.toml")],
+                              capture_output=True, text=True, env=self.env, cwd=ROOT, timeout=timeout)
 
     def log_text(self) -> str:
         return "\n".join(self.log_lines)
@@ -119,6 +145,14 @@ class SidecarProcess:
 
     def journal_count(self, table: str) -> int:
         return self.query(f"SELECT COUNT(*) FROM {table}")[0][0]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def sidecar_config(tmp: Path, **sections: dict[str, Any]) -> dict[str, Any]:
