@@ -209,6 +209,15 @@ class Lane:
             self.metrics.call_seconds.labels(api=self.name).observe(time.perf_counter() - started)
         self.limiter.on_success()
         self.breaker.record(True, self.clock())
+        if result.failed:  # items refused one by one inside a call that succeeded
+            refused: dict[tuple[str, str], list[Event]] = {}
+            for event in events:
+                if event.id in result.failed:
+                    refused.setdefault(result.failed[event.id], []).append(event)
+            for (reason, detail), dead in refused.items():
+                self._dead(dead, reason, None, detail)
+            events = [e for e in events if e.id not in result.failed]
+            ids = [e.id for e in events]
         blobs = self.journal.complete(ids, lane=self.name, refs=result.refs)
         for key, created in result.refs.items():
             for old, new in self.connector.retargets(key, created):
@@ -227,10 +236,12 @@ class Lane:
 
     def _failed(self, events: list[Event], exc: DeliveryError) -> None:
         now = self.clock()
+        for event in events:  # the journal counted this attempt before the call
+            event.attempts += 1
         if isinstance(exc, Permanent):
             self._dead(events, exc.reason, exc.status, exc.body or exc.detail)
             return
-        attempts = max(e.attempts for e in events) + 1
+        attempts = max(e.attempts for e in events)
         if isinstance(exc, RateLimited):
             self.limiter.on_rate_limited(exc.retry_after, now)
         if self.retry.max_attempts and attempts >= self.retry.max_attempts:

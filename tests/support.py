@@ -166,3 +166,29 @@ def sidecar_config(tmp: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     for name, table in sections.items():
         doc.setdefault(name, {}).update(table)
     return doc
+
+
+def drained(sc: SidecarProcess, *clients: Any) -> bool:
+    """Every event of `clients` has reached the journal, and the journal is empty."""
+    for client in clients:
+        seen = sc.query("SELECT last_seq FROM clients WHERE client_id=?", client.client_id)
+        if not seen or seen[0][0] < client.stats()["last_seq"]:
+            return False
+    return sc.journal_count("events") == 0
+
+
+class FakePlanContext:
+    """What a connector's plan() sees of the journal, as plain dicts, for unit tests."""
+
+    def __init__(self, refs: dict[str, str] | None = None, pending: set[str] | None = None,
+                 dead: dict[str, str] | None = None, now: float = 1000.0) -> None:
+        self.refs, self.pending, self.dead, self.now = refs or {}, pending or set(), dead or {}, now
+
+    def ref(self, key: str) -> str | None:
+        return self.refs.get(key)
+
+    def has_target(self, target: str) -> bool:
+        return target in self.pending
+
+    def dead_key(self, kind: str, key: str) -> str | None:
+        return self.dead.get(key)

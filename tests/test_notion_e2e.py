@@ -15,7 +15,7 @@ from client import Client
 from sidecar.simulators.base import Fault
 from sidecar.simulators.notion import NotionSimulator, property_value
 
-from .support import ROOT, SidecarProcess, sidecar_config, wait_until
+from .support import ROOT, SidecarProcess, drained, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,15 +43,6 @@ def page_by_key(sim: NotionSimulator, key: str) -> dict[str, Any]:
     pages = sim.pages_with_property(sim.database_id, "Idempotency Key", key)
     assert len(pages) == 1, f"{len(pages)} pages carry key {key!r}"
     return pages[0]
-
-
-def drained(sc: SidecarProcess, *clients: Client) -> bool:
-    """Every event of `clients` has reached the journal, and the journal is empty."""
-    for client in clients:
-        seen = sc.query("SELECT last_seq FROM clients WHERE client_id=?", client.client_id)
-        if not seen or seen[0][0] < client.stats()["last_seq"]:
-            return False
-    return sc.journal_count("events") == 0
 
 
 def test_mixed_workload_with_faults_ends_in_exact_state(short_tmp: Path, notion_sim: NotionSimulator) -> None:

@@ -17,6 +17,8 @@ from sidecar.config import NotionConfig
 from sidecar.journal import Event
 from sidecar.limiter import Limiter, MemoryStore, Rule
 
+from .support import FakePlanContext
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -82,21 +84,6 @@ def test_config_defaults_and_strict_keys(tmp_path: Path) -> None:
         load_config(path)
 
 
-class _Ctx:
-    def __init__(self, refs: dict[str, str] | None = None, pending: set[str] | None = None,
-                 dead: dict[str, str] | None = None, now: float = 1000.0) -> None:
-        self.refs, self.pending, self.dead, self.now = refs or {}, pending or set(), dead or {}, now
-
-    def ref(self, key: str) -> str | None:
-        return self.refs.get(key)
-
-    def has_target(self, target: str) -> bool:
-        return target in self.pending
-
-    def dead_key(self, kind: str, key: str) -> str | None:
-        return self.dead.get(key)
-
-
 def _event(n: int, kind: str, target: str, payload: dict, key: str | None = None) -> Event:
     frame = wire.encode("c", n, kind, key, None, 0, payload)
     return Event(n, "notion", kind, target, key, None, "c", n, 0, int(999e9), frame, None, 0, 0.0)
@@ -109,7 +96,7 @@ def test_notion_plans_merge_updates_per_property_in_order() -> None:
         _event(2, "notion.page.update", "update:p", {"page_id": "p", "properties": {"A": 2}, "archived": False}),
         _event(3, "notion.page.update", "update:p", {"page_id": "p", "properties": {"C": 3}}),
     ]
-    plan = conn.plan(group, _Ctx())
+    plan = conn.plan(group, FakePlanContext())
     assert isinstance(plan, Send) and plan.merged == 2
     assert plan.request == ("update", "p", {"properties": {"A": 2, "B": 1, "C": 3}, "archived": False})
 
@@ -118,7 +105,7 @@ def test_notion_plans_appends_in_requests_of_at_most_100_children() -> None:
     conn = NotionConnector(NotionConfig(), "t")
     group = [_event(n, "notion.blocks.append", "append:b", {"block_id": "b", "children": [{"n": n}] * 30})
              for n in range(5)]
-    plan = conn.plan(group, _Ctx())
+    plan = conn.plan(group, FakePlanContext())
     assert isinstance(plan, Send)
     assert [e.id for e in plan.events] == [0, 1, 2]
     assert len(plan.request[2]["children"]) == 90
@@ -127,15 +114,15 @@ def test_notion_plans_appends_in_requests_of_at_most_100_children() -> None:
 def test_notion_refs_wait_resolve_or_die() -> None:
     conn = NotionConnector(NotionConfig(), "t", ref_wait=60)
     group = [_event(1, "notion.page.update", "update:ref:k", {"properties": {"A": 1}})]
-    assert isinstance(conn.plan(group, _Ctx(pending={"create:k"})), Wait)
-    assert isinstance(conn.plan(group, _Ctx()), Wait)  # unknown yet: wait a while
-    assert isinstance(conn.plan(group, _Ctx(now=2000.0)), Dead)  # ...but not forever
-    dead = conn.plan(group, _Ctx(dead={"k": "http_404: object_not_found"}))
+    assert isinstance(conn.plan(group, FakePlanContext(pending={"create:k"})), Wait)
+    assert isinstance(conn.plan(group, FakePlanContext()), Wait)  # unknown yet: wait a while
+    assert isinstance(conn.plan(group, FakePlanContext(now=2000.0)), Dead)  # ...but not forever
+    dead = conn.plan(group, FakePlanContext(dead={"k": "http_404: object_not_found"}))
     assert isinstance(dead, Dead) and dead.reason == "ref_failed"
-    sent = conn.plan(group, _Ctx(refs={"k": "page-1"}))
+    sent = conn.plan(group, FakePlanContext(refs={"k": "page-1"}))
     assert isinstance(sent, Send) and sent.request[1] == "page-1"
     create = [_event(2, "notion.page.create", "create:k", {"parent": {"database_id": "d"}}, key="k")]
-    assert isinstance(conn.plan(create, _Ctx(refs={"k": "page-1"})), Skip)
+    assert isinstance(conn.plan(create, FakePlanContext(refs={"k": "page-1"})), Skip)
 
 
 def test_notion_resends_a_possibly_applied_append_batch_unchanged() -> None:
@@ -143,5 +130,5 @@ def test_notion_resends_a_possibly_applied_append_batch_unchanged() -> None:
     group = [_event(n, "notion.blocks.append", "append:b", {"block_id": "b", "children": [{"n": n}]})
              for n in range(4)]
     group[0].attempts = group[1].attempts = 1  # these two went out together and the answer was lost
-    plan = conn.plan(group, _Ctx())
+    plan = conn.plan(group, FakePlanContext())
     assert isinstance(plan, Send) and [e.id for e in plan.events] == [0, 1]

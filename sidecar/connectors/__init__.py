@@ -25,9 +25,9 @@ class LaneSpec:
 
 
 def _builders() -> list[Callable[[Config], list[LaneSpec]]]:
-    from . import notion, s3
+    from . import naver, notion, s3, webhook
 
-    return [notion.build, s3.build]
+    return [notion.build, s3.build, naver.build, webhook.build]
 
 
 def build_lanes(cfg: Config) -> dict[str, LaneSpec]:

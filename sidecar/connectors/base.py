@@ -69,11 +69,19 @@ Plan = Send | Wait | Skip | Dead
 
 @dataclass
 class Delivered:
-    """A call succeeded. `refs` maps idempotency keys to ids the API created."""
+    """A call succeeded. `refs` maps idempotency keys to ids the API created.
+
+    `failed` names events the API refused one by one inside a call that
+    succeeded as a whole (a batch with per-item results): the lane
+    dead-letters each with its reason and detail, and delivers the rest::
+
+        Delivered(failed={event.id: ("item_failed", "NOT_FOUND: no product 9999")})
+    """
 
     refs: dict[str, str] = field(default_factory=dict)
     # Events the call covered that need no call of their own (deduplicated).
     duplicates: int = 0
+    failed: dict[int, tuple[str, str]] = field(default_factory=dict)  # event id -> (reason, detail)
 
 
 class PlanContext(Protocol):

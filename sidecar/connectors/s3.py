@@ -45,7 +45,7 @@ from ..errors import Permanent, Retryable
 from ..journal import Event
 from ..limiter import Rule
 from . import LaneSpec
-from .base import Delivered, Plan, PlanContext, Reject, Send, Skip
+from .base import Dead, Delivered, Plan, PlanContext, Reject, Send, Skip
 from .http import raise_for_status, request
 
 PUT = "s3.put"
@@ -159,7 +159,10 @@ class S3Connector:
         if len(group) > 1:
             return Skip(group[:-1], SUPERSEDED)  # the lane plans again and sends the last
         event = group[0]
-        put = parse_put(event.payload)
+        try:
+            put = parse_put(event.payload)
+        except Reject as exc:  # journaled by a sidecar with looser rules: it can never go out now
+            return Dead([event], exc.reason, exc.detail)
         sha256 = event.blob_sha256(0)
         if ctx.ref(put.target) == sha256 and ctx.ref(HEADERS_REF + put.target) == put.headers_digest():
             return Skip([event], IDENTICAL)

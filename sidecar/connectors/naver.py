@@ -1,0 +1,318 @@
+"""Naver Commerce: product price/stock/status updates and image uploads.
+
+Kinds (client side)::
+
+    sidecar.emit("naver.product.update", {"originProductNo": 1001, "salePrice": 15000, "stockQuantity": 7})
+    sidecar.emit("naver.product.update", {"originProductNo": 1001, "statusType": "SUSPENSION"})
+    sidecar.emit("naver.images.upload", {}, key="sku-42", blob=[png, jpg])
+
+- ``naver.product.update``: every update waits in one group ("products"), so
+  a plan sees them all: they are folded per product (later values win per
+  field, in emit order) and sent as ``PATCH /v1/products/origin-products/
+  multi-update``, at most `max_products_per_request` products a call. An
+  item Naver refuses (an unknown product) is dead-lettered on its own; the
+  rest of the call counts as delivered.
+- ``naver.images.upload``: 1 to 10 JPG/GIF/PNG/BMP blobs in one
+  ``POST /v1/product-images/upload``; the URLs Naver returns are kept in
+  the journal under `key`, read back with ``image_urls(journal_dir, key)``.
+
+The access token comes from ``POST /v1/oauth2/token`` (a bcrypt-signed
+client credential), is kept until 30 minutes before it expires, and is
+renewed once when an API call answers 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import bcrypt
+import httpx
+import orjson
+
+from client.wire import Envelope
+
+from ..config import Config, NaverConfig
+from ..errors import Permanent
+from ..journal import Event
+from ..limiter import Rule
+from ..secrets import read_secret
+from . import LaneSpec
+from .base import Delivered, Plan, PlanContext, Reject, Send, Skip
+from .http import json_code, raise_for_status, request
+
+LANE = "naver"
+UPDATE = "naver.product.update"
+IMAGES = "naver.images.upload"
+
+PRODUCTS_TARGET = "products"
+TOKEN_PATH = "v1/oauth2/token"
+MULTI_UPDATE_PATH = "v1/products/origin-products/multi-update"
+IMAGE_UPLOAD_PATH = "v1/product-images/upload"
+
+MAX_IMAGES_PER_CALL = 10
+# Naver hands out the same token while more than 30 minutes remain; renewing
+# at that point gets a fresh one instead of a token about to lapse mid-call.
+TOKEN_RENEW_BEFORE_EXPIRY = 1800.0
+STATUS_TYPES = {"SALE": "PRODUCT_STATUS_SALE", "SUSPENSION": "PRODUCT_STATUS_SUSPENSION"}
+UPDATE_FIELDS = ("salePrice", "stockQuantity", "statusType")
+IMAGE_FORMATS = (  # magic bytes -> (extension, MIME type)
+    (b"\xff\xd8\xff", "jpg", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png", "image/png"),
+    (b"GIF87a", "gif", "image/gif"),
+    (b"GIF89a", "gif", "image/gif"),
+    (b"BM", "bmp", "image/bmp"),
+)
+
+
+def client_secret_sign(client_id: str, client_secret: str, timestamp_ms: int) -> str:
+    """base64(bcrypt(f"{client_id}_{timestamp_ms}", salt=client_secret)), as the token call asks.
+
+        client_secret_sign("id", "$2a$04$abcdefghijklmnopqrstuu", 1700000000000)
+    """
+    hashed = bcrypt.hashpw(f"{client_id}_{timestamp_ms}".encode(), client_secret.encode())
+    return base64.b64encode(hashed).decode()
+
+
+def image_urls(journal: str | Path, key: str) -> list[str] | None:
+    """URLs of the images uploaded under `key`, or None if none were (yet).
+
+        image_urls("/var/lib/trading-sidecar", "sku-42")  # ["https://shop-phinf.pstatic.net/..."]
+
+    `journal` is the journal directory or its journal.db; opened read-only,
+    so it is safe while the sidecar runs.
+    """
+    path = Path(journal)
+    if path.is_dir():
+        path = path / "journal.db"
+    if not path.is_file():
+        raise FileNotFoundError(f"no journal at {path}")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute("SELECT target_id FROM refs WHERE lane=? AND key=?", (LANE, key)).fetchone()
+    finally:
+        conn.close()
+    return list(orjson.loads(row[0])) if row else None
+
+
+def _int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _image_format(data: bytes) -> tuple[str, str] | None:
+    return next(((ext, mime) for magic, ext, mime in IMAGE_FORMATS if data.startswith(magic)), None)
+
+
+def _check(response: httpx.Response) -> None:
+    # Any 429 (GW.RATE_LIMIT, GW.QUOTA_LIMIT) was not applied: RateLimited, safe to resend.
+    raise_for_status(response, retryable_4xx=frozenset(), code_of=json_code)
+
+
+def _merge_products(events: list[Event]) -> dict[int, dict[str, Any]]:
+    """Fold updates per product, later values winning per field; products in first-seen order."""
+    merged: dict[int, dict[str, Any]] = {}
+    for event in events:
+        body = event.payload
+        fields = merged.setdefault(body["originProductNo"], {})
+        fields.update((name, body[name]) for name in UPDATE_FIELDS if name in body)
+    return merged
+
+
+def _update_item(no: int, fields: dict[str, Any]) -> dict[str, Any]:
+    """One entry of multiProductUpdateRequestVos."""
+    item: dict[str, Any] = {"originProductNo": no, "multiUpdateTypes": []}
+    if "salePrice" in fields:
+        item["multiUpdateTypes"].append("SALE_PRICE")
+        item["productSalePrice"] = {"salePrice": fields["salePrice"]}
+    if "stockQuantity" in fields:
+        item["multiUpdateTypes"].append("STOCK")
+        item["stockQuantity"] = fields["stockQuantity"]
+    if "statusType" in fields:
+        item["multiUpdateTypes"].append(STATUS_TYPES[fields["statusType"]])
+    return item
+
+
+class NaverConnector:
+    lane = LANE
+    kinds = frozenset({UPDATE, IMAGES})
+
+    def __init__(self, cfg: NaverConfig, client_id: str, client_secret: str, *,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.cfg = cfg
+        self.client_id = client_id
+        self._secret = client_secret
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.http = httpx.AsyncClient(base_url=cfg.base_url.rstrip("/") + "/", timeout=cfg.timeout,
+                                      transport=transport)
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._token_lock = asyncio.Lock()
+
+    # -- ingest ---------------------------------------------------------------
+
+    def accepts(self, env: Envelope) -> bool:
+        return True
+
+    def route(self, env: Envelope, blobs: list[bytes]) -> str:
+        if env.kind == UPDATE:
+            self._check_update(env.payload, blobs)
+            return PRODUCTS_TARGET
+        if not env.key:
+            raise Reject("bad_payload", "naver.images.upload needs key=... (the URLs are recorded against it)")
+        if env.payload is not None and not isinstance(env.payload, dict):
+            raise Reject("bad_payload", "naver.images.upload payload must be a JSON object (or null)")
+        if not 1 <= len(blobs) <= MAX_IMAGES_PER_CALL:
+            raise Reject("bad_payload", f"{len(blobs)} images in one event; Naver takes 1 to "
+                                        f"{MAX_IMAGES_PER_CALL} a call: split them into several emits")
+        for i, blob in enumerate(blobs):
+            if _image_format(blob) is None:
+                raise Reject("bad_payload", f"image {i} is not a JPG, GIF, PNG or BMP file")
+        return "images:" + env.key
+
+    @staticmethod
+    def _check_update(body: Any, blobs: list[bytes]) -> None:
+        if not isinstance(body, dict):
+            raise Reject("bad_payload", "payload must be a JSON object")
+        if blobs:
+            raise Reject("bad_payload", "naver.product.update takes no blob")
+        if not _int(body.get("originProductNo"), 1):
+            raise Reject("bad_payload", "originProductNo (a positive integer) is required")
+        unknown = sorted(set(body) - {"originProductNo", *UPDATE_FIELDS})
+        if unknown:
+            raise Reject("bad_payload", f"unknown field(s) {', '.join(unknown)}; expected {', '.join(UPDATE_FIELDS)}")
+        if not any(name in body for name in UPDATE_FIELDS):
+            raise Reject("bad_payload", f"nothing to update: give at least one of {', '.join(UPDATE_FIELDS)}")
+        if "salePrice" in body and not _int(body["salePrice"], 1):
+            raise Reject("bad_payload", f"salePrice must be a positive integer, not {body['salePrice']!r}")
+        if "stockQuantity" in body and not _int(body["stockQuantity"], 0):
+            raise Reject("bad_payload", f"stockQuantity must be a non-negative integer, not {body['stockQuantity']!r}")
+        if "statusType" in body and body["statusType"] not in STATUS_TYPES:
+            raise Reject("bad_payload", f"statusType must be SALE or SUSPENSION, not {body['statusType']!r}")
+
+    def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
+        return []
+
+    # -- planning -------------------------------------------------------------
+
+    def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
+        head = group[0]
+        if head.kind == IMAGES:
+            assert head.key is not None  # route() requires it
+            if ctx.ref(head.key) is not None:
+                return Skip([head], "duplicate")
+            return Send([head], ("images", head.key, head))
+        merged = _merge_products(group)
+        chosen = list(merged)[: self.cfg.max_products_per_request]
+        taken = set(chosen)
+        events = [e for e in group if e.payload["originProductNo"] in taken]
+        # Resending after an unknown outcome (timeout, 5xx) is safe although
+        # Naver applies a repeated multi-update again: every field is an
+        # absolute value, so applying it twice leaves the same state.
+        items = [_update_item(no, merged[no]) for no in chosen]
+        return Send(events, ("products", {"multiProductUpdateRequestVos": items}), merged=len(events) - 1)
+
+    # -- calls ----------------------------------------------------------------
+
+    async def send(self, plan: Send) -> Delivered:
+        if plan.request[0] == "images":
+            _, key, event = plan.request
+            return await self._upload(key, event)
+        _, body = plan.request
+        response = await self._call("PATCH", MULTI_UPDATE_PATH, json=body)
+        return Delivered(failed=self._item_failures(plan.events, response))
+
+    async def _upload(self, key: str, event: Event) -> Delivered:
+        files = []
+        for i, data in enumerate(event.blobs()):
+            ext, mime = _image_format(data) or ("bin", "application/octet-stream")
+            files.append(("imageFiles", (f"image-{i + 1}.{ext}", data, mime)))
+        # A lost answer means the images may be stored already; uploading
+        # again only leaves unused copies on Naver's image host, so resend.
+        response = await self._call("POST", IMAGE_UPLOAD_PATH, files=files)
+        images = response.json().get("images")
+        urls = [image.get("url") for image in images] if isinstance(images, list) else []
+        if len(urls) != len(files) or not all(isinstance(url, str) for url in urls):
+            raise Permanent("bad_response", f"upload of {len(files)} image(s) answered {len(urls)} URL(s)",
+                            status=response.status_code, body=response.text[:4000])
+        return Delivered(refs={key: orjson.dumps(urls).decode()})
+
+    @staticmethod
+    def _item_failures(events: list[Event], response: httpx.Response) -> dict[int, tuple[str, str]]:
+        """Events whose product's item failed, with why (an answer 200 may still refuse items).
+
+        The shape of per-item results is unconfirmed by Naver's docs: read
+        `data.results[]` ({originProductNo, success, code, message}); with no
+        such list the top-level code decides for every item.
+        """
+        doc = response.json()
+        data = doc.get("data") if isinstance(doc, dict) else None
+        results = data.get("results") if isinstance(data, dict) else None
+        failed_products: dict[Any, str] = {}
+        if isinstance(results, list):
+            for item in results:
+                if isinstance(item, dict) and item.get("success") is False:
+                    failed_products[item.get("originProductNo")] = f"{item.get('code', '')}: {item.get('message', '')}"
+        elif isinstance(doc, dict) and doc.get("code") not in (None, "SUCCESS"):
+            why = f"{doc.get('code')}: {doc.get('message', '')}"
+            failed_products = {e.payload["originProductNo"]: why for e in events}
+        return {e.id: ("item_failed", failed_products[e.payload["originProductNo"]])
+                for e in events if e.payload["originProductNo"] in failed_products}
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API call with the bearer token; a 401 renews the token and retries once."""
+        token = await self._access_token()
+        response = await request(self.http, method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+        if response.status_code == 401:
+            # Tokens can be revoked before their time (a new one issued elsewhere).
+            token = await self._access_token(stale=token)
+            response = await request(self.http, method, path, headers={"Authorization": f"Bearer {token}"},
+                                     **kwargs)
+        _check(response)
+        return response
+
+    async def _access_token(self, stale: str | None = None) -> str:
+        """The cached token, or a new one if it is near expiry or equals `stale`."""
+        async with self._token_lock:
+            if self._token is not None and self._token != stale and self.clock() < self._renew_at:
+                return self._token
+            timestamp = int(self.wall_clock() * 1000)
+            form = {
+                "client_id": self.client_id,
+                "timestamp": str(timestamp),
+                "grant_type": "client_credentials",
+                "type": "SELF",
+                "client_secret_sign": client_secret_sign(self.client_id, self._secret, timestamp),
+            }
+            started = self.clock()
+            response = await request(self.http, "POST", TOKEN_PATH, data=form)
+            _check(response)
+            doc = response.json()
+            token, lifetime = doc.get("access_token"), doc.get("expires_in")
+            if not isinstance(token, str) or not token or not isinstance(lifetime, (int, float)):
+                # The body holds the token (if any): never put it in the error.
+                raise Permanent("bad_response", "token answer without access_token/expires_in",
+                                status=response.status_code)
+            self._token = token
+            # A lifetime shorter than the margin (not Naver's today) would renew on every call.
+            self._renew_at = started + max(float(lifetime) - TOKEN_RENEW_BEFORE_EXPIRY, float(lifetime) / 2)
+            return token
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def build(cfg: Config) -> list[LaneSpec]:
+    n = cfg.naver
+    client_id, secret = read_secret(n.client_id_env), read_secret(n.client_secret_env)
+    missing = [name for name, value in ((n.client_id_env, client_id), (n.client_secret_env, secret)) if not value]
+    paused = None if not missing else (
+        f"no Naver credentials: set {' and '.join('$' + m for m in missing)} "
+        "(or systemd credentials of those names), then restart")
+    connector = NaverConnector(n, client_id or "", secret or "")
+    return [LaneSpec(connector, Rule(rate=n.rate_per_second, burst=n.burst), paused=paused)]

@@ -1,0 +1,250 @@
+"""A fault-injecting HTTP proxy in front of an S3-compatible server (moto never answers 503 SlowDown).
+
+Usage::
+
+    with S3FaultProxy(moto_url) as proxy:       # start() / stop()
+        proxy.url                               # "http://127.0.0.1:PORT": point the S3 client here
+        proxy.slow_down(3)                      # the next 3 PUTs get 503 SlowDown, not forwarded
+        proxy.forwarded, proxy.refused          # requests passed upstream / answered by the proxy
+        proxy.count("PUT", path="/bucket/key")  # forwarded PUTs of one object
+        proxy.records                           # [ProxyRecord(method, path, status, outcome)]
+
+Every other request goes upstream unchanged: method, raw path and query,
+headers (Host and Authorization included, so a SigV4 signature made for the
+proxy's address verifies upstream) and body; the answer comes back the same
+way. Only hop-by-hop headers (Connection, Keep-Alive, ...) stay on their own
+connection. A request whose upstream cannot be reached is answered 502.
+
+Not a `SimServer`: those parse the query string, run handlers one at a time
+under a lock and answer JSON, while a proxy passes raw requests through
+concurrently.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
+from xml.sax.saxutils import escape
+
+# Per-connection headers (RFC 9110 section 7.6.1): each hop sets its own.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+                        "upgrade"})
+UPSTREAM_TIMEOUT = 60.0
+
+Outcome = Literal["forwarded", "refused", "failed"]
+
+
+@dataclass(frozen=True)
+class ProxyRecord:
+    """One request: `path` as received (query included), the `status` answered,
+    and whether it was `forwarded`, `refused` by an injected fault, or `failed` upstream."""
+
+    method: str
+    path: str
+    status: int
+    outcome: Outcome
+
+
+def s3_error(code: str, message: str, resource: str) -> bytes:
+    """An S3 XML error body::
+
+        s3_error("SlowDown", "Please reduce your request rate.", "/bucket/key")
+    """
+    request_id = uuid.uuid4().hex[:16].upper()
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{escape(message)}</Message>'
+            f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId></Error>").encode()
+
+
+class S3FaultProxy:
+    def __init__(self, upstream_url: str, port: int = 0) -> None:
+        parts = urlsplit(upstream_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"upstream must be an http:// URL, got {upstream_url!r}")
+        self.upstream: tuple[str, int] = (parts.hostname, parts.port or 80)
+        self._wanted_port = port
+        self._lock = threading.Lock()
+        self._slow_downs = 0
+        self._records: list[ProxyRecord] = []
+        self._connections: set[socket.socket] = set()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Bind 127.0.0.1 and serve in a daemon thread; returns self."""
+        if self._httpd is not None:
+            raise RuntimeError("already started")
+        self._httpd = _Server(("127.0.0.1", self._wanted_port), _Handler, self)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        name=f"S3FaultProxy:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and cut open keep-alive connections."""
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        with self._lock:
+            for conn in list(self._connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if self._thread is not None:
+            self._thread.join(5)
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- faults and counts ----------------------------------------------------
+
+    def slow_down(self, count: int) -> None:
+        """Answer the next `count` PUTs with 503 SlowDown instead of forwarding them."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        with self._lock:
+            self._slow_downs += count
+
+    @property
+    def records(self) -> list[ProxyRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def count(self, method: str | None = None, *, path: str | None = None,
+              outcome: Outcome = "forwarded") -> int:
+        """Requests with this outcome, of one method and path if given."""
+        return sum(1 for r in self.records if r.outcome == outcome
+                   and (method is None or r.method == method) and (path is None or r.path == path))
+
+    @property
+    def forwarded(self) -> int:
+        return self.count()
+
+    @property
+    def refused(self) -> int:
+        return self.count(outcome="refused")
+
+    def _take_slow_down(self) -> bool:
+        with self._lock:
+            if self._slow_downs <= 0:
+                return False
+            self._slow_downs -= 1
+            return True
+
+    def _record(self, record: ProxyRecord) -> None:
+        with self._lock:
+            self._records.append(record)
+
+    def _track(self, conn: socket.socket, open_: bool) -> None:
+        with self._lock:
+            (self._connections.add if open_ else self._connections.discard)(conn)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], proxy: S3FaultProxy) -> None:
+        self.proxy = proxy
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as S3 clients expect
+    disable_nagle_algorithm = True  # else each answer's body waits for a delayed ACK
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.proxy._track(self.connection, True)
+
+    def finish(self) -> None:
+        self.server.proxy._track(self.connection, False)
+        try:
+            super().finish()
+        except OSError:
+            pass  # the client may already be gone
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests read proxy.records
+
+    def _serve(self) -> None:
+        proxy = self.server.proxy
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            # S3 itself refuses a body without Content-Length (411 MissingContentLength).
+            self.close_connection = True
+            self._refuse(411, "MissingContentLength", "You must provide the Content-Length HTTP header.", "failed")
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.command == "PUT" and proxy._take_slow_down():
+            self._refuse(503, "SlowDown", "Please reduce your request rate.", "refused")
+            return
+        try:
+            status, reason, headers, payload = self._forward(body)
+        except (OSError, http.client.HTTPException) as exc:
+            self._refuse(502, "BadGateway", f"upstream {proxy.upstream} failed: {exc!r}", "failed")
+            return
+        self._answer(status, reason, headers, payload)
+        proxy._record(ProxyRecord(self.command, self.path, status, "forwarded"))
+
+    def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        # A fresh upstream connection per request: a reused one that the server
+        # closed while idle would need a resend, and a proxy must never send twice.
+        conn = http.client.HTTPConnection(*self.server.proxy.upstream, timeout=UPSTREAM_TIMEOUT)
+        try:
+            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            for name, value in self.headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    conn.putheader(name, value)
+            conn.endheaders(body or None)
+            response = conn.getresponse()
+            payload = response.read()
+            headers = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
+            return response.status, response.reason, headers, payload
+        finally:
+            conn.close()
+
+    def _refuse(self, status: int, code: str, message: str, outcome: Outcome) -> None:
+        body = s3_error(code, message, self.path.split("?")[0])
+        self._answer(status, None, [("Content-Type", "application/xml")], body)
+        self.server.proxy._record(ProxyRecord(self.command, self.path, status, outcome))
+
+    def _answer(self, status: int, reason: str | None, headers: list[tuple[str, str]], payload: bytes) -> None:
+        try:
+            self.send_response_only(status, reason)  # no Server/Date of our own: upstream's pass through
+            for name, value in headers:
+                self.send_header(name, value)
+            no_body = self.command == "HEAD" or status in (204, 304)
+            if not no_body and not any(name.lower() == "content-length" for name, _ in headers):
+                self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if not no_body:
+                self.wfile.write(payload)
+        except OSError:
+            self.close_connection = True  # the client went away
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _serve

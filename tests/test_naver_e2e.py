@@ -1,0 +1,283 @@
+"""Naver: plans without network, then client -> sidecar process -> Naver simulator end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import httpx
+import pytest
+
+from client import Client, wire
+from sidecar.config import NaverConfig
+from sidecar.connectors.base import Reject, Send, Skip
+from sidecar.connectors.naver import NaverConnector, client_secret_sign, image_urls
+from sidecar.journal import Event
+from sidecar.simulators.base import Fault
+from sidecar.simulators.naver import IMAGE_UPLOAD_PATH, MULTI_UPDATE_PATH, NaverSimulator
+
+from .support import FakePlanContext, SidecarProcess, drained, sidecar_config, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+UPDATE = "naver.product.update"
+IMAGES = "naver.images.upload"
+PNG = b"\x89PNG\r\n\x1a\n"
+JPG = b"\xff\xd8\xff\xe0"
+GIF = b"GIF89a"
+NO_CREDENTIALS = {"NAVER_CLIENT_ID": "", "NAVER_CLIENT_SECRET": ""}
+
+
+# -- without network ------------------------------------------------------------
+
+def _event(n: int, kind: str, payload: Any, key: str | None = None, target: str = "products") -> Event:
+    frame = wire.encode("c", n, kind, key, None, 0, payload)
+    return Event(n, "naver", kind, target, key, None, "c", n, 0, 0, frame, None, 0, 0.0)
+
+
+def _envelope(kind: str, payload: Any, key: str | None = None) -> wire.Envelope:
+    return wire.decode(wire.encode("c", 1, kind, key, None, 0, payload))
+
+
+def test_plan_folds_updates_per_product_and_caps_products_per_call() -> None:
+    conn = NaverConnector(NaverConfig(max_products_per_request=2), "id", "secret")
+    group = [
+        _event(1, UPDATE, {"originProductNo": 10, "salePrice": 100, "stockQuantity": 1}),
+        _event(2, UPDATE, {"originProductNo": 20, "statusType": "SUSPENSION"}),
+        _event(3, UPDATE, {"originProductNo": 30, "stockQuantity": 3}),
+        _event(4, UPDATE, {"originProductNo": 10, "salePrice": 200}),
+        _event(5, UPDATE, {"originProductNo": 20, "statusType": "SALE"}),
+    ]
+    plan = conn.plan(group, FakePlanContext())
+    assert isinstance(plan, Send)
+    assert [e.id for e in plan.events] == [1, 2, 4, 5]  # product 30 waits for the next call
+    assert plan.request == ("products", {"multiProductUpdateRequestVos": [
+        {"originProductNo": 10, "multiUpdateTypes": ["SALE_PRICE", "STOCK"],
+         "productSalePrice": {"salePrice": 200}, "stockQuantity": 1},
+        {"originProductNo": 20, "multiUpdateTypes": ["PRODUCT_STATUS_SALE"]},
+    ]})
+
+
+def test_plan_uploads_an_image_event_alone_and_skips_a_delivered_key() -> None:
+    conn = NaverConnector(NaverConfig(), "id", "secret")
+    group = [_event(n, IMAGES, {}, key="k", target="images:k") for n in (1, 2)]
+    plan = conn.plan(group, FakePlanContext())
+    assert isinstance(plan, Send) and [e.id for e in plan.events] == [1]
+    skip = conn.plan(group, FakePlanContext(refs={"k": '["https://x/1.png"]'}))
+    assert isinstance(skip, Skip) and [e.id for e in skip.events] == [1] and skip.reason == "duplicate"
+
+
+@pytest.mark.parametrize("payload, words", [
+    ([1], "JSON object"),
+    ({"salePrice": 1}, "originProductNo"),
+    ({"originProductNo": True, "salePrice": 1}, "originProductNo"),
+    ({"originProductNo": 1}, "nothing to update"),
+    ({"originProductNo": 1, "salesPrice": 1}, "salesPrice"),
+    ({"originProductNo": 1, "salePrice": 0}, "salePrice"),
+    ({"originProductNo": 1, "stockQuantity": -1}, "stockQuantity"),
+    ({"originProductNo": 1, "stockQuantity": 1.5}, "stockQuantity"),
+    ({"originProductNo": 1, "statusType": "OUTOFSTOCK"}, "SALE or SUSPENSION"),
+])
+def test_route_refuses_bad_product_updates(payload: Any, words: str) -> None:
+    conn = NaverConnector(NaverConfig(), "id", "secret")
+    with pytest.raises(Reject, match=words) as caught:
+        conn.route(_envelope(UPDATE, payload), [])
+    assert caught.value.reason == "bad_payload"
+
+
+def test_route_refuses_bad_image_uploads() -> None:
+    conn = NaverConnector(NaverConfig(), "id", "secret")
+    assert conn.route(_envelope(IMAGES, {}, key="k"), [PNG]) == "images:k"
+    for key, blobs, words in [(None, [PNG], "key"), ("k", [], "0 images"), ("k", [PNG] * 11, "11 images"),
+                              ("k", [PNG, b"%PDF-1.7"], "image 1 is not")]:
+        with pytest.raises(Reject, match=words):
+            conn.route(_envelope(IMAGES, {}, key=key), blobs)
+
+
+def test_client_secret_sign_is_a_bcrypt_hash_of_id_and_timestamp() -> None:
+    salt = bcrypt.gensalt(4).decode()
+    signed = base64.b64decode(client_secret_sign("app", salt, 1_700_000_000_000))
+    assert signed.startswith(salt[:29].encode())
+    assert bcrypt.checkpw(b"app_1700000000000", signed)
+
+
+def test_token_is_cached_until_30_minutes_before_expiry() -> None:
+    issued: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            issued.append(f"t{len(issued)}")
+            return httpx.Response(200, json={"access_token": issued[-1], "expires_in": 10_800})
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        return httpx.Response(200 if token == issued[-1] else 401, json={"code": "SUCCESS"})
+
+    now = [0.0]
+    conn = NaverConnector(NaverConfig(base_url="http://naver.test/external"), "id", bcrypt.gensalt(4).decode(),
+                          clock=lambda: now[0], transport=httpx.MockTransport(api))
+    send = Send([], ("products", {"multiProductUpdateRequestVos": []}))
+
+    async def run() -> None:
+        await conn.send(send)
+        now[0] = 9_000 - 1   # 30 minutes before the 3-hour lifetime ends: still cached
+        await conn.send(send)
+        assert issued == ["t0"]
+        now[0] = 9_000
+        await conn.send(send)
+        assert issued == ["t0", "t1"]
+        issued.append("revoked-elsewhere")  # the next call answers 401: renew once and retry
+        await conn.send(send)
+        assert issued == ["t0", "t1", "revoked-elsewhere", "t3"]
+        await conn.aclose()
+
+    asyncio.run(run())
+
+
+# -- end to end ----------------------------------------------------------------------
+
+def naver_config(tmp: Path, sim: NaverSimulator, **naver: Any) -> dict[str, Any]:
+    return sidecar_config(tmp, naver={"base_url": sim.url + "/external", "rate_per_second": 20.0, "burst": 2.0,
+                                      "timeout": 2.0, **naver})
+
+
+def credentials(sim: NaverSimulator) -> dict[str, str]:
+    return {"NAVER_CLIENT_ID": sim.client_id, "NAVER_CLIENT_SECRET": sim.client_secret}
+
+
+def calls(sim: NaverSimulator, path: str, status: int | None = None) -> int:
+    return sum(1 for r in sim.requests if r.path == path and (status is None or r.status == status))
+
+
+def dead_letters(sc: SidecarProcess) -> list[tuple[Any, ...]]:
+    return sc.query("SELECT kind, reason, status, detail FROM dead_letters ORDER BY id")
+
+
+def test_thousands_of_updates_coalesce_into_few_calls_despite_faults(short_tmp: Path) -> None:
+    with NaverSimulator(rate_per_second=50, burst=50, max_items_per_call=3) as sim:
+        products = list(range(1001, 1009))
+        for no in products:
+            sim.add_product(no, sale_price=500, stock=0)
+        # Refused, applied-then-failed (resent: absolute values, same end state), and a reset.
+        sim.inject(Fault(status=503, path_prefix=MULTI_UPDATE_PATH, count=2))
+        sim.inject(Fault(when="after", status=500, path_prefix=MULTI_UPDATE_PATH, count=1))
+        sim.inject(Fault(reset=True, path_prefix=MULTI_UPDATE_PATH, count=1))
+        sc = SidecarProcess(short_tmp, config=naver_config(short_tmp, sim, rate_per_second=4.0, burst=1.0,
+                                                           max_products_per_request=3),
+                            env=credentials(sim)).start()
+        expected = {no: {"salePrice": 500, "stockQuantity": 0, "statusType": "SALE"} for no in products}
+        with Client(sc.endpoint, strict=True) as client:
+            for n in range(3000):
+                no = products[n % len(products)]
+                update: dict[str, Any] = {"stockQuantity": n % 97}
+                if n % 3 == 0:
+                    update["salePrice"] = 1000 + n
+                if n % 11 == 0:
+                    update["statusType"] = "SUSPENSION" if n % 2 else "SALE"
+                assert client.emit(UPDATE, {"originProductNo": no, **update})
+                expected[no].update(update)
+        wait_until(lambda: drained(sc, client), timeout=60, what="the journal to drain")
+        assert sc.stop() == 0
+        assert dead_letters(sc) == []  # a call over the simulator's 3 items would have died with 400
+        assert sc.journal_count("rejects") == 0
+        assert sim.pending_faults == []
+        for no in products:
+            state = sim.product(no)
+            assert {k: state[k] for k in expected[no]} == expected[no], no
+        answered = calls(sim, MULTI_UPDATE_PATH, 200)
+        applied = sum(sim.product(no)["updates"] for no in products)
+        assert answered < 3000 / 50, answered  # coalesced: a few calls for thousands of events
+        assert applied > answered  # several products per call
+        assert sim.token_issues == 1 and sim.token_requests == 1  # one token for every call
+
+
+def test_missing_product_dies_alone_and_token_is_reused_then_renewed(short_tmp: Path) -> None:
+    with NaverSimulator(rate_per_second=50, burst=50) as sim:
+        for no in (1001, 1002, 1003):
+            sim.add_product(no, sale_price=500, stock=5)
+        cfg = naver_config(short_tmp, sim)
+        # Without credentials the lane is paused: the events wait in the journal,
+        # so the next start finds them all together and sends one call.
+        paused = SidecarProcess(short_tmp, config=cfg, env=NO_CREDENTIALS).start()
+        with Client(paused.endpoint, strict=True) as client:
+            client.emit(UPDATE, {"originProductNo": 1001, "salePrice": 1200})
+            client.emit(UPDATE, {"originProductNo": 9999, "stockQuantity": 3})
+            client.emit(UPDATE, {"originProductNo": 1002, "stockQuantity": 0, "statusType": "SUSPENSION"})
+            client.emit(UPDATE, {"originProductNo": 9999, "salePrice": 700})
+            client.emit(UPDATE, {"originProductNo": 1003, "salePrice": 900})
+            client.emit(UPDATE, {"originProductNo": 1001, "stockQuantity": 8})
+        wait_until(lambda: paused.journal_count("events") == 6, timeout=20, what="6 journaled events")
+        assert paused.stop() == 0
+        assert "no Naver credentials" in paused.log_text()
+        assert sim.requests == []
+
+        sc = SidecarProcess(short_tmp, config=cfg, env=credentials(sim)).start()
+        wait_until(lambda: sc.journal_count("events") == 0, timeout=20, what="the queued updates")
+        assert calls(sim, MULTI_UPDATE_PATH) == 1
+        rows = dead_letters(sc)
+        assert [(kind, reason, status) for kind, reason, status, _ in rows] == [(UPDATE, "item_failed", None)] * 2
+        assert all("NOT_FOUND" in detail and "9999" in detail for *_, detail in rows)
+        frames = sc.query("SELECT frame FROM dead_letters ORDER BY id")
+        assert [wire.decode(frame).payload["originProductNo"] for (frame,) in frames] == [9999, 9999]
+        assert (sim.product(1001)["salePrice"], sim.product(1001)["stockQuantity"]) == (1200, 8)
+        assert (sim.product(1002)["stockQuantity"], sim.product(1002)["statusType"]) == (0, "SUSPENSION")
+        assert sim.product(1003)["salePrice"] == 900
+        assert (sim.token_issues, sim.token_requests) == (1, 1)
+
+        with Client(sc.endpoint, strict=True) as client:
+            client.emit(UPDATE, {"originProductNo": 1001, "salePrice": 1300})
+            wait_until(lambda: drained(sc, client) and sim.product(1001)["salePrice"] == 1300, timeout=20,
+                       what="an update with the cached token")
+            assert (sim.token_issues, sim.token_requests) == (1, 1)
+            sim.expire_token()
+            client.emit(UPDATE, {"originProductNo": 1002, "salePrice": 1400})
+            wait_until(lambda: drained(sc, client) and sim.product(1002)["salePrice"] == 1400, timeout=20,
+                       what="an update after the token expired")
+        assert (sim.token_issues, sim.token_requests) == (2, 2)
+        assert calls(sim, MULTI_UPDATE_PATH, 401) == 1
+        assert len(dead_letters(sc)) == 2
+        assert sc.stop() == 0
+
+
+def test_rate_limited_calls_are_resent_with_no_loss(short_tmp: Path) -> None:
+    with NaverSimulator(rate_per_second=4, burst=1, send_retry_after=True) as sim:
+        products = list(range(2001, 2021))
+        for no in products:
+            sim.add_product(no)
+        sc = SidecarProcess(short_tmp, config=naver_config(short_tmp, sim, rate_per_second=15.0, burst=3.0,
+                                                           max_products_per_request=2),
+                            env=credentials(sim)).start()
+        with Client(sc.endpoint, strict=True) as client:
+            for no in products:
+                client.emit(UPDATE, {"originProductNo": no, "stockQuantity": no % 100, "salePrice": no})
+        wait_until(lambda: drained(sc, client), timeout=60, what="every product updated")
+        assert sc.stop() == 0
+        assert sim.stats()["rate_limited"] > 0
+        assert dead_letters(sc) == []
+        assert [(p["stockQuantity"], p["salePrice"]) for p in sim.products()] == [(no % 100, no) for no in products]
+
+
+def test_images_upload_in_one_call_and_urls_read_back(short_tmp: Path) -> None:
+    with NaverSimulator(rate_per_second=50, burst=50) as sim:
+        sc = SidecarProcess(short_tmp, config=naver_config(short_tmp, sim), env=credentials(sim)).start()
+        images = [PNG + os.urandom(2000), JPG + os.urandom(50_000), GIF + os.urandom(10)]
+        sim.inject(Fault(status=502, path_prefix=IMAGE_UPLOAD_PATH, count=1))
+        with Client(sc.endpoint, strict=True) as client:
+            client.emit(IMAGES, {}, key="too-many", blob=[PNG + bytes([n]) for n in range(11)])
+            client.emit(IMAGES, {}, key="not-images", blob=[PNG, b"%PDF-1.7"])
+            client.emit(IMAGES, {}, key="sku-1", blob=images)
+            client.emit(IMAGES, {}, key="sku-1", blob=images)  # same key: uploaded once
+        wait_until(lambda: drained(sc, client), timeout=20, what="the uploads")
+        late = image_urls(short_tmp / "journal", "sku-1")
+        assert sc.stop() == 0
+        rejects = sc.query("SELECT reason, detail FROM rejects ORDER BY id")
+        assert [r for r, _ in rejects] == ["bad_payload", "bad_payload"]
+        assert "11 images" in rejects[0][1] and "not a JPG" in rejects[1][1]
+        assert calls(sim, IMAGE_UPLOAD_PATH, 200) == 1 and sim.pending_faults == []
+        stored = sim.images()
+        assert [image["bytes"] for image in stored] == images
+        assert late == image_urls(sc.journal_path, "sku-1") == [image["url"] for image in stored]
+        assert image_urls(sc.journal_path, "too-many") is None
+        assert sc.query("SELECT COUNT(*) FROM dead_letters") == [(0,)]

@@ -1,0 +1,324 @@
+"""S3: planning and signing without a network, then end to end:
+client -> sidecar process -> fault proxy -> moto's S3 server, which checks every SigV4 signature."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import botocore.exceptions
+import httpx
+import pytest
+from botocore.credentials import Credentials
+from prometheus_client.parser import text_string_to_metric_families
+
+from client import Client, wire
+from sidecar.config import Config, S3Config
+from sidecar.connectors.base import Dead, Reject, Send, Skip
+from sidecar.connectors.s3 import S3Connector, build
+from sidecar.errors import Permanent, RateLimited, Retryable
+from sidecar.journal import Event
+from sidecar.simulators.s3proxy import S3FaultProxy
+
+from .s3_server import MotoS3, moto_s3
+from .support import SidecarProcess, sidecar_config, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+# -- planning and signing, no network ------------------------------------------
+
+
+class _Ctx:
+    def __init__(self, refs: dict[str, str] | None = None) -> None:
+        self.refs, self.now = refs or {}, 1000.0
+
+    def ref(self, key: str) -> str | None:
+        return self.refs.get(key)
+
+    def has_target(self, target: str) -> bool:
+        return False
+
+    def dead_key(self, kind: str, key: str) -> str | None:
+        return None
+
+
+def _put(n: int, spool: Path, body: bytes, *, key: str = "k", **fields: Any) -> Event:
+    """An s3.put event as the journal holds it, its blob spooled under its SHA-256."""
+    payload = {"bucket": "bkt", "key": key, "content_type": "text/plain", **fields}
+    path = spool / f"{hashlib.sha256(body).hexdigest()}.{n}"
+    path.write_bytes(body)
+    frame = wire.encode("c", n, "s3.put", None, None, 0, payload)
+    return Event(n, "s3", "s3.put", f"bkt/{key}", None, None, "c", n, 0, 0, frame, str(path), 0, 0.0)
+
+
+def _connector(handler: Any = None) -> S3Connector:
+    transport = httpx.MockTransport(handler or (lambda request: httpx.Response(200)))
+    return S3Connector(S3Config(endpoint_url="http://s3.test", region="eu-west-1"),
+                       Credentials("AKIDEXAMPLE", "secret"), transport=transport)
+
+
+def _send(conn: S3Connector, plan: Send) -> Any:
+    async def go() -> Any:
+        try:
+            return await conn.send(plan)
+        finally:
+            await conn.aclose()
+    return asyncio.run(go())
+
+
+def test_s3_plan_keeps_only_the_last_put_of_an_object(tmp_path: Path) -> None:
+    conn = _connector()
+    group = [_put(n, tmp_path, f"v{n}".encode()) for n in range(4)]
+    plan = conn.plan(group, _Ctx())
+    assert isinstance(plan, Skip) and plan.reason == "superseded"
+    assert [e.id for e in plan.events] == [0, 1, 2]
+    last = conn.plan(group[3:], _Ctx())
+    assert isinstance(last, Send) and [e.id for e in last.events] == [3]
+    # A put journaled under looser rules can never go out: dead-lettered, not a crash.
+    dead = conn.plan([_put(5, tmp_path, b"x", key="a/./b")], _Ctx())
+    assert isinstance(dead, Dead) and dead.reason == "bad_payload"
+
+
+def test_s3_plan_skips_a_put_identical_to_the_last_delivered(tmp_path: Path) -> None:
+    conn = _connector()
+    event = _put(1, tmp_path, b"body", metadata={"desk": "fx"})
+    plan = conn.plan([event], _Ctx())
+    assert isinstance(plan, Send)
+    refs = _send(conn, plan).refs
+    assert refs["bkt/k"] == hashlib.sha256(b"body").hexdigest()
+    again = _put(2, tmp_path, b"body", metadata={"desk": "fx"})
+    skip = conn.plan([again], _Ctx(refs))
+    assert isinstance(skip, Skip) and skip.reason == "identical"
+    # Same body with other headers, or another body: a real change.
+    assert isinstance(conn.plan([_put(3, tmp_path, b"body", metadata={"desk": "eq"})], _Ctx(refs)), Send)
+    assert isinstance(conn.plan([_put(4, tmp_path, b"body", content_type="text/csv")], _Ctx(refs)), Send)
+    assert isinstance(conn.plan([_put(5, tmp_path, b"other", metadata={"desk": "fx"})], _Ctx(refs)), Send)
+
+
+@pytest.mark.parametrize("payload, blobs, why", [
+    ({"bucket": "bkt", "key": "k", "content_type": "text/plain"}, [], "exactly one blob"),
+    ({"bucket": "bkt", "key": "k", "content_type": "text/plain"}, [b"a", b"b"], "exactly one blob"),
+    ({"bucket": "bkt", "key": "k"}, [b"a"], "content_type"),
+    ({"bucket": "Bad_Bucket", "key": "k", "content_type": "text/plain"}, [b"a"], "bucket"),
+    ({"bucket": "bkt", "key": "", "content_type": "text/plain"}, [b"a"], "key"),
+    ({"bucket": "bkt", "key": "a/../b", "content_type": "text/plain"}, [b"a"], "'..'"),
+    ({"bucket": "bkt", "key": "k", "content_type": "t", "metadata": {"n": 1}}, [b"a"], "metadata"),
+    ({"bucket": "bkt", "key": "k", "content_type": "t", "metadata": {"a b": "x"}}, [b"a"], "metadata"),
+    ({"bucket": "bkt", "key": "k", "content_type": "t", "contentType": "t"}, [b"a"], "contentType"),
+    (["bkt", "k"], [b"a"], "JSON object"),
+])
+def test_s3_route_rejects_puts_s3_could_never_take(payload: Any, blobs: list[bytes], why: str) -> None:
+    env = wire.decode(wire.encode("c", 1, "s3.put", None, None, 0, payload))
+    with pytest.raises(Reject, match=re.escape(why)) as err:
+        _connector().route(env, blobs)
+    assert err.value.reason == "bad_payload"
+
+
+def test_s3_send_signs_the_put_and_maps_errors_once(tmp_path: Path) -> None:
+    body = os.urandom(1000)
+    seen: list[httpx.Request] = []
+    answers = iter([
+        httpx.Response(200),
+        httpx.Response(503, text="<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"),
+        httpx.Response(500, text="<Error><Code>InternalError</Code></Error>"),
+        httpx.Response(403, text="<Error><Code>SignatureDoesNotMatch</Code></Error>"),
+        httpx.Response(404, text="<Error><Code>NoSuchBucket</Code></Error>"),
+    ])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return next(answers)
+
+    plan = _connector().plan([_put(1, tmp_path, body, key="a b/ü", metadata={"desk": "fx"})], _Ctx())
+    assert isinstance(plan, Send)
+    outcomes: list[Any] = []
+    for _ in range(5):
+        try:
+            outcomes.append(_send(_connector(handler), plan))
+        except (Permanent, Retryable) as exc:
+            outcomes.append(exc)
+    sent = seen[0]
+    assert sent.method == "PUT" and sent.url.raw_path == b"/bkt/a%20b/%C3%BC" and sent.content == body
+    assert sent.headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
+    assert sent.headers["content-md5"] == base64.b64encode(hashlib.md5(body).digest()).decode()
+    assert sent.headers["content-type"] == "text/plain" and sent.headers["x-amz-meta-desk"] == "fx"
+    assert sent.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "/eu-west-1/s3/aws4_request" in sent.headers["authorization"]
+    slow, server, refused, missing = outcomes[1:]
+    assert isinstance(slow, RateLimited) and slow.detail == "SlowDown"
+    assert isinstance(server, Retryable) and not isinstance(server, RateLimited) and server.ambiguous
+    assert isinstance(refused, Permanent) and refused.reason == "http_403" and "SignatureDoesNotMatch" in (refused.body or "")
+    assert isinstance(missing, Permanent) and missing.detail == "NoSuchBucket"
+
+
+def test_s3_lane_pauses_without_credentials_naming_the_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    [spec] = build(Config())
+    asyncio.run(spec.connector.aclose())
+    assert spec.paused is not None and "AWS_ACCESS_KEY_ID" in spec.paused and "instance role" in spec.paused
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    [spec] = build(Config())
+    asyncio.run(spec.connector.aclose())
+    assert spec.paused is None and spec.concurrency == 4 and spec.rule.rate == 100.0
+
+
+# -- end to end ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoS3]:
+    with moto_s3() as s3:
+        yield s3
+
+
+@pytest.fixture
+def proxy(moto: MotoS3) -> Iterator[S3FaultProxy]:
+    with S3FaultProxy(moto.endpoint) as p:
+        yield p
+
+
+def sidecar(tmp: Path, proxy: S3FaultProxy, moto: MotoS3, *, secret_key: str | None = None,
+            credentials: bool = True) -> SidecarProcess:
+    """A sidecar whose S3 lane goes through `proxy`, with AWS credentials only from our env."""
+    cfg = sidecar_config(tmp, s3={"endpoint_url": proxy.url, "region": moto.region, "concurrency": 4},
+                         metrics={"address": "127.0.0.1:0"})
+    sc = SidecarProcess(tmp, config=cfg)
+    # Nothing of the developer's AWS setup may leak in: no files, no profile, no instance role.
+    for name in [n for n in sc.env if n.startswith("AWS_")]:
+        del sc.env[name]
+    sc.env.update(AWS_CONFIG_FILE=str(tmp / "no-aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-aws-creds"),
+                  AWS_EC2_METADATA_DISABLED="true")
+    if credentials:
+        sc.env.update(AWS_ACCESS_KEY_ID=moto.access_key, AWS_SECRET_ACCESS_KEY=secret_key or moto.secret_key)
+    return sc.start()
+
+
+def drained(sc: SidecarProcess, client: Client) -> bool:
+    """Every event of `client` reached the journal, and the journal holds none."""
+    seen = sc.query("SELECT last_seq FROM clients WHERE client_id=?", client.client_id)
+    return bool(seen) and seen[0][0] >= client.stats()["last_seq"] and sc.journal_count("events") == 0
+
+
+def metric(sc: SidecarProcess, name: str, **labels: str) -> float:
+    """One sample from the running sidecar's /metrics (its port is in the ready line)."""
+    address = re.findall(r"metrics (127\.0\.0\.1:\d+)", sc.log_text())[-1]
+    for family in text_string_to_metric_families(httpx.get(f"http://{address}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def spooled(sc: SidecarProcess) -> list[str]:
+    return sorted(os.listdir(Path(sc.config["journal"]["dir"]) / "blobs"))
+
+
+def put(bucket: str, key: str, **more: Any) -> dict[str, Any]:
+    return {"bucket": bucket, "key": key, "content_type": "application/octet-stream", **more}
+
+
+def test_large_blob_arrives_byte_for_byte_and_its_spool_file_goes(short_tmp: Path, moto: MotoS3,
+                                                                  proxy: S3FaultProxy) -> None:
+    sc = sidecar(short_tmp, proxy, moto)
+    data = os.urandom(6 * 1024 * 1024)
+    key = "reports/2024/06/pnl ü+1.bin"
+    with Client(sc.endpoint, strict=True) as client:
+        client.emit("s3.put", put(moto.bucket, key, content_type="text/csv",
+                                  metadata={"desk": "fx", "run-id": "42"}), blob=data)
+        client.emit("s3.put", put(moto.bucket, "no-body"))  # no blob
+        client.emit("s3.put", put("Not_A_Bucket", "k"), blob=b"x")
+    wait_until(lambda: drained(sc, client), timeout=20, what="the 6 MiB put")
+    assert moto.read(key) == (data, "text/csv", {"desk": "fx", "run-id": "42"})
+    assert proxy.count("PUT") == 1 and proxy.refused == 0
+    assert spooled(sc) == []
+    assert sorted(sc.query("SELECT reason FROM rejects")) == [("bad_payload",), ("bad_payload",)]
+    assert sc.journal_count("dead_letters") == 0
+    assert sc.stop() == 0
+
+
+def test_paused_without_credentials_then_only_the_last_put_goes_and_repeats_are_skipped(
+        short_tmp: Path, moto: MotoS3, proxy: S3FaultProxy) -> None:
+    key, path = "positions/latest.json", f"/{moto.bucket}/positions/latest.json"
+    versions = [f'{{"version": {n}}}'.encode() * 1000 for n in range(5)]
+    sc = sidecar(short_tmp, proxy, moto, credentials=False)
+    assert "lane s3 is paused" in sc.log_text() and "AWS_ACCESS_KEY_ID" in sc.log_text()
+    with Client(sc.endpoint, strict=True) as client:
+        for body in versions:  # all wait together in the journal
+            client.emit("s3.put", put(moto.bucket, key), blob=body)
+    wait_until(lambda: sc.journal_count("events") == 5, timeout=10, what="5 puts journaled")
+    assert sc.stop() == 0 and proxy.forwarded == 0
+
+    sc.env.update(AWS_ACCESS_KEY_ID=moto.access_key, AWS_SECRET_ACCESS_KEY=moto.secret_key)
+    sc.start()
+    wait_until(lambda: sc.journal_count("events") == 0, timeout=20, what="the puts to settle")
+    assert moto.read(key)[0] == versions[-1]
+    assert proxy.count("PUT", path=path) == 1  # the superseded four never reached S3
+    assert metric(sc, "sidecar_events_deduplicated_total", kind="s3.put", reason="superseded") == 4
+
+    with Client(sc.endpoint, strict=True) as again:
+        again.emit("s3.put", put(moto.bucket, key), blob=versions[-1])  # as delivered
+    wait_until(lambda: drained(sc, again), timeout=10, what="the repeat to settle")
+    assert proxy.count("PUT", path=path) == 1
+    assert metric(sc, "sidecar_events_deduplicated_total", kind="s3.put", reason="identical") == 1
+
+    with Client(sc.endpoint, strict=True) as changed:
+        changed.emit("s3.put", put(moto.bucket, key, metadata={"note": "x"}), blob=versions[-1])
+    wait_until(lambda: drained(sc, changed), timeout=10, what="the metadata change")
+    assert proxy.count("PUT", path=path) == 2 and moto.read(key)[2] == {"note": "x"}
+    assert spooled(sc) == [] and sc.journal_count("dead_letters") == 0
+    assert sc.stop() == 0
+
+
+def test_slow_down_backs_off_and_everything_still_arrives(short_tmp: Path, moto: MotoS3,
+                                                          proxy: S3FaultProxy) -> None:
+    proxy.slow_down(3)
+    sc = sidecar(short_tmp, proxy, moto)
+    bodies = {f"fills/{n}.bin": os.urandom(64 * 1024 + n) for n in range(8)}
+    with Client(sc.endpoint, strict=True) as client:
+        for key, body in bodies.items():
+            client.emit("s3.put", put(moto.bucket, key), blob=body)
+    wait_until(lambda: drained(sc, client), timeout=20, what="8 puts through 3 SlowDowns")
+    assert proxy.refused == 3 and proxy.count("PUT", outcome="refused") == 3
+    assert proxy.count("PUT") == 8
+    for key, body in bodies.items():
+        assert moto.read(key)[0] == body
+    assert metric(sc, "sidecar_delivery_retries_total", lane="s3", reason="http_503") == 3
+    assert sc.journal_count("dead_letters") == 0 and spooled(sc) == []
+    assert sc.stop() == 0
+
+
+def test_wrong_secret_is_refused_by_moto(moto: MotoS3) -> None:
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        moto.client(secret_key="not-the-secret").put_object(Bucket=moto.bucket, Key="x", Body=b"x")
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert err.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    moto.client().head_bucket(Bucket=moto.bucket)  # the real key passes
+
+
+def test_wrong_credentials_dead_letter_with_s3s_answer(short_tmp: Path, moto: MotoS3,
+                                                       proxy: S3FaultProxy) -> None:
+    sc = sidecar(short_tmp, proxy, moto, secret_key="not-the-secret")
+    with Client(sc.endpoint, strict=True) as client:
+        client.emit("s3.put", put(moto.bucket, "denied/1"), blob=b"one")
+        client.emit("s3.put", put(moto.bucket, "denied/2"), blob=b"two")
+    wait_until(lambda: sc.journal_count("dead_letters") == 2, timeout=20, what="2 dead letters")
+    rows = sc.query("SELECT reason, status, detail, blob_path FROM dead_letters")
+    for reason, status, detail, blob_path in rows:
+        assert (reason, status) == ("http_403", 403)
+        assert "<Code>SignatureDoesNotMatch</Code>" in detail
+        assert Path(blob_path).exists()  # kept with the dead letter, for a replay
+    assert proxy.count("PUT") == 2 and {r.status for r in proxy.records} == {403}
+    assert sc.proc is not None and sc.proc.poll() is None
+    with pytest.raises(botocore.exceptions.ClientError):
+        moto.client().head_object(Bucket=moto.bucket, Key="denied/1")
+    assert sc.stop() == 0
