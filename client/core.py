@@ -119,7 +119,8 @@ class Client:
     def _attach(self, transport: Transport | None) -> None:
         self._transport = transport
         # Bound once: the hot path calls the transport's send without a lookup.
-        self._send = transport.send if transport is not None else None
+        # Only emit calls it, and only after checking that a transport exists.
+        self._send = transport.send if transport is not None else _no_transport
 
     def _connect(self) -> Transport | None:
         try:
@@ -257,6 +258,10 @@ class Client:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Client {self.client_id} {self.endpoint} {state} sent={self._seq}>"
+
+
+def _no_transport(frame: bytes) -> None:
+    raise TransportError("no transport")
 
 
 def _reset_clients_in_child() -> None:

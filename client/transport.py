@@ -84,7 +84,7 @@ class ZmqTransport:
             last = len(blobs) - 1
             for n, blob in enumerate(blobs):
                 self._raw_send(blob, _NOBLOCK if n == last else _SNDMORE_NOBLOCK,
-                               len(blob) < ZERO_COPY_MIN_BYTES)
+                               len(blob) < ZERO_COPY_MIN_BYTES)  # type: ignore[call-overload]
         except zmq.Again:
             raise QueueFull from None
         except zmq.ZMQError as exc:

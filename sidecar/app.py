@@ -86,8 +86,10 @@ class Sidecar:
             for name in lanes:
                 self.lanes[name].notify()
 
-        ingest = Ingest(cfg.ingest, ingest_journal, connectors, self.metrics,
-                        on_written=lambda lanes: loop.call_soon_threadsafe(wake, lanes))
+        def wake_from_ingest(lanes: set[str]) -> None:
+            loop.call_soon_threadsafe(wake, lanes)
+
+        ingest = Ingest(cfg.ingest, ingest_journal, connectors, self.metrics, on_written=wake_from_ingest)
         ingest.bind()
         api = None
         if cfg.metrics.address:

@@ -146,13 +146,11 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         f = known[name]
-        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
-            kwargs[name] = _build(f.type, value, name)  # type: ignore[arg-type]
-            continue
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            default = ""  # a required setting: only strings are required today
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default: Any = ""  # a required setting: only strings are required today
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if default is not None and not isinstance(value, type(default)):

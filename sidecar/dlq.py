@@ -29,7 +29,8 @@ def _connect(journal_dir: str) -> sqlite3.Connection:
 
 
 def _where(ids: list[int] | None, lane: str | None) -> tuple[str, list[Any]]:
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[Any] = []
     if ids:
         clauses.append(f"id IN ({','.join('?' * len(ids))})")
         args += ids

@@ -38,7 +38,8 @@ class ApiServer:
 
         self.httpd = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
         self.httpd.daemon_threads = True
-        self.address = f"{self.httpd.server_address[0]}:{self.httpd.server_address[1]}"
+        bound_host, bound_port = self.httpd.server_address[:2]
+        self.address = f"{bound_host!s}:{bound_port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="http-api", daemon=True)
 
     def start(self) -> None:

@@ -15,7 +15,7 @@ import zmq
 
 from client import Client, EmitError, wire
 
-from .support import ROOT, wait_until
+from .support import ROOT
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -144,7 +144,7 @@ def test_client_drops_reach_the_sidecar(short_tmp: Path, notion_sim: NotionSimul
         client.emit("notion.page.update", {"page_id": "x", "properties": {"A": {1, 2}}})
     sample = f'sidecar_client_dropped_total{{client="{client.client_id}",reason="unknown_kind"}} 1.0'
     wait_until(lambda: sample.encode() in sc.get("/metrics")[1], timeout=10, what="the client's drops in a scrape")
-    assert f'reason="unserializable"'.encode() in sc.get("/metrics")[1]
+    assert 'reason="unserializable"'.encode() in sc.get("/metrics")[1]
     assert sc.stop() == 0
 
 
