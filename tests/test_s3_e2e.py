@@ -25,7 +25,7 @@ from sidecar.errors import Permanent, RateLimited, Retryable
 from sidecar.journal import Event
 from sidecar.simulators.s3proxy import S3FaultProxy
 
-from .s3_server import MotoS3, moto_s3
+from sidecar.simulators.moto_s3 import MotoS3, moto_s3
 from .support import SidecarProcess, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
