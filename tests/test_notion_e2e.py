@@ -215,3 +215,21 @@ def test_rate_seen_by_the_api_never_exceeds_the_configured_rate(short_tmp: Path)
         stats = sim.stats()
     assert stats["rate_limited"] == 0
     assert stats["max_in_1s"] <= 3 + 1  # rate plus the configured burst
+
+
+def test_version_2025_09_03_with_data_sources(short_tmp: Path, notion_sim: NotionSimulator) -> None:
+    sim = notion_sim
+    source = sim.data_source_id(sim.database_id)
+    # The create is applied but answered 500: the check before resending uses the data-source query.
+    sim.inject(Fault(when="after", status=500, method="POST", path_prefix="/v1/pages", count=1))
+    sc = start_sidecar(short_tmp, sim, version="2025-09-03")
+    with Client(sc.endpoint, strict=True) as client:
+        client.emit("notion.page.create", {"parent": {"data_source_id": source},
+                                           "properties": {"Name": {"title": [{"text": {"content": "ds"}}]}}},
+                    key="ds")
+        client.emit("notion.page.update", {"properties": {"Price": {"number": 7}}}, ref="ds")
+    wait_until(lambda: drained(sc, client), timeout=20, what="delivery")
+    assert sc.stop() == 0
+    page = page_by_key(sim, "ds")
+    assert property_value(page, "Price") == 7
+    assert any(r.path == f"/v1/data_sources/{source}/query" for r in sim.requests)
