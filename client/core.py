@@ -35,7 +35,6 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from collections import Counter
 from typing import Any, Sequence, Union
 
@@ -59,7 +58,7 @@ _time_ns = time.time_ns
 _dumps = orjson.dumps
 _KINDS = wire.KINDS
 _VERSION = wire.VERSION
-_live: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_live: "set[Client]" = set()
 
 
 class EmitError(ValueError):
@@ -104,16 +103,19 @@ class Client:
         self._next_stats_ns = 0
         self._transport: Transport | None = None
         self._attach(transport or self._connect())
+        self._lock = threading.Lock()
         if threadsafe:
-            lock = threading.Lock()
             unlocked = self.emit
 
             def emit(kind: str, payload: Any, *, key: str | None = None,
                      ref: str | None = None, blob: Any = None) -> bool:
-                with lock:
+                with self._lock:
                     return unlocked(kind, payload, key=key, ref=ref, blob=blob)
 
             self.emit = emit  # type: ignore[method-assign]
+        self._reconnect_after_fork = False
+        # Held until close(), so a client dropped without close() still
+        # sends its tail at exit.
         _live.add(self)
 
     def _attach(self, transport: Transport | None) -> None:
@@ -149,7 +151,9 @@ class Client:
         """
         transport = self._transport
         if transport is None:
-            return self._drop("closed" if self._closed else "transport_error", kind)
+            transport = self._reopen()
+            if transport is None:
+                return self._drop("closed" if self._closed else "transport_error")
         if kind not in _KINDS:
             return self._misuse("unknown_kind", kind, f"unknown event kind {kind!r}")
         seq = self._seq + 1
@@ -170,14 +174,17 @@ class Client:
                         isinstance(b, _BLOB_TYPES) for b in blobs):
                     return self._misuse("bad_blob", kind, "blob must be bytes-like or a non-empty list of them, "
                                                           f"not {type(blob).__name__}")
-                size = sum(len(b) for b in blobs)
+                # ZeroMQ sends contiguous buffers only; a strided view is copied
+                # here rather than failing halfway through a multipart message.
+                blobs = [b.tobytes() if isinstance(b, memoryview) and not b.contiguous else b for b in blobs]
+                size = sum(memoryview(b).nbytes for b in blobs)
                 if size > self.max_blob_bytes:
                     return self._misuse("too_large", kind, f"blob is {size} bytes, limit {self.max_blob_bytes}")
                 transport.send_blobs(frame, blobs)
         except QueueFull:
-            return self._drop("queue_full", kind)
+            return self._drop("queue_full")
         except TransportError:
-            return self._drop("transport_error", kind)
+            return self._drop("transport_error")
         self._seq = seq
         if now >= self._next_stats_ns:
             self._next_stats_ns = now + STATS_INTERVAL_NS
@@ -186,7 +193,7 @@ class Client:
 
     # -- outcomes -------------------------------------------------------------
 
-    def _drop(self, reason: str, kind: str) -> bool:
+    def _drop(self, reason: str) -> bool:
         self._dropped[reason] += 1
         return False
 
@@ -196,7 +203,7 @@ class Client:
         if (reason, kind) not in self._warned:
             self._warned.add((reason, kind))
             log.warning("emit dropped an event (%s); further drops of this kind are only counted", detail)
-        return self._drop(reason, kind)
+        return self._drop(reason)
 
     def _send_control(self, kind: str) -> None:
         transport = self._transport
@@ -215,8 +222,7 @@ class Client:
         return {
             "client_id": self.client_id,
             "pid": os.getpid(),
-            "sent": self._seq,
-            "last_seq": self._seq,
+            "sent": self._seq,  # also the last sequence number used
             "dropped": dict(self._dropped),
         }
 
@@ -226,6 +232,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        _live.discard(self)
         transport = self._transport
         self._attach(None)
         if transport is None:
@@ -238,16 +245,22 @@ class Client:
         transport.close(self.linger if linger is None else linger)
 
     def _after_fork_in_child(self) -> None:
-        transport = self._transport
+        # The parent's socket and queue stay the parent's; pyzmq never closes
+        # them from here. The child connects on its first emit, if it emits.
         self._attach(None)
-        if isinstance(transport, ZmqTransport):
-            transport.abandon()
+        self._lock = threading.Lock()  # another thread may have held it at fork()
         self.client_id = _new_client_id()
         self._seq = 0
         self._dropped = Counter()
         self._next_stats_ns = 0
-        if not self._closed:
-            self._attach(self._connect())
+        self._reconnect_after_fork = not self._closed
+
+    def _reopen(self) -> Transport | None:
+        if not self._reconnect_after_fork:
+            return None
+        self._reconnect_after_fork = False
+        self._attach(self._connect())
+        return self._transport
 
     def __enter__(self) -> "Client":
         return self

@@ -95,8 +95,3 @@ class ZmqTransport:
         self._sock.close(linger=int(linger * 1000))
         self._ctx.term()
 
-    def abandon(self) -> None:
-        """Forget the socket without touching it: used in a forked child,
-        where the parent's context must not be closed or terminated."""
-        self._sock = None  # type: ignore[assignment]
-        self._ctx = None  # type: ignore[assignment]

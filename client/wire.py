@@ -47,6 +47,7 @@ BYE = "_client.bye"
 CONTROL_KINDS: frozenset[str] = frozenset({STATS, BYE})
 
 SYSTEMD_RUNTIME_DIR = "/run/trading-sidecar"
+MAX_INT = 2**63 - 1  # SQLite's INTEGER; larger numbers in a frame are refused, not stored
 
 
 def default_endpoint() -> str:
@@ -108,14 +109,14 @@ def decode(frame: bytes) -> Envelope:
         raise WireError("bad_version", f"envelope version {version!r}, expected {VERSION}")
     if not isinstance(client_id, str) or not client_id:
         raise WireError("bad_envelope", "client_id must be a non-empty string")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise WireError("bad_envelope", "seq must be a non-negative integer")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_INT:
+        raise WireError("bad_envelope", "seq must be an integer from 0 to 2**63-1")
     if not isinstance(kind, str):
         raise WireError("bad_envelope", "kind must be a string")
     if key is not None and not isinstance(key, str):
         raise WireError("bad_envelope", "key must be a string or null")
     if ref is not None and not isinstance(ref, str):
         raise WireError("bad_envelope", "ref must be a string or null")
-    if not isinstance(emitted_ns, int) or isinstance(emitted_ns, bool):
-        raise WireError("bad_envelope", "emitted_ns must be an integer")
+    if not isinstance(emitted_ns, int) or isinstance(emitted_ns, bool) or not 0 <= emitted_ns <= MAX_INT:
+        raise WireError("bad_envelope", "emitted_ns must be an integer from 0 to 2**63-1")
     return Envelope(client_id, seq, kind, key, ref, emitted_ns, payload)

@@ -135,9 +135,8 @@ class Sidecar:
             systemd.notify("STOPPING=1")
             log.info("stopping: no longer reading new events")
             await loop.run_in_executor(None, ingest.stop)
-            cut = 0
-            for lane in self.lanes.values():
-                cut += await lane.stop(cfg.drain_timeout)
+            # All lanes drain at once, so the whole stop fits in drain_timeout.
+            cut = sum(await asyncio.gather(*(lane.stop(cfg.drain_timeout) for lane in self.lanes.values())))
             await asyncio.gather(*tasks, return_exceptions=True)
             for connector in connectors.values():
                 await connector.aclose()
@@ -151,6 +150,13 @@ class Sidecar:
         return exit_code
 
     def _housekeeping(self, journal: Journal, ingest: Ingest) -> None:
+        try:
+            self._refresh(journal, ingest)
+        except Exception:  # a status snapshot must never take the sidecar down
+            log.exception("housekeeping failed")
+            self._snapshot = {**self._snapshot, "health": {"ok": False, "problems": ["housekeeping failed; see log"]}}
+
+    def _refresh(self, journal: Journal, ingest: Ingest) -> None:
         now = time.time()
         depth = journal.depth()
         dead = journal.count("dead_letters")
@@ -180,6 +186,8 @@ class Sidecar:
             # An API nobody uses may lack credentials; one with events waiting may not.
             if lane.paused_reason and depth.get(name, 0):
                 problems.append(f"{name}: {depth[name]} event(s) waiting; {lane.paused_reason}")
+            if lane.errors:
+                problems.append(f"{name}: {lane.errors} unexpected error(s) in delivery; see the log")
             if lane.breaker.state != "closed":
                 problems.append(f"{name}: circuit breaker {lane.breaker.state} after {lane.breaker.failures} "
                                 f"failures; probing again in {lane.breaker.reopens_in(now):.0f} s")

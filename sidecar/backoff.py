@@ -15,7 +15,7 @@ import random
 
 def full_jitter(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Seconds to wait before retry number `attempt` (1 = the first retry)."""
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    ceiling = min(cap, base * (2 ** min(60, max(0, attempt - 1))))  # no float overflow after many attempts
     return (rng or random).uniform(0, ceiling)
 
 

@@ -22,7 +22,6 @@ class Breaker:
         self.state = CLOSED
         self.failures = 0
         self.opened_at = 0.0
-        self.opened_total = 0
         self._probing = False
 
     def allow(self, now: float) -> bool:
@@ -44,8 +43,6 @@ class Breaker:
             return
         self.failures += 1
         if self.state == HALF_OPEN or self.failures >= self.threshold:
-            if self.state != OPEN:
-                self.opened_total += 1
             self.state, self.opened_at = OPEN, now
 
     def release(self) -> None:

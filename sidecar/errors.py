@@ -14,8 +14,6 @@ from __future__ import annotations
 
 
 class DeliveryError(Exception):
-    retryable = False
-
     def __init__(
         self,
         reason: str,
@@ -36,7 +34,7 @@ class DeliveryError(Exception):
 
 
 class Retryable(DeliveryError):
-    retryable = True
+    pass
 
 
 class RateLimited(Retryable):
@@ -46,6 +44,3 @@ class RateLimited(Retryable):
 class Permanent(DeliveryError):
     pass
 
-
-# Status codes whose failure may come after the server applied the request.
-AMBIGUOUS_STATUSES = frozenset({500, 502, 504})

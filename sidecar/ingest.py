@@ -19,9 +19,10 @@ import hashlib
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import orjson
@@ -37,12 +38,26 @@ from .metrics import Metrics
 log = logging.getLogger("sidecar.ingest")
 
 POLL_MS = 100
+STOP_DRAIN_SECONDS = 2.0
+WRITE_ATTEMPTS = 30  # a journal that cannot be written for this many seconds stops the sidecar
 MAX_BLOBS = 16  # frames after the first; Naver takes 10 images a call
-STOP_DRAIN_QUIET_MS = 50  # on stop, read until the socket has been quiet this long
 
 
 class IngestError(RuntimeError):
     pass
+
+
+@dataclass
+class _Batch:
+    """What one group commit writes."""
+
+    now_ns: int
+    rows: list[EventRow] = field(default_factory=list)
+    rejects: list[tuple[str, str, bytes | None]] = field(default_factory=list)
+    touched: dict[str, tuple[int, int, bool, bytes | None]] = field(default_factory=dict)
+    lanes: set[str] = field(default_factory=set)
+    kinds: dict[str, int] = field(default_factory=dict)
+    spooled: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -114,10 +129,14 @@ class Ingest:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop reading; what already arrived is journaled, then the socket closes."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._sock is not None:
+            if self._thread.is_alive():
+                log.error("ingest did not stop within %.0f s; leaving it to process exit", timeout)
+                return
+        elif self._sock is not None:
             self._sock.close(0)
         self._ctx.term()
 
@@ -134,12 +153,19 @@ class Ingest:
             while not self._stop.is_set():
                 if sock.poll(POLL_MS):
                     self.process(self._drain(sock))
-            # Stop reading new work, but journal what already reached us.
-            while sock.poll(STOP_DRAIN_QUIET_MS):
-                self.process(self._drain(sock))
+            # Stopping: journal what already reached this process, without
+            # waiting for more (a busy client would keep us here forever).
+            deadline = time.monotonic() + STOP_DRAIN_SECONDS
+            while time.monotonic() < deadline:
+                messages = self._drain(sock)
+                if not messages:
+                    break
+                self.process(messages)
         except BaseException as exc:  # surfaced by the app, which exits non-zero
             self.error = exc
             log.exception("ingest stopped on an unexpected error")
+        finally:
+            sock.close(0)  # in this thread: a socket must not be closed under its user
 
     def _drain(self, sock: zmq.Socket) -> list[list[bytes]]:
         messages: list[list[bytes]] = []
@@ -152,61 +178,72 @@ class Ingest:
         return messages
 
     def process(self, messages: list[list[bytes]]) -> None:
-        """Validate, route and journal one batch in a single transaction."""
-        rows: list[EventRow] = []
-        rejects: list[tuple[str, str, bytes | None]] = []
-        touched: dict[str, tuple[int, int, bool, bytes | None]] = {}
-        lanes: set[str] = set()
-        kinds: dict[str, int] = {}
-        spooled: list[str] = []
-        now_ns = time.time_ns()
+        """Validate, route and journal one batch in a single transaction.
+
+        One bad frame never costs the others: whatever goes wrong with it,
+        even a bug, makes it a counted reject and the batch goes on.
+        """
+        batch = _Batch(now_ns=time.time_ns())
         for frames in messages:
             try:
-                env, blobs = self._parse(frames)
+                self._one(frames, batch)
             except Reject as exc:
-                rejects.append((exc.reason, exc.detail, frames[0] if frames else None))
-                continue
-            if env.kind in wire.CONTROL_KINDS:
-                self._control(env, touched)
-                continue
-            candidates = self.by_kind.get(env.kind)
-            if not candidates:
-                rejects.append(("unknown_kind", f"no connector delivers {env.kind!r}", frames[0]))
-                continue
-            connector = candidates[0] if len(candidates) == 1 else next(
-                (c for c in candidates if c.accepts(env)), None)
-            if connector is None:
-                rejects.append(("unknown_target", f"no {env.kind} lane is configured for ref {env.ref!r}",
-                                frames[0]))
-                continue
-            try:
-                target = connector.route(env, blobs)
-            except Reject as exc:
-                rejects.append((exc.reason, f"{env.kind}: {exc.detail}", frames[0]))
-                continue
-            if not self._sequence(env.client_id, env.seq, touched):
-                continue
-            paths = [self._spool(blob) for blob in blobs]
-            spooled += paths
-            blob_path = BLOB_PATH_SEPARATOR.join(paths) if paths else None
-            rows.append((connector.lane, env.kind, target, env.key, env.ref, env.client_id, env.seq,
-                         env.emitted_ns, now_ns, frames[0], blob_path))
-            lanes.add(connector.lane)
-            kinds[env.kind] = kinds.get(env.kind, 0) + 1
-        try:
-            self.journal.write_batch(rows, rejects, touched)
-        except Exception:
-            for path in spooled:
-                _unlink(path)
-            raise
-        for kind, n in kinds.items():
+                batch.rejects.append((exc.reason, exc.detail, frames[0] if frames else None))
+            except Exception as exc:
+                log.exception("ingest: unexpected error on one frame; rejected as internal_error")
+                batch.rejects.append(("internal_error", f"{type(exc).__name__}: {exc}"[:500],
+                                      frames[0] if frames else None))
+        self._write(batch)
+        for kind, n in batch.kinds.items():
             self.metrics.received.labels(kind=kind).inc(n)
             self.metrics.journaled.labels(kind=kind).inc(n)
-        for reason, detail, _ in rejects:
+        for reason, detail, _ in batch.rejects:
             self.metrics.rejected.labels(reason=reason).inc()
             log.warning("rejected a frame: %s (%s)", reason, detail[:200])
-        if lanes:
-            self.on_written(lanes)
+        if batch.lanes:
+            self.on_written(batch.lanes)
+
+    def _one(self, frames: list[bytes], batch: "_Batch") -> None:
+        env, blobs = self._parse(frames)
+        if env.kind in wire.CONTROL_KINDS:
+            self._control(env, batch.touched)
+            return
+        # The sequence counts every event that arrived, accepted or not: a
+        # rejected event is not a lost one.
+        if not self._sequence(env.client_id, env.seq, batch.touched):
+            return
+        candidates = self.by_kind.get(env.kind)
+        if not candidates:
+            raise Reject("unknown_kind", f"no connector delivers {env.kind!r}")
+        connector = candidates[0] if len(candidates) == 1 else next(
+            (c for c in candidates if c.accepts(env)), None)
+        if connector is None:
+            raise Reject("unknown_target", f"no {env.kind} lane is configured for ref {env.ref!r}")
+        try:
+            target = connector.route(env, blobs)
+        except Reject as exc:
+            raise Reject(exc.reason, f"{env.kind}: {exc.detail}") from None
+        paths = [self._spool(blob) for blob in blobs]
+        batch.spooled += paths
+        blob_path = BLOB_PATH_SEPARATOR.join(paths) if paths else None
+        batch.rows.append((connector.lane, env.kind, target, env.key, env.ref, env.client_id, env.seq,
+                           env.emitted_ns, batch.now_ns, frames[0], blob_path))
+        batch.lanes.add(connector.lane)
+        batch.kinds[env.kind] = batch.kinds.get(env.kind, 0) + 1
+
+    def _write(self, batch: "_Batch") -> None:
+        """Commit the batch; retry a failing disk for a while before giving up."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                self.journal.write_batch(batch.rows, batch.rejects, batch.touched)
+                return
+            except sqlite3.Error as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    for path in batch.spooled:
+                        _unlink(path)
+                    raise
+                log.error("journal write failed (%s); retrying in 1 s (%d of %d)", exc, attempt, WRITE_ATTEMPTS)
+                time.sleep(1.0)
 
     def _parse(self, frames: list[bytes]) -> tuple[wire.Envelope, list[bytes]]:
         if not frames or len(frames) > 1 + MAX_BLOBS:
@@ -240,11 +277,11 @@ class Ingest:
         return True
 
     def _control(self, env: wire.Envelope, touched: dict) -> None:
-        stats = env.payload if isinstance(env.payload, dict) else {}
+        stats = _clean_stats(env.payload)
         self.metrics.clients.update(env.client_id, stats)
         state = self.clients.setdefault(env.client_id, _ClientSeq(0, 0))
         state.stats = orjson.dumps(stats)
-        announced = stats.get("last_seq")
+        announced = stats.get("sent")
         if env.kind == wire.BYE and isinstance(announced, int) and announced > state.last_seq:
             missing = announced - state.last_seq
             state.gaps += missing
@@ -266,6 +303,23 @@ class Ingest:
             f.flush()
             os.fsync(f.fileno())
         return path
+
+
+def _clean_stats(payload: object) -> dict[str, object]:
+    """A client's own counters, kept only if well-formed: they end up in metrics."""
+    if not isinstance(payload, dict):
+        raise Reject("bad_payload", "client stats must be an object")
+
+    def count(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= wire.MAX_INT
+
+    stats: dict[str, object] = {}
+    if count(payload.get("sent")):
+        stats["sent"] = payload["sent"]
+    dropped = payload.get("dropped")
+    if isinstance(dropped, dict):
+        stats["dropped"] = {str(k)[:64]: v for k, v in list(dropped.items())[:32] if count(v)}
+    return stats
 
 
 def _clear_stale_ipc(ctx: zmq.Context, path: str) -> None:

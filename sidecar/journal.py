@@ -24,6 +24,8 @@ from typing import Any, Iterable, Sequence
 
 from client import wire
 
+from .secrets import redact
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY,   -- ingest order, which is emit order per client
@@ -39,6 +41,7 @@ CREATE TABLE IF NOT EXISTS events (
     frame       BLOB NOT NULL,         -- the envelope as received
     blob_path   TEXT,                  -- spooled binary bodies, if any, one path a line
     attempts    INTEGER NOT NULL DEFAULT 0,
+    unsure      INTEGER NOT NULL DEFAULT 0,  -- the last attempt may have been applied
     not_before  REAL NOT NULL DEFAULT 0,
     last_error  TEXT
 );
@@ -98,7 +101,8 @@ INSERT_EVENT = (
     "INSERT INTO events (lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame, blob_path)"
     " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
-EVENT_COLUMNS = "id, lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame, blob_path, attempts, not_before"
+EVENT_COLUMNS = ("id, lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame, blob_path, "
+                 "attempts, unsure, not_before")
 
 
 @dataclass(slots=False)
@@ -116,6 +120,7 @@ class Event:
     frame: bytes
     blob_path: str | None
     attempts: int
+    unsure: int  # 1: an earlier attempt may have been applied (timeout, reset, 5xx, crash mid-call)
     not_before: float
 
     @cached_property
@@ -211,12 +216,16 @@ class Journal:
 
     # -- delivery -------------------------------------------------------------
 
-    def ready_heads(self, lane: str, now: float, limit: int = 512) -> list[tuple[int, str]]:
-        """Oldest ready events of a lane, as (id, target), in ingest order."""
-        return self.conn.execute(
-            "SELECT id, target FROM events WHERE lane=? AND not_before<=? ORDER BY id LIMIT ?",
-            (lane, now, limit),
-        ).fetchall()
+    def ready_heads(self, lane: str, now: float, limit: int = 512, *,
+                    per_target: bool = False) -> list[tuple[int, str]]:
+        """Oldest ready events of a lane, as (id, target), in ingest order;
+        with `per_target`, only the oldest of each group (a costlier query)."""
+        if per_target:
+            sql = ("SELECT MIN(id), target FROM events WHERE lane=? AND not_before<=? GROUP BY target"
+                   " ORDER BY MIN(id) LIMIT ?")
+        else:
+            sql = "SELECT id, target FROM events WHERE lane=? AND not_before<=? ORDER BY id LIMIT ?"
+        return self.conn.execute(sql, (lane, now, limit)).fetchall()
 
     def group(self, lane: str, target: str, limit: int = 10_000) -> list[Event]:
         rows = self.conn.execute(
@@ -225,20 +234,18 @@ class Journal:
         ).fetchall()
         return [Event(*row) for row in rows]
 
-    def next_wakeup(self, lane: str) -> float | None:
-        row = self.conn.execute("SELECT MIN(not_before) FROM events WHERE lane=?", (lane,)).fetchone()
-        return row[0]
-
     def start_attempt(self, ids: Iterable[int]) -> None:
-        """Count the attempt before the call, so a crash mid-call is known as one."""
+        """Count the attempt before the call, and mark it unsure until its
+        outcome is known: after a crash mid-call it is checked before resending."""
         with self._transaction() as c:
-            c.executemany("UPDATE events SET attempts=attempts+1 WHERE id=?", [(i,) for i in ids])
+            c.executemany("UPDATE events SET attempts=attempts+1, unsure=1 WHERE id=?", [(i,) for i in ids])
 
-    def defer(self, ids: Iterable[int], not_before: float, error: str | None) -> None:
+    def defer(self, ids: Iterable[int], not_before: float, error: str | None, *, unsure: bool) -> None:
+        """Retry later; `unsure` says whether the failed attempt may have been applied."""
         with self._transaction() as c:
             c.executemany(
-                "UPDATE events SET not_before=?, last_error=? WHERE id=?",
-                [(not_before, error, i) for i in ids],
+                "UPDATE events SET not_before=?, last_error=?, unsure=? WHERE id=?",
+                [(not_before, redact(error) if error else error, int(unsure), i) for i in ids],
             )
 
     def complete(self, ids: Iterable[int], *, lane: str, refs: dict[str, str] | None = None) -> list[str]:
@@ -264,7 +271,8 @@ class Journal:
                 " received_ns, frame, blob_path, attempts, reason, status, detail, dead_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(e.id, e.lane, e.kind, e.target, e.key, e.ref, e.client_id, e.seq, e.emitted_ns, e.received_ns,
-                  e.frame, e.blob_path, e.attempts, reason, status, detail, now) for e in events],
+                  e.frame, e.blob_path, e.attempts, reason, status, redact(detail) if detail else detail, now)
+                 for e in events],
             )
             c.executemany("DELETE FROM events WHERE id=?", [(e.id,) for e in events])
 

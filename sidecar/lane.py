@@ -26,7 +26,7 @@ from typing import Callable
 from .backoff import retry_delay
 from .breaker import Breaker
 from .config import BreakerConfig, RetryConfig
-from .connectors.base import Connector, Dead, Send, Skip, Wait
+from .connectors.base import Connector, Moved, Send, Skip, Wait
 from .errors import DeliveryError, Permanent, RateLimited, Retryable
 from .journal import Event, Journal
 from .limiter import Limiter
@@ -35,6 +35,8 @@ from .metrics import Metrics
 log = logging.getLogger("sidecar.lane")
 
 IDLE_POLL_SECONDS = 1.0
+WORKER_ERROR_PAUSE = 1.0
+READY_SCAN = 512
 
 
 @dataclass
@@ -84,15 +86,16 @@ class Lane:
         self._inflight: set[str] = set()
         self._blocked: dict[str, float] = {}  # target -> not before (waits and backoffs)
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._stopping = False
+        self.errors = 0  # unexpected errors survived by the workers
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ------------------------------------------------------------
 
     async def run(self) -> None:
         if self.paused_reason:
-            log.error("lane %s is paused: %s; its events stay in the journal", self.name, self.paused_reason)
-            return
+            return  # the app reports why; events stay in the journal
         self._tasks = [asyncio.create_task(self._worker(), name=f"{self.name}-{i}") for i in range(self.concurrency)]
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -102,6 +105,7 @@ class Lane:
     async def stop(self, timeout: float) -> int:
         """Let calls in flight finish for up to `timeout` s; return how many were cut off."""
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         pending = [t for t in self._tasks if not t.done()]
         if pending:
@@ -116,32 +120,51 @@ class Lane:
 
     async def _worker(self) -> None:
         while not self._stopping:
-            if not self.breaker.allow(self.clock()):
-                # Open: no calls; events wait in the journal until the probe.
-                await self._idle(self.breaker.reopens_in(self.clock()))
-                continue
-            picked = self._pick()
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A journal error (disk full, locked too long) or a bug in a
+                # connector's plan: log it, keep the worker, try again shortly.
+                self.errors += 1
+                self.breaker.release()
+                log.exception("lane %s: unexpected error; retrying in %.0f s", self.name, WORKER_ERROR_PAUSE)
+                await self._sleep(WORKER_ERROR_PAUSE)
+
+    async def _step(self) -> None:
+        now = self.clock()
+        if not self.breaker.allow(now):
+            # Open, or another worker is probing: no calls; events wait in the journal.
+            await self._idle(self.breaker.reopens_in(now) or IDLE_POLL_SECONDS)
+            return
+        picked = self._pick()
+        if picked is None:
+            self.breaker.release()
+            await self._idle()
+            return
+        wait = self.limiter.reserve(self.clock())
+        if wait > 0:
+            # Sleep without holding the group, then plan it afresh so events
+            # that arrived meanwhile are coalesced into the same call.
+            self._inflight.discard(picked[0])
+            await self._sleep(wait)
+            picked = None if self._stopping else self._pick()
             if picked is None:
                 self.breaker.release()
-                await self._idle()
-                continue
-            wait = self.limiter.reserve(self.clock())
-            if wait > 0:
-                # Sleep without holding the group, then plan it afresh so events
-                # that arrived meanwhile are coalesced into the same call.
-                self._inflight.discard(picked[0])
-                await asyncio.sleep(wait)
-                if self._stopping:
-                    return
-                picked = self._pick()
-                if picked is None:
-                    self.breaker.release()
-                    continue
-            target, plan = picked
-            try:
-                await self._deliver(plan)
-            finally:
-                self._inflight.discard(target)
+                return
+        target, plan = picked
+        try:
+            await self._deliver(plan)
+        finally:
+            self._inflight.discard(target)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the lane is told to stop."""
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
 
     async def _idle(self, at_most: float = IDLE_POLL_SECONDS) -> None:
         now = self.clock()
@@ -157,26 +180,47 @@ class Lane:
         """The next call to make, settling duplicates and dead ends on the way."""
         now = self.clock()
         seen: set[str] = set()
-        for _, target in self.journal.ready_heads(self.name, now):
-            if target in seen or target in self._inflight or self._blocked.get(target, 0) > now:
+        heads = self.journal.ready_heads(self.name, now)
+        if len(heads) == READY_SCAN:
+            # A full page of rows may all belong to a few blocked groups (a
+            # hot page backing off): fall back to one row per group.
+            heads = self.journal.ready_heads(self.name, now, per_target=True)
+        for _, target in heads:
+            if target in seen:
                 continue
             seen.add(target)
-            group = self.journal.group(self.name, target)
-            if not group:
-                continue
-            if group[0].not_before > now:  # an older event of this group is backing off
-                self._blocked[target] = group[0].not_before
-                continue
-            plan = self.connector.plan(group, _Context(self.journal, self.name, now))
-            if isinstance(plan, Send):
-                self._inflight.add(target)
-                return target, plan
-            if isinstance(plan, Wait):
-                self._blocked[target] = now + plan.seconds
-            elif isinstance(plan, Skip):
-                self._settle_skip(plan)
-            elif isinstance(plan, Dead):
-                self._dead(plan.events, plan.reason, None, plan.detail)
+            while True:
+                if target in self._inflight or self._blocked.get(target, 0) > now:
+                    break
+                group = self.journal.group(self.name, target)
+                if not group:
+                    break
+                if group[0].not_before > now:  # an older event of this group is backing off
+                    self._blocked[target] = group[0].not_before
+                    break
+                plan = self.connector.plan(group, _Context(self.journal, self.name, now))
+                if isinstance(plan, Send):
+                    self._inflight.add(target)
+                    return target, plan
+                if isinstance(plan, Moved):
+                    if plan.target == target:
+                        break
+                    # Merge into the group it belongs to, so one page's events
+                    # are never in two groups (two orders, two backoffs).
+                    self.journal.retarget(self.name, target, plan.target)
+                    self._blocked.pop(plan.target, None)
+                    target = plan.target
+                    continue
+                if isinstance(plan, Wait):
+                    self._blocked[target] = now + plan.seconds
+                    break
+                if isinstance(plan, Skip):
+                    self._settle_skip(plan)
+                else:
+                    self._dead(plan.events, plan.reason, None, plan.detail)
+                if not plan.events or len(plan.events) >= len(group):
+                    break
+                # Part of the group was settled: plan what is left of it now.
         return None
 
     async def _deliver(self, plan: Send) -> None:
@@ -244,13 +288,14 @@ class Lane:
         attempts = max(e.attempts for e in events)
         if isinstance(exc, RateLimited):
             self.limiter.on_rate_limited(exc.retry_after, now)
-        if self.retry.max_attempts and attempts >= self.retry.max_attempts:
+        # Being told to slow down is not a failure of the event: never give up on it.
+        elif self.retry.max_attempts and attempts >= self.retry.max_attempts:
             self._dead(events, "retries_exhausted", exc.status, f"{attempts} attempts; last: {exc} {exc.body or ''}")
             return
         delay = retry_delay(attempts, exc.retry_after, base=self.retry.base, cap=self.retry.cap, rng=self.rng)
         self.metrics.retried.labels(lane=self.name, reason=exc.reason).inc()
         log.info("lane %s: %s; retry %d in %.2f s", self.name, exc, attempts, delay)
-        self.journal.defer([e.id for e in events], now + delay, str(exc))
+        self.journal.defer([e.id for e in events], now + delay, str(exc), unsure=exc.ambiguous)
         self._blocked[events[0].target] = now + delay
 
     def _dead(self, events: list[Event], reason: str, status: int | None, detail: str | None) -> None:

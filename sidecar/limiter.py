@@ -66,7 +66,6 @@ class Limiter:
         self.store = store
         self.rate = rule.rate
         self.paused_until = 0.0
-        self.rate_limited_total = 0
 
     def reserve(self, now: float) -> float:
         """Take a token; return the seconds to wait before using it."""
@@ -78,7 +77,6 @@ class Limiter:
             self.rate = min(self.rule.rate, self.rate + self.rule.rate * self.rule.recovery_step)
 
     def on_rate_limited(self, retry_after: float | None, now: float) -> None:
-        self.rate_limited_total += 1
         self.rate = max(self.rule.rate * self.rule.min_fraction, self.rate / 2)
         self.paused_until = max(self.paused_until, now + (retry_after if retry_after is not None else 1.0 / self.rate))
 

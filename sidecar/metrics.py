@@ -91,8 +91,9 @@ class ClientReports(Collector):
         dropped = CounterMetricFamily("sidecar_client_dropped", "Events a client dropped, by reason, as it reported",
                                       labels=["client", "reason"])
         for client_id, stats in list(self.reports.items()):
+            # Ingest keeps only well-formed integer counts here.
             sent.add_metric([client_id], float(stats.get("sent", 0)))
-            for reason, count in (stats.get("dropped") or {}).items():
+            for reason, count in dict(stats.get("dropped") or {}).items():
                 dropped.add_metric([client_id, str(reason)], float(count))
         yield sent
         yield dropped

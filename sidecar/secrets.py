@@ -2,8 +2,9 @@
 
     token = read_secret("NOTION_TOKEN")   # $CREDENTIALS_DIRECTORY/NOTION_TOKEN, else $NOTION_TOKEN
 
-Every secret read here is also registered with `redact`, which log handlers
-use so that no token reaches a log line, an error or the journal.
+Every secret read here is also registered with `redact`, which the log
+formatter and the journal's error columns use, so that no token reaches a
+log line or a dead letter.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pathlib import Path
 _known: set[str] = set()
 
 
-def read_secret(name: str) -> str | None:
+MIN_REDACTED_LENGTH = 8  # shorter values would match ordinary words in every line
+
+
+def read_secret(name: str, *, redacted: bool = True) -> str | None:
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     value: str | None = None
     if creds:
@@ -23,7 +27,7 @@ def read_secret(name: str) -> str | None:
             value = path.read_text().strip()
     if not value:
         value = os.environ.get(name) or None
-    if value:
+    if value and redacted and len(value) >= MIN_REDACTED_LENGTH:
         _known.add(value)
     return value
 

@@ -172,7 +172,7 @@ def drained(sc: SidecarProcess, *clients: Any) -> bool:
     """Every event of `clients` has reached the journal, and the journal is empty."""
     for client in clients:
         seen = sc.query("SELECT last_seq FROM clients WHERE client_id=?", client.client_id)
-        if not seen or seen[0][0] < client.stats()["last_seq"]:
+        if not seen or seen[0][0] < client.stats()["sent"]:
             return False
     return sc.journal_count("events") == 0
 

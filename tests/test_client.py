@@ -127,7 +127,7 @@ def test_burst_then_exit_without_close_loses_nothing(short_tmp: Path) -> None:
     while bye.kind != wire.BYE:
         assert sock.poll(5000)
         bye = wire.decode(sock.recv_multipart()[0])
-    assert bye.payload["last_seq"] == 20000
+    assert bye.payload["sent"] == 20000
     sock.close()
     ctx.term()
 
@@ -208,3 +208,56 @@ def test_bad_endpoint_counts_instead_of_raising() -> None:
     assert c.emit("webhook.post", {}) is False
     assert c.stats()["dropped"] == {"transport_error": 1}
     c.close()
+
+
+def test_client_dropped_without_close_still_sends_at_exit(short_tmp: Path) -> None:
+    endpoint = f"ipc://{short_tmp}/dropped.sock"
+    ctx, sock = pull_socket(endpoint)
+    script = textwrap.dedent(f"""
+        from client import Client
+        def alert(n):
+            Client({endpoint!r}, strict=True).emit("webhook.post", {{"n": n}})  # no close, no reference kept
+        for n in range(50):
+            alert(n)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=60)
+    got = receive(sock, 50)
+    assert sorted(e.payload["n"] for e in got) == list(range(50))
+    sock.close()
+    ctx.term()
+
+
+def test_close_waits_for_a_sidecar_that_appears_within_the_linger(short_tmp: Path) -> None:
+    endpoint = f"ipc://{short_tmp}/late.sock"
+    c = Client(endpoint, linger=30)
+    for n in range(100):
+        c.emit("webhook.post", {"n": n})
+    closer = threading.Thread(target=c.close)
+    closer.start()
+    ctx, sock = pull_socket(endpoint)  # the sidecar comes up while close() lingers
+    got = receive(sock, 100)
+    closer.join(30)
+    assert not closer.is_alive()
+    assert [e.payload["n"] for e in got] == list(range(100))
+    sock.close()
+    ctx.term()
+
+
+def test_strided_memoryview_blob_is_sent_whole(short_tmp: Path) -> None:
+    endpoint = f"ipc://{short_tmp}/strided.sock"
+    ctx, sock = pull_socket(endpoint)
+    data = bytes(range(256)) * 4
+    strided = memoryview(data)[::2]
+    with Client(endpoint, strict=True) as c:
+        assert c.emit("s3.put", {"bucket": "b", "key": "k"}, blob=strided)
+        assert c.emit("webhook.post", {"after": True})
+        messages = []
+        while len(messages) < 2:
+            assert sock.poll(10_000)
+            message = sock.recv_multipart()
+            if wire.decode(message[0]).kind not in wire.CONTROL_KINDS:
+                messages.append(message)
+    assert messages[0][1:] == [strided.tobytes()]
+    assert len(messages[1]) == 1 and wire.decode(messages[1][0]).payload == {"after": True}
+    sock.close()
+    ctx.term()

@@ -36,7 +36,7 @@ NO_CREDENTIALS = {"NAVER_CLIENT_ID": "", "NAVER_CLIENT_SECRET": ""}
 
 def _event(n: int, kind: str, payload: Any, key: str | None = None, target: str = "products") -> Event:
     frame = wire.encode("c", n, kind, key, None, 0, payload)
-    return Event(n, "naver", kind, target, key, None, "c", n, 0, 0, frame, None, 0, 0.0)
+    return Event(n, "naver", kind, target, key, None, "c", n, 0, 0, frame, None, 0, 0, 0.0)
 
 
 def _envelope(kind: str, payload: Any, key: str | None = None) -> wire.Envelope:

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import zmq
 
@@ -178,6 +179,92 @@ def test_bad_frames_are_counted_kept_and_harmless(short_tmp: Path, notion_sim: N
                               "unknown_kind", "bad_payload", "bad_payload", "bad_frames", "too_large"])
     assert sc.proc is not None and sc.proc.poll() is None
     assert sc.stop() == 0
+
+
+def test_odd_but_valid_json_never_costs_other_events(short_tmp: Path, notion_sim: NotionSimulator) -> None:
+    sim, db = notion_sim, notion_sim.database_id
+    sc = start_sidecar(short_tmp, sim)
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.PUSH)
+    raw.connect(sc.endpoint)
+
+    def frame(seq: int, kind: str, payload: Any, key: str | None = None, emitted: int = 0) -> bytes:
+        return orjson.dumps([1, "odd", seq, kind, key, None, emitted, payload])
+
+    raw.send(frame(1, "notion.page.create", create_body(db, "odd1"), key="odd1"))
+    raw.send(frame(2, "naver.product.update", {"originProductNo": 1, "statusType": []}))  # rejected
+    raw.send(frame(3, "notion.page.create", create_body(db, "odd3"), key="odd3", emitted=2**64 - 1))  # rejected
+    raw.send(orjson.dumps([1, "odd", 0, "_client.stats", None, None, 0, {"sent": "many", "dropped": [1]}]))
+    raw.send(frame(2**64 - 1, "notion.page.create", create_body(db, "x")))  # rejected: seq out of range
+    raw.send(frame(3, "notion.page.create", create_body(db, "odd3b"), key="odd3b"))
+    raw.send(orjson.dumps([1, "odd", 0, "_client.bye", None, None, 0, {"sent": 3}]))
+    raw.close(linger=5000)
+    ctx.term()
+    wait_until(lambda: len(sim.pages()) == 2 and sc.journal_count("rejects") == 3, timeout=20,
+               what="the good events delivered and the odd ones rejected")
+    assert sorted(r for (r,) in sc.query("SELECT reason FROM rejects")) == ["bad_envelope", "bad_envelope",
+                                                                            "bad_payload"]
+    # A rejected event is not a lost one: no gap for seq 2.
+    assert sc.query("SELECT last_seq, gaps, closed FROM clients WHERE client_id='odd'") == [(3, 0, 1)]
+    assert sc.proc is not None and sc.proc.poll() is None
+    assert sc.stop() == 0
+
+
+def test_a_blocked_group_never_stalls_the_lane(short_tmp: Path, notion_sim: NotionSimulator) -> None:
+    sim, db = notion_sim, notion_sim.database_id
+    sc = start_sidecar(short_tmp, sim)
+    with Client(sc.endpoint, strict=True) as client:
+        for n in range(700):  # waiting for a create that has not come (yet)
+            client.emit("notion.page.update", {"properties": {"Price": {"number": n}}}, ref="later")
+        client.emit("notion.page.create", create_body(db, "other"), key="other")
+    wait_until(lambda: sim.pages_with_property(db, "Idempotency Key", "other"), timeout=15,
+               what="an unrelated create behind 700 waiting updates")
+    assert sc.journal_count("events") == 700
+    with Client(sc.endpoint, strict=True) as client:
+        client.emit("notion.page.create", create_body(db, "later"), key="later")
+    wait_until(lambda: sc.journal_count("events") == 0, timeout=20, what="the waiting updates")
+    assert property_value(page_by_key(sim, "later"), "Price") == 699
+    assert sc.stop() == 0
+
+
+def test_an_append_refused_with_429_is_sent_again_not_assumed(short_tmp: Path, notion_sim: NotionSimulator) -> None:
+    sim, db = notion_sim, notion_sim.database_id
+    sc = start_sidecar(short_tmp, sim)
+    with Client(sc.endpoint, strict=True) as client:
+        client.emit("notion.page.create", create_body(db, "hb"), key="hb")
+        client.emit("notion.blocks.append", {"children": [paragraph("heartbeat ok")]}, ref="hb")
+    wait_until(lambda: drained(sc, client), timeout=20, what="the first heartbeat")
+    sim.inject(Fault(status=429, code="rate_limited", headers={"Retry-After": "1"}, path_prefix="/v1/blocks"))
+    with Client(sc.endpoint, strict=True) as client:
+        client.emit("notion.blocks.append", {"children": [paragraph("heartbeat ok")]}, ref="hb")
+    wait_until(lambda: drained(sc, client), timeout=20, what="the second heartbeat")
+    assert texts(sim.children(page_by_key(sim, "hb")["id"])) == ["heartbeat ok", "heartbeat ok"]
+    assert sc.stop() == 0
+
+
+def test_sigterm_under_a_busy_client_exits_promptly(short_tmp: Path, notion_sim: NotionSimulator) -> None:
+    import threading
+
+    sim, _db = notion_sim, notion_sim.database_id
+    sc = start_sidecar(short_tmp, sim)
+    stop = threading.Event()
+
+    def busy() -> None:
+        with Client(sc.endpoint) as client:
+            n = 0
+            while not stop.is_set():
+                client.emit("notion.page.update", {"properties": {"Price": {"number": n}}}, ref="busy")
+                n += 1
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        wait_until(lambda: sc.journal_count("events") > 1000, timeout=20, what="a stream of events")
+        assert sc.stop(timeout=25) == 0
+        assert "stopped:" in sc.log_text() and "Socket operation on non-socket" not in sc.log_text()
+    finally:
+        stop.set()
+        worker.join(30)
 
 
 def test_short_lived_emitter_loses_nothing(short_tmp: Path, notion_sim: NotionSimulator) -> None:

@@ -184,7 +184,7 @@ def test_missing_token_is_reported_and_events_wait(short_tmp: Path, notion_sim: 
 def test_breaker_opens_on_repeated_failures_and_keeps_events(short_tmp: Path, notion_sim: NotionSimulator) -> None:
     sim, db = notion_sim, notion_sim.database_id
     sim.inject(Fault(status=500, count=4))
-    cfg = notion_config(short_tmp, sim, breaker={"failures": 3, "cooldown": 1.5}, retry={"base": 0.01, "cap": 0.02})
+    cfg = notion_config(short_tmp, sim, breaker={"failures": 3, "cooldown": 5.0}, retry={"base": 0.01, "cap": 0.02})
     sc = SidecarProcess(short_tmp, config=cfg, env={"NOTION_TOKEN": sim.token}).start()
     with Client(sc.endpoint, strict=True) as client:
         for n in range(5):

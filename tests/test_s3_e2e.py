@@ -53,7 +53,7 @@ def _put(n: int, spool: Path, body: bytes, *, key: str = "k", **fields: Any) -> 
     path = spool / f"{hashlib.sha256(body).hexdigest()}.{n}"
     path.write_bytes(body)
     frame = wire.encode("c", n, "s3.put", None, None, 0, payload)
-    return Event(n, "s3", "s3.put", f"bkt/{key}", None, None, "c", n, 0, 0, frame, str(path), 0, 0.0)
+    return Event(n, "s3", "s3.put", f"bkt/{key}", None, None, "c", n, 0, 0, frame, str(path), 0, 0, 0.0)
 
 
 def _connector(handler: Any = None) -> S3Connector:
@@ -206,7 +206,7 @@ def sidecar(tmp: Path, proxy: S3FaultProxy, moto: MotoS3, *, secret_key: str | N
 def drained(sc: SidecarProcess, client: Client) -> bool:
     """Every event of `client` reached the journal, and the journal holds none."""
     seen = sc.query("SELECT last_seq FROM clients WHERE client_id=?", client.client_id)
-    return bool(seen) and seen[0][0] >= client.stats()["last_seq"] and sc.journal_count("events") == 0
+    return bool(seen) and seen[0][0] >= client.stats()["sent"] and sc.journal_count("events") == 0
 
 
 def metric(sc: SidecarProcess, name: str, **labels: str) -> float:

@@ -11,7 +11,7 @@ import pytest
 from client import wire
 from sidecar.backoff import full_jitter, parse_retry_after, retry_delay
 from sidecar.config import ConfigError, load_config
-from sidecar.connectors.base import Dead, Send, Skip, Wait
+from sidecar.connectors.base import Dead, Moved, Send, Skip, Wait
 from sidecar.connectors.notion import NotionConnector
 from sidecar.config import NotionConfig
 from sidecar.journal import Event
@@ -86,7 +86,7 @@ def test_config_defaults_and_strict_keys(tmp_path: Path) -> None:
 
 def _event(n: int, kind: str, target: str, payload: dict, key: str | None = None) -> Event:
     frame = wire.encode("c", n, kind, key, None, 0, payload)
-    return Event(n, "notion", kind, target, key, None, "c", n, 0, int(999e9), frame, None, 0, 0.0)
+    return Event(n, "notion", kind, target, key, None, "c", n, 0, int(999e9), frame, None, 0, 0, 0.0)
 
 
 def test_notion_plans_merge_updates_per_property_in_order() -> None:
@@ -119,8 +119,8 @@ def test_notion_refs_wait_resolve_or_die() -> None:
     assert isinstance(conn.plan(group, FakePlanContext(now=2000.0)), Dead)  # ...but not forever
     dead = conn.plan(group, FakePlanContext(dead={"k": "http_404: object_not_found"}))
     assert isinstance(dead, Dead) and dead.reason == "ref_failed"
-    sent = conn.plan(group, FakePlanContext(refs={"k": "page-1"}))
-    assert isinstance(sent, Send) and sent.request[1] == "page-1"
+    moved = conn.plan(group, FakePlanContext(refs={"k": "page-1"}))
+    assert isinstance(moved, Moved) and moved.target == "update:page-1"  # joins the page's own group
     create = [_event(2, "notion.page.create", "create:k", {"parent": {"database_id": "d"}}, key="k")]
     assert isinstance(conn.plan(create, FakePlanContext(refs={"k": "page-1"})), Skip)
 
@@ -129,6 +129,6 @@ def test_notion_resends_a_possibly_applied_append_batch_unchanged() -> None:
     conn = NotionConnector(NotionConfig(), "t")
     group = [_event(n, "notion.blocks.append", "append:b", {"block_id": "b", "children": [{"n": n}]})
              for n in range(4)]
-    group[0].attempts = group[1].attempts = 1  # these two went out together and the answer was lost
+    group[0].unsure = group[1].unsure = 1  # these two went out together and the answer was lost
     plan = conn.plan(group, FakePlanContext())
     assert isinstance(plan, Send) and [e.id for e in plan.events] == [0, 1]

@@ -30,7 +30,7 @@ def _envelope(ref: str | None) -> wire.Envelope:
 
 def _event(n: int, key: str | None) -> Event:
     frame = wire.encode("c", n, POST, key, "alerts", 0, {"n": n})
-    return Event(n, "webhook.alerts", POST, "alerts", key, "alerts", "c", n, 0, 0, frame, None, 0, 0.0)
+    return Event(n, "webhook.alerts", POST, "alerts", key, "alerts", "c", n, 0, 0, frame, None, 0, 0, 0.0)
 
 
 def test_one_lane_per_configured_webhook() -> None:

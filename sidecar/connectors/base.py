@@ -48,6 +48,14 @@ class Wait:
 
 
 @dataclass
+class Moved:
+    """The group is another group under a new name (a ref now resolved):
+    the lane merges its events into `target`, in ingest order, and plans that."""
+
+    target: str
+
+
+@dataclass
 class Skip:
     """Already done (a duplicate): remove without a call, counted under `reason`."""
 
@@ -64,7 +72,7 @@ class Dead:
     detail: str
 
 
-Plan = Send | Wait | Skip | Dead
+Plan = Send | Wait | Moved | Skip | Dead
 
 
 @dataclass

@@ -192,7 +192,7 @@ class NaverConnector:
             raise Reject("bad_payload", f"salePrice must be a positive integer, not {body['salePrice']!r}")
         if "stockQuantity" in body and not _int(body["stockQuantity"], 0):
             raise Reject("bad_payload", f"stockQuantity must be a non-negative integer, not {body['stockQuantity']!r}")
-        if "statusType" in body and body["statusType"] not in STATUS_TYPES:
+        if "statusType" in body and (not isinstance(body["statusType"], str) or body["statusType"] not in STATUS_TYPES):
             raise Reject("bad_payload", f"statusType must be SALE or SUSPENSION, not {body['statusType']!r}")
 
     def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
@@ -309,7 +309,8 @@ class NaverConnector:
 
 def build(cfg: Config) -> list[LaneSpec]:
     n = cfg.naver
-    client_id, secret = read_secret(n.client_id_env), read_secret(n.client_secret_env)
+    # The client id is an identifier, not a secret: redacting it would mangle logs.
+    client_id, secret = read_secret(n.client_id_env, redacted=False), read_secret(n.client_secret_env)
     missing = [name for name, value in ((n.client_id_env, client_id), (n.client_secret_env, secret)) if not value]
     paused = None if not missing else (
         f"no Naver credentials: set {' and '.join('$' + m for m in missing)} "

@@ -32,7 +32,7 @@ from ..journal import Event
 from ..limiter import Rule
 from ..secrets import read_secret
 from . import LaneSpec
-from .base import Dead, Delivered, PlanContext, Plan, Reject, Send, Skip, Wait
+from .base import Dead, Delivered, Moved, PlanContext, Plan, Reject, Send, Skip, Wait
 from .http import json_code, raise_for_status, request
 
 CREATE = "notion.page.create"
@@ -144,16 +144,15 @@ class NotionConnector:
             if ctx.ref(ident) is not None:
                 return Skip(group, "duplicate")
             return Send(group, ("create", ident, head.payload), merged=len(group) - 1)
-        target_id = ident
         if ident.startswith("ref:"):
             key = ident[4:]
             resolved = ctx.ref(key)
             if resolved is None:
                 return self._unresolved(group, key, ctx)
-            target_id = resolved
+            return Moved(f"{kind}:{resolved}")  # join the page's own group
         if kind == "update":
-            return self._merge_updates(group, target_id)
-        return self._batch_appends(group, target_id)
+            return self._merge_updates(group, ident)
+        return self._batch_appends(group, ident)
 
     def _unresolved(self, group: list[Event], key: str, ctx: PlanContext) -> Plan:
         if ctx.has_target("create:" + key):
@@ -185,9 +184,9 @@ class NotionConnector:
         size = 0
         # A batch whose last attempt may have landed is resent exactly as it
         # was, so the check before resending compares like with like.
-        retrying = group[0].attempts > 0
+        retrying = bool(group[0].unsure)
         for event in group:
-            if taken and retrying and event.attempts == 0:
+            if taken and retrying and not event.unsure:
                 break
             body = event.payload
             positioned = "after" in body or "position" in body
@@ -212,7 +211,9 @@ class NotionConnector:
 
     async def send(self, plan: Send) -> Delivered:
         op, ident, body = plan.request
-        retried = any(e.attempts > 0 for e in plan.events)
+        # Only an attempt that may have landed is checked: after a 429 or a
+        # refused connection the call certainly did not happen.
+        retried = any(e.unsure for e in plan.events)
         if op == "create":
             return await self._create(ident, body, retried, duplicates=len(plan.events) - 1)
         if op == "update":
