@@ -1,113 +1,483 @@
-"""Emit latency: the project's `emit` side by side with a bare pyzmq send.
+"""Emit latency: what one event costs the trading loop, for `emit` and the
+patterns it replaces, at fixed rates, while a real sidecar delivers.
 
-    python bench/latency.py                 # 200k events of each, interleaved
-    python bench/latency.py --events 20000  # shorter
+    python bench/latency.py                       # 1k/s for 60 s, 10k/s for 20 s, 100k/s for 10 s
+    python bench/latency.py --rates 1000 --seconds 10
+    python bench/latency.py --placement process   # the whole loop process on CPU 0 (taskset -c 0)
+    python bench/latency.py --smoke               # a few seconds, for CI
 
-Both run in the same loop, alternating call by call, with the same ~150-byte
-event; `emit` goes to a real sidecar delivering to the Notion simulator, the
-bare send to a PULL socket drained by another process. Each call is timed
-with perf_counter_ns, whose own cost is in both columns alike.
+Methods, each sending the same ~150-byte page update, serialised by itself:
+
+- bare send: `sock.send(orjson.dumps(body), zmq.NOBLOCK)` on a PUSH socket,
+  drained by another process (the floor);
+- emit: `Client.emit`, to the real sidecar, which journals the events and
+  delivers them (coalesced) to the Notion simulator;
+- unix datagram: a non-blocking `send` on a Unix datagram socket (DogStatsD);
+  a full receiver queue means a drop;
+- redis LPUSH: `r.lpush(queue, json)` (a Celery/RQ-style enqueue, whose real
+  enqueue does more) against a real redis-server, when one is installed;
+- httpx blocking: a keep-alive `PATCH /v1/pages/{id}` to the simulator,
+  waiting for the answer (what the project replaces);
+- queue + thread: `queue.Queue.put`, with a thread of this process making the
+  HTTP calls (the usual first fix).
+
+The loop keeps a fixed schedule: it sleeps until about 120 µs before each
+tick, spins for the rest, then calls each method once, taking every order of
+the methods in turn, so that each goes first, and before each other, equally
+often (the first send after a pause pays for waking the other core).
+
+Three kinds of chunk alternate, 0.5 s each, in the cycle interleaved, queue,
+interleaved, round trips, so all see the same stretch of machine noise:
+
+- interleaved: bare send, emit and unix datagram, call by call;
+- queue: queue + thread alone, its worker thread running (parked in the
+  other chunks: it competes for the GIL with everything in the process);
+- round trips: redis LPUSH and httpx blocking, each called every k-th tick
+  only, k chosen so the loop keeps its schedule on average; their calls/s
+  column shows the rate they actually ran at.
+
+Each call is timed with perf_counter_ns into a preallocated array, recorded
+into HdrHistograms after the run (recording costs about 1 µs a value). The
+"(empty call)" row is the timing and call overhead present in every row.
+By default only the loop's thread runs on CPU 0: libzmq's IO threads, the
+queue worker, the sidecar, the simulator, the receivers and redis-server run
+on the other CPUs (with the IO thread on the loop's core, a paced send costs
+about twice as much).
 """
 
 from __future__ import annotations
 
 import argparse
+import array
+import contextlib
 import gc
+import itertools
+import math
 import multiprocessing
 import os
+import queue
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import orjson
 import zmq
-from hdrh.histogram import HdrHistogram
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Stack, machine  # noqa: E402
+from bench.harness import (LOOP_CPU, OTHER_CPUS, PERCENTILES, NotionProcess, RedisProcess, SidecarProcess,  # noqa: E402
+                           bench_args, histogram, out_dir, percentile_header, percentile_row,
+                           plot_percentiles, set_affinity, summary, tempdir, update_body, write_json)
 from client import Client  # noqa: E402
 
-PERCENTILES = (50, 90, 99, 99.9, 99.99)
+FULL_SECONDS = {1_000: 60.0, 10_000: 20.0, 100_000: 10.0}
+SMOKE_SECONDS = 0.4
+CHUNK_SECONDS = 0.5
+SMOKE_CHUNK = 0.1
+SLEEP_UNTIL_NS = 120_000  # sleep while more than this remains before a tick, then spin
+LOOP_BUDGET = 0.6  # fraction of each tick the slow methods may take together
+REDIS_KEY = "bench:queue"
+BODIES = 1000  # distinct events, reused round-robin so no allocation grows with the run
 
 
-def _drain(endpoint: str, ready: "multiprocessing.synchronize.Event") -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.bind(endpoint)
+def _drain_zmq(endpoint: str, cpus: list[int] | None, ready: Any) -> None:
+    """Receiver of the bare sends, in its own process."""
+    if cpus is not None:
+        set_affinity(os.getpid(), cpus)
+    pull = zmq.Context().socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 0)  # like the sidecar: never push back on the sender
+    pull.bind(endpoint)
     ready.set()
     while True:
-        sock.recv()
+        pull.recv()
 
 
-def event(n: int) -> dict:
-    return {"symbol": "EURUSD", "side": "BUY", "price": 1.08345 + n * 1e-5, "qty": 100000,
-            "ticket": 4_000_000 + n, "strategy": "mean-revert-3", "ts": 1_764_000_000.123 + n}
+def _drain_dgram(path: str, cpus: list[int] | None, ready: Any) -> None:
+    """Receiver of the datagrams (the DogStatsD agent's part), in its own
+    process so that a burst of bare sends never holds it up."""
+    if cpus is not None:
+        set_affinity(os.getpid(), cpus)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    ready.set()
+    while True:
+        sock.recv(65536)
 
 
-def run(events: int) -> dict[str, HdrHistogram]:
-    hist = {name: HdrHistogram(1, 10_000_000, 3) for name in ("bare send", "emit")}
-    with Stack(rate=3.0) as stack:
-        sink = f"ipc://{stack.dir}/bare.sock"
-        ready = multiprocessing.Event()
-        drain = multiprocessing.Process(target=_drain, args=(sink, ready), daemon=True)
-        drain.start()
-        ready.wait(10)
-        ctx = zmq.Context()
-        bare = ctx.socket(zmq.PUSH)
-        bare.setsockopt(zmq.SNDHWM, 300_000)
-        bare.setsockopt(zmq.LINGER, 0)
-        bare.connect(sink)
-        client = Client(stack.endpoint)
-        # A page to update, so the sidecar coalesces and delivers for real.
-        client.emit("notion.page.create", {"parent": {"database_id": stack.db}, "properties": {}}, key="bench")
-        send, dumps, clock, NOBLOCK = bare.send, orjson.dumps, time.perf_counter_ns, zmq.NOBLOCK
-        emit = client.emit
-        record_bare, record_emit = hist["bare send"].record_value, hist["emit"].record_value
-        payloads = [event(n) for n in range(1000)]
-        update = {"properties": {"Price": {"number": 1.0}}}
-        gc.disable()
+class QueueWorker:
+    """The usual first fix: `queue.put` in the loop, HTTP calls on a thread.
+
+    `resume()` and `pause()` switch the thread on and off between chunks;
+    paused, it waits on an Event and never takes the GIL.
+    """
+
+    def __init__(self, http: Any, page_id: str) -> None:
+        self.q: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.http = http
+        self.path = f"pages/{page_id}"
+        self.active = threading.Event()
+        self.parked = threading.Event()
+        self.stopping = False
+        self.calls = self.errors = 0
+        self.thread = threading.Thread(target=self._run, name="queue-worker", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping:
+            if not self.active.is_set():
+                self.parked.set()
+                self.active.wait(0.1)
+                continue
+            try:
+                body = self.q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            try:
+                body_json = orjson.dumps({"properties": body["properties"]})
+                status = self.http.patch(self.path, content=body_json).status_code
+            except Exception:  # noqa: BLE001 - a failed call is counted, the thread goes on
+                status = 0
+            self.calls += 1
+            self.errors += not 200 <= status < 300
+
+    def resume(self) -> None:
+        self.parked.clear()
+        self.active.set()
+
+    def pause(self) -> None:
+        self.parked.clear()
+        self.active.clear()
+        self.parked.wait(10)
+
+    def backlog(self) -> int:
+        return self.q.qsize()
+
+    def clear(self) -> None:
+        with self.q.mutex:
+            self.q.queue.clear()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.active.set()
+        self.thread.join(5)
+
+
+class Method:
+    """One way of handing off an event: `call(n)` sends event n; failures counted."""
+
+    def __init__(self, name: str, call: Callable[[int], Any]) -> None:
+        self.name = name
+        self.call = call
+        self.samples = array.array("q")
+        self.dropped = 0
+        self.seconds = 0.0  # time of the chunks it ran in, for calls/s
+
+    def reset(self) -> None:
+        self.samples = array.array("q")
+        self.dropped = 0
+        self.seconds = 0.0
+
+
+def build_methods(stack: dict[str, Any], page_id: str) -> dict[str, list[Method]]:
+    """The methods by chunk kind: interleaved hand-offs, queue + thread, round trips."""
+    bodies = [update_body(page_id, n) for n in range(BODIES)]
+    dumps, NOBLOCK = orjson.dumps, zmq.NOBLOCK
+
+    def empty(n: int) -> None:
+        bodies[n % BODIES]
+
+    send = stack["bare"].send
+
+    def bare(n: int) -> None:
+        send(dumps(bodies[n % BODIES]), NOBLOCK)
+
+    emit = stack["client"].emit
+
+    def emit_one(n: int) -> None:
+        if not emit("notion.page.update", bodies[n % BODIES]):
+            emit_method.dropped += 1
+
+    dsend = stack["dgram"].send
+
+    def dgram(n: int) -> None:
         try:
-            for n in range(events):
-                p = payloads[n % 1000]
-                update["properties"]["Price"]["number"] = p["price"]
-                if n & 1:  # alternate which goes first, so neither always follows the other
-                    t0 = clock(); send(dumps(p), NOBLOCK); t1 = clock()
-                    emit("notion.page.update", update, ref="bench"); t2 = clock()
-                    record_bare(t1 - t0); record_emit(t2 - t1)
-                else:
-                    t0 = clock(); emit("notion.page.update", update, ref="bench"); t1 = clock()
-                    send(dumps(p), NOBLOCK); t2 = clock()
-                    record_emit(t1 - t0); record_bare(t2 - t1)
-        finally:
-            gc.enable()
-        client.close()
-        bare.close()
-        ctx.term()
-        drain.terminate()
-    return hist
+            dsend(dumps(bodies[n % BODIES]))
+        except BlockingIOError:  # receiver's queue full: DogStatsD drops and counts
+            dgram_method.dropped += 1
+
+    emit_method, dgram_method = Method("emit", emit_one), Method("unix datagram", dgram)
+    handoffs = [Method("(empty call)", empty), Method("bare send", bare), emit_method, dgram_method]
+
+    put = stack["worker"].q.put
+
+    def queue_put(n: int) -> None:
+        put(bodies[n % BODIES])
+
+    round_trips = []
+    if stack.get("redis") is not None:
+        lpush = stack["redis"].lpush
+
+        def redis_push(n: int) -> None:
+            lpush(REDIS_KEY, dumps(bodies[n % BODIES]))
+
+        round_trips.append(Method("redis LPUSH", redis_push))
+
+    patch = stack["http"].patch
+    path = f"pages/{page_id}"
+
+    def http_call(n: int) -> None:
+        status = patch(path, content=dumps({"properties": bodies[n % BODIES]["properties"]})).status_code
+        if not 200 <= status < 300:
+            http_method.dropped += 1
+
+    http_method = Method("httpx blocking", http_call)
+    round_trips.append(http_method)
+    return {"interleaved": handoffs, "queue": [Method("queue + thread", queue_put)], "round trips": round_trips}
 
 
-def table(hist: dict[str, HdrHistogram]) -> str:
-    head = "| | " + " | ".join(f"p{p}" for p in PERCENTILES) + " | max |"
-    rows = [head, "|---" * (len(PERCENTILES) + 2) + "|"]
-    for name, h in hist.items():
-        cells = [f"{h.get_value_at_percentile(p) / 1000:.2f} µs" for p in PERCENTILES]
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {h.get_max_value() / 1000:.1f} µs |")
-    base, ours = hist["bare send"], hist["emit"]
-    ratio = [ours.get_value_at_percentile(p) / max(1, base.get_value_at_percentile(p)) for p in PERCENTILES]
-    rows.append("| emit / bare | " + " | ".join(f"{r:.2f}×" for r in ratio) + " | |")
-    return "\n".join(rows)
+def calibrate(methods: list[Method], calls: int = 300) -> dict[str, float]:
+    """Median cost of each method in ns, back to back (warms connections too)."""
+    clock = time.perf_counter_ns
+    medians = {}
+    for m in methods:
+        times = []
+        for n in range(calls):
+            t0 = clock()
+            m.call(n)
+            times.append(clock() - t0)
+        times.sort()
+        medians[m.name] = float(times[len(times) // 2])
+        m.dropped = 0
+    return medians
+
+
+def strides(methods: list[Method], medians: dict[str, float], rate: int) -> list[int]:
+    """Call each round trip every k-th tick, so that together they stay within
+    LOOP_BUDGET of the loop's time and the schedule holds on average."""
+    interval = 1e9 / rate
+    share = LOOP_BUDGET / len(methods)
+    return [max(1, math.ceil(medians[m.name] / interval / share)) for m in methods]
+
+
+def run_chunk(methods: list[Method], every: list[int], rate: int, first: int, ticks: int) -> tuple[int, float]:
+    """One paced stretch of `ticks` ticks; returns how many ticks started
+    late, and the seconds it took (longer than planned if the loop fell behind)."""
+    clock, sleep = time.perf_counter_ns, time.sleep
+    interval = 1e9 / rate
+    calls = [m.call for m in methods]
+    # Allocated up front and copied out after the chunk, so no array grows mid-run.
+    bufs = [array.array("q", bytes(8 * ticks)) for _ in methods]
+    counts = [0] * len(methods)
+    # Every order of the methods in turn: each goes first, and before each
+    # other, equally often (whoever sends first after a pause pays for waking
+    # the other core, so a fixed rotation would favour the second).
+    orders = list(itertools.permutations(range(len(methods))))
+    late = 0
+    start = clock() + 50_000
+    for i in range(ticks):
+        target = start + int(i * interval)
+        now = clock()
+        if target - now > SLEEP_UNTIL_NS:
+            sleep((target - now - SLEEP_UNTIL_NS) / 1e9)
+        while clock() < target:
+            pass
+        if clock() - target > interval:
+            late += 1
+        n = first + i
+        for k in orders[n % len(orders)]:
+            if n % every[k]:
+                continue
+            t0 = clock()
+            calls[k](n)
+            t1 = clock()
+            bufs[k][counts[k]] = t1 - t0
+            counts[k] += 1
+    took = max(clock() - start, ticks * interval) / 1e9
+    for m, buf, count in zip(methods, bufs, counts):
+        m.samples.extend(buf[:count])
+    return late, took
+
+
+def run_rate(groups: dict[str, list[Method]], worker: QueueWorker, medians: dict[str, float], rate: int,
+             seconds: float, chunk: float, cleanup: Callable[[], None]) -> dict[str, Any]:
+    """Chunks in the cycle interleaved, queue, interleaved, round trips: the
+    main comparison gets half the time, and every kind sees the same stretch
+    of machine noise."""
+    ticks = max(1, int(rate * chunk))
+    every = {kind: strides(ms, medians, rate) if kind == "round trips" else [1] * len(ms)
+             for kind, ms in groups.items()}
+    cycle = ["interleaved", "queue", "interleaved", "round trips"]
+    late = dict.fromkeys(groups, 0)
+    for ms in groups.values():
+        for m in ms:
+            m.reset()
+    first = 0
+    gc.collect()
+    gc.disable()  # a trading loop keeps the collector out of its hot path too
+    try:
+        for c in range(max(len(cycle), round(seconds / chunk))):
+            kind = cycle[c % len(cycle)]
+            if kind == "queue":
+                worker.resume()
+            missed, took = run_chunk(groups[kind], every[kind], rate, first, ticks)
+            if kind == "queue":
+                worker.pause()
+            late[kind] += missed
+            first += ticks
+            for m in groups[kind]:
+                m.seconds += took
+            cleanup()  # between chunks, outside the timed calls
+    finally:
+        gc.enable()
+    backlog = worker.backlog()
+    worker.clear()
+    rows = {}
+    for ms in groups.values():
+        for m in ms:
+            h = histogram()
+            for v in m.samples:
+                h.record_value(max(1, v))
+            rows[m.name] = {"hist": h, "dropped": m.dropped, "per_second": len(m.samples) / max(m.seconds, 1e-9)}
+    return {"rows": rows, "late": late, "worker_backlog": backlog}
+
+
+def render(rate: int, result: dict[str, Any]) -> str:
+    late = result["late"]
+    lines = [f"### {rate:,} events/s", "",
+             (f"µs per call. Ticks that started more than one interval late: {late['interleaved']:,} "
+              f"interleaved, {late['queue']:,} queue + thread, {late['round trips']:,} round trips. "
+              f"The queue's worker thread ended {result['worker_backlog']:,} calls behind."), "",
+             percentile_header("method", ["calls", "calls/s", "dropped"])]
+    rows = result["rows"]
+    for name, row in rows.items():
+        h = row["hist"]
+        lines.append(percentile_row(name, h, [f"{h.get_total_count():,}", f"{row['per_second']:,.0f}",
+                                              f"{row['dropped']:,}"]))
+    bare, emit = rows["bare send"]["hist"], rows["emit"]["hist"]
+    ratios = [emit.get_value_at_percentile(p) / max(1, bare.get_value_at_percentile(p)) for p in PERCENTILES]
+    ratios.append(emit.get_max_value() / max(1, bare.get_max_value()))
+    lines.append("| **emit / bare send** | " + " | ".join(f"{r:.2f}×" for r in ratios) + " | | | |")
+    return "\n".join(lines)
+
+
+def place_threads(placement: str) -> None:
+    """Before this process starts any thread: where its threads will run.
+
+    thread: helper threads (libzmq's IO threads, the queue worker) start on
+    the other CPUs and only the loop's own thread moves to CPU 0 afterwards;
+    process: everything on CPU 0, as `taskset -c 0 python loop.py` does."""
+    if placement == "thread":
+        os.sched_setaffinity(0, set(OTHER_CPUS))
+    elif placement == "process":
+        os.sched_setaffinity(0, {LOOP_CPU})
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=200_000, help="calls of each kind")
+    parser.add_argument("--rates", type=int, nargs="+", default=sorted(FULL_SECONDS), help="events per second")
+    parser.add_argument("--seconds", type=float, help="seconds per rate (default: 60, 20, 10)")
+    parser.add_argument("--placement", choices=["thread", "process", "none"], default="thread",
+                        help="thread: loop thread on CPU 0, the rest elsewhere (default); process: the whole "
+                             "loop process on CPU 0; none: no affinity anywhere")
+    bench_args(parser)
     args = parser.parse_args()
-    hist = run(args.events)
-    print(f"# emit latency, {args.events} calls each, {time.strftime('%Y-%m-%d')}, {machine()}")
-    print(table(hist))
+    out = out_dir(args)
+    chunk = SMOKE_CHUNK if args.smoke else CHUNK_SECONDS
+    other = None if args.placement == "none" else OTHER_CPUS
+    import httpx
+
+    try:
+        import redis
+    except ImportError:  # redis-py is a [bench] extra; without it, no Redis row
+        redis = None  # type: ignore[assignment]
+    with contextlib.ExitStack() as resources:
+        d = resources.enter_context(tempdir())
+        sim = resources.enter_context(NotionProcess(rate=0, cpus=other))
+        sidecar = resources.enter_context(
+            SidecarProcess(d, notion_url=sim.api_url, token=sim.token, rate=3.0, cpus=other))
+        # Fork the receivers before this process owns any ZeroMQ context or thread.
+        mp = multiprocessing.get_context("fork")
+        sink, dgram_path = f"ipc://{d}/bare.sock", f"{d}/dgram.sock"
+        for target, where in ((_drain_zmq, sink), (_drain_dgram, dgram_path)):
+            ready = mp.Event()
+            drain = mp.Process(target=target, args=(where, other, ready), daemon=True)
+            drain.start()
+            resources.callback(drain.terminate)
+            if not ready.wait(10):
+                raise RuntimeError("a receiver process did not start")
+        rconn = None
+        if redis is not None and RedisProcess.available():
+            rconn = redis.Redis(port=resources.enter_context(RedisProcess(cpus=other)).port)
+        place_threads(args.placement)
+        ctx = zmq.Context()
+        resources.callback(ctx.term)
+        bare = ctx.socket(zmq.PUSH)
+        resources.callback(bare.close)
+        bare.setsockopt(zmq.SNDHWM, 1_000_000)
+        bare.setsockopt(zmq.LINGER, 0)
+        bare.connect(sink)
+        dgram = resources.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+        dgram.connect(dgram_path)
+        dgram.setblocking(False)
+        headers = {"Authorization": f"Bearer {sim.token}", "Notion-Version": "2022-06-28",
+                   "Content-Type": "application/json"}
+        http = resources.enter_context(httpx.Client(base_url=sim.api_url + "/", headers=headers, timeout=10))
+        worker = QueueWorker(httpx.Client(base_url=sim.api_url + "/", headers=headers, timeout=10), sim.page_id)
+        resources.callback(worker.stop)
+        client = Client(sidecar.endpoint)
+        resources.callback(client.close, 1.0)
+        stack = {"bare": bare, "client": client, "dgram": dgram, "http": http, "worker": worker, "redis": rconn}
+        groups = build_methods(stack, sim.page_id)
+        # libzmq starts its IO thread with the first socket; every helper thread exists now.
+        bare.send(b"{}")
+        client.emit("notion.page.update", update_body(sim.page_id, 0))
+        if args.placement == "thread":
+            os.sched_setaffinity(0, {LOOP_CPU})
+        medians = calibrate([m for ms in groups.values() for m in ms])
+        worker.clear()
+
+        def cleanup() -> None:
+            if rconn is not None:
+                rconn.delete(REDIS_KEY)  # a worker would pop these; keep redis small
+
+        results: dict[int, dict[str, Any]] = {}
+        for rate in args.rates:
+            seconds = SMOKE_SECONDS if args.smoke else args.seconds or FULL_SECONDS.get(rate, 10.0)
+            results[rate] = run_rate(groups, worker, medians, rate, seconds, chunk, cleanup)
+        emit_drops = client.stats()["dropped"]
+        journaled = sidecar.scrape().get("sidecar_events_journaled_total", 0)
+
+    placement = {"thread": f"the loop's thread on CPU {LOOP_CPU}, its helper threads on {OTHER_CPUS}",
+                 "process": f"the whole loop process on CPU {LOOP_CPU}", "none": "no CPU affinity"}[args.placement]
+    print(f"## Emit latency\n\n{time.strftime('%Y-%m-%d %H:%M')}. Placement: {placement}; "
+          f"sidecar, simulator, receivers and redis-server on {'any CPU' if other is None else other}. "
+          "Medians back to back, µs: " + ", ".join(f"{k} {v / 1000:.2f}" for k, v in medians.items()) + ".")
+    print("queue + thread's put is cheap; its cost to the loop is the worker thread taking the GIL between "
+          "calls: see the late ticks below and the jitter benchmark.")
+    qlen = Path("/proc/sys/net/unix/max_dgram_qlen")
+    if qlen.exists():
+        print(f"unix datagram drops: the receiver's queue holds net.unix.max_dgram_qlen = "
+              f"{qlen.read_text().strip()} datagrams here.")
+    if rconn is None:
+        print("No redis LPUSH row: redis-server or redis-py is not installed (apt-get install redis-server; "
+              "pip install redis).")
+    print(f"emit drops: {emit_drops or 'none'}; the sidecar journaled {journaled:,.0f} events while "
+          "delivering them, coalesced, to the Notion simulator.\n")
+    doc: dict[str, Any] = {"placement": args.placement, "rates": {}}
+    for rate, result in results.items():
+        print(render(rate, result))
+        print()
+        rows = result["rows"]
+        doc["rates"][str(rate)] = {name: {**summary(row["hist"]), "per_second": row["per_second"],
+                                          "dropped": row["dropped"]} for name, row in rows.items()}
+    plot = out / "latency.png"
+    plot_percentiles({f"{rate:,} events/s": {k: row["hist"] for k, row in r["rows"].items() if k != "(empty call)"}
+                      for rate, r in results.items()}, plot, "Cost of handing off one event (µs)")
+    print(f"Plot: {plot}")
+    write_json(args, doc)
     return 0
 
 

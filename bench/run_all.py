@@ -1,0 +1,133 @@
+"""Run every benchmark once and assemble bench/RESULTS.md (plots beside it).
+
+    python bench/run_all.py            # the full run, ~8 minutes on 2 cores
+    python bench/run_all.py --smoke    # every script in smoke mode; RESULTS.md goes to a temp dir
+
+Each script runs in its own process, in turn, with `--json` so its headline
+numbers can be checked against the goals. RESULTS.md records the date, the
+machine, the load average around each script (other work on the machine
+shows up as noise) and the exact commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import BENCH, ROOT, machine  # noqa: E402
+
+SCRIPTS = ("latency", "jitter", "throughput", "delivery")
+TIMEOUT = 900
+
+
+def run(script: str, out: Path, smoke: bool, data: Path) -> dict[str, Any]:
+    result_file = data / f"{script}.json"
+    cmd = [sys.executable, str(BENCH / f"{script}.py"), "--out", str(out), "--json", str(result_file)]
+    if smoke:
+        cmd.append("--smoke")
+    shown = " ".join(shlex.quote(os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c) for c in cmd)
+    print(f"$ {shown}", flush=True)
+    load = os.getloadavg()[0]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT, check=False)
+    seconds = time.monotonic() - t0
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{script} failed with exit code {proc.returncode}")
+    return {"command": shown, "stdout": proc.stdout, "seconds": seconds, "load": (load, os.getloadavg()[0]),
+            "data": json.loads(result_file.read_text()) if result_file.exists() else {}}
+
+
+def goals(r: dict[str, dict[str, Any]]) -> list[str]:
+    """The issue's goals against this run's numbers."""
+    rows = ["| goal | measured | met |", "|---|---|---|"]
+
+    def verdict(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    for rate, row in r["latency"]["data"].get("rates", {}).items():
+        bare, emit = row["bare send"], row["emit"]
+        p50, p999 = emit["p50"] / bare["p50"], emit["p99.9"] / bare["p99.9"]
+        rows.append(f"| emit ≤ 1.5× bare send at p50, ≤ 2× at p99.9 ({int(rate):,}/s) "
+                    f"| {p50:.2f}× ({emit['p50']:.2f} vs {bare['p50']:.2f} µs), "
+                    f"{p999:.2f}× ({emit['p99.9']:.1f} vs {bare['p99.9']:.1f} µs) "
+                    f"| {verdict(p50 <= 1.5 and p999 <= 2.0)} |")
+    tp = r["throughput"]["data"]
+    best = max((run["rate"] for run in tp.get("runs", {}).values()), default=0.0)
+    per_event = tp.get("profile_us", {})
+    ceiling = per_event.get("receive (recv_multipart)", 0) + per_event.get("process, synchronous=FULL", 0)
+    why = (f"; ingest is one Python thread: receive + `Ingest.process` cost {ceiling:.1f} µs an event "
+           f"in-process, a ceiling of {1e6 / ceiling:,.0f}/s (profile in Throughput)" if ceiling else "")
+    rows.append("| ≥ 100,000 events/s durable ingest on 2 cores | "
+                + ", ".join(f"{run['rate']:,.0f}/s ({key} producer{'s' * (not key.endswith(' 1'))})"
+                            for key, run in tp.get("runs", {}).items())
+                + (why if best < 100_000 else "") + f" | {verdict(best >= 100_000)} |")
+    dv = r["delivery"]["data"]
+    if dv:
+        util, limited = dv["utilisation"], dv["rate_limited"]
+        rows.append(f"| ≥ 95% quota use, zero 429s at steady state | {100 * util:.1f}% of {dv['rate']:g} calls/s, "
+                    f"{limited} × 429 | {verdict(util >= 0.95 and limited == 0)} |")
+        ratio = dv["hot_events"] / max(1, dv["hot_calls"])
+        rows.append(f"| ≥ 10× fewer API calls than events (hot keys) | {dv['hot_events']:,} events, "
+                    f"{dv['hot_calls']} calls: {ratio:,.0f}× | {verdict(ratio >= 10)} |")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="every script in smoke mode (seconds)")
+    parser.add_argument("--out", type=Path,
+                        help="where RESULTS.md and the plots go (default bench/; a temp dir with --smoke)")
+    parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=list(SCRIPTS))
+    args = parser.parse_args()
+    out = args.out or (Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else BENCH)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-json-") as data:
+        results = {s: run(s, out, args.smoke, Path(data)) for s in SCRIPTS if s in args.only}
+    for s in SCRIPTS:
+        results.setdefault(s, {"data": {}, "stdout": "", "command": "(not run)", "seconds": 0, "load": (0, 0)})
+    info = machine()
+    lines = [
+        "# Benchmark results", "",
+        f"Generated by `python bench/run_all.py{' --smoke' if args.smoke else ''}` on {started}, "
+        f"in {(time.monotonic() - t0) / 60:.1f} minutes." + (" **Smoke mode: these numbers mean nothing.**"
+                                                           if args.smoke else ""), "",
+        "## Machine", "",
+        "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in info.items()), "",
+        "## Commands", "",
+        ("Run from the repository root with the project's virtualenv (`pip install -e '.[bench]'`; the Redis "
+         "row needs `apt-get install redis-server`). 1-minute load average before and after each, "
+         "as a sign of other work on the machine:"), "",
+        "```",
+        *(f"{results[s]['command']}   # {results[s]['seconds']:.0f} s, load {results[s]['load'][0]:.2f} → "
+          f"{results[s]['load'][1]:.2f}" for s in SCRIPTS if s in args.only),
+        "```", "",
+        "## Goals", "",
+        *goals(results), "",
+    ]
+    for s in SCRIPTS:
+        if s in args.only:
+            lines += [results[s]["stdout"].strip().replace(str(out) + "/", ""), ""]
+    for plot in ("latency.png", "jitter.png"):
+        if (out / plot).exists():
+            lines += [f"![{plot}]({plot})", ""]
+    (out / "RESULTS.md").write_text("\n".join(lines))
+    print(f"\nWrote {out / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
