@@ -74,7 +74,8 @@ class Sidecar:
         specs = build_lanes(cfg)
         connectors = {name: spec.connector for name, spec in specs.items()}
         journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous)
-        ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous)
+        # Ingest never checkpoints; the housekeeping tick does, off its path.
+        ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False)
         store = MemoryStore()
         for name, spec in specs.items():
             lane = Lane(spec.connector, journal, Limiter(name, spec.rule, store), cfg.retry, self.metrics,
@@ -108,7 +109,7 @@ class Sidecar:
         tasks = [asyncio.create_task(lane.run(), name=f"lane-{name}") for name, lane in self.lanes.items()]
         for name, lane in self.lanes.items():
             if lane.paused_reason:
-                log.error("lane %s is paused: %s; its events wait in the journal", name, lane.paused_reason)
+                log.warning("lane %s is paused: %s; its events wait in the journal", name, lane.paused_reason)
         self._housekeeping(journal, ingest)
         log.info("sidecar ready: ingest %s, journal %s, metrics %s, lanes %s", cfg.ingest.endpoint, journal.path,
                  api.address if api else "off", ", ".join(self.lanes))
@@ -157,6 +158,7 @@ class Sidecar:
             self._snapshot = {**self._snapshot, "health": {"ok": False, "problems": ["housekeeping failed; see log"]}}
 
     def _refresh(self, journal: Journal, ingest: Ingest) -> None:
+        journal.checkpoint()
         now = time.time()
         depth = journal.depth()
         dead = journal.count("dead_letters")

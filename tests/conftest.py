@@ -8,6 +8,8 @@ import pytest
 
 from sidecar.simulators.notion import NotionSimulator
 
+from .support import kill_leftovers
+
 NOTION_SCHEMA = {
     "Name": "title",
     "Idempotency Key": "rich_text",
@@ -32,3 +34,9 @@ def notion_sim() -> Iterator[NotionSimulator]:
         yield sim
     finally:
         sim.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_sidecars() -> Iterator[None]:
+    yield
+    kill_leftovers()

@@ -54,6 +54,18 @@ def write_toml(path: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
+_running: list["SidecarProcess"] = []
+
+
+def kill_leftovers() -> None:
+    """Kill sidecars a failed test left running (conftest calls this after each test)."""
+    while _running:
+        sc = _running.pop()
+        if sc.proc is not None and sc.proc.poll() is None:
+            sc.proc.kill()
+            sc.proc.wait(10)
+
+
 class SidecarProcess:
     """`python -m sidecar run` in a subprocess, with its log captured.
 
@@ -79,6 +91,7 @@ class SidecarProcess:
             [sys.executable, "-m", "sidecar", "run", "--config", str(cfg)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
         )
+        _running.append(self)
         threading.Thread(target=self._read_log, args=(self.proc,), daemon=True).start()
         if wait_ready:
             if not self._ready.wait(30):
