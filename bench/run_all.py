@@ -64,15 +64,21 @@ def goals(r: dict[str, dict[str, Any]]) -> list[str]:
                     f"{p999:.2f}× ({emit['p99.9']:.1f} vs {bare['p99.9']:.1f} µs) "
                     f"| {verdict(p50 <= 1.5 and p999 <= 2.0)} |")
     tp = r["throughput"]["data"]
-    best = max((run["rate"] for run in tp.get("runs", {}).values()), default=0.0)
+    # Met only if every placement and producer count reaches it, not the luckiest run.
+    rates = [run["rate"] for run in tp.get("runs", {}).values()]
+    worst = min(rates, default=0.0)
+    reached = sum(rate >= 100_000 for rate in rates)
     per_event = tp.get("profile_us", {})
     ceiling = per_event.get("receive (recv_multipart)", 0) + per_event.get("process, synchronous=FULL", 0)
     why = (f"; ingest is one Python thread: receive + `Ingest.process` cost {ceiling:.1f} µs an event "
-           f"in-process, a ceiling of {1e6 / ceiling:,.0f}/s (profile in Throughput)" if ceiling else "")
+           f"in-process (with WAL checkpoints, which the sidecar moves to its main thread); pinned to one "
+           f"core, the sidecar's ingest, main and ZeroMQ threads share it (thread CPU and profile in "
+           f"Throughput)" if ceiling else "")
     rows.append("| ≥ 100,000 events/s durable ingest on 2 cores | "
                 + ", ".join(f"{run['rate']:,.0f}/s ({key} producer{'s' * (not key.endswith(' 1'))})"
                             for key, run in tp.get("runs", {}).items())
-                + (why if best < 100_000 else "") + f" | {verdict(best >= 100_000)} |")
+                + (why if worst < 100_000 else "")
+                + f" | {verdict(worst >= 100_000)}{f' ({reached} of {len(rates)} runs)' if worst < 100_000 else ''} |")
     dv = r["delivery"]["data"]
     if dv:
         util, limited = dv["utilisation"], dv["rate_limited"]
