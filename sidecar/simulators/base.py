@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -268,68 +268,37 @@ class _ResetConnection(Exception):
     """Internal: close the socket without answering."""
 
 
-class SimServer:
-    """Base of every simulator. Subclasses implement `handle()` and `error()`::
+class LoopbackServer:
+    """An HTTP/1.1 server on 127.0.0.1 serving `handler` in a daemon thread::
 
-        sim = MySim().start(); sim.url; sim.stop()
-        with MySim(port=8081) as sim: ...
+        server = MyServer().start(); server.url; server.stop()
+        with MyServer(port=8081) as server: ...
 
-    `lock` guards the simulator's data: `handle()` always runs under it, and
-    test-side accessors take it too. `limiter` is the simulated rate limit
-    (`rate_per_second=None`: unlimited); subclasses choose the bucket key.
+    `port=0` binds any free port. Open connections are tracked so `stop()`
+    can cut keep-alive ones, which would otherwise go on answering.
+    Subclasses hook in with `_on_start()` / `_on_stop()`.
     """
 
-    # Error code a `Fault` with a status but no `code` answers, per status.
-    fault_codes: ClassVar[dict[int, str]] = {}
-
-    def __init__(
-        self, *, port: int = 0, rate_per_second: float | None = None, burst: float = 1,
-        clock: Clock = time.monotonic,
-    ) -> None:
+    def __init__(self, handler: type[LoopbackHandler[Any]], *, port: int = 0) -> None:
+        self._handler_class = handler
         self._wanted_port = port
-        self.clock = clock
-        self.limiter = RateLimiter(rate_per_second, burst, clock)
-        self.lock = threading.RLock()
-        self._changed = threading.Condition(self.lock)
-        self._faults: list[Fault] = []
-        self._log: list[RequestRecord] = []
-        self._httpd: _HTTPServer | None = None
+        self._httpd: _LoopbackHTTPServer[Any] | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
 
-    # -- to implement -------------------------------------------------------
-    def handle(self, request: Request) -> Response:
-        """Answer one API request (called with `lock` held)."""
-        raise NotImplementedError
+    def _on_start(self) -> None:
+        """Called by `start()` before binding."""
 
-    def error(self, err: SimError) -> Response:
-        """Render `err` in this API's error-body format."""
-        raise NotImplementedError
+    def _on_stop(self) -> None:
+        """Called by `stop()` before the server shuts down."""
 
-    def state(self) -> dict[str, Any]:
-        """The data shown by `GET /_sim/state`."""
-        return {}
-
-    def control(self, request: Request, name: str) -> Response | None:
-        """Extra `/_sim/<name>` endpoints; None means unknown."""
-        return None
-
-    def reset_faults_and_log(self) -> None:
-        """What `POST /_sim/reset` does: no faults, empty log, full rate buckets."""
-        with self.lock:
-            self._faults.clear()
-            self._log.clear()
-            self.limiter.reset()
-
-    # -- lifecycle ----------------------------------------------------------
     def start(self) -> Self:
         """Bind 127.0.0.1 and serve in a daemon thread; returns self."""
         if self._httpd is not None:
             raise RuntimeError("already started")
-        self._stopping.clear()
-        self._httpd = _HTTPServer(("127.0.0.1", self._wanted_port), _Handler, self)
+        self._on_start()
+        self._httpd = _LoopbackHTTPServer(("127.0.0.1", self._wanted_port), self._handler_class, self)
         # A short poll interval keeps stop() (which waits for the loop to notice) fast.
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, args=(0.05,), name=f"{type(self).__name__}:{self.port}", daemon=True
@@ -341,7 +310,7 @@ class SimServer:
         """Stop serving and cut open keep-alive connections (they would still answer)."""
         if self._httpd is None:
             return
-        self._stopping.set()  # wakes stalled handlers
+        self._on_stop()
         self._httpd.shutdown()
         self._httpd.server_close()
         with self._conn_lock:
@@ -373,6 +342,104 @@ class SimServer:
     def url(self) -> str:
         """Base URL without a trailing slash, e.g. `http://127.0.0.1:40123`."""
         return f"http://127.0.0.1:{self.port}"
+
+    def _track(self, conn: socket.socket, open_: bool) -> None:
+        with self._conn_lock:
+            (self._connections.add if open_ else self._connections.discard)(conn)
+
+
+Owner = TypeVar("Owner", bound=LoopbackServer)
+
+
+class _LoopbackHTTPServer(ThreadingHTTPServer, Generic[Owner]):
+    daemon_threads = True  # stalled handlers must not keep the process alive
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], owner: Owner) -> None:
+        self.owner = owner
+        super().__init__(address, handler)
+
+
+class LoopbackHandler(BaseHTTPRequestHandler, Generic[Owner]):
+    """Request handler of a `LoopbackServer`; `self.server.owner` is that server."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real services
+    # Headers and body go out in separate writes; with Nagle on, the body waits
+    # for the client's delayed ACK and every answer takes 40 ms.
+    disable_nagle_algorithm = True
+    server: _LoopbackHTTPServer[Owner]
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner._track(self.connection, True)
+
+    def finish(self) -> None:
+        self.server.owner._track(self.connection, False)
+        try:
+            super().finish()
+        except OSError:
+            pass  # the socket may already be reset
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests read the server's own records instead of stderr noise
+
+
+class SimServer(LoopbackServer):
+    """Base of every simulator. Subclasses implement `handle()` and `error()`::
+
+        sim = MySim().start(); sim.url; sim.stop()
+        with MySim(port=8081) as sim: ...
+
+    `lock` guards the simulator's data: `handle()` always runs under it, and
+    test-side accessors take it too. `limiter` is the simulated rate limit
+    (`rate_per_second=None`: unlimited); subclasses choose the bucket key.
+    """
+
+    # Error code a `Fault` with a status but no `code` answers, per status.
+    fault_codes: ClassVar[dict[int, str]] = {}
+
+    def __init__(
+        self, *, port: int = 0, rate_per_second: float | None = None, burst: float = 1,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(_Handler, port=port)
+        self.clock = clock
+        self.limiter = RateLimiter(rate_per_second, burst, clock)
+        self.lock = threading.RLock()
+        self._changed = threading.Condition(self.lock)
+        self._faults: list[Fault] = []
+        self._log: list[RequestRecord] = []
+        self._stopping = threading.Event()
+
+    # -- to implement -------------------------------------------------------
+    def handle(self, request: Request) -> Response:
+        """Answer one API request (called with `lock` held)."""
+        raise NotImplementedError
+
+    def error(self, err: SimError) -> Response:
+        """Render `err` in this API's error-body format."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """The data shown by `GET /_sim/state`."""
+        return {}
+
+    def control(self, request: Request, name: str) -> Response | None:
+        """Extra `/_sim/<name>` endpoints; None means unknown."""
+        return None
+
+    def reset_faults_and_log(self) -> None:
+        """What `POST /_sim/reset` does: no faults, empty log, full rate buckets."""
+        with self.lock:
+            self._faults.clear()
+            self._log.clear()
+            self.limiter.reset()
+
+    # -- lifecycle (start/stop/port/url: LoopbackServer) -------------------
+    def _on_start(self) -> None:
+        self._stopping.clear()
+
+    def _on_stop(self) -> None:
+        self._stopping.set()  # wakes stalled handlers
 
     # -- faults, log, stats -------------------------------------------------
     def inject(self, fault: Fault) -> None:
@@ -528,37 +595,7 @@ def _max_in_window(times: list[float], window: float) -> int:
     return best
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True  # stalled handlers must not keep the process alive
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], sim: SimServer) -> None:
-        self.sim = sim
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like the real services
-    # Headers and body go out in separate writes; with Nagle on, the body waits
-    # for the client's delayed ACK and every answer takes 40 ms.
-    disable_nagle_algorithm = True
-    server: _HTTPServer
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.sim._conn_lock:
-            self.server.sim._connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.sim._conn_lock:
-            self.server.sim._connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass  # the socket may already be reset
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # tests read sim.requests instead of stderr noise
-
+class _Handler(LoopbackHandler[SimServer]):
     def _read_body(self) -> bytes | None:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks: list[bytes] = []
@@ -597,7 +634,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
         )
         try:
-            response = self.server.sim._dispatch(request)
+            response = self.server.owner._dispatch(request)
         except _ResetConnection:
             self._reset()
             return

@@ -17,21 +17,21 @@ connection. A request whose upstream cannot be reached is answered 502.
 
 Not a `SimServer`: those parse the query string, run handlers one at a time
 under a lock and answer JSON, while a proxy passes raw requests through
-concurrently.
+concurrently. Both are a `LoopbackServer` (start/stop/port/url, keep-alive
+connections cut on stop).
 """
 
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Literal
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
+
+from sidecar.simulators.base import LoopbackHandler, LoopbackServer
 
 # Per-connection headers (RFC 9110 section 7.6.1): each hop sets its own.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -62,64 +62,16 @@ def s3_error(code: str, message: str, resource: str) -> bytes:
             f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId></Error>").encode()
 
 
-class S3FaultProxy:
+class S3FaultProxy(LoopbackServer):
     def __init__(self, upstream_url: str, port: int = 0) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be an http:// URL, got {upstream_url!r}")
+        super().__init__(_Handler, port=port)
         self.upstream: tuple[str, int] = (parts.hostname, parts.port or 80)
-        self._wanted_port = port
         self._lock = threading.Lock()
         self._slow_downs = 0
         self._records: list[ProxyRecord] = []
-        self._connections: set[socket.socket] = set()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Bind 127.0.0.1 and serve in a daemon thread; returns self."""
-        if self._httpd is not None:
-            raise RuntimeError("already started")
-        self._httpd = _Server(("127.0.0.1", self._wanted_port), _Handler, self)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
-                                        name=f"S3FaultProxy:{self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and cut open keep-alive connections."""
-        if self._httpd is None:
-            return
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        with self._lock:
-            for conn in list(self._connections):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        if self._thread is not None:
-            self._thread.join(5)
-        self._httpd = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("not started")
-        return int(self._httpd.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     # -- faults and counts ----------------------------------------------------
 
@@ -160,40 +112,10 @@ class S3FaultProxy:
         with self._lock:
             self._records.append(record)
 
-    def _track(self, conn: socket.socket, open_: bool) -> None:
-        with self._lock:
-            (self._connections.add if open_ else self._connections.discard)(conn)
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], proxy: S3FaultProxy) -> None:
-        self.proxy = proxy
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as S3 clients expect
-    disable_nagle_algorithm = True  # else each answer's body waits for a delayed ACK
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.proxy._track(self.connection, True)
-
-    def finish(self) -> None:
-        self.server.proxy._track(self.connection, False)
-        try:
-            super().finish()
-        except OSError:
-            pass  # the client may already be gone
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # tests read proxy.records
-
+class _Handler(LoopbackHandler[S3FaultProxy]):
     def _serve(self) -> None:
-        proxy = self.server.proxy
+        proxy = self.server.owner
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             # S3 itself refuses a body without Content-Length (411 MissingContentLength).
             self.close_connection = True
@@ -214,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
         # A fresh upstream connection per request: a reused one that the server
         # closed while idle would need a resend, and a proxy must never send twice.
-        conn = http.client.HTTPConnection(*self.server.proxy.upstream, timeout=UPSTREAM_TIMEOUT)
+        conn = http.client.HTTPConnection(*self.server.owner.upstream, timeout=UPSTREAM_TIMEOUT)
         try:
             conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
             for name, value in self.headers.items():
@@ -231,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _refuse(self, status: int, code: str, message: str, outcome: Outcome) -> None:
         body = s3_error(code, message, self.path.split("?")[0])
         self._answer(status, None, [("Content-Type", "application/xml")], body)
-        self.server.proxy._record(ProxyRecord(self.command, self.path, status, outcome))
+        self.server.owner._record(ProxyRecord(self.command, self.path, status, outcome))
 
     def _answer(self, status: int, reason: str | None, headers: list[tuple[str, str]], payload: bytes) -> None:
         try:
