@@ -183,7 +183,7 @@ class Sidecar:
                 "tokens": round(tokens, 2),
                 "breaker": lane.breaker.state,
                 "paused": lane.paused_reason,
-                "delivered": int(sum(m.value("sidecar_events_delivered_total", kind=k) for k in lane.connector.kinds)),
+                "delivered": lane.delivered,
             }
             # An API nobody uses may lack credentials; one with events waiting may not.
             if lane.paused_reason and depth.get(name, 0):

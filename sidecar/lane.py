@@ -89,6 +89,7 @@ class Lane:
         self._stopped = asyncio.Event()
         self._stopping = False
         self.errors = 0  # unexpected errors survived by the workers
+        self.delivered = 0  # events this lane delivered (lanes may share a kind: webhooks)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ------------------------------------------------------------
@@ -272,6 +273,7 @@ class Lane:
         delivered = events[: len(events) - result.duplicates]
         for event in delivered:
             self.metrics.delivered.labels(kind=event.kind).inc()
+            self.delivered += 1
             self.metrics.emit_to_delivery.labels(lane=self.name).observe((now_ns - event.emitted_ns) / 1e9)
         for event in events[len(delivered):]:
             self.metrics.deduplicated.labels(kind=event.kind, reason="duplicate").inc()
