@@ -88,6 +88,9 @@ class Lane:
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
+        if hasattr(connector, "pace"):
+            # A connector's extra calls (a check before resending) take tokens too.
+            connector.pace = self._take_token
         self.errors = 0  # unexpected errors survived by the workers
         self.delivered = 0  # events this lane delivered (lanes may share a kind: webhooks)
         self._tasks: list[asyncio.Task[None]] = []
@@ -159,6 +162,11 @@ class Lane:
             await self._deliver(plan)
         finally:
             self._inflight.discard(target)
+
+    async def _take_token(self) -> None:
+        wait = self.limiter.reserve(self.clock())
+        if wait > 0:
+            await self._sleep(wait)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when the lane is told to stop."""

@@ -294,6 +294,8 @@ def test_rate_seen_by_the_api_never_exceeds_the_configured_rate(short_tmp: Path)
     # Notion's own figures: 3 requests/s on average.
     with NotionSimulator(rate_per_second=3, burst=3) as sim:
         db = sim.create_database(title="T", properties={"Name": "title", "Idempotency Key": "rich_text"})
+        # Two creates land but answer 500: the queries that check them count against the rate too.
+        sim.inject(Fault(when="after", status=500, method="POST", path_prefix="/v1/pages", count=2))
         sc = start_sidecar(short_tmp, sim, rate_per_second=3.0, burst=1.0)
         with Client(sc.endpoint, strict=True) as client:
             for n in range(18):
@@ -303,6 +305,7 @@ def test_rate_seen_by_the_api_never_exceeds_the_configured_rate(short_tmp: Path)
         stats = sim.stats()
     assert stats["rate_limited"] == 0
     assert stats["max_in_1s"] <= 3 + 1  # rate plus the configured burst
+    assert stats["requests"] == 18 + 2  # every create once, plus the two checks
 
 
 def test_version_2025_09_03_with_data_sources(short_tmp: Path, notion_sim: NotionSimulator) -> None:

@@ -19,7 +19,7 @@ Kinds and how waiting events are combined (all in emit order):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import httpx
 import orjson
@@ -82,6 +82,8 @@ class NotionConnector:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.cfg = cfg
         self.ref_wait = ref_wait
+        # Set by the lane: await it before any call beyond the planned one.
+        self.pace: Callable[[], Awaitable[None]] | None = None
         self.http = httpx.AsyncClient(
             base_url=cfg.base_url.rstrip("/") + "/",
             headers={
@@ -253,6 +255,8 @@ class NotionConnector:
         else:
             path = f"databases/{parent['database_id']}/query"
         query = {"filter": {"property": prop, "rich_text": {"equals": key}}, "page_size": 1}
+        if self.pace:
+            await self.pace()
         response = await request(self.http, "POST", path, json=query)
         _check(response)
         results = response.json().get("results") or []
@@ -266,6 +270,8 @@ class NotionConnector:
             params: dict[str, Any] = {"page_size": 100}
             if cursor:
                 params["start_cursor"] = cursor
+            if self.pace:
+                await self.pace()
             response = await request(self.http, "GET", f"blocks/{block_id}/children", params=params)
             _check(response)
             doc = response.json()
