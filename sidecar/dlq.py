@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .journal import BLOB_PATH_SEPARATOR
 
@@ -26,6 +27,21 @@ def _connect(journal_dir: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, timeout=10)
     conn.execute("PRAGMA busy_timeout=10000")
     return conn
+
+
+@contextmanager
+def _transaction(journal_dir: str) -> Iterator[sqlite3.Connection]:
+    """One write transaction on its own connection: committed, or rolled back on error."""
+    conn = _connect(journal_dir)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
 
 
 def _where(ids: list[int] | None, lane: str | None) -> tuple[str, list[Any]]:
@@ -71,20 +87,12 @@ def show_dead(journal_dir: str, dead_id: int) -> dict[str, Any] | None:
 def retry_dead(journal_dir: str, *, ids: list[int] | None = None, lane: str | None = None) -> int:
     """Move dead letters back to the queue with a fresh attempt count; returns how many."""
     where, args = _where(ids, lane)
-    conn = _connect(journal_dir)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with _transaction(journal_dir) as conn:
         moved = conn.execute(
             "INSERT INTO events (lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame,"
             " blob_path) SELECT lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame,"
             f" blob_path FROM dead_letters{where} ORDER BY event_id", args).rowcount
         conn.execute(f"DELETE FROM dead_letters{where}", args)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
     return moved
 
 
@@ -94,19 +102,11 @@ def purge_dead(journal_dir: str, *, ids: list[int] | None = None, lane: str | No
     if not ids and not lane and not all_:
         raise ValueError("name ids, a lane, or all")
     where, args = _where(ids, lane)
-    conn = _connect(journal_dir)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with _transaction(journal_dir) as conn:
         paths = [p for (joined,) in conn.execute(
             f"SELECT blob_path FROM dead_letters{where}{' AND' if where else ' WHERE'} blob_path IS NOT NULL", args)
             for p in joined.split(BLOB_PATH_SEPARATOR)]
         gone = conn.execute(f"DELETE FROM dead_letters{where}", args).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
     for path in paths:
         try:
             os.unlink(path)
