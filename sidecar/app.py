@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import signal
-import sqlite3
 import time
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ from .config import Config
 from .connectors import build_lanes
 from .http_api import ApiServer
 from .ingest import Ingest
-from .journal import Journal
+from .journal import Journal, read_ref
 from .lane import Lane
 from .limiter import Limiter, MemoryStore
 from .metrics import Metrics, process_snapshot
@@ -96,7 +95,7 @@ class Sidecar:
         if cfg.metrics.address:
             try:
                 api = ApiServer(cfg.metrics.address, self.metrics.registry, self.snapshot,
-                                lambda lane, key: journal_ref(cfg.journal.dir, lane, key))
+                                lambda lane, key: read_ref(cfg.journal.dir, lane, key))
             except OSError as exc:
                 ingest.stop()
                 raise SidecarError(f"cannot serve metrics on {cfg.metrics.address} ({exc.strerror}); "
@@ -210,16 +209,3 @@ class Sidecar:
 
 class SidecarError(RuntimeError):
     pass
-
-
-def journal_ref(journal_dir: str, lane: str, key: str) -> str | None:
-    """Read one ref from the journal with a short-lived read-only connection (any thread)."""
-
-
-    path = os.path.join(journal_dir, "journal.db")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        row = conn.execute("SELECT target_id FROM refs WHERE lane=? AND key=?", (lane, key)).fetchone()
-        return row[0] if row else None
-    finally:
-        conn.close()

@@ -205,9 +205,13 @@ def cmd_emit(args: argparse.Namespace) -> int:
 
 
 def cmd_refs(args: argparse.Namespace) -> int:
-    from .app import journal_ref
+    from .journal import read_ref
 
-    value = journal_ref(_config(args).journal.dir, args.lane, args.key)
+    try:
+        value = read_ref(_config(args).journal.dir, args.lane, args.key)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     if value is None:
         print(f"nothing recorded for {args.lane} key {args.key!r} (not delivered yet?)", file=sys.stderr)
         return 1

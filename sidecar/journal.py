@@ -150,6 +150,27 @@ class JournalError(RuntimeError):
     pass
 
 
+def read_ref(journal: str | os.PathLike[str], lane: str, key: str) -> str | None:
+    """What a delivered event created (a page id, image URLs...), read from any
+    thread or process with a short-lived read-only connection.
+
+        read_ref("/var/lib/trading-sidecar", "naver", "sku-42")
+
+    `journal` is the journal directory or its journal.db.
+    """
+    path = Path(journal)
+    if path.is_dir():
+        path = path / "journal.db"
+    if not path.is_file():
+        raise FileNotFoundError(f"no journal at {path}: is [journal] dir right?")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute("SELECT target_id FROM refs WHERE lane=? AND key=?", (lane, key)).fetchone()
+    finally:
+        conn.close()
+    return row[0] if row else None
+
+
 class Journal:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn

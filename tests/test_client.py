@@ -29,16 +29,21 @@ def pull_socket(endpoint: str) -> tuple[zmq.Context, zmq.Socket]:
     return ctx, sock
 
 
-def receive(sock: zmq.Socket, count: int, timeout_ms: int = 10_000) -> list[wire.Envelope]:
-    """Receive `count` events (control messages are skipped)."""
-    out: list[wire.Envelope] = []
+def receive_messages(sock: zmq.Socket, count: int, timeout_ms: int = 10_000) -> list[list[bytes]]:
+    """Receive `count` event messages, all frames (control messages are skipped)."""
+    out: list[list[bytes]] = []
     while len(out) < count:
         if not sock.poll(timeout_ms):
             raise AssertionError(f"received {len(out)} of {count} events")
-        env = wire.decode(sock.recv_multipart()[0])
-        if env.kind not in wire.CONTROL_KINDS:
-            out.append(env)
+        message = sock.recv_multipart()
+        if wire.decode(message[0]).kind not in wire.CONTROL_KINDS:
+            out.append(message)
     return out
+
+
+def receive(sock: zmq.Socket, count: int, timeout_ms: int = 10_000) -> list[wire.Envelope]:
+    """Receive `count` events, decoded."""
+    return [wire.decode(m[0]) for m in receive_messages(sock, count, timeout_ms)]
 
 
 def test_import_client_loads_no_sidecar_dependency() -> None:
@@ -191,12 +196,7 @@ def test_large_blob_travels_as_its_own_frame(short_tmp: Path) -> None:
     with Client(endpoint, strict=True) as c:
         assert c.emit("s3.put", {"bucket": "b", "key": "small"}, blob=small)
         assert c.emit("s3.put", {"bucket": "b", "key": "big"}, blob=memoryview(big))
-        frames = []
-        while len(frames) < 2:
-            assert sock.poll(10_000)
-            message = sock.recv_multipart()
-            if wire.decode(message[0]).kind not in wire.CONTROL_KINDS:
-                frames.append(message)
+        frames = receive_messages(sock, 2)
     assert [m[1] for m in frames] == [small, big]
     assert orjson.loads(frames[1][0])[7] == {"bucket": "b", "key": "big"}
     sock.close()
@@ -251,12 +251,7 @@ def test_strided_memoryview_blob_is_sent_whole(short_tmp: Path) -> None:
     with Client(endpoint, strict=True) as c:
         assert c.emit("s3.put", {"bucket": "b", "key": "k"}, blob=strided)
         assert c.emit("webhook.post", {"after": True})
-        messages = []
-        while len(messages) < 2:
-            assert sock.poll(10_000)
-            message = sock.recv_multipart()
-            if wire.decode(message[0]).kind not in wire.CONTROL_KINDS:
-                messages.append(message)
+        messages = receive_messages(sock, 2)
     assert messages[0][1:] == [strided.tobytes()]
     assert len(messages[1]) == 1 and wire.decode(messages[1][0]).payload == {"after": True}
     sock.close()

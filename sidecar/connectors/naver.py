@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +37,7 @@ from client.wire import Envelope
 
 from ..config import Config, NaverConfig
 from ..errors import Permanent
-from ..journal import Event
+from ..journal import Event, read_ref
 from ..limiter import Rule
 from ..secrets import read_secret
 from . import LaneSpec
@@ -86,17 +85,8 @@ def image_urls(journal: str | Path, key: str) -> list[str] | None:
     `journal` is the journal directory or its journal.db; opened read-only,
     so it is safe while the sidecar runs.
     """
-    path = Path(journal)
-    if path.is_dir():
-        path = path / "journal.db"
-    if not path.is_file():
-        raise FileNotFoundError(f"no journal at {path}")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        row = conn.execute("SELECT target_id FROM refs WHERE lane=? AND key=?", (LANE, key)).fetchone()
-    finally:
-        conn.close()
-    return list(orjson.loads(row[0])) if row else None
+    value = read_ref(journal, LANE, key)
+    return list(orjson.loads(value)) if value is not None else None
 
 
 def _int(value: Any, minimum: int) -> bool:
