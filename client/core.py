@@ -6,13 +6,25 @@
         sidecar.emit("notion.page.create", body, key="trade-42")
         sidecar.emit("notion.page.update", {"properties": {...}}, ref="trade-42")
 
-`emit` returns True once the event is queued in this process and False when
-it was dropped; it never blocks and never raises for anything downstream.
-Every drop is counted by reason in `stats()["dropped"]`:
+`emit` returns True once the event is handed over and False when it was
+dropped; it never blocks and never raises for anything downstream.
 
-- ``queue_full``: the send queue is at its limit (the sidecar is away or slow
-  for longer than the queue holds);
-- ``closed`` / ``transport_error``: the client was closed, or ZeroMQ refused;
+Two transports: with a local ``ipc://`` endpoint (the default) each Client
+writes into its own ring of shared memory (`client.ring`), a file the sidecar
+reads and acknowledges only once its journal has committed, so the events
+survive the death of either process and `close()` returns at once; with a
+``tcp://`` endpoint, or ``transport="zmq"``, a ZeroMQ PUSH socket queues them
+in this process instead. Every drop is counted by reason in
+`stats()["dropped"]`:
+
+- ``queue_full``: the ring (or the ZeroMQ queue) is full: the sidecar has
+  been away or slow for longer than it holds (30 s or more at 10,000 events/s);
+- ``closed`` / ``transport_error``: the client was closed, or the transport
+  refused (no ring directory, ZeroMQ broken);
+- ``ring_quarantined``: the sidecar found this client's ring corrupt and set
+  it aside; the event that learnt it is lost and the next one goes to a new ring;
+- ``linger_expired``: at ``close()``, ZeroMQ only: events still queued when
+  `linger` ran out (all of them are counted when no sidecar was connected);
 - ``unknown_kind``, ``unserializable``, ``too_large``, ``bad_blob``: the call
   itself is wrong. These are programming errors: by default emit logs one
   warning per reason and kind and returns False, so a typo in a rare branch
@@ -23,8 +35,8 @@ Thread-safety: a Client is meant for one thread, like the ZeroMQ socket under
 it. Pass ``threadsafe=True`` to share one between threads (a lock around each
 emit, about 0.1 µs), or give each thread its own Client.
 
-Fork: a child process gets a fresh identity and socket on its first emit;
-the parent's queue stays the parent's.
+Fork: a child process gets a fresh identity and ring (or socket) on its
+first emit; the parent's stay the parent's.
 """
 
 from __future__ import annotations
@@ -41,16 +53,17 @@ from typing import Any, Sequence, Union
 import orjson
 
 from . import wire
+from . import ring
 from .transport import QueueFull, Transport, TransportError, ZmqTransport
 
 log = logging.getLogger("client")
 
-# 30 s at 10,000 events/s, the floor the trading loop asked for.
+# 30 s at 10,000 events/s, the floor the trading loop asked for (ZeroMQ's
+# queue; the ring's is ring.DEFAULT_RING_BYTES).
 DEFAULT_QUEUE_SIZE = 300_000
 DEFAULT_LINGER = 5.0
-DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
-DEFAULT_MAX_BLOB_BYTES = 64 * 1024 * 1024
 STATS_INTERVAL_NS = 1_000_000_000
+RETRY_TRANSPORT_NS = 1_000_000_000  # a ring directory that could not be made is tried again this often
 
 Blob = Union[bytes, bytearray, memoryview]
 _BLOB_TYPES = (bytes, bytearray, memoryview)
@@ -83,26 +96,42 @@ class Client:
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         linger: float = DEFAULT_LINGER,
-        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+        ring_bytes: int = ring.DEFAULT_RING_BYTES,
+        max_event_bytes: int = wire.MAX_EVENT_BYTES,
+        max_blob_bytes: int = wire.MAX_BLOB_BYTES,
         strict: bool = False,
         threadsafe: bool = False,
-        transport: Transport | None = None,
+        transport: Transport | str = "auto",
     ) -> None:
+        """`transport`: "auto" (a ring for ``ipc://``, ZeroMQ for ``tcp://``),
+        "ring", "zmq", or a Transport of your own (tests)."""
         self.endpoint = endpoint or wire.default_endpoint()
         self.queue_size = queue_size
+        self.ring_bytes = ring_bytes
         self.linger = linger
-        self.max_event_bytes = max_event_bytes
-        self.max_blob_bytes = max_blob_bytes
+        self.max_event_bytes = min(max_event_bytes, wire.MAX_EVENT_BYTES)
+        self.max_blob_bytes = min(max_blob_bytes, wire.MAX_BLOB_BYTES)
         self.strict = strict
+        if isinstance(transport, str):
+            if transport not in ("auto", "ring", "zmq"):
+                raise ValueError(f"transport must be 'auto', 'ring' or 'zmq', not {transport!r}")
+            self.ring_dir = ring.ring_dir(self.endpoint) if transport != "zmq" else None
+            if transport == "ring" and self.ring_dir is None:
+                raise ValueError(f"a ring needs a local ipc:// endpoint, not {self.endpoint!r}")
+            self.transport_name = "ring" if self.ring_dir else "zmq"
+        else:
+            self.ring_dir, self.transport_name = None, type(transport).__name__
         self.client_id = _new_client_id()
         self._seq = 0
         self._dropped: Counter[str] = Counter()
         self._warned: set[tuple[str, str]] = set()
         self._closed = False
         self._next_stats_ns = 0
+        self._retry_ns = 0
+        self._rings_made = 0
+        self._max_record = self.max_event_bytes + self.max_blob_bytes
         self._transport: Transport | None = None
-        self._attach(transport or self._connect())
+        self._attach(self._connect() if isinstance(transport, str) else transport)
         self._lock = threading.Lock()
         if threadsafe:
             unlocked = self.emit
@@ -113,7 +142,6 @@ class Client:
                     return unlocked(kind, payload, key=key, ref=ref, blob=blob)
 
             self.emit = emit  # type: ignore[method-assign]
-        self._reconnect_after_fork = False
         # Held until close(), so a client dropped without close() still
         # sends its tail at exit.
         _live.add(self)
@@ -126,11 +154,24 @@ class Client:
 
     def _connect(self) -> Transport | None:
         try:
+            if self.ring_dir is not None:
+                # A ring's file name carries the client id; a replacement for a
+                # quarantined ring gets a suffix and continues the sequence.
+                suffix = f".{self._rings_made}" if self._rings_made else ""
+                made = ring.RingWriter.create(self.ring_dir, self.client_id, capacity=self.ring_bytes,
+                                              suffix=suffix)
+                self._rings_made += 1
+                # A record holds the frame and the blobs; half the ring at most.
+                self._max_record = made.max_body
+                self.max_event_bytes = min(self.max_event_bytes, made.max_body)
+                return made
+            self._max_record = self.max_event_bytes + self.max_blob_bytes
             return ZmqTransport(self.endpoint, queue_size=self.queue_size)
         except TransportError as exc:
-            # A bad endpoint is a configuration error; the trading loop still
-            # runs, and every emit counts a transport_error drop.
-            log.error("client cannot connect: %s", exc)
+            # The trading loop still runs: every emit counts a transport_error
+            # drop, and the transport is tried again once a second.
+            log.error("client cannot reach the sidecar: %s", exc)
+            self._retry_ns = _time_ns() + RETRY_TRANSPORT_NS
             return None
 
     # -- the hot path ---------------------------------------------------------
@@ -177,14 +218,17 @@ class Client:
                 # ZeroMQ sends contiguous buffers only; a strided view is copied
                 # here rather than failing halfway through a multipart message.
                 blobs = [b.tobytes() if isinstance(b, memoryview) and not b.contiguous else b for b in blobs]
+                if len(blobs) > wire.MAX_BLOBS:
+                    return self._misuse("bad_blob", kind, f"{len(blobs)} blobs, limit {wire.MAX_BLOBS}")
                 size = sum(memoryview(b).nbytes for b in blobs)
-                if size > self.max_blob_bytes:
-                    return self._misuse("too_large", kind, f"blob is {size} bytes, limit {self.max_blob_bytes}")
+                if size > self.max_blob_bytes or size + len(frame) + 4 * len(blobs) + 4 > self._max_record:
+                    limit = min(self.max_blob_bytes, self._max_record - len(frame) - 4 * len(blobs) - 4)
+                    return self._misuse("too_large", kind, f"blob is {size} bytes, limit {limit}")
                 transport.send_blobs(frame, blobs)
         except QueueFull:
             return self._drop("queue_full")
         except TransportError:
-            return self._drop("transport_error")
+            return self._transport_failed(transport)
         self._seq = seq
         if now >= self._next_stats_ns:
             self._next_stats_ns = now + STATS_INTERVAL_NS
@@ -192,6 +236,14 @@ class Client:
         return True
 
     # -- outcomes -------------------------------------------------------------
+
+    def _transport_failed(self, transport: Transport) -> bool:
+        if getattr(transport, "quarantined", False):
+            log.error("the sidecar set this client's ring aside as corrupt; starting a new one")
+            transport.after_fork()  # let go without writing: the sidecar owns the old file now
+            self._attach(self._connect())
+            return self._drop("ring_quarantined")
+        return self._drop("transport_error")
 
     def _drop(self, reason: str) -> bool:
         self._dropped[reason] += 1
@@ -222,6 +274,7 @@ class Client:
         return {
             "client_id": self.client_id,
             "pid": os.getpid(),
+            "transport": self.transport_name,
             "sent": self._seq,  # also the last sequence number used
             "dropped": dict(self._dropped),
         }
@@ -245,20 +298,24 @@ class Client:
         transport.close(self.linger if linger is None else linger)
 
     def _after_fork_in_child(self) -> None:
-        # The parent's socket and queue stay the parent's; pyzmq never closes
-        # them from here. The child connects on its first emit, if it emits.
+        # The parent's ring or socket stays the parent's. The child gets its
+        # own on its first emit, if it emits.
+        if self._transport is not None:
+            self._transport.after_fork()
         self._attach(None)
         self._lock = threading.Lock()  # another thread may have held it at fork()
         self.client_id = _new_client_id()
         self._seq = 0
         self._dropped = Counter()
         self._next_stats_ns = 0
-        self._reconnect_after_fork = not self._closed
+        self._retry_ns = 0
+        self._rings_made = 0
 
     def _reopen(self) -> Transport | None:
-        if not self._reconnect_after_fork:
+        """A transport for an emit that has none: after fork, or once a second
+        after a failure (a ring directory that did not exist yet, say)."""
+        if self._closed or _time_ns() < self._retry_ns:
             return None
-        self._reconnect_after_fork = False
         self._attach(self._connect())
         return self._transport
 

@@ -1,10 +1,11 @@
 """How the client hands a frame to the sidecar, behind one small interface.
 
-A transport has `send(frame)`, `send_blobs(frame, blobs)` and `close(linger)`.
-Both sends either queue the message at once or raise `QueueFull` (the local
-queue is at its limit) or `TransportError` (anything else); neither blocks.
-ZeroMQ PUSH is the only transport today; a shared-memory ring can join it
-without touching `Client`.
+A transport has `send(frame)`, `send_blobs(frame, blobs)`, `close(linger)`
+and `after_fork()`. Both sends either queue the message at once or raise
+`QueueFull` (the local queue is at its limit) or `TransportError` (anything
+else); neither blocks. Two implement it: `client.ring.RingWriter`, a
+shared-memory ring for a sidecar on this host (`ipc://` endpoints), and
+`ZmqTransport`, a PUSH socket, for `tcp://` endpoints and old sidecars.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Transport(Protocol):
     def send_blobs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview]) -> None: ...
 
     def close(self, linger: float) -> None: ...
+
+    def after_fork(self) -> None:
+        """In a forked child: let go of the parent's transport without using it."""
 
 
 class ZmqTransport:
@@ -89,6 +93,9 @@ class ZmqTransport:
             raise QueueFull from None
         except zmq.ZMQError as exc:
             raise TransportError(str(exc)) from None
+
+    def after_fork(self) -> None:
+        pass  # libzmq's sockets are the parent's: the child must not even close them
 
     def close(self, linger: float) -> None:
         """Wait at most `linger` seconds for queued messages to leave, then drop them."""

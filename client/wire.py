@@ -45,6 +45,12 @@ STATS = "_client.stats"
 BYE = "_client.bye"
 CONTROL_KINDS: frozenset[str] = frozenset({STATS, BYE})
 
+# Limits both sides hold to: the client refuses (and counts) what the sidecar
+# would reject, so a mistake shows in the trading process, not in rejects.
+MAX_EVENT_BYTES = 1024 * 1024        # the JSON frame
+MAX_BLOB_BYTES = 48 * 1024 * 1024    # all blobs of one event together; fits half the default ring
+MAX_BLOBS = 16                       # frames after the first; Naver takes 10 images a call
+
 SYSTEMD_RUNTIME_DIR = "/run/trading-sidecar"
 MAX_INT = 2**63 - 1  # SQLite's INTEGER; larger numbers in a frame are refused, not stored
 

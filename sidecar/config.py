@@ -31,8 +31,8 @@ def _default_journal_dir() -> str:
 @dataclass(frozen=True, kw_only=True)
 class IngestConfig:
     endpoint: str = field(default_factory=wire.default_endpoint)
-    max_message_bytes: int = 1024 * 1024
-    max_blob_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = wire.MAX_EVENT_BYTES
+    max_blob_bytes: int = wire.MAX_BLOB_BYTES
     batch_max: int = 4096          # events per journal transaction (group commit)
 
 

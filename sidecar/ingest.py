@@ -1,12 +1,22 @@
-"""Ingest: read events from the PULL socket and group-commit them to the journal.
+"""Ingest: read events from the producers' rings and the PULL socket, and
+group-commit them to the journal.
 
     ingest = Ingest(cfg.ingest, journal, connectors, metrics, on_written=wake_lanes)
     ingest.bind()              # raises IngestError if the endpoint is unusable
     ingest.start()             # a thread: poll, drain up to batch_max, one transaction
     ingest.stop()              # stop reading, journal what was already received
 
-Runs in its own thread so that a journal fsync never delays the delivery
-loop, and libzmq and SQLite release the GIL while they wait. Anything that is
+Two sources, one transaction per batch: the shared-memory rings of local
+producers (`sidecar.rings`), whose read positions advance only after the
+commit, so a crash re-reads them and the sequence numbers drop what the
+journal already holds; and the ZeroMQ socket, for remote producers and old
+clients. Runs in its own thread so that a journal fsync never delays the
+delivery loop, and libzmq and SQLite release the GIL while they wait.
+
+Waiting: after a batch the thread polls every millisecond for a while (a
+producer emitting steadily never needs to wake it), then asks the rings'
+producers for a doorbell and sleeps on it and on the socket, at most
+SLEEP_MS (the bound for the rare crossing of the doorbell flag and a record). Anything that is
 not a valid event is counted by reason and kept in `rejects`, and the rest
 of its batch is journaled as usual. Sequence numbers are tracked per client:
 a jump is a gap (events lost in between), and the client's closing message
@@ -29,18 +39,27 @@ import orjson
 import zmq
 
 from client import wire
+from client.ring import ring_dir
 
 from .config import IngestConfig
 from .connectors.base import Connector, Reject
 from .journal import BLOB_PATH_SEPARATOR, EventRow, Journal
 from .metrics import Metrics
+from .rings import Rings
 
 log = logging.getLogger("sidecar.ingest")
 
-POLL_MS = 100
+SPIN_MS = 1                # poll interval while events flowed recently
+SPIN_SECONDS = 0.25        # ...for this long after the last one
+SLEEP_MS = 50              # then sleep on the doorbell, at most this long
 STOP_DRAIN_SECONDS = 2.0
 WRITE_ATTEMPTS = 30  # a journal that cannot be written for this many seconds stops the sidecar
-MAX_BLOBS = 16  # frames after the first; Naver takes 10 images a call
+# ZeroMQ's receive queue, in messages. Bounded, so a flood cannot grow the
+# sidecar's memory; when it fills, libzmq stops reading the connection and
+# the producers' own queues (and then the kernel's socket buffers) hold the
+# rest: back-pressure, not loss. A closing producer's tail is read once the
+# queue has room, as long as it lingers (see the README).
+RCVHWM = 10_000
 
 
 class IngestError(RuntimeError):
@@ -95,6 +114,7 @@ class Ingest:
         }
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
+        self.rings: Rings | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -106,9 +126,10 @@ class Ingest:
         if endpoint.startswith("ipc://"):
             _clear_stale_ipc(self._ctx, endpoint[len("ipc://"):])
         sock = self._ctx.socket(zmq.PULL)
-        # Unlimited receive queue: with the default of 1000, libzmq loses the
-        # tail of a burst from a client that exits at once (see API_FACTS).
-        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        # One frame larger than any valid one closes that connection, before
+        # libzmq buffers it.
+        sock.setsockopt(zmq.MAXMSGSIZE, max(self.cfg.max_message_bytes, self.cfg.max_blob_bytes) + 1024)
         sock.setsockopt(zmq.LINGER, 0)
         try:
             sock.bind(endpoint)
@@ -123,6 +144,16 @@ class Ingest:
                 os.chmod(endpoint[len("ipc://"):], 0o660)
             except OSError:
                 pass
+        directory = ring_dir(endpoint)
+        if directory is not None:
+            rings = Rings(directory, self.metrics)
+            try:
+                rings.open()
+            except OSError as exc:
+                sock.close(0)
+                rings.close()
+                raise IngestError(f"cannot use the ring directory {directory}: {exc}") from None
+            self.rings = rings
         self._sock = sock
 
     def start(self) -> None:
@@ -138,8 +169,11 @@ class Ingest:
             if self._thread.is_alive():
                 log.error("ingest did not stop within %.0f s; leaving it to process exit", timeout)
                 return
-        elif self._sock is not None:
-            self._sock.close(0)
+        else:
+            if self._sock is not None:
+                self._sock.close(0)
+            if self.rings is not None:
+                self.rings.close()
         self._ctx.term()
 
     @property
@@ -151,23 +185,59 @@ class Ingest:
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
+        rings = self.rings
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if rings is not None and rings.doorbell is not None:
+            poller.register(rings.doorbell.fileno(), zmq.POLLIN)
+        idle_since: float | None = None
         try:
             while not self._stop.is_set():
-                if sock.poll(POLL_MS):
-                    self.process(self._drain(sock))
+                if self._cycle(sock):
+                    idle_since = None
+                    continue
+                now = time.monotonic()
+                if rings is not None:
+                    rings.maintain(now)
+                if idle_since is None:
+                    idle_since = now
+                if rings is None or now - idle_since < SPIN_SECONDS:
+                    poller.poll(SPIN_MS if rings is not None else SLEEP_MS)
+                else:
+                    rings.arm()
+                    if self._cycle(sock):  # a record written before its producer saw the flag
+                        idle_since = None
+                        continue
+                    poller.poll(SLEEP_MS)
+                if rings is not None:
+                    rings.drain_doorbell()
             # Stopping: journal what already reached this process, without
             # waiting for more (a busy client would keep us here forever).
+            # What stays in the rings is read at the next start.
             deadline = time.monotonic() + STOP_DRAIN_SECONDS
-            while time.monotonic() < deadline:
-                messages = self._drain(sock)
-                if not messages:
-                    break
-                self.process(messages)
+            while time.monotonic() < deadline and self._cycle(sock, rings_too=False):
+                pass
         except BaseException as exc:  # surfaced by the app, which exits non-zero
             self.error = exc
             log.exception("ingest stopped on an unexpected error")
         finally:
             sock.close(0)  # in this thread: a socket must not be closed under its user
+            if rings is not None:
+                rings.close()
+
+    def _cycle(self, sock: zmq.Socket, *, rings_too: bool = True) -> int:
+        """Read one batch from the socket and the rings, journal it, then
+        acknowledge the rings; returns how many messages it took."""
+        messages = self._drain(sock)
+        rings = self.rings if rings_too else None
+        if rings is not None and len(messages) < self.cfg.batch_max:
+            messages += rings.read(self.cfg.batch_max - len(messages))
+        if not messages:
+            return 0
+        self.process(messages)
+        if rings is not None:
+            rings.ack()
+        return len(messages)
 
     def _drain(self, sock: zmq.Socket) -> list[list[bytes]]:
         """Read what is waiting, up to batch_max messages, without blocking."""
@@ -263,8 +333,8 @@ class Ingest:
                 time.sleep(1.0)
 
     def _parse(self, frames: list[bytes]) -> tuple[wire.Envelope, list[bytes]]:
-        if not frames or len(frames) > 1 + MAX_BLOBS:
-            raise Reject("bad_frames", f"expected 1 to {1 + MAX_BLOBS} frames, got {len(frames)}")
+        if not frames or len(frames) > 1 + wire.MAX_BLOBS:
+            raise Reject("bad_frames", f"expected 1 to {1 + wire.MAX_BLOBS} frames, got {len(frames)}")
         if len(frames[0]) > self.cfg.max_message_bytes:
             raise Reject("too_large", f"event of {len(frames[0])} bytes, limit {self.cfg.max_message_bytes}")
         blobs = frames[1:]

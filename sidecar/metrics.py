@@ -49,6 +49,11 @@ class Metrics:
                                   registry=r)
         self.breaker_state = Gauge("sidecar_circuit_breaker_state", "0 closed, 1 half-open, 2 open", ["lane"],
                                    registry=r)
+        self.rings = Gauge("sidecar_rings", "Shared-memory rings being read", registry=r)
+        self.rings_quarantined = Counter("sidecar_rings_quarantined", "Rings moved aside as corrupt or unusable",
+                                         ["reason"], registry=r)
+        self.ring_doorbells = Counter("sidecar_ring_doorbells", "Wake-ups rung by producers while ingest slept",
+                                      registry=r)
         self.journal_bytes = Gauge("sidecar_journal_size_bytes", "Journal files on disk", registry=r)
         self.clients = ClientReports()
         r.register(self.clients)

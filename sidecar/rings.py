@@ -1,0 +1,389 @@
+"""The sidecar's end of the shared-memory rings (see `client/ring.py` for the layout).
+
+    rings = Rings("/run/trading-sidecar/ingest.rings", metrics)
+    rings.open()                         # make the directory, bind the doorbell, adopt every ring
+    batch = rings.read(limit=4096)       # [(ring, frames), ...], not yet acknowledged
+    ...journal commits...
+    rings.ack()                          # only now may the producers reuse that space
+    rings.maintain(now)                  # adopt new rings, remove finished ones, quarantine stuck ones
+
+A ring is untrusted input: any process of the trading group can write one.
+So it is never mapped here (a file truncated under a mapping would kill the
+sidecar with SIGBUS); it is read with `pread`, every length and position is
+bounded before use, and a ring that breaks the layout is moved to
+`quarantine/`, counted and logged with its owner's pid, while the others go on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from client import ring as layout
+from client.ring import HEADER, REC_CRC, REC_WRAP, RECORD, FileHeader, RingCorrupt, record_bytes
+
+from .metrics import Metrics
+
+log = logging.getLogger("sidecar.rings")
+
+CHUNK_BYTES = 1 << 20          # one pread reads at most this much of a ring at a time
+STALL_SECONDS = 1.0            # unreadable data behind the producer's hint for this long is corruption
+MAINTAIN_SECONDS = 0.5         # how often to look for new rings and finished ones
+QUARANTINE = "quarantine"
+_zlib_crc32 = __import__("zlib").crc32
+
+
+@dataclass
+class Ring:
+    """One adopted ring: where the journal has it up to (`acked`) and where
+    reading has got to (`pos`, ahead of `acked` until the commit)."""
+
+    path: str
+    fd: int
+    header: FileHeader
+    acked: int
+    pos: int = 0
+    stalled_since: float | None = None
+    empty: bool = False
+    frames_read: int = 0
+
+    def __post_init__(self) -> None:
+        self.pos = self.acked
+        self.mask = self.header.capacity - 1
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    # -- reading --------------------------------------------------------------
+
+    def read(self, limit: int) -> list[list[bytes]]:
+        """Committed records from `pos` on, at most `limit`, each as its frames."""
+        out: list[list[bytes]] = []
+        cap = self.header.capacity
+        while len(out) < limit:
+            off = self.pos & self.mask
+            tail = cap - off
+            if tail < HEADER:   # too short for a header: the producer skipped it too
+                self.pos += tail
+                continue
+            want = min(tail, CHUNK_BYTES)
+            first = os.pread(self.fd, want, layout.FILE_HEADER + off)
+            if len(first) < want:
+                raise RingCorrupt(f"file ends early (truncated to {layout.FILE_HEADER + off + len(first)} bytes)")
+            committed, jump, big = self._scan(first, off)
+            if big:  # one record longer than a chunk: read just it
+                committed = big
+            more = jump or big or committed + HEADER > len(first)  # the chunk ended, not the data
+            if committed:
+                # The second copy, made after the commit marks were seen: its
+                # bytes are all at least as new as the marks (module docstring).
+                second = os.pread(self.fd, committed, layout.FILE_HEADER + off)
+                if len(second) < committed:
+                    raise RingCorrupt("file ends early (truncated)")
+                got = self._parse(second, off, limit - len(out), out)
+                self.pos += got
+                if got < committed:
+                    break  # a record that does not verify yet, or the limit
+            if jump:
+                self.pos += jump
+                continue
+            if not more:
+                break
+        self.empty = not out
+        self.frames_read += len(out)
+        return out
+
+    def _scan(self, buf: bytes, off: int) -> tuple[int, int, int]:
+        """(bytes of committed records, a wrap's jump to the lap's end, the length
+        of one committed record too long for `buf`), from the start of `buf`."""
+        cap = self.header.capacity
+        pos = self.pos
+        i = 0
+        n = len(buf)
+        while n - i >= HEADER:
+            size, nparts, flags, crc, _, end = RECORD.unpack_from(buf, i)
+            if flags & REC_WRAP:
+                skip = cap - off - i
+                if end != pos + i + skip:
+                    break
+                return i, skip, 0
+            rec = record_bytes(size)
+            if end != pos + i + rec:
+                break  # not written yet (or never will be: see maintain)
+            if size > layout.max_record_body(cap) or off + i + rec > cap:
+                raise RingCorrupt(f"record at {pos + i} claims {size} bytes")
+            if i + rec > n:
+                return i, 0, (rec if i == 0 else 0)
+            i += rec
+        return i, 0, 0
+
+    def _parse(self, buf: bytes, off: int, limit: int, out: list[list[bytes]]) -> int:
+        """Append the records of `buf` to `out`; return the bytes consumed."""
+        pos = self.pos
+        cap = self.header.capacity
+        checksum = self.header.checksum
+        i = 0
+        n = len(buf)
+        while i < n and limit:
+            size, nparts, flags, crc, _, end = RECORD.unpack_from(buf, i)
+            rec = record_bytes(size)
+            if flags & REC_WRAP or end != pos + i + rec or i + rec > n or off + i + rec > cap:
+                raise RingCorrupt(f"record at {pos + i} changed under the reader")
+            body = buf[i + HEADER:i + HEADER + size]
+            if checksum or flags & REC_CRC:
+                if not flags & REC_CRC:
+                    raise RingCorrupt(f"record at {pos + i} lacks the checksum its ring promises")
+                if _zlib_crc32(body) != crc:
+                    break  # not visible in full yet on a weakly ordered CPU; see stalled()
+            out.append(_split(body, nparts, pos + i))
+            limit -= 1
+            i += rec
+        return i
+
+    # -- state shared with the producer ---------------------------------------
+
+    def ack(self) -> None:
+        """Tell the producer the journal holds everything before `pos`."""
+        if self.pos != self.acked:
+            os.pwrite(self.fd, layout._U64.pack(self.pos), layout.OFF_READ)
+            self.acked = self.pos
+
+    def arm(self) -> None:
+        """Ask the producer for a doorbell on its next record."""
+        os.pwrite(self.fd, bytes([layout.WAKE_RING]), layout.OFF_WAKE)
+
+    def hint(self) -> int:
+        raw = os.pread(self.fd, 8, layout.OFF_HINT)
+        return layout._U64.unpack(raw)[0] if len(raw) == 8 else 0
+
+    def closed(self) -> bool:
+        return os.pread(self.fd, 1, layout.OFF_CLOSED) == b"\1"
+
+    def producer_alive(self) -> bool:
+        """The producer holds an exclusive flock for as long as it lives."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return False
+
+    def has_record(self) -> bool:
+        """Whether a committed record (or wrap) waits at `pos`, without reading it."""
+        off = self.pos & self.mask
+        tail = self.header.capacity - off
+        if tail < HEADER:
+            return True
+        committed, jump, big = self._scan(os.pread(self.fd, HEADER, layout.FILE_HEADER + off), off)
+        return bool(committed or jump or big)
+
+    def stalled(self, now: float) -> bool:
+        """True once data the producer says it wrote has stayed unreadable
+        for STALL_SECONDS: a broken record, not one still becoming visible."""
+        if not self.empty or self.hint() <= self.pos:
+            self.stalled_since = None
+            return False
+        if self.stalled_since is None:
+            self.stalled_since = now
+        return now - self.stalled_since >= STALL_SECONDS
+
+
+def _split(body: bytes, nparts: int, pos: int) -> list[bytes]:
+    if nparts == 1:
+        return [body]
+    if not 1 < nparts <= layout.MAX_PARTS or len(body) < 4 * nparts:
+        raise RingCorrupt(f"record at {pos} has {nparts} parts")
+    lengths = layout.struct.unpack_from(f"<{nparts}I", body, 0)
+    i = 4 * nparts
+    if i + sum(lengths) != len(body):
+        raise RingCorrupt(f"record at {pos}: part lengths do not add up to its size")
+    parts = []
+    for n in lengths:
+        parts.append(body[i:i + n])
+        i += n
+    return parts
+
+
+@dataclass
+class Rings:
+    """Every ring in one directory, and the doorbell their producers ring."""
+
+    directory: str
+    metrics: Metrics
+    rings: dict[str, Ring] = field(default_factory=dict)
+    doorbell: socket.socket | None = None
+    _last_maintain: float = 0.0
+    _read: list[Ring] = field(default_factory=list)
+
+    def open(self) -> None:
+        layout.make_private_dir(self.directory)
+        os.makedirs(os.path.join(self.directory, QUARANTINE), mode=0o2770, exist_ok=True)
+        path = os.path.join(self.directory, layout.DOORBELL)
+        try:
+            os.unlink(path)  # a dead sidecar's; a live one holds the ingest socket, checked before this
+        except FileNotFoundError:
+            pass
+        bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        bell.bind(path)
+        bell.setblocking(False)
+        os.chmod(path, 0o660)  # the trading group may ring it
+        self.doorbell = bell
+        self.scan()
+
+    def close(self) -> None:
+        for r in self.rings.values():
+            os.close(r.fd)
+        self.rings.clear()
+        if self.doorbell is not None:
+            self.doorbell.close()
+            self.doorbell = None
+
+    # -- the ingest thread's calls --------------------------------------------
+
+    def read(self, limit: int) -> list[list[bytes]]:
+        """Up to `limit` messages from all rings, fairly: no ring starves the others."""
+        out: list[list[bytes]] = []
+        self._read = []
+        if not self.rings:
+            return out
+        share = max(1, limit // len(self.rings))
+        for r in list(self.rings.values()):
+            if len(out) >= limit:
+                break
+            try:
+                got = r.read(min(share, limit - len(out)))
+            except (RingCorrupt, OSError) as exc:
+                self.quarantine(r, str(exc))
+                continue
+            if got:
+                out += got
+                self._read.append(r)
+        return out
+
+    def ack(self) -> None:
+        """After the journal committed what `read` returned."""
+        for r in self._read:
+            try:
+                r.ack()
+            except OSError as exc:
+                self.quarantine(r, f"cannot write its read position: {exc}")
+        self._read = []
+
+    def arm(self) -> None:
+        for r in list(self.rings.values()):
+            try:
+                r.arm()
+            except OSError as exc:
+                self.quarantine(r, f"cannot write its wake flag: {exc}")
+
+    def drain_doorbell(self) -> int:
+        n = 0
+        while self.doorbell is not None:
+            try:
+                self.doorbell.recv(64)
+                n += 1
+            except BlockingIOError:
+                break
+        if n:
+            self.metrics.ring_doorbells.inc(n)
+            self.scan()  # a new ring's first record rings too
+        return n
+
+    def maintain(self, now: float, *, force: bool = False) -> None:
+        """Adopt new rings; remove the empty ones whose producer is gone;
+        quarantine the ones whose data stays unreadable."""
+        if not force and now - self._last_maintain < MAINTAIN_SECONDS:
+            return
+        self._last_maintain = now
+        self.scan()
+        for r in list(self.rings.values()):
+            try:
+                if r.stalled(now):
+                    self.quarantine(r, f"no readable record at {r.pos} but the producer wrote up to {r.hint()}")
+                elif r.empty and r.pos == r.acked and not r.producer_alive():
+                    # Looked at once more: it may have written between our last read and its end.
+                    if r.has_record():
+                        r.empty = False
+                    else:
+                        self._remove(r)
+            except (RingCorrupt, OSError) as exc:
+                self.quarantine(r, str(exc))
+        self.metrics.rings.set(len(self.rings))
+
+    # -- adoption, removal, quarantine -----------------------------------------
+
+    def scan(self) -> None:
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError as exc:
+            log.error("cannot list the ring directory %s: %s", self.directory, exc.strerror)
+            return
+        for entry in entries:
+            if entry.name.endswith(layout.RING_SUFFIX) and not entry.name.startswith(".") \
+                    and entry.path not in self.rings:
+                self._adopt(entry.path)
+
+    def _adopt(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            self._count("open_failed")
+            log.error("cannot open ring %s (%s); leaving it", path, exc.strerror)
+            return
+        try:
+            st = os.fstat(fd)
+            if not layout.stat.S_ISREG(st.st_mode):
+                raise RingCorrupt("not a regular file")
+            header = FileHeader(os.pread(fd, 128, 0), st.st_size)
+            acked = layout._U64.unpack(os.pread(fd, 8, layout.OFF_READ))[0]
+            if acked & 7:
+                raise RingCorrupt(f"read position {acked} is not 8-aligned")
+        except (RingCorrupt, OSError, ValueError) as exc:
+            self._quarantine_path(path, fd, str(exc), pid=None)
+            return
+        ring = Ring(path, fd, header, acked)
+        self.rings[path] = ring
+        log.info("adopted ring %s (client %s, pid %d, %d bytes, read from %d)", ring.name, header.client_id,
+                 header.pid, header.capacity, acked)
+
+    def _remove(self, r: Ring) -> None:
+        del self.rings[r.path]
+        try:
+            os.unlink(r.path)
+        except FileNotFoundError:
+            pass
+        os.close(r.fd)
+        log.info("removed ring %s: its producer (pid %d) is gone and it is drained (%d messages read)",
+                 r.name, r.header.pid, r.frames_read)
+
+    def quarantine(self, r: Ring, why: str) -> None:
+        self.rings.pop(r.path, None)
+        try:
+            os.pwrite(r.fd, bytes([layout.WAKE_QUARANTINED]), layout.OFF_WAKE)  # the producer starts a new ring
+        except OSError:
+            pass
+        self._quarantine_path(r.path, r.fd, why, pid=r.header.pid, client=r.header.client_id)
+
+    def _quarantine_path(self, path: str, fd: int, why: str, *, pid: int | None, client: str = "?") -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = os.path.join(self.directory, QUARANTINE, f"{os.path.basename(path)}.{stamp}")
+        try:
+            os.rename(path, dest)
+        except OSError as exc:
+            dest = f"(could not move it: {exc.strerror})"
+        os.close(fd)
+        self._count("corrupt")
+        log.error("quarantined ring %s of client %s (pid %s): %s; moved to %s", os.path.basename(path), client,
+                  pid if pid is not None else "unknown", why, dest)
+
+    def _count(self, reason: str) -> None:
+        self.metrics.rings_quarantined.labels(reason=reason).inc()
+
+    def __iter__(self) -> Iterator[Ring]:
+        return iter(self.rings.values())
