@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -14,6 +15,9 @@ import pytest
 import zmq
 
 from client import Client, EmitError, wire
+from client.ring import MIN_RING_BYTES, ring_dir
+from sidecar.metrics import Metrics
+from sidecar.rings import Rings
 
 from .support import ROOT
 
@@ -29,21 +33,63 @@ def pull_socket(endpoint: str) -> tuple[zmq.Context, zmq.Socket]:
     return ctx, sock
 
 
-def receive_messages(sock: zmq.Socket, count: int, timeout_ms: int = 10_000) -> list[list[bytes]]:
-    """Receive `count` event messages, all frames (control messages are skipped)."""
-    out: list[list[bytes]] = []
-    while len(out) < count:
-        if not sock.poll(timeout_ms):
-            raise AssertionError(f"received {len(out)} of {count} events")
-        message = sock.recv_multipart()
-        if wire.decode(message[0]).kind not in wire.CONTROL_KINDS:
-            out.append(message)
-    return out
+class Receiver:
+    """The sidecar's end of either transport, without a sidecar: a PULL socket,
+    or the ring directory read as ingest reads it (acknowledging at once)."""
+
+    def __init__(self, endpoint: str, transport: str) -> None:
+        self.transport = transport
+        self.rings: Rings | None = None
+        self.sock: zmq.Socket | None = None
+        self.pending: list[list[bytes]] = []
+        if transport == "ring":
+            directory = ring_dir(endpoint)
+            assert directory is not None
+            self.rings = Rings(directory, Metrics())
+            self.rings.open()
+        else:
+            self.ctx, self.sock = pull_socket(endpoint)
+
+    def _read(self, timeout_ms: int) -> list[list[bytes]]:
+        if self.sock is not None:
+            return [self.sock.recv_multipart()] if self.sock.poll(timeout_ms) else []
+        assert self.rings is not None
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            self.rings.maintain(time.monotonic(), force=True)
+            got = self.rings.read(100_000)
+            self.rings.ack()
+            if got or time.monotonic() > deadline:
+                return got
+            time.sleep(0.005)
+
+    def messages(self, count: int, *, control: bool = False, timeout_ms: int = 10_000) -> list[list[bytes]]:
+        """`count` messages, all frames (control messages skipped unless asked for)."""
+        out: list[list[bytes]] = []
+        while len(out) < count:
+            if not self.pending:
+                self.pending = self._read(timeout_ms)
+                if not self.pending:
+                    raise AssertionError(f"received {len(out)} of {count} messages")
+            message = self.pending.pop(0)
+            if control or wire.decode(message[0]).kind not in wire.CONTROL_KINDS:
+                out.append(message)
+        return out
+
+    def events(self, count: int, timeout_ms: int = 10_000) -> list[wire.Envelope]:
+        return [wire.decode(m[0]) for m in self.messages(count, timeout_ms=timeout_ms)]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.ctx.term()
+        if self.rings is not None:
+            self.rings.close()
 
 
-def receive(sock: zmq.Socket, count: int, timeout_ms: int = 10_000) -> list[wire.Envelope]:
-    """Receive `count` events, decoded."""
-    return [wire.decode(m[0]) for m in receive_messages(sock, count, timeout_ms)]
+@pytest.fixture(params=["ring", "zmq"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def test_import_client_loads_no_sidecar_dependency() -> None:
@@ -81,31 +127,31 @@ def test_programming_errors_are_counted_or_raised_in_strict_mode(short_tmp: Path
             c.emit("webhook.post", {1, 2})
 
 
-def test_full_queue_drops_with_a_reason_and_never_blocks(short_tmp: Path) -> None:
-    # No sidecar at all: the queue fills, then every emit returns False at once.
-    with Client(f"ipc://{short_tmp}/absent.sock", queue_size=100, linger=0) as c:
-        results = [c.emit("webhook.post", {"n": n}) for n in range(300)]
+def test_full_queue_drops_with_a_reason_and_never_blocks(short_tmp: Path, transport: str) -> None:
+    # No sidecar at all: the queue (or ring) fills, then every emit returns False at once.
+    with Client(f"ipc://{short_tmp}/absent.sock", queue_size=100, ring_bytes=MIN_RING_BYTES, linger=0,
+                transport=transport) as c:
+        results = [c.emit("webhook.post", {"n": n}) for n in range(3000)]
     assert results.count(True) >= 90  # the queue also holds a stats message
     assert c.stats()["dropped"]["queue_full"] == results.count(False) > 0
     assert c.emit("webhook.post", {}) is False
     assert c.stats()["dropped"]["closed"] == 1
 
 
-def test_events_wait_while_the_sidecar_is_away_and_flow_when_it_is_back(short_tmp: Path) -> None:
+def test_events_wait_while_the_sidecar_is_away_and_flow_when_it_is_back(short_tmp: Path, transport: str) -> None:
     endpoint = f"ipc://{short_tmp}/later.sock"
-    with Client(endpoint) as c:
+    with Client(endpoint, transport=transport) as c:
         assert all(c.emit("webhook.post", {"n": n}) for n in range(2000))
-        ctx, sock = pull_socket(endpoint)
-        got = receive(sock, 2000)
+        rx = Receiver(endpoint, transport)
+        got = rx.events(2000)
     assert [e.payload["n"] for e in got] == list(range(2000))
     assert [e.seq for e in got] == list(range(1, 2001))
     assert {e.client_id for e in got} == {c.client_id}
-    sock.close()
-    ctx.term()
+    rx.close()
 
 
-def test_close_lingers_only_for_the_bounded_time(short_tmp: Path) -> None:
-    c = Client(f"ipc://{short_tmp}/never.sock")
+def test_zmq_close_lingers_only_for_the_bounded_time(short_tmp: Path) -> None:
+    c = Client(f"ipc://{short_tmp}/never.sock", transport="zmq")
     for n in range(10):
         c.emit("webhook.post", {"n": n})
     done = threading.Event()
@@ -114,33 +160,48 @@ def test_close_lingers_only_for_the_bounded_time(short_tmp: Path) -> None:
     assert done.wait(10), "close() did not return"
 
 
-def test_burst_then_exit_without_close_loses_nothing(short_tmp: Path) -> None:
-    endpoint = f"ipc://{short_tmp}/burst.sock"
-    ctx, sock = pull_socket(endpoint)
+def test_ring_close_leaves_the_tail_for_a_sidecar_that_comes_later(short_tmp: Path) -> None:
+    endpoint = f"ipc://{short_tmp}/gone.sock"
     script = textwrap.dedent(f"""
         from client import Client
         c = Client({endpoint!r}, strict=True)
+        for n in range(5000):
+            c.emit("webhook.post", {{"n": n}})
+        c.close(linger=5)   # nothing listens: a ring does not wait
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=60)
+    rx = Receiver(endpoint, "ring")
+    got = rx.events(5000)
+    assert [e.payload["n"] for e in got] == list(range(5000))
+    bye = [wire.decode(m[0]) for m in rx.messages(1, control=True)]
+    assert bye[0].kind == wire.BYE and bye[0].payload["sent"] == 5000
+    rx.close()
+
+
+def test_burst_then_exit_without_close_loses_nothing(short_tmp: Path, transport: str) -> None:
+    endpoint = f"ipc://{short_tmp}/burst.sock"
+    rx = Receiver(endpoint, transport)
+    script = textwrap.dedent(f"""
+        from client import Client
+        c = Client({endpoint!r}, strict=True, transport={transport!r})
         for n in range(20000):
             c.emit("webhook.post", {{"n": n, "pad": "x" * 100}})
     """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=60)
-    got = receive(sock, 20000)
+    got = rx.events(20000)
     assert [e.seq for e in got] == list(range(1, 20001))
     # The closing message announces the last sequence number.
-    assert sock.poll(5000)
-    bye = wire.decode(sock.recv_multipart()[0])
+    bye = wire.decode(rx.messages(1, control=True)[0][0])
     while bye.kind != wire.BYE:
-        assert sock.poll(5000)
-        bye = wire.decode(sock.recv_multipart()[0])
+        bye = wire.decode(rx.messages(1, control=True)[0][0])
     assert bye.payload["sent"] == 20000
-    sock.close()
-    ctx.term()
+    rx.close()
 
 
-def test_forked_child_gets_its_own_identity_and_socket(short_tmp: Path) -> None:
+def test_forked_child_gets_its_own_identity_and_transport(short_tmp: Path, transport: str) -> None:
     endpoint = f"ipc://{short_tmp}/fork.sock"
-    ctx, sock = pull_socket(endpoint)
-    with Client(endpoint, strict=True) as c:
+    rx = Receiver(endpoint, transport)
+    with Client(endpoint, strict=True, transport=transport) as c:
         c.emit("webhook.post", {"who": "parent", "n": 0})
         read, write = os.pipe()
         pid = os.fork()
@@ -157,21 +218,20 @@ def test_forked_child_gets_its_own_identity_and_socket(short_tmp: Path) -> None:
         child_id = os.read(read, 200).decode()
         os.waitpid(pid, 0)
         c.emit("webhook.post", {"who": "parent", "n": 1})
-        got = receive(sock, 4)
+        got = rx.events(4)
     by_client: dict[str, list[tuple[int, str]]] = {}
     for e in got:
         by_client.setdefault(e.client_id, []).append((e.seq, e.payload["who"]))
     assert child_id != c.client_id
     assert by_client[c.client_id] == [(1, "parent"), (2, "parent")]
     assert by_client[child_id] == [(1, "child"), (2, "child")]
-    sock.close()
-    ctx.term()
+    rx.close()
 
 
-def test_threadsafe_client_shared_by_threads(short_tmp: Path) -> None:
+def test_threadsafe_client_shared_by_threads(short_tmp: Path, transport: str) -> None:
     endpoint = f"ipc://{short_tmp}/threads.sock"
-    ctx, sock = pull_socket(endpoint)
-    with Client(endpoint, threadsafe=True, strict=True) as c:
+    rx = Receiver(endpoint, transport)
+    with Client(endpoint, threadsafe=True, strict=True, transport=transport) as c:
         def work(t: int) -> None:
             for n in range(2000):
                 assert c.emit("webhook.post", {"t": t, "n": n})
@@ -181,26 +241,33 @@ def test_threadsafe_client_shared_by_threads(short_tmp: Path) -> None:
             t.start()
         for t in threads:
             t.join()
-        got = receive(sock, 8000)
+        got = rx.events(8000)
     assert sorted(e.seq for e in got) == list(range(1, 8001))
     for t in range(4):
         assert [e.payload["n"] for e in got if e.payload["t"] == t] == list(range(2000))
-    sock.close()
-    ctx.term()
+    rx.close()
 
 
-def test_large_blob_travels_as_its_own_frame(short_tmp: Path) -> None:
+def test_large_blob_travels_as_its_own_frame(short_tmp: Path, transport: str) -> None:
     endpoint = f"ipc://{short_tmp}/blob.sock"
-    ctx, sock = pull_socket(endpoint)
+    rx = Receiver(endpoint, transport)
     small, big = os.urandom(100), os.urandom(3 * 1024 * 1024)
-    with Client(endpoint, strict=True) as c:
+    with Client(endpoint, strict=True, transport=transport) as c:
         assert c.emit("s3.put", {"bucket": "b", "key": "small"}, blob=small)
         assert c.emit("s3.put", {"bucket": "b", "key": "big"}, blob=memoryview(big))
-        frames = receive_messages(sock, 2)
-    assert [m[1] for m in frames] == [small, big]
+        assert c.emit("naver.images.upload", {}, blob=[small, b"", big])
+        frames = rx.messages(3)
+    assert [m[1:] for m in frames] == [[small], [big], [small, b"", big]]
     assert orjson.loads(frames[1][0])[7] == {"bucket": "b", "key": "big"}
-    sock.close()
-    ctx.term()
+    rx.close()
+
+
+def test_blob_limits_are_the_wire_limits(short_tmp: Path, transport: str) -> None:
+    with Client(f"ipc://{short_tmp}/limits.sock", transport=transport, linger=0) as c:
+        assert c.emit("naver.images.upload", {}, blob=[b"x"] * (wire.MAX_BLOBS + 1)) is False
+        assert c.emit("naver.images.upload", {}, blob=[b"x"] * wire.MAX_BLOBS) is True
+        assert c.emit("s3.put", {}, blob=bytes(wire.MAX_BLOB_BYTES + 1)) is False
+        assert c.stats()["dropped"] == {"bad_blob": 1, "too_large": 1}
 
 
 def test_bad_endpoint_counts_instead_of_raising() -> None:
@@ -210,49 +277,46 @@ def test_bad_endpoint_counts_instead_of_raising() -> None:
     c.close()
 
 
-def test_client_dropped_without_close_still_sends_at_exit(short_tmp: Path) -> None:
+def test_client_dropped_without_close_still_sends_at_exit(short_tmp: Path, transport: str) -> None:
     endpoint = f"ipc://{short_tmp}/dropped.sock"
-    ctx, sock = pull_socket(endpoint)
+    rx = Receiver(endpoint, transport)
     script = textwrap.dedent(f"""
         from client import Client
-        def alert(n):
-            Client({endpoint!r}, strict=True).emit("webhook.post", {{"n": n}})  # no close, no reference kept
+        def alert(n):  # no close, no reference kept
+            Client({endpoint!r}, strict=True, transport={transport!r}).emit("webhook.post", {{"n": n}})
         for n in range(50):
             alert(n)
     """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=60)
-    got = receive(sock, 50)
+    got = rx.events(50)
     assert sorted(e.payload["n"] for e in got) == list(range(50))
-    sock.close()
-    ctx.term()
+    rx.close()
 
 
-def test_close_waits_for_a_sidecar_that_appears_within_the_linger(short_tmp: Path) -> None:
+def test_zmq_close_waits_for_a_sidecar_that_appears_within_the_linger(short_tmp: Path) -> None:
     endpoint = f"ipc://{short_tmp}/late.sock"
-    c = Client(endpoint, linger=30)
+    c = Client(endpoint, linger=30, transport="zmq")
     for n in range(100):
         c.emit("webhook.post", {"n": n})
     closer = threading.Thread(target=c.close)
     closer.start()
-    ctx, sock = pull_socket(endpoint)  # the sidecar comes up while close() lingers
-    got = receive(sock, 100)
+    rx = Receiver(endpoint, "zmq")  # the sidecar comes up while close() lingers
+    got = rx.events(100)
     closer.join(30)
     assert not closer.is_alive()
     assert [e.payload["n"] for e in got] == list(range(100))
-    sock.close()
-    ctx.term()
+    rx.close()
 
 
-def test_strided_memoryview_blob_is_sent_whole(short_tmp: Path) -> None:
+def test_strided_memoryview_blob_is_sent_whole(short_tmp: Path, transport: str) -> None:
     endpoint = f"ipc://{short_tmp}/strided.sock"
-    ctx, sock = pull_socket(endpoint)
+    rx = Receiver(endpoint, transport)
     data = bytes(range(256)) * 4
     strided = memoryview(data)[::2]
-    with Client(endpoint, strict=True) as c:
+    with Client(endpoint, strict=True, transport=transport) as c:
         assert c.emit("s3.put", {"bucket": "b", "key": "k"}, blob=strided)
         assert c.emit("webhook.post", {"after": True})
-        messages = receive_messages(sock, 2)
+        messages = rx.messages(2)
     assert messages[0][1:] == [strided.tobytes()]
     assert len(messages[1]) == 1 and wire.decode(messages[1][0]).payload == {"after": True}
-    sock.close()
-    ctx.term()
+    rx.close()
