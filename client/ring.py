@@ -75,6 +75,7 @@ from .transport import QueueFull, TransportError
 MAGIC = b"TSRING1\n"
 VERSION = 1
 FILE_HEADER = 4096
+OFF_CLIENT_ID = 64
 OFF_READ = 128
 OFF_WAKE = 192
 OFF_HINT = 256
@@ -189,7 +190,8 @@ class RingWriter:
             os.ftruncate(fd, FILE_HEADER + capacity)
             header = _FILE.pack(MAGIC, VERSION, FILE_CHECKSUM if checksum else 0, capacity, os.getpid(), 0,
                                 time.time_ns())
-            os.pwrite(fd, header + client_id.encode()[:64].ljust(64, b"\0"), 0)
+            os.pwrite(fd, header, 0)
+            os.pwrite(fd, client_id.encode()[:64], OFF_CLIENT_ID)
             # Ring the doorbell on the first record: the sidecar learns of the new ring at once.
             os.pwrite(fd, bytes([WAKE_RING]), OFF_WAKE)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -343,7 +345,7 @@ class FileHeader:
         self.checksum = bool(flags & FILE_CHECKSUM)
         self.pid: int = pid
         self.created_ns: int = created_ns
-        self.client_id = raw[64:128].rstrip(b"\0").decode("utf-8", "replace")
+        self.client_id = raw[OFF_CLIENT_ID:OFF_READ].rstrip(b"\0").decode("utf-8", "replace")
 
 
 def is_regular(fd: int) -> bool:

@@ -218,6 +218,7 @@ class Rings:
     metrics: Metrics
     rings: dict[str, Ring] = field(default_factory=dict)
     doorbell: socket.socket | None = None
+    ignored: set[str] = field(default_factory=set)
     _last_maintain: float = 0.0
     _read: list[Ring] = field(default_factory=list)
 
@@ -332,9 +333,8 @@ class Rings:
     def _adopt(self, path: str) -> None:
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError as exc:
-            self._count("open_failed")
-            log.error("cannot open ring %s (%s); leaving it", path, exc.strerror)
+        except OSError as exc:  # a symlink (never followed), a file we may not open
+            self._quarantine_path(path, None, f"cannot open it: {exc.strerror}", pid=None)
             return
         try:
             st = os.fstat(fd)
@@ -364,20 +364,27 @@ class Rings:
 
     def quarantine(self, r: Ring, why: str) -> None:
         self.rings.pop(r.path, None)
-        try:
-            os.pwrite(r.fd, bytes([layout.WAKE_QUARANTINED]), layout.OFF_WAKE)  # the producer starts a new ring
-        except OSError:
-            pass
         self._quarantine_path(r.path, r.fd, why, pid=r.header.pid, client=r.header.client_id)
 
-    def _quarantine_path(self, path: str, fd: int, why: str, *, pid: int | None, client: str = "?") -> None:
+    def _quarantine_path(self, path: str, fd: int | None, why: str, *, pid: int | None, client: str = "?") -> None:
+        """Move a ring aside, tell its producer (through the file) to start a
+        new one, count and log it. Logged once: a file that cannot even be
+        moved is remembered and left alone."""
+        if path in self.ignored:
+            return
+        if fd is not None:
+            try:
+                os.pwrite(fd, bytes([layout.WAKE_QUARANTINED]), layout.OFF_WAKE)
+            except OSError:
+                pass
+            os.close(fd)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         dest = os.path.join(self.directory, QUARANTINE, f"{os.path.basename(path)}.{stamp}")
         try:
             os.rename(path, dest)
         except OSError as exc:
-            dest = f"(could not move it: {exc.strerror})"
-        os.close(fd)
+            dest = f"(could not move it: {exc.strerror}; ignoring it from now on)"
+            self.ignored.add(path)
         self._count("corrupt")
         log.error("quarantined ring %s of client %s (pid %s): %s; moved to %s", os.path.basename(path), client,
                   pid if pid is not None else "unknown", why, dest)
