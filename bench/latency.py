@@ -1,8 +1,8 @@
 """Emit latency: what one event costs the trading loop, for `emit` and the
 patterns it replaces, at fixed rates, while a real sidecar delivers.
 
-    python bench/latency.py                       # 1k/s for 60 s, 10k/s for 20 s, 100k/s for 10 s
-    python bench/latency.py --rates 1000 --seconds 10
+    python bench/latency.py                       # 1k/s for 60 s, 10k/s for 20 s, 100k/s for 10 s, then 200,000 back to back
+    python bench/latency.py --rates 1000 --seconds 10 --calls 50000
     python bench/latency.py --placement process   # the whole loop process on CPU 0 (taskset -c 0)
     python bench/latency.py --smoke               # a few seconds, for CI
 
@@ -10,8 +10,12 @@ Methods, each sending the same ~150-byte page update, serialised by itself:
 
 - bare send: `sock.send(orjson.dumps(body), zmq.NOBLOCK)` on a PUSH socket,
   drained by another process (the floor);
-- emit: `Client.emit`, to the real sidecar, which journals the events and
-  delivers them (coalesced) to the Notion simulator;
+- emit: `Client.emit` with the default transport for the sidecar's
+  ``ipc://`` endpoint, the shared-memory ring (`client/ring.py`), to the real
+  sidecar, which journals the events and delivers them (coalesced) to the
+  Notion simulator;
+- emit (zmq): the same with `Client(endpoint, transport="zmq")`, the
+  ZeroMQ PUSH socket the ring replaced, for comparison;
 - unix datagram: a non-blocking `send` on a Unix datagram socket (DogStatsD);
   a full receiver queue means a drop;
 - redis LPUSH: `r.lpush(queue, json)` (a Celery/RQ-style enqueue, whose real
@@ -29,12 +33,16 @@ often (the first send after a pause pays for waking the other core).
 Three kinds of chunk alternate, 0.5 s each, in the cycle interleaved, queue,
 interleaved, round trips, so all see the same stretch of machine noise:
 
-- interleaved: bare send, emit and unix datagram, call by call;
+- interleaved: bare send, emit, emit (zmq) and unix datagram, call by call;
 - queue: queue + thread alone, its worker thread running (parked in the
   other chunks: it competes for the GIL with everything in the process);
 - round trips: redis LPUSH and httpx blocking, each called every k-th tick
   only, k chosen so the loop keeps its schedule on average; their calls/s
   column shows the rate they actually ran at.
+
+After the paced rates, the interleaved methods run once more back to back,
+unpaced, --calls times each (200,000 by default), in the same rotation of
+orders: the cost when the loop emits as fast as it can.
 
 Each call is timed with perf_counter_ns into a preallocated array, recorded
 into HdrHistograms after the run (recording costs about 1 µs a value). The
@@ -75,6 +83,8 @@ from client import Client  # noqa: E402
 
 FULL_SECONDS = {1_000: 60.0, 10_000: 20.0, 100_000: 10.0}
 SMOKE_SECONDS = 0.4
+BURST_CALLS = 200_000
+SMOKE_CALLS = 5_000
 CHUNK_SECONDS = 0.5
 SMOKE_CHUNK = 0.1
 SLEEP_UNTIL_NS = 120_000  # sleep while more than this remains before a tick, then spin
@@ -208,8 +218,15 @@ def build_methods(stack: dict[str, Any], page_id: str) -> dict[str, list[Method]
         except BlockingIOError:  # receiver's queue full: DogStatsD drops and counts
             dgram_method.dropped += 1
 
+    zemit = stack["zclient"].emit
+
+    def zemit_one(n: int) -> None:
+        if not zemit("notion.page.update", bodies[n % BODIES]):
+            zemit_method.dropped += 1
+
     emit_method, dgram_method = Method("emit", emit_one), Method("unix datagram", dgram)
-    handoffs = [Method("(empty call)", empty), Method("bare send", bare), emit_method, dgram_method]
+    zemit_method = Method("emit (zmq)", zemit_one)
+    handoffs = [Method("(empty call)", empty), Method("bare send", bare), emit_method, zemit_method, dgram_method]
 
     put = stack["worker"].q.put
 
@@ -301,6 +318,37 @@ def run_chunk(methods: list[Method], every: list[int], rate: int, first: int, ti
     return late, took
 
 
+def run_burst(methods: list[Method], calls: int) -> dict[str, Any]:
+    """`calls` calls of each method back to back, unpaced, call by call in
+    every order in turn (as run_chunk does)."""
+    clock = time.perf_counter_ns
+    fns = [m.call for m in methods]
+    bufs = [array.array("q", bytes(8 * calls)) for _ in methods]
+    orders = list(itertools.permutations(range(len(methods))))
+    for m in methods:
+        m.reset()
+    gc.collect()
+    gc.disable()
+    start = clock()
+    try:
+        for n in range(calls):
+            for k in orders[n % len(orders)]:
+                t0 = clock()
+                fns[k](n)
+                t1 = clock()
+                bufs[k][n] = t1 - t0
+    finally:
+        gc.enable()
+    took = (clock() - start) / 1e9
+    rows = {}
+    for m, buf in zip(methods, bufs):
+        h = histogram()
+        for v in buf:
+            h.record_value(max(1, v))
+        rows[m.name] = {"hist": h, "dropped": m.dropped, "per_second": calls / took}
+    return {"rows": rows, "seconds": took}
+
+
 def run_rate(groups: dict[str, list[Method]], worker: QueueWorker, medians: dict[str, float], rate: int,
              seconds: float, chunk: float, cleanup: Callable[[], None]) -> dict[str, Any]:
     """Chunks in the cycle interleaved, queue, interleaved, round trips: the
@@ -344,22 +392,31 @@ def run_rate(groups: dict[str, list[Method]], worker: QueueWorker, medians: dict
     return {"rows": rows, "late": late, "worker_backlog": backlog}
 
 
-def render(rate: int, result: dict[str, Any]) -> str:
-    late = result["late"]
-    lines = [f"### {rate:,} events/s", "",
-             (f"µs per call. Ticks that started more than one interval late: {late['interleaved']:,} "
-              f"interleaved, {late['queue']:,} queue + thread, {late['round trips']:,} round trips. "
-              f"The queue's worker thread ended {result['worker_backlog']:,} calls behind."), "",
-             percentile_header("method", ["calls", "calls/s", "dropped"])]
+def render(rate: int | None, result: dict[str, Any]) -> str:
+    """One table; `rate` None for the back-to-back run."""
+    if rate is None:
+        calls = next(iter(result["rows"].values()))["hist"].get_total_count()
+        lines = [f"### Back to back, {calls:,} calls each", "",
+                 (f"µs per call, unpaced, the interleaved methods call by call; {result['seconds']:.1f} s in all "
+                  "(calls/s: rounds of every method per second)."), ""]
+    else:
+        late = result["late"]
+        lines = [f"### {rate:,} events/s", "",
+                 (f"µs per call. Ticks that started more than one interval late: {late['interleaved']:,} "
+                  f"interleaved, {late['queue']:,} queue + thread, {late['round trips']:,} round trips. "
+                  f"The queue's worker thread ended {result['worker_backlog']:,} calls behind."), ""]
+    lines.append(percentile_header("method", ["calls", "calls/s", "dropped"]))
     rows = result["rows"]
     for name, row in rows.items():
         h = row["hist"]
         lines.append(percentile_row(name, h, [f"{h.get_total_count():,}", f"{row['per_second']:,.0f}",
                                               f"{row['dropped']:,}"]))
-    bare, emit = rows["bare send"]["hist"], rows["emit"]["hist"]
-    ratios = [emit.get_value_at_percentile(p) / max(1, bare.get_value_at_percentile(p)) for p in PERCENTILES]
-    ratios.append(emit.get_max_value() / max(1, bare.get_max_value()))
-    lines.append("| **emit / bare send** | " + " | ".join(f"{r:.2f}×" for r in ratios) + " | | | |")
+    bare = rows["bare send"]["hist"]
+    for name in ("emit", "emit (zmq)"):
+        emit = rows[name]["hist"]
+        ratios = [emit.get_value_at_percentile(p) / max(1, bare.get_value_at_percentile(p)) for p in PERCENTILES]
+        ratios.append(emit.get_max_value() / max(1, bare.get_max_value()))
+        lines.append(f"| **{name} / bare send** | " + " | ".join(f"{r:.2f}×" for r in ratios) + " | | | |")
     return "\n".join(lines)
 
 
@@ -379,6 +436,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", type=int, nargs="+", default=sorted(FULL_SECONDS), help="events per second")
     parser.add_argument("--seconds", type=float, help="seconds per rate (default: 60, 20, 10)")
+    parser.add_argument("--calls", type=int, default=BURST_CALLS,
+                        help=f"back-to-back calls of each method after the paced rates (default {BURST_CALLS:,}; "
+                             "0: none)")
     parser.add_argument("--placement", choices=["thread", "process", "none"], default="thread",
                         help="thread: loop thread on CPU 0, the rest elsewhere (default); process: the whole "
                              "loop process on CPU 0; none: no affinity anywhere")
@@ -427,13 +487,17 @@ def main() -> int:
         http = resources.enter_context(httpx.Client(base_url=sim.api_url + "/", headers=headers, timeout=10))
         worker = QueueWorker(httpx.Client(base_url=sim.api_url + "/", headers=headers, timeout=10), sim.page_id)
         resources.callback(worker.stop)
-        client = Client(sidecar.endpoint)
+        client = Client(sidecar.endpoint)  # an ipc:// endpoint: the ring
         resources.callback(client.close, 1.0)
-        stack = {"bare": bare, "client": client, "dgram": dgram, "http": http, "worker": worker, "redis": rconn}
+        zclient = Client(sidecar.endpoint, transport="zmq")
+        resources.callback(zclient.close, 1.0)
+        stack = {"bare": bare, "client": client, "zclient": zclient, "dgram": dgram, "http": http,
+                 "worker": worker, "redis": rconn}
         groups = build_methods(stack, sim.page_id)
         # libzmq starts its IO thread with the first socket; every helper thread exists now.
         bare.send(b"{}")
         client.emit("notion.page.update", update_body(sim.page_id, 0))
+        zclient.emit("notion.page.update", update_body(sim.page_id, 0))
         if args.placement == "thread":
             os.sched_setaffinity(0, {LOOP_CPU})
         medians = calibrate([m for ms in groups.values() for m in ms])
@@ -447,7 +511,10 @@ def main() -> int:
         for rate in args.rates:
             seconds = SMOKE_SECONDS if args.smoke else args.seconds or FULL_SECONDS.get(rate, 10.0)
             results[rate] = run_rate(groups, worker, medians, rate, seconds, chunk, cleanup)
-        emit_drops = client.stats()["dropped"]
+        calls = SMOKE_CALLS if args.smoke else args.calls
+        burst = run_burst(groups["interleaved"], calls) if calls else None
+        emit_drops = {"emit": client.stats()["dropped"], "emit (zmq)": zclient.stats()["dropped"]}
+        transport = client.transport_name
         journaled = sidecar.scrape().get("sidecar_events_journaled_total", 0)
 
     placement = {"thread": f"the loop's thread on CPU {LOOP_CPU}, its helper threads on {OTHER_CPUS}",
@@ -464,18 +531,28 @@ def main() -> int:
     if rconn is None:
         print("No redis LPUSH row: redis-server or redis-py is not installed (apt-get install redis-server; "
               "pip install redis).")
-    print(f"emit drops: {emit_drops or 'none'}; the sidecar journaled {journaled:,.0f} events while "
-          "delivering them, coalesced, to the Notion simulator.\n")
-    doc: dict[str, Any] = {"placement": args.placement, "rates": {}}
+    print(f"emit goes through the {transport} (the default for an ipc:// endpoint); emit (zmq) through "
+          "ZeroMQ. Drops: " + "; ".join(f"{k} {v or 'none'}" for k, v in emit_drops.items())
+          + f". The sidecar journaled {journaled:,.0f} events while delivering them, coalesced, to the "
+          "Notion simulator.\n")
+    doc: dict[str, Any] = {"placement": args.placement, "transport": transport, "rates": {}, "burst": {}}
     for rate, result in results.items():
         print(render(rate, result))
         print()
         rows = result["rows"]
         doc["rates"][str(rate)] = {name: {**summary(row["hist"]), "per_second": row["per_second"],
                                           "dropped": row["dropped"]} for name, row in rows.items()}
+    if burst is not None:
+        print(render(None, burst))
+        print()
+        doc["burst"] = {name: {**summary(row["hist"]), "per_second": row["per_second"], "dropped": row["dropped"]}
+                        for name, row in burst["rows"].items()}
     plot = out / "latency.png"
-    plot_percentiles({f"{rate:,} events/s": {k: row["hist"] for k, row in r["rows"].items() if k != "(empty call)"}
-                      for rate, r in results.items()}, plot, "Cost of handing off one event (µs)")
+    panels = {f"{rate:,} events/s": {k: row["hist"] for k, row in r["rows"].items() if k != "(empty call)"}
+              for rate, r in results.items()}
+    if burst is not None:
+        panels["back to back"] = {k: row["hist"] for k, row in burst["rows"].items() if k != "(empty call)"}
+    plot_percentiles(panels, plot, "Cost of handing off one event (µs)")
     print(f"Plot: {plot}")
     write_json(args, doc)
     return 0
