@@ -25,18 +25,19 @@ File layout (little-endian)::
 
 Positions are byte counts since the ring was made (never reset); a record
 at position p lives at offset ``p % capacity`` and never straddles the
-end: where one does not fit, a wrap record (or, in a tail too short for a
-header, nothing) fills the rest. Each record is a 24-byte header and a body,
-padded to 8 bytes::
+end: where one does not fit, a wrap record (or, in a tail too short for
+one, nothing) fills the rest. A record is a 16-byte header, the body,
+padding to 8 bytes, and a u64 trailer::
 
-    u32 size, u16 nparts, u16 flags, u32 crc32, u32 0, u64 end      then `size` bytes of body
+    u32 size, u16 nparts, u16 flags, u32 crc32, u32 0 | size bytes of body | pad | u64 end
 
 The body is the event's frame alone (nparts = 1) or a table of nparts u32
-lengths followed by the frame and its blobs.
+lengths followed by the frame and its blobs. One `struct.pack_into` writes
+a whole single-part record, in that order, so the hot path makes one C call.
 
-Why a reader never sees half a record. The producer writes the body, then
-the header, whose last field `end` (the position after the record) is the
-commit mark: a reader takes a record only if `end` equals its own position
+Why a reader never sees half a record. The trailer `end` (the position after
+the record) is written last and is the commit mark: a reader takes a record
+only if the trailer where its header's size puts it equals its own position
 plus the record's length, which no stale record of an earlier lap and no
 zeroed page can match. On x86-64 stores become visible in program order
 (TSO), so a reader that sees `end` sees the body. A copy (memcpy, pread) may
@@ -68,7 +69,7 @@ import stat
 import struct
 import time
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .transport import QueueFull, TransportError
 
@@ -82,8 +83,9 @@ OFF_HINT = 256
 OFF_CLOSED = 264
 FILE_CHECKSUM = 1
 
-RECORD = struct.Struct("<IHHIIQ")  # size, nparts, flags, crc32, 0, end (the commit mark, written last)
-HEADER = RECORD.size               # 24
+RECORD = struct.Struct("<IHHII")   # size, nparts, flags, crc32, 0; the u64 trailer `end` follows the body
+TRAILER = 8
+HEADER = RECORD.size + TRAILER     # 24: a record's bytes beyond its body, before padding
 REC_WRAP = 1
 REC_CRC = 2
 MAX_PARTS = 17                     # the frame and at most wire.MAX_BLOBS blobs
@@ -141,6 +143,21 @@ def make_private_dir(path: str) -> None:
     os.chmod(path, 0o2770)  # mkdir's mode is filtered by the umask
 
 
+_packers: dict[int, Callable[..., None]] = {}
+
+
+def packer(size: int) -> Callable[..., None]:
+    """`pack_into(buf, offset, size, nparts, flags, crc, 0, body, end)` for a
+    body of `size` bytes: the whole record in one C call, trailer last."""
+    pack = _packers.get(size)
+    if pack is None:
+        if len(_packers) >= 4096:  # payload sizes vary; keep the cache bounded
+            _packers.clear()
+        pad = record_bytes(size) - HEADER - size
+        pack = _packers[size] = struct.Struct(f"<IHHII{size}s{pad}xQ").pack_into
+    return pack
+
+
 def body_of(parts: Sequence[bytes | bytearray | memoryview]) -> bytes:
     """A multi-part body: the length table, then the parts."""
     lengths = [memoryview(p).nbytes for p in parts]
@@ -155,6 +172,8 @@ class RingWriter:
         self.path = path
         self.capacity = capacity
         self.checksum = checksum
+        self._flags = REC_CRC if checksum else 0
+        self._crc = zlib.crc32
         self.max_body = max_record_body(capacity)
         self._fd = fd
         self._mm = mm
@@ -206,22 +225,22 @@ class RingWriter:
     # -- the hot path ---------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
-        """Append one single-part record; raise QueueFull if it does not fit now."""
+        """Append one single-part record; raise QueueFull if it does not fit now.
+
+        `frame` must be at most `max_body` bytes (Client checks)."""
         n = len(frame)
-        rec = (n + 31) & ~7  # record_bytes(n), inlined
+        rec = (n + 31) & -8  # record_bytes(n), inlined
         pos = self._pos
+        end = pos + rec
         off = pos & self._mask
-        if off + rec > self.capacity or pos + rec - self._read > self.capacity or n > self.max_body:
+        if off + rec > self.capacity or end - self._read > self.capacity:
             return self._send_slow([frame])
-        mm = self._mm
-        start = FILE_HEADER + off
-        mm[start + HEADER:start + HEADER + n] = frame
-        if self.checksum:
-            RECORD.pack_into(mm, start, n, 1, REC_CRC, zlib.crc32(frame), 0, pos + rec)
-        else:
-            RECORD.pack_into(mm, start, n, 1, 0, 0, 0, pos + rec)
-        self._pos = pos + rec
-        if mm[OFF_WAKE]:
+        # Everything in one C call (header, body, trailer last), then the
+        # wake flag: a byte of memory this process maps anyway.
+        (_packers.get(n) or packer(n))(self._mm, FILE_HEADER + off, n, 1, self._flags,
+                                        self._crc(frame) if self._flags else 0, 0, frame, end)
+        self._pos = end
+        if self._mm[OFF_WAKE]:
             self._wake()
 
     def send_blobs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview]) -> None:
@@ -246,20 +265,24 @@ class RingWriter:
                 raise QueueFull
         mm = self._mm
         if skip:
-            if skip >= HEADER:
-                RECORD.pack_into(mm, FILE_HEADER + off, 0, 0, REC_WRAP, 0, 0, pos + skip)
+            if skip >= HEADER:  # a wrap record: a body of padding up to the end
+                self._put(FILE_HEADER + off, skip - HEADER, 0, REC_WRAP, 0, None, pos + skip)
             pos += skip
             off = 0
-        start = FILE_HEADER + off
-        mm[start + HEADER:start + HEADER + n] = body
-        nparts = len(parts)
-        if self.checksum:
-            RECORD.pack_into(mm, start, n, nparts, REC_CRC, zlib.crc32(body), 0, pos + rec)
-        else:
-            RECORD.pack_into(mm, start, n, nparts, 0, 0, 0, pos + rec)
+        self._put(FILE_HEADER + off, n, len(parts), self._flags, self._crc(body) if self._flags else 0, body,
+                  pos + rec)
         self._pos = pos + rec
         if mm[OFF_WAKE]:
             self._wake()
+
+    def _put(self, start: int, size: int, nparts: int, flags: int, crc: int, body: bytes | None,
+             end: int) -> None:
+        """A record of any size, in three writes, the trailer last."""
+        mm = self._mm
+        RECORD.pack_into(mm, start, size, nparts, flags, crc, 0)
+        if body is not None:
+            mm[start + RECORD.size:start + RECORD.size + size] = body
+        _U64.pack_into(mm, start + record_bytes(size) - TRAILER, end)
 
     def _hint(self) -> None:
         _U64.pack_into(self._mm, OFF_HINT, self._pos)

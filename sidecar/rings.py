@@ -21,11 +21,12 @@ import logging
 import os
 import socket
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from client import ring as layout
-from client.ring import HEADER, REC_CRC, REC_WRAP, RECORD, FileHeader, RingCorrupt, record_bytes
+from client.ring import HEADER, REC_CRC, REC_WRAP, RECORD, TRAILER, FileHeader, RingCorrupt, record_bytes
 
 from .metrics import Metrics
 
@@ -35,7 +36,9 @@ CHUNK_BYTES = 1 << 20          # one pread reads at most this much of a ring at 
 STALL_SECONDS = 1.0            # unreadable data behind the producer's hint for this long is corruption
 MAINTAIN_SECONDS = 0.5         # how often to look for new rings and finished ones
 QUARANTINE = "quarantine"
-_zlib_crc32 = __import__("zlib").crc32
+BODY = RECORD.size             # where a record's body starts
+_U64 = layout._U64
+_zlib_crc32 = zlib.crc32
 
 
 @dataclass
@@ -77,8 +80,8 @@ class Ring:
             if len(first) < want:
                 raise RingCorrupt(f"file ends early (truncated to {layout.FILE_HEADER + off + len(first)} bytes)")
             committed, jump, big = self._scan(first, off)
-            if big:  # one record longer than a chunk: read just it
-                committed = big
+            if big:  # one record longer than a chunk: its trailer first, then the whole of it
+                committed = big if self._committed_here() else 0
             more = jump or big or committed + HEADER > len(first)  # the chunk ended, not the data
             if committed:
                 # The second copy, made after the commit marks were seen: its
@@ -103,39 +106,41 @@ class Ring:
         """(bytes of committed records, a wrap's jump to the lap's end, the length
         of one committed record too long for `buf`), from the start of `buf`."""
         cap = self.header.capacity
+        largest = layout.max_record_body(cap)
         pos = self.pos
         i = 0
         n = len(buf)
         while n - i >= HEADER:
-            size, nparts, flags, crc, _, end = RECORD.unpack_from(buf, i)
-            if flags & REC_WRAP:
-                skip = cap - off - i
-                if end != pos + i + skip:
-                    break
-                return i, skip, 0
-            rec = record_bytes(size)
-            if end != pos + i + rec:
-                break  # not written yet (or never will be: see maintain)
-            if size > layout.max_record_body(cap) or off + i + rec > cap:
-                raise RingCorrupt(f"record at {pos + i} claims {size} bytes")
+            size, nparts, flags, crc, _ = RECORD.unpack_from(buf, i)
+            if size > largest or off + i + (rec := record_bytes(size)) > cap:
+                break  # not a header yet; if it stays so behind the producer's hint, see stalled()
             if i + rec > n:
-                return i, 0, (rec if i == 0 else 0)
+                if i == 0:  # longer than the chunk: its trailer is checked by the caller's second read
+                    return 0, 0, rec
+                break
+            if _U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
+                break  # not written yet (or never will be: see stalled())
+            if flags & REC_WRAP:
+                if off + i + rec != cap:
+                    raise RingCorrupt(f"wrap record at {pos + i} does not reach the end of the ring")
+                return i, rec, 0
             i += rec
         return i, 0, 0
 
     def _parse(self, buf: bytes, off: int, limit: int, out: list[list[bytes]]) -> int:
         """Append the records of `buf` to `out`; return the bytes consumed."""
         pos = self.pos
-        cap = self.header.capacity
         checksum = self.header.checksum
         i = 0
         n = len(buf)
         while i < n and limit:
-            size, nparts, flags, crc, _, end = RECORD.unpack_from(buf, i)
+            size, nparts, flags, crc, _ = RECORD.unpack_from(buf, i)
             rec = record_bytes(size)
-            if flags & REC_WRAP or end != pos + i + rec or i + rec > n or off + i + rec > cap:
+            if i + rec > n or _U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
                 raise RingCorrupt(f"record at {pos + i} changed under the reader")
-            body = buf[i + HEADER:i + HEADER + size]
+            if flags & REC_WRAP:
+                raise RingCorrupt(f"wrap record at {pos + i} in the middle of the ring")
+            body = buf[i + BODY:i + BODY + size]
             if checksum or flags & REC_CRC:
                 if not flags & REC_CRC:
                     raise RingCorrupt(f"record at {pos + i} lacks the checksum its ring promises")
@@ -151,7 +156,7 @@ class Ring:
     def ack(self) -> None:
         """Tell the producer the journal holds everything before `pos`."""
         if self.pos != self.acked:
-            os.pwrite(self.fd, layout._U64.pack(self.pos), layout.OFF_READ)
+            os.pwrite(self.fd, _U64.pack(self.pos), layout.OFF_READ)
             self.acked = self.pos
 
     def arm(self) -> None:
@@ -160,7 +165,7 @@ class Ring:
 
     def hint(self) -> int:
         raw = os.pread(self.fd, 8, layout.OFF_HINT)
-        return layout._U64.unpack(raw)[0] if len(raw) == 8 else 0
+        return _U64.unpack(raw)[0] if len(raw) == 8 else 0
 
     def closed(self) -> bool:
         return os.pread(self.fd, 1, layout.OFF_CLOSED) == b"\1"
@@ -174,14 +179,23 @@ class Ring:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         return False
 
+    def _committed_here(self) -> int:
+        """The length of the committed record at `pos`, or 0: two small reads."""
+        off = self.pos & self.mask
+        raw = os.pread(self.fd, RECORD.size, layout.FILE_HEADER + off)
+        if len(raw) < RECORD.size:
+            raise RingCorrupt("file ends early (truncated)")
+        size = RECORD.unpack(raw)[0]
+        rec = record_bytes(size)
+        if size > layout.max_record_body(self.header.capacity) or off + rec > self.header.capacity:
+            return 0
+        trailer = os.pread(self.fd, TRAILER, layout.FILE_HEADER + off + rec - TRAILER)
+        return rec if len(trailer) == TRAILER and _U64.unpack(trailer)[0] == self.pos + rec else 0
+
     def has_record(self) -> bool:
         """Whether a committed record (or wrap) waits at `pos`, without reading it."""
-        off = self.pos & self.mask
-        tail = self.header.capacity - off
-        if tail < HEADER:
-            return True
-        committed, jump, big = self._scan(os.pread(self.fd, HEADER, layout.FILE_HEADER + off), off)
-        return bool(committed or jump or big)
+        tail = self.header.capacity - (self.pos & self.mask)
+        return tail < HEADER or bool(self._committed_here())
 
     def stalled(self, now: float) -> bool:
         """True once data the producer says it wrote has stayed unreadable
@@ -341,7 +355,7 @@ class Rings:
             if not layout.stat.S_ISREG(st.st_mode):
                 raise RingCorrupt("not a regular file")
             header = FileHeader(os.pread(fd, 128, 0), st.st_size)
-            acked = layout._U64.unpack(os.pread(fd, 8, layout.OFF_READ))[0]
+            acked = _U64.unpack(os.pread(fd, 8, layout.OFF_READ))[0]
             if acked & 7:
                 raise RingCorrupt(f"read position {acked} is not 8-aligned")
         except (RingCorrupt, OSError, ValueError) as exc:

@@ -141,18 +141,19 @@ def corrupt_after_two_records(tmp_path: Path, how: str) -> RingWriter:
     w.send(b"two")
     second = ring.record_bytes(3)
     with open(w.path, "r+b") as f:
-        if how == "size":      # a committed header that claims more than half the ring
-            f.seek(FILE_HEADER + second)
-            f.write(struct.pack("<IHHIIQ", 1 << 30, 1, 0, 0, 0, second + ring.record_bytes(1 << 30)))
-        elif how == "parts":   # a part table that does not add up
+        # Each as the producer would have gone on: its hint says it wrote more.
+        f.seek(OFF_HINT)
+        f.write(struct.pack("<Q", second + 4096))
+        f.seek(FILE_HEADER + second)
+        if how == "size":      # a header that claims more than half the ring
+            f.write(struct.pack("<IHHII", 1 << 30, 1, 0, 0, 0))
+        elif how == "parts":   # a committed record whose part table does not add up
             body = struct.pack("<3I", 5, 5, 99) + b"x" * 10
-            f.seek(FILE_HEADER + second)
-            f.write(struct.pack("<IHHIIQ", len(body), 3, 0, 0, 0, second + ring.record_bytes(len(body))) + body)
-        elif how == "garbage":  # bytes that never commit, behind a hint that says they were written
-            f.seek(FILE_HEADER + second)
+            rec = ring.record_bytes(len(body))
+            f.write(struct.pack("<IHHII", len(body), 3, 0, 0, 0) + body.ljust(rec - 24, b"\0")
+                    + struct.pack("<Q", second + rec))
+        elif how == "garbage":  # bytes that never commit
             f.write(os.urandom(64))
-            f.seek(OFF_HINT)
-            f.write(struct.pack("<Q", second + 64))
         elif how == "truncated":
             f.truncate(FILE_HEADER + 16)
     return w
