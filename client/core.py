@@ -129,6 +129,7 @@ class Client:
         self._next_stats_ns = 0
         self._retry_ns = 0
         self._rings_made = 0
+        self._seq_at_disconnect: int | None = None
         self._max_record = self.max_event_bytes + self.max_blob_bytes
         self._transport: Transport | None = None
         self._attach(self._connect() if isinstance(transport, str) else transport)
@@ -232,7 +233,7 @@ class Client:
         self._seq = seq
         if now >= self._next_stats_ns:
             self._next_stats_ns = now + STATS_INTERVAL_NS
-            self._send_control(wire.STATS)
+            self._tick()
         return True
 
     # -- outcomes -------------------------------------------------------------
@@ -256,6 +257,18 @@ class Client:
             self._warned.add((reason, kind))
             log.warning("emit dropped an event (%s); further drops of this kind are only counted", detail)
         return self._drop(reason)
+
+    def _tick(self) -> None:
+        """Once a second, inside an emit: report our counters; over ZeroMQ,
+        note where the sequence stood when the sidecar went away, so that a
+        close() whose linger runs out can count what it drops."""
+        transport = self._transport
+        if isinstance(transport, ZmqTransport):
+            if transport.peer_connected():
+                self._seq_at_disconnect = None
+            elif self._seq_at_disconnect is None:
+                self._seq_at_disconnect = self._seq if transport.ever_connected else 0
+        self._send_control(wire.STATS)
 
     def _send_control(self, kind: str) -> None:
         transport = self._transport
@@ -295,7 +308,15 @@ class Client:
             transport.send(frame)
         except (QueueFull, TransportError):
             pass
-        transport.close(self.linger if linger is None else linger)
+        if transport.close(self.linger if linger is None else linger):
+            # ZeroMQ dropped its queue with no sidecar connected: every event
+            # since the sidecar was last seen (all of them if it never was).
+            # Seen once a second, so a disconnect within the last second may
+            # count a few events fewer than were lost: at least this many.
+            assert isinstance(transport, ZmqTransport)
+            since = 0 if not transport.ever_connected else self._seq_at_disconnect
+            if since is not None and self._seq > since:
+                self._dropped["linger_expired"] += self._seq - since
 
     def _after_fork_in_child(self) -> None:
         # The parent's ring or socket stays the parent's. The child gets its
@@ -310,6 +331,7 @@ class Client:
         self._next_stats_ns = 0
         self._retry_ns = 0
         self._rings_made = 0
+        self._seq_at_disconnect = None
 
     def _reopen(self) -> Transport | None:
         """A transport for an emit that has none: after fork, or once a second

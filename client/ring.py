@@ -316,7 +316,7 @@ class RingWriter:
         self._read = _U64.unpack_from(self._mm, OFF_READ)[0]
         return self._pos - self._read
 
-    def close(self, linger: float = 0.0) -> None:
+    def close(self, linger: float = 0.0) -> bool:
         """Mark the ring closed, ring the doorbell and let go at once: what it
         holds is the sidecar's to drain, now or when it next starts
         (`linger` is the Transport interface's; a ring never waits)."""
@@ -324,6 +324,7 @@ class RingWriter:
         self._mm[OFF_CLOSED] = 1
         self.ring_doorbell()
         self.forget()
+        return False  # nothing dropped: the ring keeps it
 
     def after_fork(self) -> None:
         self.forget()

@@ -10,6 +10,7 @@ shared-memory ring for a sidecar on this host (`ipc://` endpoints), and
 
 from __future__ import annotations
 
+import time
 from typing import Protocol, Sequence
 
 import zmq
@@ -35,7 +36,8 @@ class Transport(Protocol):
 
     def send_blobs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview]) -> None: ...
 
-    def close(self, linger: float) -> None: ...
+    def close(self, linger: float) -> bool | None:
+        """Let go; True if queued messages were dropped when `linger` ran out."""
 
     def after_fork(self) -> None:
         """In a forked child: let go of the parent's transport without using it."""
@@ -67,6 +69,11 @@ class ZmqTransport:
             self._ctx.term()
             raise TransportError(f"cannot connect to {endpoint!r}: {exc}") from None
         self._sock = sock
+        # Whether a sidecar is connected, from libzmq's own events, read on
+        # the slow paths only (`peer_connected`); the close() count needs it.
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._connected = False
+        self.ever_connected = False
         # pyzmq's Socket.send is a Python layer (for routing ids and groups,
         # unused here) over the Cython send; calling the latter directly
         # saves about a quarter of a microsecond on every emit.
@@ -97,8 +104,23 @@ class ZmqTransport:
     def after_fork(self) -> None:
         pass  # libzmq's sockets are the parent's: the child must not even close them
 
-    def close(self, linger: float) -> None:
-        """Wait at most `linger` seconds for queued messages to leave, then drop them."""
+    def peer_connected(self) -> bool:
+        """Whether a sidecar is connected now (reads libzmq's events; not for the hot path)."""
+        while self._monitor.poll(0):
+            event = self._monitor.recv_multipart()
+            kind = int.from_bytes(event[0][:2], "little")
+            self._connected = kind == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            self.ever_connected |= self._connected
+        return self._connected
+
+    def close(self, linger: float) -> bool:
+        """Wait at most `linger` seconds for queued messages to leave, then
+        drop them. Returns True if the linger ran out with no sidecar
+        connected: then whatever was queued since it left is gone."""
+        started = time.monotonic()
         self._sock.close(linger=int(linger * 1000))
+        connected = self.peer_connected()
+        self._monitor.close(0)
         self._ctx.term()
+        return time.monotonic() - started >= linger and not connected
 

@@ -158,6 +158,8 @@ def test_zmq_close_lingers_only_for_the_bounded_time(short_tmp: Path) -> None:
     threading.Thread(target=lambda: (c.close(linger=0.2), done.set()), daemon=True).start()
     # Without a bounded linger, close() would wait for a sidecar forever.
     assert done.wait(10), "close() did not return"
+    # No sidecar ever connected: all ten were still queued, and are counted.
+    assert c.stats()["dropped"] == {"linger_expired": 10}
 
 
 def test_ring_close_leaves_the_tail_for_a_sidecar_that_comes_later(short_tmp: Path) -> None:
@@ -305,6 +307,7 @@ def test_zmq_close_waits_for_a_sidecar_that_appears_within_the_linger(short_tmp:
     closer.join(30)
     assert not closer.is_alive()
     assert [e.payload["n"] for e in got] == list(range(100))
+    assert c.stats()["dropped"] == {}
     rx.close()
 
 
