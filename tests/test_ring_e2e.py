@@ -112,3 +112,29 @@ def test_a_corrupt_ring_beside_a_good_one_is_quarantined_and_the_good_one_flows(
     assert b'sidecar_rings_quarantined_total{reason="corrupt"} 1.0' in body
     assert "quarantined ring evil.ring" in sc.log_text()
     assert sc.stop() == 0
+
+
+def test_zmq_burst_then_exit_into_the_bounded_receive_queue_loses_nothing(short_tmp: Path) -> None:
+    # The sidecar's RCVHWM is bounded (10,000); a burst ten times that from a
+    # producer that exits at once must still arrive whole (README: the sidecar).
+    sc = sidecar(short_tmp).start()
+    count = 100_000
+    script = textwrap.dedent(f"""
+        import json
+        from client import Client
+        c = Client({sc.endpoint!r}, strict=True, transport="zmq")
+        for n in range(count := {count}):
+            c.emit("notion.page.create", {{"parent": {{"database_id": "db"}}, "n": n, "pad": "x" * 200}}, key=f"k{{n}}")
+        c.close()
+        print(json.dumps({{"client_id": c.client_id, "dropped": c.stats()["dropped"]}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=True)
+    import orjson
+
+    report = orjson.loads(out.stdout)
+    assert report["dropped"] == {}
+    wait_until(lambda: sc.query("SELECT closed FROM clients WHERE client_id=?", report["client_id"]) == [(1,)],
+               timeout=30, what="the producer's closing message journaled")
+    assert journaled_seqs(sc, report["client_id"]) == list(range(1, count + 1))
+    assert sc.stop() == 0
