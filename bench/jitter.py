@@ -1,7 +1,7 @@
 """Hot-loop jitter: the trading loop's own tick-to-tick time, with and without
 events flowing, with the sidecar pinned away from the loop's core and not.
 
-    python bench/jitter.py                 # 6 configurations, ~10 s each, interleaved
+    python bench/jitter.py                 # 8 configurations, ~10 s each, interleaved
     python bench/jitter.py --rate 20000    # events per second while they flow
     python bench/jitter.py --smoke         # a few seconds, for CI
 
@@ -10,8 +10,11 @@ The loop runs free: each tick is ~10 µs of pure-Python "strategy" work
 recorded. Loads:
 
 - none: no events at all (the sidecar runs, idle);
-- emit: `Client.emit` of a page update every 1/rate s; the sidecar journals
-  them and delivers them, coalesced, to the Notion simulator;
+- emit: `Client.emit` of a page update every 1/rate s, through the
+  shared-memory ring (the default for the sidecar's ``ipc://`` endpoint); the
+  sidecar journals them and delivers them, coalesced, to the Notion simulator;
+- emit (zmq): the same with `Client(endpoint, transport="zmq")`, the ZeroMQ
+  PUSH socket, for comparison;
 - queue + thread: the same events put on a `queue.Queue`, with a thread of
   this process making one HTTP call per event (the usual first fix; it
   competes with the loop for the GIL).
@@ -26,7 +29,7 @@ Placements:
 One sidecar serves every configuration: placement is switched between
 blocks by setting the affinity of every thread (what `taskset -a -p` does;
 `[process] cpu_affinity = [1]` in the sidecar's config gives the same
-placement from the start). Blocks of 2 s rotate through the six
+placement from the start). Blocks of 2 s rotate through the eight
 configurations, so each sees the same stretch of machine noise.
 """
 
@@ -52,7 +55,7 @@ from bench.harness import (CPUS, LOOP_CPU, OTHER_CPUS, NotionProcess, SidecarPro
                            set_affinity, summary, tempdir, update_body, write_json)
 from client import Client  # noqa: E402
 
-LOADS = ("none", "emit", "queue + thread")
+LOADS = ("none", "emit", "emit (zmq)", "queue + thread")
 PLACEMENTS = ("pinned", "unpinned")
 BLOCK_SECONDS = 2.0
 FULL_SECONDS = 10.0  # per configuration
@@ -105,7 +108,7 @@ class Worker(threading.Thread):
             self.calls += 1
 
 
-def run_block(load: str, seconds: float, rate: int, emit: Any, put: Any, bodies: list[dict[str, Any]],
+def run_block(load: str, seconds: float, rate: int, emits: dict[str, Any], put: Any, bodies: list[dict[str, Any]],
               samples: "array.array[int]") -> int:
     """Run the loop for `seconds`; add its tick-to-tick times to `samples`; return events sent."""
     clock = time.perf_counter_ns
@@ -115,7 +118,8 @@ def run_block(load: str, seconds: float, rate: int, emit: Any, put: Any, bodies:
     buf = array.array("q", bytes(8 * int(seconds * 1e9 / MIN_TICK_NS)))
     ticks = 0
     every = int(1e9 / rate)
-    send = emit if load == "emit" else put if load == "queue + thread" else None
+    send = emits.get(load) or (put if load == "queue + thread" else None)
+    emitting = load in emits
     sent = 0
     prev = clock()
     end = prev + int(seconds * 1e9)
@@ -136,7 +140,7 @@ def run_block(load: str, seconds: float, rate: int, emit: Any, put: Any, bodies:
         signal += fast - slow
         if send is not None and now >= next_event:
             next_event += every
-            if load == "emit":
+            if emitting:
                 send("notion.page.update", bodies[sent % len(bodies)])
             else:
                 send(bodies[sent % len(bodies)])
@@ -168,9 +172,12 @@ def main() -> int:
                    "Content-Type": "application/json"}
         worker = Worker(httpx.Client(base_url=sim.api_url + "/", headers=headers, timeout=10), sim.page_id)
         worker.start()
-        client = Client(sidecar.endpoint)
+        client = Client(sidecar.endpoint)  # an ipc:// endpoint: the ring
+        zclient = Client(sidecar.endpoint, transport="zmq")
+        emits = {"emit": client.emit, "emit (zmq)": zclient.emit}
         bodies = [update_body(sim.page_id, n) for n in range(1000)]
-        client.emit("notion.page.update", bodies[0])  # starts libzmq's IO thread
+        client.emit("notion.page.update", bodies[0])
+        zclient.emit("notion.page.update", bodies[0])  # starts libzmq's IO thread
         pids = [sidecar.pid, sim.pid]
         try:
             rounds = max(1, round(seconds / block))
@@ -182,7 +189,7 @@ def main() -> int:
                     gc.disable()
                     switches = preemptions()
                     try:
-                        sent[(placement, load)] += run_block(load, block, args.rate, client.emit, worker.q.put,
+                        sent[(placement, load)] += run_block(load, block, args.rate, emits, worker.q.put,
                                                              bodies, samples[(placement, load)])
                     finally:
                         gc.enable()
@@ -195,7 +202,10 @@ def main() -> int:
         finally:
             place("unpinned", [])
             worker.q.put(None)
+            transport = client.transport_name
+            drops = {"emit": client.stats()["dropped"], "emit (zmq)": zclient.stats()["dropped"]}
             client.close(1.0)
+            zclient.close(1.0)
 
     hists = {}
     for c in configs:
@@ -207,10 +217,11 @@ def main() -> int:
           f"(~10 µs of work a tick), µs; events at {args.rate:,}/s while they flow; {seconds:g} s per "
           f"configuration in {block:g} s blocks. Pinned: loop thread on CPU {LOOP_CPU}, everything else on "
           f"{OTHER_CPUS}. The sidecar journaled {journaled:,.0f} events and delivered {delivered:,.0f}; "
-          f"the queue worker made {worker.calls:,} HTTP calls.\n")
+          f"the queue worker made {worker.calls:,} HTTP calls. emit goes through the {transport}, emit (zmq) "
+          f"through ZeroMQ; drops: " + "; ".join(f"{k} {v or 'none'}" for k, v in drops.items()) + ".\n")
     print(percentile_header("placement, events", ["ticks", f"ticks > {STALL_NS // 1000} µs per s",
                                                   "loop preempted per s", "events/s"]))
-    doc: dict[str, Any] = {"rate": args.rate, "configs": {}}
+    doc: dict[str, Any] = {"rate": args.rate, "transport": transport, "configs": {}, "p99_ratio": {}}
     for (placement, load), h in hists.items():
         stalls = sum(1 for v in samples[(placement, load)] if v > STALL_NS)
         print(percentile_row(f"{placement}, {load}", h, [f"{h.get_total_count():,}", f"{stalls / seconds:,.1f}",
@@ -218,6 +229,14 @@ def main() -> int:
                                                           f"{sent[(placement, load)] / seconds:,.0f}"]))
         doc["configs"][f"{placement}, {load}"] = {**summary(h), "stalls_per_s": stalls / seconds,
                                                   "preempted_per_s": preempted[(placement, load)] / seconds}
+    print("\np99 tick with events flowing against none (goal for emit: ≤ 1.3×):\n")
+    print("| placement | " + " | ".join(f"{load} / none" for load in LOADS[1:]) + " |")
+    print("|---" * len(LOADS) + "|")
+    for p in placements:
+        base = max(1, hists[(p, "none")].get_value_at_percentile(99))
+        ratios = {load: hists[(p, load)].get_value_at_percentile(99) / base for load in LOADS[1:]}
+        print(f"| {p} | " + " | ".join(f"{r:.2f}×" for r in ratios.values()) + " |")
+        doc["p99_ratio"][p] = ratios
     plot = out / "jitter.png"
     plot_percentiles({p: {load: hists[(p, load)] for load in LOADS} for p in placements}, plot,
                      "Trading loop tick-to-tick time (µs)")

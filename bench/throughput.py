@@ -1,14 +1,18 @@
 """Throughput: sustained durable ingest into the journal, the sidecar's CPU
 per event, and where that CPU goes.
 
-    python bench/throughput.py                  # 1 and 4 producers, pinned and not, 1,000,000 events a run
-    python bench/throughput.py --events 300000 --placements pinned
+    python bench/throughput.py                  # ring and zmq, 1 and 4 producers, pinned and not, 1,000,000 events a run
+    python bench/throughput.py --events 300000 --placements pinned --transports ring
     python bench/throughput.py --smoke          # a few seconds, for CI
 
 The sidecar runs without a Notion token, so its lane is paused and every
 event stays in the journal (synchronous=FULL, the default: each group commit
-is fsynced). Producer processes emit their share as fast as `emit` allows;
-the backlog waits in ZeroMQ queues, so the sidecar always has work. Ingest
+is fsynced). Producer processes emit their share as fast as `emit` allows,
+through the shared-memory ring (ring: the default for the sidecar's
+``ipc://`` endpoint) or `Client(endpoint, transport="zmq")` (zmq); the
+backlog waits in the rings or the ZeroMQ queues, so the sidecar always has
+work (a full ring or queue refuses an emit, and the producer retries it
+1 ms later). Ingest
 is read from the sidecar's /metrics (`sidecar_events_journaled_total`,
 counted after each commit) every 0.2 s; the sustained rate is the slope
 between 10% and 90% of the events, and the journal's row count is checked
@@ -17,7 +21,9 @@ and the producers on CPU 0; unpinned, the scheduler places everything.
 
 The profile runs `Ingest.process` in this process, under cProfile, on the
 same recorded frames in batches of `batch_max`, against a journal in a
-temporary directory, and times the ZeroMQ receive of those frames apart.
+temporary directory, and times the receive of those frames apart: from a
+ZeroMQ PULL socket, and from a ring with the sidecar's reader
+(`sidecar.rings`, acknowledging after each batch as ingest does).
 """
 
 from __future__ import annotations
@@ -44,13 +50,13 @@ SAMPLE_SECONDS = 0.2
 PAGE_ID = "3f1c2a64-6b7e-4c1d-9a55-0c6f2b9d8e71"
 
 
-def _produce(endpoint: str, count: int, cpus: list[int] | None, go: Any, done: Any) -> None:
+def _produce(endpoint: str, transport: str, count: int, cpus: list[int] | None, go: Any, done: Any) -> None:
     """One producer process: `count` page updates, as fast as emit takes them."""
     if cpus is not None:
         os.sched_setaffinity(0, set(cpus))
     from client import Client
 
-    client = Client(endpoint)
+    client = Client(endpoint, transport=transport)
     bodies = [update_body(PAGE_ID, n) for n in range(1000)]
     emit = client.emit
     go.wait()
@@ -64,13 +70,14 @@ def _produce(endpoint: str, count: int, cpus: list[int] | None, go: Any, done: A
     client.close(60)
 
 
-def run(producers: int, events: int, cpus: list[int] | None, sidecar_cpus: list[int] | None) -> dict[str, Any]:
+def run(transport: str, producers: int, events: int, cpus: list[int] | None,
+        sidecar_cpus: list[int] | None) -> dict[str, Any]:
     """One measurement: `events` in total from `producers` processes."""
     mp = multiprocessing.get_context("fork")
     with tempdir() as d, SidecarProcess(d, cpus=sidecar_cpus) as sidecar:
         go, done = mp.Event(), mp.Queue()
         share = [events // producers + (i < events % producers) for i in range(producers)]
-        procs = [mp.Process(target=_produce, args=(sidecar.endpoint, n, cpus, go, done)) for n in share]
+        procs = [mp.Process(target=_produce, args=(sidecar.endpoint, transport, n, cpus, go, done)) for n in share]
         for p in procs:
             p.start()
         time.sleep(0.5)  # let every producer connect
@@ -97,7 +104,7 @@ def run(producers: int, events: int, cpus: list[int] | None, sidecar_cpus: list[
         for p in procs:
             p.join(60)
         rows = sidecar.journal_rows()
-    return {"producers": producers, "events": events, "samples": samples, "cpu": cpu, "rows": rows,
+    return {"transport": transport, "producers": producers, "events": events, "samples": samples, "cpu": cpu, "rows": rows,
             "drops": drops, "rate": sustained(samples, events), "elapsed": samples[-1][0], "threads": threads}
 
 
@@ -122,6 +129,42 @@ def sustained(samples: list[tuple[float, float]], events: int) -> float:
     lo = next((s for s in samples if s[1] >= 0.1 * events), samples[0])
     hi = next((s for s in samples if s[1] >= 0.9 * events), samples[-1])
     return (hi[1] - lo[1]) / (hi[0] - lo[0]) if hi[0] > lo[0] else 0.0
+
+
+def ring_receive(directory: Path, frames: list[bytes], batch: int) -> float:
+    """Seconds per frame for the sidecar's ring reader to take `frames` out of
+    a ring, `batch` at a time, acknowledging each batch (the journal's part
+    left out); the producer writes between reads when the ring is full."""
+    from client.ring import RingWriter
+    from client.transport import QueueFull
+    from sidecar.metrics import Metrics
+    from sidecar.rings import Rings
+
+    writer = RingWriter.create(str(directory), "bench-1")
+    rings = Rings(str(directory), Metrics())
+    rings.open()
+    got = i = 0
+    elapsed = 0.0
+    try:
+        while got < len(frames):
+            try:
+                while i < len(frames):
+                    writer.send(frames[i])
+                    i += 1
+            except QueueFull:
+                pass
+            t = time.perf_counter()
+            while True:
+                n = len(rings.read(batch))
+                rings.ack()
+                got += n
+                if n == 0:
+                    break
+            elapsed += time.perf_counter() - t
+    finally:
+        writer.close()
+        rings.close()
+    return elapsed / len(frames)
 
 
 def profile(events: int, top: int = 12) -> tuple[str, dict[str, float]]:
@@ -169,6 +212,7 @@ def profile(events: int, top: int = 12) -> tuple[str, dict[str, float]]:
         push.close(0)
         pull.close(0)
         ctx.term()
+        timings["receive (ring read + ack)"] = ring_receive(Path(d) / "bench.rings", frames, batch)
         batches = [got[i:i + batch] for i in range(0, events, batch)]
         for name, sync in (("process, synchronous=FULL", "FULL"), ("process, synchronous=NORMAL", "NORMAL")):
             journal = Journal.open(Path(d) / sync, synchronous=sync)
@@ -200,32 +244,38 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, help=f"events per run (default {FULL_EVENTS:,})")
     parser.add_argument("--producers", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--transports", nargs="+", choices=["ring", "zmq"], default=["ring", "zmq"],
+                        help="ring: the default for an ipc:// endpoint; zmq: Client(..., transport='zmq')")
     parser.add_argument("--placements", nargs="+", choices=["pinned", "unpinned"], default=["pinned", "unpinned"],
                         help="pinned: sidecar on CPU 1, producers on CPU 0; unpinned: no affinity")
     bench_args(parser)
     args = parser.parse_args()
     events = SMOKE_EVENTS if args.smoke else args.events or FULL_EVENTS
     placements = args.placements if len(CPUS) > 1 else ["unpinned"]
+    if args.smoke:
+        placements = placements[:1]  # does it run: one placement is enough, and keeps CI short
     results = []
     for placement in placements:
         cpus, sidecar_cpus = ([LOOP_CPU], OTHER_CPUS) if placement == "pinned" else (None, None)
-        results += [{"placement": placement, **run(p, events, cpus, sidecar_cpus)} for p in args.producers]
+        results += [{"placement": placement, **run(t, p, events, cpus, sidecar_cpus)}
+                    for t in args.transports for p in args.producers]
     table, timings = profile(SMOKE_EVENTS if args.smoke else PROFILE_EVENTS)
 
     print(f"## Throughput\n\n{time.strftime('%Y-%m-%d %H:%M')}. Durable ingest (synchronous=FULL, lane paused), "
           f"{events:,} events a run. Pinned: sidecar on CPU {OTHER_CPUS} (`[process] cpu_affinity`), producers "
           f"on CPU {LOOP_CPU}; unpinned: no affinity.\n")
-    print("| placement | producers | sustained events/s (10%–90%) | all journaled after | sidecar CPU s per 100k "
-          "events | sidecar threads, % of one core | journal rows | emits refused (queue full, then retried) |")
-    print("|---" * 8 + "|")
+    print("| placement | transport | producers | sustained events/s (10%–90%) | all journaled after | sidecar CPU s "
+          "per 100k events | sidecar threads, % of one core | journal rows | emits refused (queue full, then "
+          "retried) |")
+    print("|---" * 9 + "|")
     doc: dict[str, Any] = {"events": events, "runs": {}, "profile_us": {}}
     for r in results:
         per_100k = r["cpu"] / max(1, r["rows"]) * 100_000
         busy = ", ".join(f"{name} {100 * share:.0f}%" for name, share in r["threads"][:3])
-        print(f"| {r['placement']} | {r['producers']} | {r['rate']:,.0f} | {r['elapsed']:.1f} s | {per_100k:.2f} "
+        print(f"| {r['placement']} | {r['transport']} | {r['producers']} | {r['rate']:,.0f} | {r['elapsed']:.1f} s | {per_100k:.2f} "
               f"| {busy} | {r['rows']:,} | {r['drops'].get('queue_full', 0):,} |")
-        doc["runs"][f"{r['placement']}, {r['producers']}"] = {
-            "rate": r["rate"], "cpu_per_100k": per_100k, "rows": r["rows"], "elapsed": r["elapsed"],
+        doc["runs"][f"{r['placement']}, {r['transport']}, {r['producers']}"] = {
+            "transport": r["transport"], "producers": r["producers"], "rate": r["rate"], "cpu_per_100k": per_100k, "rows": r["rows"], "elapsed": r["elapsed"],
             "busiest_thread": r["threads"][0][1]}
     print("\nIngest in one thread, in-process, on the same frames (µs per event; "
           "events/s if nothing else ran):\n")

@@ -27,6 +27,7 @@ TABLES = {
     "jitter": "| unpinned, emit |",
     "throughput": "| 4 |",
     "delivery": "| 429 responses, whole run |",
+    "crash": "| transport | events emitted | kills |",
 }
 
 
@@ -66,5 +67,5 @@ def test_run_all_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     results = (tmp_path / "RESULTS.md").read_text()
     for heading in ("## Machine", "## Commands", "## Goals", "## Emit latency", "## Hot-loop jitter",
-                    "## Throughput", "## Delivery"):
+                    "## Throughput", "## Delivery", "## Crash safety"):
         assert heading in results
