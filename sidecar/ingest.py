@@ -15,7 +15,6 @@ announces its last number so a lost tail counts too.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -232,8 +231,8 @@ class Ingest:
             paths = [self._spool(blob) for blob in blobs]
             batch.spooled += paths
             blob_path = BLOB_PATH_SEPARATOR.join(paths)
-        batch.rows.append((connector.lane, env.kind, target, env.key, env.ref, env.client_id, env.seq,
-                           env.emitted_ns, batch.now_ns, frames[0], blob_path))
+        batch.rows.append(EventRow(connector.lane, env.kind, target, env.key, env.ref, env.client_id, env.seq,
+                                   env.emitted_ns, batch.now_ns, frames[0], blob_path))
         batch.lanes.add(connector.lane)
         batch.kinds[env.kind] = batch.kinds.get(env.kind, 0) + 1
 
@@ -256,8 +255,7 @@ class Ingest:
                 return
             except sqlite3.Error as exc:
                 if attempt == WRITE_ATTEMPTS:
-                    for path in batch.spooled:
-                        _unlink(path)
+                    self.journal.spool.remove(batch.spooled)
                     raise
                 log.error("journal write failed (%s); retrying in 1 s (%d of %d)", exc, attempt, WRITE_ATTEMPTS)
                 time.sleep(1.0)
@@ -314,13 +312,7 @@ class Ingest:
 
     def _spool(self, blob: bytes) -> str:
         """Write a blob beside the journal; the event row refers to the file."""
-        name = hashlib.sha256(blob).hexdigest()
-        path = os.path.join(self.spool_dir, f"{name}.{time.time_ns()}")
-        with open(path, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        return path
+        return self.journal.spool.put(blob)
 
 
 def _clean_stats(payload: object) -> dict[str, object]:
@@ -358,9 +350,3 @@ def _clear_stale_ipc(ctx: zmq.Context, path: str) -> None:
     raise IngestError(f"socket path {path} is in use by a running process (another sidecar?); "
                       "stop it or set [ingest] endpoint to another path")
 
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

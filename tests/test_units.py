@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from client import wire
 from sidecar.backoff import full_jitter, parse_retry_after, retry_delay
 from sidecar.config import ConfigError, load_config
 from sidecar.connectors.base import Dead, Moved, Send, Skip, Wait
@@ -17,7 +16,7 @@ from sidecar.config import NotionConfig
 from sidecar.journal import Event
 from sidecar.limiter import Limiter, MemoryStore, Rule
 
-from .support import FakePlanContext
+from .support import FakePlanContext, journaled
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -85,8 +84,7 @@ def test_config_defaults_and_strict_keys(tmp_path: Path) -> None:
 
 
 def _event(n: int, kind: str, target: str, payload: dict, key: str | None = None) -> Event:
-    frame = wire.encode("c", n, kind, key, None, 0, payload)
-    return Event(n, "notion", kind, target, key, None, "c", n, 0, int(999e9), frame, None, 0, 0, 0.0)
+    return journaled(n, "notion", kind, target, payload, key=key, received_ns=int(999e9))
 
 
 def test_notion_plans_merge_updates_per_property_in_order() -> None:
