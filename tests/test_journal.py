@@ -1,16 +1,21 @@
-"""The journal's row shape, its blob spool and the dead-letter round trip, on a real SQLite file."""
+"""The journal's row shape, its blob spool, the dead-letter round trip and the bounded rejects, on a real SQLite file."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from client import wire
+from sidecar.config import Config
 from sidecar.dlq import purge_dead, retry_dead
+from sidecar.ingest import Ingest
 from sidecar.journal import EVENT_FIELDS, INSERT_EVENT, Event, EventRow, Journal
+from sidecar.metrics import Metrics
+from sidecar.rejects import SAMPLE_PER_WINDOW
 from sidecar.spool import Spool
 
 pytestmark = pytest.mark.timeout(30)
@@ -65,4 +70,52 @@ def test_purging_a_dead_letter_removes_its_blob(tmp_path: Path) -> None:
     journal.dead_letter(journal.group("s3", "bkt/k1"), "http_404")
     assert purge_dead(str(tmp_path), all_=True) == 1
     assert not Path(path).exists() and journal.count("dead_letters") == 0
+    journal.close()
+
+
+def test_a_flood_of_rejects_keeps_a_sample_and_counts_them_all(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    metrics = Metrics()
+    ingest = Ingest(Config().ingest, journal, {}, metrics)
+    garbage = [[b"not json %d" % i] for i in range(5_000)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="sidecar.ingest"):
+            for start in range(0, len(garbage), 1_000):
+                ingest.process(garbage[start:start + 1_000])
+    finally:
+        ingest.stop()
+    assert journal.count("rejects") == SAMPLE_PER_WINDOW == 1_000
+    assert journal.reject_counts() == {"bad_json": (5_000, 4_000)}
+    assert metrics.value("sidecar_events_rejected_total", reason="bad_json") == 5_000
+    assert metrics.value("sidecar_rejects_unsampled_total", reason="bad_json") == 4_000
+    [line] = [r.getMessage() for r in caplog.records]  # one line, not 5,000
+    assert line.startswith("rejected 1000 frame(s) as bad_json, the first: ")
+    journal.close()
+
+
+class _Buggy:
+    """A connector whose route() has a bug."""
+
+    lane, kinds = "buggy", frozenset({"buggy.kind"})
+
+    def route(self, env: wire.Envelope, blobs: list[bytes]) -> str:
+        raise KeyError("oops")
+
+
+def test_a_bug_on_one_frame_rejects_it_with_one_traceback_a_minute(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    ingest = Ingest(Config().ingest, journal, {"buggy": _Buggy()}, Metrics())  # type: ignore[dict-item]
+    frames = [[wire.encode("c", n, "buggy.kind", None, None, 0, {})] for n in range(1, 4)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="sidecar.ingest"):
+            ingest.process(frames[:2])
+            ingest.process(frames[2:])
+    finally:
+        ingest.stop()
+    assert journal.reject_counts() == {"internal_error": (3, 0)}
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert record.getMessage() == "rejected 2 frame(s) as internal_error, the first: KeyError: 'oops'"
     journal.close()
