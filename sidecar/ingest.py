@@ -7,10 +7,8 @@
 
 Runs in its own thread so that a journal fsync never delays the delivery
 loop, and libzmq and SQLite release the GIL while they wait. Anything that is
-not a valid event is counted by reason (metrics and the journal's
-`reject_counts`), kept in `rejects` as a bounded sample (see rejects.py) and
-logged at most once a minute per reason; the rest of its batch is journaled
-as usual. Sequence numbers are tracked per client:
+not a valid event is counted by reason and kept in `rejects`, and the rest
+of its batch is journaled as usual. Sequence numbers are tracked per client:
 a jump is a gap (events lost in between), and the client's closing message
 announces its last number so a lost tail counts too.
 """
@@ -35,8 +33,8 @@ from client import wire
 from .config import IngestConfig
 from .connectors.base import Connector, Reject
 from .journal import BLOB_PATH_SEPARATOR, EventRow, Journal
-from .metrics import Metrics
 from .rejects import Sampler, Throttle
+from .metrics import Metrics
 
 log = logging.getLogger("sidecar.ingest")
 
@@ -205,7 +203,9 @@ class Ingest:
         """Validate, route and journal one batch in a single transaction.
 
         One bad frame never costs the others: whatever goes wrong with it,
-        even a bug, makes it a counted reject and the batch goes on.
+        even a bug, makes it a counted reject and the batch goes on. Every
+        reject counts (metrics, the journal's `reject_counts`); `rejects`
+        keeps a sample, and the log a line per reason a minute (rejects.py).
         """
         batch = _Batch(now_ns=time.time_ns())
         for frames in messages:
