@@ -9,7 +9,8 @@
 A file is named `<hex sha256>.<time_ns>`: the hash is known without reading
 the body again (S3 signs with it), and the suffix keeps two events with the
 same body apart, so deleting one never takes the other's file. Rows store the
-absolute path, so any Spool (or process) can read and remove what another wrote.
+path itself, so any Spool (or process, like `sidecar dlq purge`) can read and
+remove what another wrote.
 """
 
 from __future__ import annotations
