@@ -11,13 +11,13 @@ picks retried events up within a second.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .journal import BLOB_PATH_SEPARATOR
+from .journal import EventRow, split_blob_paths
+from .spool import Spool
 
 
 def _connect(journal_dir: str) -> sqlite3.Connection:
@@ -87,11 +87,11 @@ def show_dead(journal_dir: str, dead_id: int) -> dict[str, Any] | None:
 def retry_dead(journal_dir: str, *, ids: list[int] | None = None, lane: str | None = None) -> int:
     """Move dead letters back to the queue with a fresh attempt count; returns how many."""
     where, args = _where(ids, lane)
+    columns = ", ".join(EventRow._fields)  # a dead letter keeps the whole row it was journaled with
     with _transaction(journal_dir) as conn:
         moved = conn.execute(
-            "INSERT INTO events (lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame,"
-            " blob_path) SELECT lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame,"
-            f" blob_path FROM dead_letters{where} ORDER BY event_id", args).rowcount
+            f"INSERT INTO events ({columns}) SELECT {columns} FROM dead_letters{where} ORDER BY event_id",
+            args).rowcount
         conn.execute(f"DELETE FROM dead_letters{where}", args)
     return moved
 
@@ -105,11 +105,7 @@ def purge_dead(journal_dir: str, *, ids: list[int] | None = None, lane: str | No
     with _transaction(journal_dir) as conn:
         paths = [p for (joined,) in conn.execute(
             f"SELECT blob_path FROM dead_letters{where}{' AND' if where else ' WHERE'} blob_path IS NOT NULL", args)
-            for p in joined.split(BLOB_PATH_SEPARATOR)]
+            for p in split_blob_paths(joined)]
         gone = conn.execute(f"DELETE FROM dead_letters{where}", args).rowcount
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    Spool(journal_dir).remove(paths)
     return gone

@@ -25,7 +25,6 @@ announces its last number so a lost tail counts too.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -33,6 +32,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Mapping
 
 import orjson
@@ -44,6 +44,7 @@ from client.ring import ring_dir
 from .config import IngestConfig
 from .connectors.base import Connector, Reject
 from .journal import BLOB_PATH_SEPARATOR, EventRow, Journal
+from .rejects import Sampler, Throttle
 from .metrics import Metrics
 from .rings import Rings
 
@@ -72,11 +73,22 @@ class _Batch:
 
     now_ns: int
     rows: list[EventRow] = field(default_factory=list)
-    rejects: list[tuple[str, str, bytes | None]] = field(default_factory=list)
+    rejects: list[tuple[str, str, bytes | None]] = field(default_factory=list)  # the sample kept as rows
+    tallies: dict[str, _RejectTally] = field(default_factory=dict)  # every reject, by reason
     touched: dict[str, "_ClientSeq"] = field(default_factory=dict)
     lanes: set[str] = field(default_factory=set)
     kinds: dict[str, int] = field(default_factory=dict)
     spooled: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _RejectTally:
+    """One reason's rejects in a batch: for the counters and the (throttled) log line."""
+
+    detail: str  # the first one's, as an example
+    error: BaseException | None = None  # internal_error: the first one's traceback
+    count: int = 0
+    unsampled: int = 0  # counted but not kept: the hour's sample of this reason is full
 
 
 @dataclass
@@ -261,27 +273,59 @@ class Ingest:
         """Validate, route and journal one batch in a single transaction.
 
         One bad frame never costs the others: whatever goes wrong with it,
-        even a bug, makes it a counted reject and the batch goes on.
+        even a bug, makes it a counted reject and the batch goes on. Every
+        reject counts (metrics, the journal's `reject_counts`); `rejects`
+        keeps a sample, and the log a line per reason a minute (rejects.py).
         """
         batch = _Batch(now_ns=time.time_ns())
         for frames in messages:
             try:
                 self._one(frames, batch)
             except Reject as exc:
-                batch.rejects.append((exc.reason, exc.detail, frames[0] if frames else None))
-            except Exception as exc:
-                log.exception("ingest: unexpected error on one frame; rejected as internal_error")
-                batch.rejects.append(("internal_error", f"{type(exc).__name__}: {exc}"[:500],
-                                      frames[0] if frames else None))
+                self._reject(batch, exc.reason, exc.detail, frames)
+            except Exception as exc:  # noqa: BLE001 -- a bug on one frame; its traceback is logged with the rejects
+                self._reject(batch, "internal_error", f"{type(exc).__name__}: {exc}"[:500], frames, exc)
         self._write(batch)
         for kind, n in batch.kinds.items():
             self.metrics.received.labels(kind=kind).inc(n)
             self.metrics.journaled.labels(kind=kind).inc(n)
-        for reason, detail, _ in batch.rejects:
-            self.metrics.rejected.labels(reason=reason).inc()
-            log.warning("rejected a frame: %s (%s)", reason, detail[:200])
+        self._report_rejects(batch)
         if batch.lanes:
             self.on_written(batch.lanes)
+
+    # Made on first use rather than in __init__: per Ingest, and most never see a reject.
+    @cached_property
+    def _reject_sample(self) -> Sampler:
+        return Sampler()
+
+    @cached_property
+    def _reject_log(self) -> Throttle:
+        return Throttle()
+
+    def _reject(self, batch: _Batch, reason: str, detail: str, frames: list[bytes],
+                error: BaseException | None = None) -> None:
+        """Count a refused frame; keep it as a row while its reason's hourly sample has room."""
+        tally = batch.tallies.get(reason)
+        if tally is None:
+            tally = batch.tallies[reason] = _RejectTally(detail, error)
+        tally.count += 1
+        if self._reject_sample.keep(reason, time.monotonic()):
+            batch.rejects.append((reason, detail, frames[0] if frames else None))
+        else:
+            tally.unsampled += 1
+
+    def _report_rejects(self, batch: _Batch) -> None:
+        """Count every reject; log a reason at most once a minute, however many arrive."""
+        now = time.monotonic()
+        for reason, tally in batch.tallies.items():
+            self.metrics.rejected.labels(reason=reason).inc(tally.count)
+            if tally.unsampled:
+                self.metrics.rejects_unsampled.labels(reason=reason).inc(tally.unsampled)
+            held = self._reject_log.due(reason, now, tally.count)
+            if held is not None:
+                log.log(logging.ERROR if tally.error else logging.WARNING,
+                        "rejected %d frame(s) as %s, the first: %s%s", tally.count, reason, tally.detail[:200],
+                        f"; {held} more since the last such line" if held else "", exc_info=tally.error)
 
     def _one(self, frames: list[bytes], batch: "_Batch") -> None:
         env, blobs = self._parse(frames)
@@ -302,8 +346,8 @@ class Ingest:
             paths = [self._spool(blob) for blob in blobs]
             batch.spooled += paths
             blob_path = BLOB_PATH_SEPARATOR.join(paths)
-        batch.rows.append((connector.lane, env.kind, target, env.key, env.ref, env.client_id, env.seq,
-                           env.emitted_ns, batch.now_ns, frames[0], blob_path))
+        batch.rows.append(EventRow(connector.lane, env.kind, target, env.key, env.ref, env.client_id, env.seq,
+                                   env.emitted_ns, batch.now_ns, frames[0], blob_path))
         batch.lanes.add(connector.lane)
         batch.kinds[env.kind] = batch.kinds.get(env.kind, 0) + 1
 
@@ -322,12 +366,12 @@ class Ingest:
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 clients = {cid: (c.last_seq, c.gaps, c.closed, c.stats) for cid, c in batch.touched.items()}
-                self.journal.write_batch(batch.rows, batch.rejects, clients)
+                unsampled = {reason: t.unsampled for reason, t in batch.tallies.items() if t.unsampled}
+                self.journal.write_batch(batch.rows, batch.rejects, clients, unsampled)
                 return
             except sqlite3.Error as exc:
                 if attempt == WRITE_ATTEMPTS:
-                    for path in batch.spooled:
-                        _unlink(path)
+                    self.journal.spool.remove(batch.spooled)
                     raise
                 log.error("journal write failed (%s); retrying in 1 s (%d of %d)", exc, attempt, WRITE_ATTEMPTS)
                 time.sleep(1.0)
@@ -384,13 +428,7 @@ class Ingest:
 
     def _spool(self, blob: bytes) -> str:
         """Write a blob beside the journal; the event row refers to the file."""
-        name = hashlib.sha256(blob).hexdigest()
-        path = os.path.join(self.spool_dir, f"{name}.{time.time_ns()}")
-        with open(path, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        return path
+        return self.journal.spool.put(blob)
 
 
 def _clean_stats(payload: object) -> dict[str, object]:
@@ -428,9 +466,3 @@ def _clear_stale_ipc(ctx: zmq.Context, path: str) -> None:
     raise IngestError(f"socket path {path} is in use by a running process (another sidecar?); "
                       "stop it or set [ingest] endpoint to another path")
 
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

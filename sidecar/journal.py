@@ -7,9 +7,11 @@
 
 An event stays in `events` until it is delivered (deleted) or dead-lettered
 (moved to `dead_letters` with the reason and the API's error body). Frames
-are stored exactly as received, so ingest never serialises twice. Only the
-sidecar's event-loop thread uses a Journal; other processes (the CLI) open
-their own read connection.
+are stored exactly as received, so ingest never serialises twice; binary
+blobs live in the journal's `Spool`, and `complete` removes a delivered
+event's files. Rejected frames are kept as a sample, and every one is
+counted in `reject_counts`. Only the sidecar's event-loop thread uses a
+Journal; other processes (the CLI) open their own read connection.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from client import wire
 
 from .secrets import redact
+from .spool import Spool
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -72,8 +76,14 @@ CREATE TABLE IF NOT EXISTS rejects (
     id          INTEGER PRIMARY KEY,
     reason      TEXT NOT NULL,
     detail      TEXT NOT NULL,
-    frame       BLOB,                  -- the first 64 KiB of what arrived
+    frame       BLOB,                  -- the first 64 KiB of what arrived; a sample, see reject_counts
     received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reject_counts (
+    reason      TEXT PRIMARY KEY,
+    total       INTEGER NOT NULL,      -- every frame ever rejected for this reason
+    unsampled   INTEGER NOT NULL,      -- of which only counted: over the hourly sample kept in rejects
+    updated_at  REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS refs (
     lane        TEXT NOT NULL,
@@ -95,18 +105,54 @@ CREATE TABLE IF NOT EXISTS clients (
 REJECT_KEEP_BYTES = 64 * 1024
 BLOB_PATH_SEPARATOR = "\n"
 
-# Row shape written by ingest, in column order of INSERT_EVENT.
-EventRow = tuple[str, str, str, str | None, str | None, str, int, int, int, bytes, str | None]
-INSERT_EVENT = (
-    "INSERT INTO events (lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame, blob_path)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-)
-EVENT_COLUMNS = ("id, lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame, blob_path, "
-                 "attempts, unsure, not_before")
+
+class EventRow(NamedTuple):
+    """An event as ingest writes it: the one definition of the event columns.
+
+        EventRow(lane, kind, target, key, ref, client_id, seq, emitted_ns, received_ns, frame, blob_path)
+
+    Ingest builds one per event positionally (as cheap as a tuple); the
+    journal's INSERT and SELECT lists and the dead-letter copies follow `_fields`.
+    """
+
+    lane: str
+    kind: str
+    target: str           # the group that is coalesced and ordered together
+    key: str | None
+    ref: str | None
+    client_id: str
+    seq: int
+    emitted_ns: int
+    received_ns: int
+    frame: bytes          # the envelope as received
+    blob_path: str | None  # spooled binary bodies, if any, one path a line
+
+
+def insert_sql(table: str, columns: Sequence[str]) -> str:
+    """`INSERT INTO table (a, b) VALUES (?,?)`, the columns named once."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+
+
+INSERT_EVENT = insert_sql("events", EventRow._fields)
+INSERT_DEAD = insert_sql("dead_letters", ("event_id", *EventRow._fields, "attempts", "reason", "status", "detail",
+                                          "dead_at"))
+# What delivery adds to a row; `Event` has exactly these fields, in this order (a unit test checks).
+EVENT_FIELDS = ("id", *EventRow._fields, "attempts", "unsure", "not_before")
+EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
+
+
+def split_blob_paths(joined: str | None) -> list[str]:
+    """The spool files of one row's `blob_path` column."""
+    return joined.split(BLOB_PATH_SEPARATOR) if joined else []
 
 
 @dataclass(slots=False)
 class Event:
+    """An event waiting for delivery: its row, plus what delivery has learnt.
+
+    Build one by keyword in tests; the journal builds them from EVENT_COLUMNS.
+    """
+
     id: int
     lane: str
     kind: str
@@ -119,9 +165,13 @@ class Event:
     received_ns: int
     frame: bytes
     blob_path: str | None
-    attempts: int
-    unsure: int  # 1: an earlier attempt may have been applied (timeout, reset, 5xx, crash mid-call)
-    not_before: float
+    attempts: int = 0
+    unsure: int = 0  # 1: an earlier attempt may have been applied (timeout, reset, 5xx, crash mid-call)
+    not_before: float = 0.0
+
+    @property
+    def row(self) -> EventRow:
+        return EventRow(*(getattr(self, name) for name in EventRow._fields))
 
     @cached_property
     def payload(self) -> Any:
@@ -129,15 +179,15 @@ class Event:
 
     @property
     def blob_paths(self) -> list[str]:
-        return self.blob_path.split(BLOB_PATH_SEPARATOR) if self.blob_path else []
+        return split_blob_paths(self.blob_path)
 
     def blobs(self) -> list[bytes]:
         """The event's binary frames, read back from the spool."""
-        return [Path(p).read_bytes() for p in self.blob_paths]
+        return [Spool.read(p) for p in self.blob_paths]
 
     def blob_sha256(self, index: int = 0) -> str:
-        """Hex SHA-256 of a blob, from its spool file's name (written at ingest)."""
-        return Path(self.blob_paths[index]).name.split(".")[0]
+        """Hex SHA-256 of a blob, as received (the spool names its files by it)."""
+        return Spool.sha256(self.blob_paths[index])
 
 
 @dataclass(frozen=True)
@@ -175,6 +225,7 @@ class Journal:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        self.spool = Spool(path.parent)  # blob files beside journal.db; rows name them
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, synchronous: str = "FULL",
@@ -188,7 +239,7 @@ class Journal:
         d = Path(directory)
         try:
             d.mkdir(parents=True, exist_ok=True)
-            (d / "blobs").mkdir(exist_ok=True)
+            Spool(d).create()
             probe = d / ".write-probe"
             probe.write_bytes(b"")
             probe.unlink()
@@ -226,8 +277,13 @@ class Journal:
         events: Sequence[EventRow],
         rejects: Sequence[tuple[str, str, bytes | None]] = (),
         clients: dict[str, tuple[int, int, bool, bytes | None]] | None = None,
+        unsampled: dict[str, int] | None = None,
     ) -> None:
-        """Group commit: all of it lands in one transaction, or none of it."""
+        """Group commit: all of it lands in one transaction, or none of it.
+
+        `rejects` are the (reason, detail, frame) kept as a sample; `unsampled`
+        counts, by reason, those only counted. Both add to `reject_counts`.
+        """
         now = time.time()
         with self._transaction() as c:
             if events:
@@ -237,6 +293,15 @@ class Journal:
                     "INSERT INTO rejects (reason, detail, frame, received_at) VALUES (?,?,?,?)",
                     [(r, d, f[:REJECT_KEEP_BYTES] if f is not None else None, now) for r, d, f in rejects],
                 )
+            if rejects or unsampled:
+                unsampled = unsampled or {}
+                totals = Counter(reason for reason, _, _ in rejects) + Counter(unsampled)
+                c.executemany(
+                    "INSERT INTO reject_counts (reason, total, unsampled, updated_at) VALUES (?,?,?,?)"
+                    " ON CONFLICT(reason) DO UPDATE SET total=total+excluded.total,"
+                    " unsampled=unsampled+excluded.unsampled, updated_at=excluded.updated_at",
+                    [(reason, total, unsampled.get(reason, 0), now) for reason, total in totals.items()],
+                )
             if clients:
                 c.executemany(
                     "INSERT INTO clients (client_id, last_seq, gaps, closed, stats, updated_at) VALUES (?,?,?,?,?,?)"
@@ -244,6 +309,11 @@ class Journal:
                     " closed=excluded.closed, stats=COALESCE(excluded.stats, clients.stats), updated_at=excluded.updated_at",
                     [(cid, seq, gaps, int(closed), stats, now) for cid, (seq, gaps, closed, stats) in clients.items()],
                 )
+
+    def reject_counts(self) -> dict[str, tuple[int, int]]:
+        """Every frame ever rejected, by reason: (total, of which not kept in `rejects`)."""
+        return {reason: (total, unsampled) for reason, total, unsampled in
+                self.conn.execute("SELECT reason, total, unsampled FROM reject_counts")}
 
     def client_states(self) -> dict[str, ClientState]:
         return {cid: ClientState(seq, gaps) for cid, seq, gaps in
@@ -283,8 +353,8 @@ class Journal:
                 [(not_before, redact(error) if error else error, int(unsure), i) for i in ids],
             )
 
-    def complete(self, ids: Iterable[int], *, lane: str, refs: dict[str, str] | None = None) -> list[str]:
-        """Delivered: forget the events, remember created ids; return spooled files to delete."""
+    def complete(self, ids: Iterable[int], *, lane: str, refs: dict[str, str] | None = None) -> None:
+        """Delivered: forget the events and their spooled blobs, remember created ids."""
         ids = list(ids)
         now = time.time()
         with self._transaction() as c:
@@ -295,18 +365,16 @@ class Journal:
                     "INSERT OR REPLACE INTO refs (lane, key, target_id, created_at) VALUES (?,?,?,?)",
                     [(lane, k, v, now) for k, v in refs.items()],
                 )
-        return paths
+        # After the commit: a crash in between leaves a stray file, never a row without its blob.
+        self.spool.remove(paths)
 
     def dead_letter(self, events: Sequence[Event], reason: str, *, status: int | None = None,
                     detail: str | None = None) -> None:
         now = time.time()
         with self._transaction() as c:
             c.executemany(
-                "INSERT INTO dead_letters (event_id, lane, kind, target, key, ref, client_id, seq, emitted_ns,"
-                " received_ns, frame, blob_path, attempts, reason, status, detail, dead_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(e.id, e.lane, e.kind, e.target, e.key, e.ref, e.client_id, e.seq, e.emitted_ns, e.received_ns,
-                  e.frame, e.blob_path, e.attempts, reason, status, redact(detail) if detail else detail, now)
+                INSERT_DEAD,
+                [(e.id, *e.row, e.attempts, reason, status, redact(detail) if detail else detail, now)
                  for e in events],
             )
             c.executemany("DELETE FROM events WHERE id=?", [(e.id,) for e in events])
@@ -341,7 +409,7 @@ class Journal:
         return dict(self.conn.execute("SELECT lane, COUNT(*) FROM events GROUP BY lane").fetchall())
 
     def count(self, table: str) -> int:
-        assert table in ("events", "dead_letters", "rejects", "refs", "clients")
+        assert table in ("events", "dead_letters", "rejects", "reject_counts", "refs", "clients")
         return self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
     def size_bytes(self) -> int:
@@ -365,7 +433,7 @@ class Journal:
             marks = ",".join("?" * len(part))
             for (joined,) in c.execute(
                     f"SELECT blob_path FROM events WHERE id IN ({marks}) AND blob_path IS NOT NULL", part):
-                paths += joined.split(BLOB_PATH_SEPARATOR)
+                paths += split_blob_paths(joined)
         return paths
 
     def _transaction(self) -> "_Tx":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -271,12 +270,11 @@ class Lane:
                 self._dead(dead, reason, None, detail)
             events = [e for e in events if e.id not in result.failed]
             ids = [e.id for e in events]
-        blobs = self.journal.complete(ids, lane=self.name, refs=result.refs)
+        self.journal.complete(ids, lane=self.name, refs=result.refs)
         for key, created in result.refs.items():
             for old, new in self.connector.retargets(key, created):
                 if self.journal.retarget(self.name, old, new):
                     self._blocked.pop(old, None)
-        _remove_files(blobs)
         now_ns = time.time_ns()
         delivered = events[: len(events) - result.duplicates]
         for event in delivered:
@@ -315,14 +313,7 @@ class Lane:
             self.metrics.dead.labels(kind=event.kind, reason=reason).inc()
 
     def _settle_skip(self, plan: Skip) -> None:
-        _remove_files(self.journal.complete([e.id for e in plan.events], lane=self.name))
+        self.journal.complete([e.id for e in plan.events], lane=self.name)
         for event in plan.events:
             self.metrics.deduplicated.labels(kind=event.kind, reason=plan.reason).inc()
 
-
-def _remove_files(paths: list[str]) -> None:
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass

@@ -25,7 +25,10 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.received = Counter("sidecar_events_received", "Events read from the ingest socket", ["kind"], registry=r)
         self.journaled = Counter("sidecar_events_journaled", "Events committed to the journal", ["kind"], registry=r)
-        self.rejected = Counter("sidecar_events_rejected", "Frames refused at ingest and kept aside", ["reason"], registry=r)
+        self.rejected = Counter("sidecar_events_rejected", "Frames refused at ingest", ["reason"], registry=r)
+        self.rejects_unsampled = Counter(
+            "sidecar_rejects_unsampled", "Rejected frames only counted: their reason's hourly sample was full",
+            ["reason"], registry=r)
         self.delivered = Counter("sidecar_events_delivered", "Events delivered to their API", ["kind"], registry=r)
         self.deduplicated = Counter(
             "sidecar_events_deduplicated", "Events that needed no call of their own", ["kind", "reason"], registry=r)

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from client import wire
+from sidecar.journal import Event
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -205,3 +208,11 @@ class FakePlanContext:
 
     def dead_key(self, kind: str, key: str) -> str | None:
         return self.dead.get(key)
+
+
+def journaled(n: int, lane: str, kind: str, target: str, payload: Any, *, key: str | None = None,
+              ref: str | None = None, blob_path: str | None = None, received_ns: int = 0) -> Event:
+    """Event number `n` of client "c" as the journal hands it to plan(), for unit tests."""
+    frame = wire.encode("c", n, kind, key, ref, 0, payload)
+    return Event(id=n, lane=lane, kind=kind, target=target, key=key, ref=ref, client_id="c", seq=n,
+                 emitted_ns=0, received_ns=received_ns, frame=frame, blob_path=blob_path)

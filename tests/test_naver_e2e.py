@@ -20,7 +20,7 @@ from sidecar.journal import Event
 from sidecar.simulators.base import Fault
 from sidecar.simulators.naver import IMAGE_UPLOAD_PATH, MULTI_UPDATE_PATH, NaverSimulator
 
-from .support import FakePlanContext, SidecarProcess, drained, sidecar_config, wait_until
+from .support import FakePlanContext, SidecarProcess, drained, journaled, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,8 +35,7 @@ NO_CREDENTIALS = {"NAVER_CLIENT_ID": "", "NAVER_CLIENT_SECRET": ""}
 # -- without network ------------------------------------------------------------
 
 def _event(n: int, kind: str, payload: Any, key: str | None = None, target: str = "products") -> Event:
-    frame = wire.encode("c", n, kind, key, None, 0, payload)
-    return Event(n, "naver", kind, target, key, None, "c", n, 0, 0, frame, None, 0, 0, 0.0)
+    return journaled(n, "naver", kind, target, payload, key=key)
 
 
 def _envelope(kind: str, payload: Any, key: str | None = None) -> wire.Envelope:

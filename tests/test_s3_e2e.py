@@ -23,10 +23,11 @@ from sidecar.connectors.base import Dead, Reject, Send, Skip
 from sidecar.connectors.s3 import S3Connector, build
 from sidecar.errors import Permanent, RateLimited, Retryable
 from sidecar.journal import Event
+from sidecar.spool import Spool
 from sidecar.simulators.s3proxy import S3FaultProxy
 
 from sidecar.simulators.moto_s3 import MotoS3, moto_s3
-from .support import SidecarProcess, sidecar_config, wait_until
+from .support import SidecarProcess, journaled, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,13 +48,12 @@ class _Ctx:
         return None
 
 
-def _put(n: int, spool: Path, body: bytes, *, key: str = "k", **fields: Any) -> Event:
-    """An s3.put event as the journal holds it, its blob spooled under its SHA-256."""
+def _put(n: int, journal_dir: Path, body: bytes, *, key: str = "k", **fields: Any) -> Event:
+    """An s3.put event as the journal holds it, its blob in the journal's spool."""
     payload = {"bucket": "bkt", "key": key, "content_type": "text/plain", **fields}
-    path = spool / f"{hashlib.sha256(body).hexdigest()}.{n}"
-    path.write_bytes(body)
-    frame = wire.encode("c", n, "s3.put", None, None, 0, payload)
-    return Event(n, "s3", "s3.put", f"bkt/{key}", None, None, "c", n, 0, 0, frame, str(path), 0, 0, 0.0)
+    spool = Spool(journal_dir)
+    spool.create()
+    return journaled(n, "s3", "s3.put", f"bkt/{key}", payload, blob_path=spool.put(body))
 
 
 def _connector(handler: Any = None) -> S3Connector:

@@ -1,4 +1,4 @@
-"""Pure pieces with an injected clock: backoff, Retry-After, limiter, config, planning."""
+"""Pure pieces with an injected clock: backoff, Retry-After, limiter, config, planning, reject sampling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from client import wire
 from sidecar.backoff import full_jitter, parse_retry_after, retry_delay
 from sidecar.config import ConfigError, load_config
 from sidecar.connectors.base import Dead, Moved, Send, Skip, Wait
@@ -16,8 +15,9 @@ from sidecar.connectors.notion import NotionConnector
 from sidecar.config import NotionConfig
 from sidecar.journal import Event
 from sidecar.limiter import Limiter, MemoryStore, Rule
+from sidecar.rejects import Sampler, Throttle
 
-from .support import FakePlanContext
+from .support import FakePlanContext, journaled
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -85,8 +85,7 @@ def test_config_defaults_and_strict_keys(tmp_path: Path) -> None:
 
 
 def _event(n: int, kind: str, target: str, payload: dict, key: str | None = None) -> Event:
-    frame = wire.encode("c", n, kind, key, None, 0, payload)
-    return Event(n, "notion", kind, target, key, None, "c", n, 0, int(999e9), frame, None, 0, 0, 0.0)
+    return journaled(n, "notion", kind, target, payload, key=key, received_ns=int(999e9))
 
 
 def test_notion_plans_merge_updates_per_property_in_order() -> None:
@@ -132,3 +131,22 @@ def test_notion_resends_a_possibly_applied_append_batch_unchanged() -> None:
     group[0].unsure = group[1].unsure = 1  # these two went out together and the answer was lost
     plan = conn.plan(group, FakePlanContext())
     assert isinstance(plan, Send) and [e.id for e in plan.events] == [0, 1]
+
+
+def test_reject_sample_keeps_a_limit_per_reason_in_any_window() -> None:
+    sampler = Sampler(limit=3, window=60.0)
+    assert [sampler.keep("bad_json", now=t) for t in (0.0, 1.0, 2.0, 3.0, 59.0)] == [True, True, True, False, False]
+    assert sampler.keep("too_large", now=3.0)  # each reason has its own
+    assert sampler.keep("bad_json", now=60.0)  # the one kept at 0 has left the window
+    assert not sampler.keep("bad_json", now=60.5)  # ...but those at 1 and 2 have not
+    assert [sampler.keep("bad_json", now=t) for t in (61.0, 62.0)] == [True, True]
+
+
+def test_reject_log_says_once_an_interval_how_much_it_held_back() -> None:
+    throttle = Throttle(interval=60.0)
+    assert throttle.due("bad_json", now=0.0, count=5) == 0
+    assert throttle.due("bad_json", now=1.0, count=1000) is None
+    assert throttle.due("too_large", now=1.0) == 0  # each reason has its own
+    assert throttle.due("bad_json", now=59.9) is None
+    assert throttle.due("bad_json", now=60.0, count=2) == 1001
+    assert throttle.due("bad_json", now=120.0) == 0

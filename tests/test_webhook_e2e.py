@@ -15,7 +15,7 @@ from sidecar.journal import Event
 from sidecar.simulators.base import Fault
 from sidecar.simulators.webhook import WebhookReceiver
 
-from .support import FakePlanContext, SidecarProcess, drained, sidecar_config, wait_until
+from .support import FakePlanContext, SidecarProcess, drained, journaled, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,8 +29,7 @@ def _envelope(ref: str | None) -> wire.Envelope:
 
 
 def _event(n: int, key: str | None) -> Event:
-    frame = wire.encode("c", n, POST, key, "alerts", 0, {"n": n})
-    return Event(n, "webhook.alerts", POST, "alerts", key, "alerts", "c", n, 0, 0, frame, None, 0, 0, 0.0)
+    return journaled(n, "webhook.alerts", POST, "alerts", {"n": n}, key=key, ref="alerts")
 
 
 def test_one_lane_per_configured_webhook() -> None:

@@ -27,7 +27,6 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -44,6 +43,7 @@ from ..config import Config, S3Config
 from ..errors import Permanent, Retryable
 from ..journal import Event
 from ..limiter import Rule
+from ..spool import Spool
 from . import LaneSpec
 from .base import Dead, Delivered, Plan, PlanContext, Reject, Send, Skip
 from .http import raise_for_status, request
@@ -185,7 +185,7 @@ class S3Connector:
             credentials = self.credentials.get_frozen_credentials()  # refreshes a role's token when due
         except BotoCoreError as exc:
             raise Retryable("credentials", str(exc)) from None
-        body = Path(path).read_bytes()
+        body = Spool.read(path)
         url = f"{self.endpoint}/{put.bucket}/{quote(put.key, safe='/')}"
         headers = {
             "Content-Type": put.content_type,

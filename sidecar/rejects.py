@@ -1,0 +1,68 @@
+"""What ingest keeps of rejected frames: a bounded sample, and a log that cannot flood.
+
+    sampler = Sampler()                       # 1,000 per reason in any hour
+    if sampler.keep("bad_json", now):         # `now` from time.monotonic(), or a test's clock
+        keep_the_row()
+    else:
+        count_it_only()
+
+    throttle = Throttle()                     # one line per reason a minute
+    held = throttle.due("bad_json", now, count=37)
+    if held is not None:
+        log.warning("rejected 37 frame(s) as bad_json; %d more since the last line", held)
+
+A flood of garbage (a misconfigured client, a port scan on a TCP endpoint)
+must not grow the journal or the log without bound; the counters in the
+journal's `reject_counts` and in metrics still see every frame. Both take
+the clock as an argument, so their tests never sleep.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+SAMPLE_PER_WINDOW = 1_000  # reject rows kept per reason...
+SAMPLE_WINDOW_SECONDS = 3600.0  # ...in any hour
+LOG_INTERVAL_SECONDS = 60.0  # one warning line per reason at most this often
+
+
+class Sampler:
+    """Keep at most `limit` items per key in any `window` seconds (a sliding window)."""
+
+    def __init__(self, limit: int = SAMPLE_PER_WINDOW, window: float = SAMPLE_WINDOW_SECONDS) -> None:
+        self.limit = limit
+        self.window = window
+        self._kept: dict[str, deque[float]] = {}  # per key, when each kept item came; at most `limit`
+
+    def keep(self, key: str, now: float) -> bool:
+        """True if this item joins the sample; False if it is only to be counted."""
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = self._kept[key] = deque()
+        horizon = now - self.window
+        while kept and kept[0] <= horizon:
+            kept.popleft()
+        if len(kept) >= self.limit:
+            return False
+        kept.append(now)
+        return True
+
+
+class Throttle:
+    """At most one log line per key per `interval` seconds; counts what it held back."""
+
+    def __init__(self, interval: float = LOG_INTERVAL_SECONDS) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def due(self, key: str, now: float, count: int = 1) -> int | None:
+        """Note `count` occurrences. If a line is due, return how many occurrences
+        were held back since the last line (the caller's line reports these
+        `count` itself); otherwise hold them back and return None."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + count
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)

@@ -1,0 +1,121 @@
+"""The journal's row shape, its blob spool, the dead-letter round trip and the bounded rejects, on a real SQLite file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from client import wire
+from sidecar.config import Config
+from sidecar.dlq import purge_dead, retry_dead
+from sidecar.ingest import Ingest
+from sidecar.journal import EVENT_FIELDS, INSERT_EVENT, Event, EventRow, Journal
+from sidecar.metrics import Metrics
+from sidecar.rejects import SAMPLE_PER_WINDOW
+from sidecar.spool import Spool
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _row(n: int, blob_path: str | None = None) -> EventRow:
+    frame = wire.encode("c", n, "s3.put", f"k{n}", None, 0, {"n": n})
+    return EventRow(lane="s3", kind="s3.put", target=f"bkt/k{n}", key=f"k{n}", ref=None, client_id="c", seq=n,
+                    emitted_ns=n, received_ns=n + 1, frame=frame, blob_path=blob_path)
+
+
+def test_event_is_the_row_plus_delivery_state() -> None:
+    assert tuple(f.name for f in fields(Event)) == EVENT_FIELDS
+    assert INSERT_EVENT == ("INSERT INTO events (lane, kind, target, key, ref, client_id, seq, emitted_ns,"
+                            " received_ns, frame, blob_path) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+
+
+def test_spool_names_files_by_sha256_and_removes_what_is_there(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.create()
+    a, b = spool.put(b"body"), spool.put(b"body")
+    assert a != b and Path(a).parent == tmp_path / "blobs"  # the same body twice: two files
+    assert spool.read(a) == b"body"
+    assert spool.sha256(a) == hashlib.sha256(b"body").hexdigest() == Path(a).name.split(".")[0]
+    spool.remove([a, a, b])  # already gone is fine
+    assert list((tmp_path / "blobs").iterdir()) == []
+
+
+def test_a_row_survives_dead_letter_and_retry_and_complete_removes_its_blob(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    path = journal.spool.put(b"jpeg")
+    journal.write_batch([_row(1, path)])
+    [event] = journal.group("s3", "bkt/k1")
+    assert event.row == _row(1, path) and event.blobs() == [b"jpeg"]
+    assert event.blob_sha256() == hashlib.sha256(b"jpeg").hexdigest()
+
+    journal.dead_letter([event], "http_403", status=403, detail="denied")
+    assert journal.group("s3", "bkt/k1") == [] and Path(path).exists()  # kept for a retry
+    assert retry_dead(str(tmp_path), ids=None, lane="s3") == 1
+    [again] = journal.group("s3", "bkt/k1")
+    assert again.row == event.row and again.attempts == 0
+
+    journal.complete([again.id], lane="s3")
+    assert journal.count("events") == 0 and not Path(path).exists()
+    journal.close()
+
+
+def test_purging_a_dead_letter_removes_its_blob(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    path = journal.spool.put(b"png")
+    journal.write_batch([_row(1, path)])
+    journal.dead_letter(journal.group("s3", "bkt/k1"), "http_404")
+    assert purge_dead(str(tmp_path), all_=True) == 1
+    assert not Path(path).exists() and journal.count("dead_letters") == 0
+    journal.close()
+
+
+def test_a_flood_of_rejects_keeps_a_sample_and_counts_them_all(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    metrics = Metrics()
+    ingest = Ingest(Config().ingest, journal, {}, metrics)
+    garbage = [[b"not json %d" % i] for i in range(5_000)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="sidecar.ingest"):
+            for start in range(0, len(garbage), 1_000):
+                ingest.process(garbage[start:start + 1_000])
+    finally:
+        ingest.stop()
+    assert journal.count("rejects") == SAMPLE_PER_WINDOW == 1_000
+    assert journal.reject_counts() == {"bad_json": (5_000, 4_000)}
+    assert metrics.value("sidecar_events_rejected_total", reason="bad_json") == 5_000
+    assert metrics.value("sidecar_rejects_unsampled_total", reason="bad_json") == 4_000
+    [line] = [r.getMessage() for r in caplog.records]  # one line, not 5,000
+    assert line.startswith("rejected 1000 frame(s) as bad_json, the first: ")
+    journal.close()
+
+
+class _Buggy:
+    """A connector whose route() has a bug."""
+
+    lane, kinds = "buggy", frozenset({"buggy.kind"})
+
+    def route(self, env: wire.Envelope, blobs: list[bytes]) -> str:
+        raise KeyError("oops")
+
+
+def test_a_bug_on_one_frame_rejects_it_with_one_traceback_a_minute(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    ingest = Ingest(Config().ingest, journal, {"buggy": _Buggy()}, Metrics())  # type: ignore[dict-item]
+    frames = [[wire.encode("c", n, "buggy.kind", None, None, 0, {})] for n in range(1, 4)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="sidecar.ingest"):
+            ingest.process(frames[:2])
+            ingest.process(frames[2:])
+    finally:
+        ingest.stop()
+    assert journal.reject_counts() == {"internal_error": (3, 0)}
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert record.getMessage() == "rejected 2 frame(s) as internal_error, the first: KeyError: 'oops'"
+    journal.close()
