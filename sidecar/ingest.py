@@ -240,10 +240,15 @@ class Ingest:
     def _cycle(self, sock: zmq.Socket, *, rings_too: bool = True) -> int:
         """Read one batch from the socket and the rings, journal it, then
         acknowledge the rings; returns how many messages it took."""
-        messages = self._drain(sock)
+        limit = self.cfg.batch_max
         rings = self.rings if rings_too else None
-        if rings is not None and len(messages) < self.cfg.batch_max:
-            messages += rings.read(self.cfg.batch_max - len(messages))
+        # Each source is sure of half a batch, so a flood into the socket
+        # cannot starve the rings, nor a busy ring the socket.
+        messages = rings.read(limit // 2) if rings is not None else []
+        from_rings = len(messages)
+        messages += self._drain(sock, limit - from_rings)
+        if rings is not None and from_rings == limit // 2 and len(messages) < limit:
+            messages += rings.read(limit - len(messages))
         if not messages:
             return 0
         self.process(messages)
@@ -251,14 +256,13 @@ class Ingest:
             rings.ack()
         return len(messages)
 
-    def _drain(self, sock: zmq.Socket) -> list[list[bytes]]:
-        """Read what is waiting, up to batch_max messages, without blocking."""
+    def _drain(self, sock: zmq.Socket, limit: int) -> list[list[bytes]]:
+        """Read what is waiting, up to `limit` messages, without blocking."""
         messages: list[list[bytes]] = []
         # pyzmq's Cython recv and getsockopt, without the Python layer of
         # recv_multipart: about half a microsecond an event at full speed.
         recv = super(zmq.Socket, sock).recv
         more = super(zmq.Socket, sock).get
-        limit = self.cfg.batch_max
         try:
             while len(messages) < limit:
                 frames = [recv(zmq.NOBLOCK)]

@@ -233,3 +233,38 @@ def test_stress_producer_and_reader_processes_every_byte_checked_reader_killed_m
     assert out.returncode == 0, out.stdout + out.stderr
     assert "every byte checked, none lost, none out of order" in out.stdout
     assert "reader killed" in out.stdout and "killed 0 time" not in out.stdout
+
+
+def test_a_flood_into_the_socket_does_not_starve_the_rings(short_tmp: Path) -> None:
+    import zmq
+
+    from client import Client
+    from sidecar.config import from_dict
+    from sidecar.connectors import build_lanes
+    from sidecar.ingest import Ingest
+    from sidecar.journal import Journal
+
+    endpoint = f"ipc://{short_tmp}/f.sock"
+    cfg = from_dict({"ingest": {"endpoint": endpoint, "batch_max": 1000}, "journal": {"dir": str(short_tmp / "j")}})
+    journal = Journal.open(cfg.journal.dir, synchronous="NORMAL")
+    ingest = Ingest(cfg.ingest, journal, {n: s.connector for n, s in build_lanes(cfg).items()}, Metrics())
+    ingest.bind()
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(endpoint)
+    for _ in range(5_000):
+        push.send(b"garbage")
+    with Client(endpoint, strict=True) as c:
+        for n in range(10):
+            c.emit("webhook.post", {"n": n})
+    assert ingest.rings is not None and ingest._sock is not None
+    assert ingest._sock.poll(5000)     # the garbage is arriving
+    ingest.rings.maintain(time.monotonic(), force=True)
+    ingest._cycle(ingest._sock)        # one batch: half of it is the rings'
+    # The events (their lane is not configured: rejected as unknown_target) and
+    # the closing message all came through in that first batch.
+    assert journal.conn.execute("SELECT closed FROM clients WHERE client_id=?", (c.client_id,)).fetchall() == [(1,)]
+    push.close(0)
+    ctx.term()
+    ingest.stop()
+    journal.close()
