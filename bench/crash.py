@@ -159,33 +159,45 @@ def ring_problems(logs: list[Path]) -> list[str]:
             or "Traceback" in line]
 
 
-def kill_scenario(transport: str, smoke: bool, rate: int) -> dict[str, Any]:
+def kill_scenario(transport: str, smoke: bool, rate: int, seconds: float, kills_at: list[float],
+                  producers: int) -> dict[str, Any]:
+    """`producers` processes share `rate`; the sidecar is killed at each of `kills_at`."""
     m = int(smoke)
-    seconds = SECONDS[m]
-    n = int(rate * seconds)
+    share = [int(rate * seconds) // producers] * producers
     logs: list[Path] = []
     with tempdir() as d, SidecarProcess(d) as sidecar:
-        proc, go, out = start_producer(sidecar, transport, n, rate, LINGER[m], f"kill-{transport}")
-        time.sleep(0.3)  # the producer has made its ring or socket
+        started = [start_producer(sidecar, transport, n, rate / producers, LINGER[m], f"kill-{transport}-{i}")
+                   for i, n in enumerate(share)]
+        time.sleep(0.3)  # the producers have made their rings or sockets
         t0 = time.monotonic()
-        go.set()
+        for _, go, _ in started:
+            go.set()
         downs = []
-        for at in KILLS_AT[m]:
+        for at in kills_at:
             time.sleep(max(0.0, t0 + at - time.monotonic()))
             t = time.monotonic()
             kill(sidecar, logs)
             time.sleep(DOWN[m])
             sidecar.__enter__()  # the same config, journal and ring directory: a restart
             downs.append(time.monotonic() - t)
-        report = out.get(timeout=seconds + 120)
-        proc.join(30)
-        drain = settle(sidecar, [report["client_id"]], report["sent"], SETTLE[m])
-        counted = count(sidecar, report["client_id"], report["sent"])
+        reports = [out.get(timeout=seconds + 120) for _, _, out in started]
+        for proc, _, _ in started:
+            proc.join(30)
+        drain = settle(sidecar, [r["client_id"] for r in reports], sum(r["sent"] for r in reports), SETTLE[m])
+        per_client = [{**r, **count(sidecar, r["client_id"], r["sent"])} for r in reports]
         shutil.copy(sidecar.log, d / "sidecar.final.log")
         logs.append(d / "sidecar.final.log")
         problems = ring_problems(logs)
-    return {"transport": transport, "rate": rate, "kills": len(downs), "down_s": downs, "drain_s": drain,
-            **report, **counted, "log_problems": problems[:20]}
+    total: dict[str, Any] = {k: sum(c[k] for c in per_client)
+                             for k in ("sent", "journaled", "once", "lost", "duplicated", "out_of_range")}
+    gaps = [c["gaps"] for c in per_client]
+    dropped: dict[str, int] = {}
+    for c in per_client:
+        for reason, k in c["dropped"].items():
+            dropped[reason] = dropped.get(reason, 0) + k
+    return {"transport": transport, "rate": rate, "producers": producers, "kills": len(downs), "down_s": downs,
+            "drain_s": drain, **total, "gaps": None if None in gaps else sum(gaps), "dropped": dropped,
+            "clients": per_client, "log_problems": problems[:20]}
 
 
 def down_scenario(smoke: bool) -> dict[str, dict[str, Any]]:
@@ -226,10 +238,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=int, default=RATE, help="events per second in the kill scenario")
     parser.add_argument("--scenarios", nargs="+", choices=["kill", "down"], default=["kill", "down"])
+    parser.add_argument("--transports", nargs="+", choices=TRANSPORTS, default=list(TRANSPORTS),
+                        help="the kill scenario's transports")
+    parser.add_argument("--seconds", type=float, help=f"the kill scenario's length (default {SECONDS[0]:g} s)")
+    parser.add_argument("--kills", type=int, help="kills spread evenly over the run (default: 2, at "
+                                                  f"{' and '.join(f'{t:g}' for t in KILLS_AT[0])} s)")
+    parser.add_argument("--producers", type=int, default=1, help="producer processes sharing --rate")
     bench_args(parser)
     args = parser.parse_args()
     m = int(args.smoke)
-    kills = [kill_scenario(t, args.smoke, args.rate) for t in TRANSPORTS] if "kill" in args.scenarios else []
+    seconds = args.seconds or SECONDS[m]
+    kills_at = list(KILLS_AT[m]) if args.kills is None else [seconds * (i + 1) / (args.kills + 1)
+                                                             for i in range(args.kills)]
+    kills = [kill_scenario(t, args.smoke, args.rate, seconds, kills_at, args.producers)
+             for t in args.transports] if "kill" in args.scenarios else []
     down = down_scenario(args.smoke) if "down" in args.scenarios else {}
 
     print(f"## Crash safety\n\n{time.strftime('%Y-%m-%d %H:%M')}. The sidecar runs with its Notion lane paused, "
@@ -237,9 +259,10 @@ def main() -> int:
           "gaps: the sidecar's own sequence-gap counter for that client (journal `clients` table).\n")
     doc: dict[str, Any] = {"kill": {}, "down": {}}
     if kills:
-        print(f"### SIGKILL while emitting\n\nOne producer process paced at {args.rate:,} events/s for "
-              f"{SECONDS[m]:g} s; the sidecar killed with SIGKILL at {', '.join(f'{t:g}' for t in KILLS_AT[m])} s "
-              f"and started again {DOWN[m]:g} s later each time.\n")
+        who = "One producer process" if args.producers == 1 else f"{args.producers} producer processes"
+        print(f"### SIGKILL while emitting\n\n{who} paced at {args.rate:,} events/s in all for "
+              f"{seconds:g} s; the sidecar killed with SIGKILL at {', '.join(f'{t:.1f}' for t in kills_at)} s "
+              f"and started again {DOWN[m]:g} s later each time (down: from the kill until it answered again).\n")
         print("| transport | events emitted | kills | down each time (s) | journaled once | lost | duplicated "
               "| gaps (sidecar) | emit drops | settled after (s) |")
         print("|---" * 10 + "|")

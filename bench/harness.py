@@ -36,6 +36,7 @@ from hdrh.histogram import HdrHistogram
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
+TMPFS = "/dev/shm"
 CPUS = sorted(os.sched_getaffinity(0))
 # The trading loop's core and the one everything else gets when pinned.
 LOOP_CPU = CPUS[0]
@@ -166,6 +167,15 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
+def runtime_dir() -> Path | None:
+    """A fresh directory on tmpfs (/dev/shm) for the ingest socket and the
+    rings beside it, as the systemd unit's /run/trading-sidecar is; None
+    where there is no tmpfs to use. The caller removes it."""
+    if not os.path.isdir(TMPFS):
+        return None
+    return Path(tempfile.mkdtemp(prefix="scb-", dir=TMPFS))
+
+
 class SidecarProcess:
     """`python -m sidecar run` in a child process, with metrics on a free port.
 
@@ -174,13 +184,19 @@ class SidecarProcess:
 
     `token=None` leaves the Notion lane paused: events stay in the journal.
     `cpus` goes to `[process] cpu_affinity`, applied before any thread starts.
+    The journal goes to `workdir`; the ingest socket, and so the clients'
+    rings (`ingest.rings` beside it), to `socket_dir`, by default a directory
+    on tmpfs made for this sidecar and removed with it (the unit's /run is
+    tmpfs; a ring on a disk-backed file system pays for page writeback).
     """
 
     def __init__(self, workdir: Path, *, notion_url: str = "http://127.0.0.1:9/v1", token: str | None = None,
                  rate: float = 3.0, burst: float = 1.0, cpus: Sequence[int] | None = None,
-                 synchronous: str = "FULL") -> None:
+                 synchronous: str = "FULL", socket_dir: Path | None = None) -> None:
         self.dir = workdir
-        self.endpoint = f"ipc://{workdir}/ingest.sock"
+        self._own_socket_dir = runtime_dir() if socket_dir is None else None
+        self.socket_dir = socket_dir or self._own_socket_dir or workdir
+        self.endpoint = f"ipc://{self.socket_dir}/ingest.sock"
         self.metrics_address = f"127.0.0.1:{free_port()}"
         self.token = token
         self.log = workdir / "sidecar.log"
@@ -205,13 +221,21 @@ class SidecarProcess:
                 [sys.executable, "-m", "sidecar", "run", "--config", str(self.config), "--log-level", "WARNING"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         # /metrics answers once the ingest socket is bound (app.py binds first).
-        _wait_for(lambda: self._get("/metrics") is not None, self.proc, "sidecar", self.log)
+        try:
+            _wait_for(lambda: self._get("/metrics") is not None, self.proc, "sidecar", self.log)
+        except BaseException:
+            _stop(self.proc)
+            if self._own_socket_dir is not None:
+                shutil.rmtree(self._own_socket_dir, ignore_errors=True)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         code = _stop(self.proc, 60)
         if code not in (0, None):
             print(f"sidecar exited {code}:\n{self.log.read_text()[-3000:]}", file=sys.stderr)
+        if self._own_socket_dir is not None:
+            shutil.rmtree(self._own_socket_dir, ignore_errors=True)
 
     @property
     def pid(self) -> int:

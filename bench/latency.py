@@ -436,6 +436,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", type=int, nargs="+", default=sorted(FULL_SECONDS), help="events per second")
     parser.add_argument("--seconds", type=float, help="seconds per rate (default: 60, 20, 10)")
+    parser.add_argument("--rings-on-disk", action="store_true",
+                        help="the ingest socket and the rings in the (disk-backed) work directory instead of "
+                             "tmpfs, as the default endpoint outside systemd puts them where /tmp is a disk")
     parser.add_argument("--calls", type=int, default=BURST_CALLS,
                         help=f"back-to-back calls of each method after the paced rates (default {BURST_CALLS:,}; "
                              "0: none)")
@@ -457,7 +460,8 @@ def main() -> int:
         d = resources.enter_context(tempdir())
         sim = resources.enter_context(NotionProcess(rate=0, cpus=other))
         sidecar = resources.enter_context(
-            SidecarProcess(d, notion_url=sim.api_url, token=sim.token, rate=3.0, cpus=other))
+            SidecarProcess(d, notion_url=sim.api_url, token=sim.token, rate=3.0, cpus=other,
+                           socket_dir=d if args.rings_on_disk else None))
         # Fork the receivers before this process owns any ZeroMQ context or thread.
         mp = multiprocessing.get_context("fork")
         sink, dgram_path = f"ipc://{d}/bare.sock", f"{d}/dgram.sock"
@@ -507,16 +511,33 @@ def main() -> int:
             if rconn is not None:
                 rconn.delete(REDIS_KEY)  # a worker would pop these; keep redis small
 
+        def drained() -> float:
+            """Wait (untimed) until the sidecar has journaled every event both
+            clients handed over, so no run starts against a backlog (a full
+            ring refuses emits); returns the seconds waited."""
+            t0 = time.monotonic()
+            sent = client.stats()["sent"] + zclient.stats()["sent"]
+            while time.monotonic() - t0 < 120:
+                if sidecar.scrape().get("sidecar_events_journaled_total", 0) >= sent:
+                    break
+                time.sleep(0.05)
+            return time.monotonic() - t0
+
         results: dict[int, dict[str, Any]] = {}
+        waits = []
         for rate in args.rates:
             seconds = SMOKE_SECONDS if args.smoke else args.seconds or FULL_SECONDS.get(rate, 10.0)
+            waits.append(drained())
             results[rate] = run_rate(groups, worker, medians, rate, seconds, chunk, cleanup)
         calls = SMOKE_CALLS if args.smoke else args.calls
+        waits.append(drained())
         burst = run_burst(groups["interleaved"], calls) if calls else None
         emit_drops = {"emit": client.stats()["dropped"], "emit (zmq)": zclient.stats()["dropped"]}
         transport = client.transport_name
         journaled = sidecar.scrape().get("sidecar_events_journaled_total", 0)
 
+    where = (f"the rings in {sidecar.socket_dir} (" + ("disk-backed work directory" if args.rings_on_disk
+                                                      else "tmpfs, as under systemd") + ")")
     placement = {"thread": f"the loop's thread on CPU {LOOP_CPU}, its helper threads on {OTHER_CPUS}",
                  "process": f"the whole loop process on CPU {LOOP_CPU}", "none": "no CPU affinity"}[args.placement]
     print(f"## Emit latency\n\n{time.strftime('%Y-%m-%d %H:%M')}. Placement: {placement}; "
@@ -531,11 +552,13 @@ def main() -> int:
     if rconn is None:
         print("No redis LPUSH row: redis-server or redis-py is not installed (apt-get install redis-server; "
               "pip install redis).")
-    print(f"emit goes through the {transport} (the default for an ipc:// endpoint); emit (zmq) through "
-          "ZeroMQ. Drops: " + "; ".join(f"{k} {v or 'none'}" for k, v in emit_drops.items())
+    print(f"emit goes through the {transport} (the default for an ipc:// endpoint; {where}); emit (zmq) "
+          "through ZeroMQ. Before each rate and the back-to-back run the sidecar caught up with every event "
+          f"handed over (waits, s: {', '.join(f'{w:.1f}' for w in waits)}). Drops: " + "; ".join(f"{k} {v or 'none'}" for k, v in emit_drops.items())
           + f". The sidecar journaled {journaled:,.0f} events while delivering them, coalesced, to the "
           "Notion simulator.\n")
-    doc: dict[str, Any] = {"placement": args.placement, "transport": transport, "rates": {}, "burst": {}}
+    doc: dict[str, Any] = {"placement": args.placement, "transport": transport, "rings_on_disk": args.rings_on_disk,
+                           "rates": {}, "burst": {}}
     for rate, result in results.items():
         print(render(rate, result))
         print()
