@@ -3,6 +3,7 @@
     python bench/ring_stress.py --records 20000000               # ~1 min here
     python bench/ring_stress.py --records 2000000 --kills 3      # the reader is SIGKILLed 3 times midway
     python bench/ring_stress.py --checksum                       # the aarch64 path (CRC-32 per record)
+    python bench/ring_stress.py --big --records 20000            # blobs longer than the reader's chunk
 
 The producer writes records whose bytes are a function of their index, of
 varied length (8 to ~600 bytes; every 97th a multi-part record with blobs),
@@ -32,12 +33,19 @@ from client.ring import RingWriter  # noqa: E402
 from client.transport import QueueFull  # noqa: E402
 
 RING_BYTES = 1 << 20
+BIG_RING_BYTES = 16 << 20
 PATTERN = bytes(range(256)) * 4
+BIG = bytes(range(256)) * (5 << 12)   # 5 MiB to slice blobs from
 
 
-def record(n: int) -> list[bytes]:
-    """The parts of record n: deterministic, varied in length and shape."""
+def record(n: int, big: bool = False) -> list[bytes]:
+    """The parts of record n: deterministic, varied in length and shape; with
+    `big`, every 50th carries a blob of 1 to 5 MiB (longer than the reader's
+    1 MiB chunk, and making wraps longer than half the ring)."""
     head = n.to_bytes(8, "little")
+    if big and n % 50 == 7:
+        size = (1 << 20) + (n * 7919) % (4 << 20)
+        return [head, BIG[n % 256:n % 256 + size]]
     start = n % 256
     body = head + PATTERN[start:start + n % 600]
     if n % 97 == 0:
@@ -45,11 +53,11 @@ def record(n: int) -> list[bytes]:
     return [body]
 
 
-def produce(directory: str, count: int, checksum: bool) -> None:
-    ring = RingWriter.create(directory, "stress", capacity=RING_BYTES, checksum=checksum)
+def produce(directory: str, count: int, checksum: bool, big: bool) -> None:
+    ring = RingWriter.create(directory, "stress", capacity=BIG_RING_BYTES if big else RING_BYTES, checksum=checksum)
     full = 0
     for n in range(count):
-        parts = record(n)
+        parts = record(n, big)
         while True:
             try:
                 if len(parts) == 1:
@@ -64,7 +72,7 @@ def produce(directory: str, count: int, checksum: bool) -> None:
     print(f"producer: {count} records, {full} times full, {ring.doorbells} doorbells", flush=True)
 
 
-def consume(directory: str, count: int, commit_file: str) -> None:
+def consume(directory: str, count: int, commit_file: str, big: bool) -> None:
     """The reader process: verify, commit, acknowledge; exits once `count` are verified."""
     from sidecar.metrics import Metrics
     from sidecar.rings import Rings
@@ -86,7 +94,7 @@ def consume(directory: str, count: int, commit_file: str) -> None:
                 continue
             if n != committed + 1:
                 raise SystemExit(f"reader: expected record {committed + 1}, got {n}")
-            if parts != record(n):
+            if parts != record(n, big):
                 raise SystemExit(f"reader: record {n} differs from what was written")
             committed = n
         tmp = commit_file + ".tmp"
@@ -96,15 +104,16 @@ def consume(directory: str, count: int, commit_file: str) -> None:
     print(f"reader: verified up to {committed}, {replayed} replayed after restarts", flush=True)
 
 
-def run(count: int, kills: int, checksum: bool) -> dict[str, float]:
+def run(count: int, kills: int, checksum: bool, big: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
         ring_dir = os.path.join(d, "rings")
         commit_file = os.path.join(d, "committed")
         me = [sys.executable, __file__]
         started = time.perf_counter()
-        producer = subprocess.Popen([*me, "--role", "produce", "--dir", ring_dir, "--records", str(count),
-                                     *(["--checksum"] if checksum else [])])
-        reader_args = [*me, "--role", "consume", "--dir", ring_dir, "--records", str(count), "--commit", commit_file]
+        flags = [*(["--checksum"] if checksum else []), *(["--big"] if big else [])]
+        producer = subprocess.Popen([*me, "--role", "produce", "--dir", ring_dir, "--records", str(count), *flags])
+        reader_args = [*me, "--role", "consume", "--dir", ring_dir, "--records", str(count), "--commit", commit_file,
+                       *flags]
         time.sleep(0.2)  # let the producer make the ring
         reader = subprocess.Popen(reader_args)
         done_kills = 0
@@ -121,7 +130,8 @@ def run(count: int, kills: int, checksum: bool) -> dict[str, float]:
         if reader.wait(600) != 0:
             raise SystemExit("reader failed")
         seconds = time.perf_counter() - started
-    print(f"{count} records through a {RING_BYTES >> 10} KiB ring in {seconds:.1f} s "
+    print(f"{count} records{' (every 50th with a 1-5 MiB blob)' if big else ''} through a "
+          f"{(BIG_RING_BYTES if big else RING_BYTES) >> 10} KiB ring in {seconds:.1f} s "
           f"({count / seconds:,.0f}/s), reader killed {done_kills} time(s), checksum {'on' if checksum else 'off'}: "
           "every byte checked, none lost, none out of order")
     return {"records": count, "seconds": seconds, "kills": done_kills}
@@ -132,16 +142,17 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=20_000_000)
     ap.add_argument("--kills", type=int, default=0)
     ap.add_argument("--checksum", action="store_true")
+    ap.add_argument("--big", action="store_true", help="every 50th record carries a 1-5 MiB blob")
     ap.add_argument("--role", choices=["run", "produce", "consume"], default="run")
     ap.add_argument("--dir")
     ap.add_argument("--commit")
     args = ap.parse_args()
     if args.role == "produce":
-        produce(args.dir, args.records, args.checksum)
+        produce(args.dir, args.records, args.checksum, args.big)
     elif args.role == "consume":
-        consume(args.dir, args.records, args.commit)
+        consume(args.dir, args.records, args.commit, args.big)
     else:
-        run(args.records, args.kills, args.checksum)
+        run(args.records, args.kills, args.checksum, args.big)
     return 0
 
 

@@ -158,12 +158,6 @@ def packer(size: int) -> Callable[..., None]:
     return pack
 
 
-def body_of(parts: Sequence[bytes | bytearray | memoryview]) -> bytes:
-    """A multi-part body: the length table, then the parts."""
-    lengths = [memoryview(p).nbytes for p in parts]
-    return struct.pack(f"<{len(parts)}I", *lengths) + b"".join(parts)
-
-
 class RingWriter:
     """The producer's end of one ring. One thread at a time (Client's rule)."""
 
@@ -250,8 +244,11 @@ class RingWriter:
     # -- slow paths -----------------------------------------------------------
 
     def _send_slow(self, parts: list) -> None:
-        body = parts[0] if len(parts) == 1 else body_of(parts)
-        n = len(body)
+        """Any record: wrap first if it does not fit before the end; parts
+        are copied straight into the ring (no joined copy of a large blob)."""
+        lengths = [memoryview(p).nbytes for p in parts]
+        nparts = len(parts)
+        n = sum(lengths) + (4 * nparts if nparts > 1 else 0)
         if n > self.max_body:
             raise QueueFull  # never fits; Client checks sizes first, so only a tiny ring gets here
         rec = record_bytes(n)
@@ -266,23 +263,29 @@ class RingWriter:
         mm = self._mm
         if skip:
             if skip >= HEADER:  # a wrap record: a body of padding up to the end
-                self._put(FILE_HEADER + off, skip - HEADER, 0, REC_WRAP, 0, None, pos + skip)
+                start = FILE_HEADER + off
+                RECORD.pack_into(mm, start, skip - HEADER, 0, REC_WRAP, 0, 0)
+                _U64.pack_into(mm, start + skip - TRAILER, pos + skip)
             pos += skip
             off = 0
-        self._put(FILE_HEADER + off, n, len(parts), self._flags, self._crc(body) if self._flags else 0, body,
-                  pos + rec)
+        start = FILE_HEADER + off
+        at = start + RECORD.size
+        crc = 0
+        if nparts > 1:
+            table = struct.pack(f"<{nparts}I", *lengths)
+            mm[at:at + len(table)] = table
+            at += len(table)
+            crc = self._crc(table) if self._flags else 0
+        for part, length in zip(parts, lengths):
+            mm[at:at + length] = part
+            at += length
+            if self._flags:
+                crc = self._crc(part, crc)
+        RECORD.pack_into(mm, start, n, nparts, self._flags, crc, 0)
+        _U64.pack_into(mm, start + rec - TRAILER, pos + rec)  # the commit mark, last
         self._pos = pos + rec
         if mm[OFF_WAKE]:
             self._wake()
-
-    def _put(self, start: int, size: int, nparts: int, flags: int, crc: int, body: bytes | None,
-             end: int) -> None:
-        """A record of any size, in three writes, the trailer last."""
-        mm = self._mm
-        RECORD.pack_into(mm, start, size, nparts, flags, crc, 0)
-        if body is not None:
-            mm[start + RECORD.size:start + RECORD.size + size] = body
-        _U64.pack_into(mm, start + record_bytes(size) - TRAILER, end)
 
     def _hint(self) -> None:
         _U64.pack_into(self._mm, OFF_HINT, self._pos)

@@ -81,7 +81,8 @@ class Ring:
                 raise RingCorrupt(f"file ends early (truncated to {layout.FILE_HEADER + off + len(first)} bytes)")
             committed, jump, big = self._scan(first, off)
             if big:  # one record longer than a chunk: its trailer first, then the whole of it
-                committed = big if self._committed_here() else 0
+                # (the length from a fresh look at its header: the first copy's may be stale)
+                committed = self._committed_here()
             more = jump or big or committed + HEADER > len(first)  # the chunk ended, not the data
             if committed:
                 # The second copy, made after the commit marks were seen: its
@@ -112,7 +113,12 @@ class Ring:
         n = len(buf)
         while n - i >= HEADER:
             size, nparts, flags, crc, _ = RECORD.unpack_from(buf, i)
-            if size > largest or off + i + (rec := record_bytes(size)) > cap:
+            rec = record_bytes(size)
+            if flags & REC_WRAP:  # padding up to the ring's end; may be longer than any record
+                if off + i + rec != cap or not self._trailer_ok(buf, i, rec, pos + i):
+                    break
+                return i, rec, 0
+            if size > largest or off + i + rec > cap:
                 break  # not a header yet; if it stays so behind the producer's hint, see stalled()
             if i + rec > n:
                 if i == 0:  # longer than the chunk: its trailer is checked by the caller's second read
@@ -120,12 +126,17 @@ class Ring:
                 break
             if _U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
                 break  # not written yet (or never will be: see stalled())
-            if flags & REC_WRAP:
-                if off + i + rec != cap:
-                    raise RingCorrupt(f"wrap record at {pos + i} does not reach the end of the ring")
-                return i, rec, 0
             i += rec
         return i, 0, 0
+
+    def _trailer_ok(self, buf: bytes, i: int, rec: int, pos: int) -> bool:
+        """Whether the record at `buf[i]` (position `pos`) is committed, reading
+        its trailer from the file when it lies beyond `buf`."""
+        if i + rec <= len(buf):
+            trailer = buf[i + rec - TRAILER:i + rec]
+        else:
+            trailer = os.pread(self.fd, TRAILER, layout.FILE_HEADER + (pos & self.mask) + rec - TRAILER)
+        return len(trailer) == TRAILER and _U64.unpack(trailer)[0] == pos + rec
 
     def _parse(self, buf: bytes, off: int, limit: int, out: list[list[bytes]]) -> int:
         """Append the records of `buf` to `out`; return the bytes consumed."""
@@ -180,17 +191,17 @@ class Ring:
         return False
 
     def _committed_here(self) -> int:
-        """The length of the committed record at `pos`, or 0: two small reads."""
+        """The length of the committed record (or wrap) at `pos`, or 0: two small reads."""
         off = self.pos & self.mask
         raw = os.pread(self.fd, RECORD.size, layout.FILE_HEADER + off)
         if len(raw) < RECORD.size:
             raise RingCorrupt("file ends early (truncated)")
-        size = RECORD.unpack(raw)[0]
+        size, _, flags, _, _ = RECORD.unpack(raw)
         rec = record_bytes(size)
-        if size > layout.max_record_body(self.header.capacity) or off + rec > self.header.capacity:
+        cap = self.header.capacity
+        if (off + rec != cap) if flags & REC_WRAP else (size > layout.max_record_body(cap) or off + rec > cap):
             return 0
-        trailer = os.pread(self.fd, TRAILER, layout.FILE_HEADER + off + rec - TRAILER)
-        return rec if len(trailer) == TRAILER and _U64.unpack(trailer)[0] == self.pos + rec else 0
+        return rec if self._trailer_ok(b"", 0, rec, self.pos) else 0
 
     def has_record(self) -> bool:
         """Whether a committed record (or wrap) waits at `pos`, without reading it."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from client import ring
-from client.ring import FILE_HEADER, MIN_RING_BYTES, OFF_HINT, OFF_WAKE, RingWriter
+from client.ring import FILE_HEADER, MIN_RING_BYTES, OFF_HINT, RingWriter
 from client.transport import QueueFull
 from sidecar.metrics import Metrics
 from sidecar.rings import Rings
@@ -225,8 +225,9 @@ def test_ring_directory_and_files_are_private_to_the_group(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("args", [["--records", "1000000", "--kills", "2"],
-                                  ["--records", "300000", "--kills", "1", "--checksum"]],
-                         ids=["commit-mark", "crc32"])
+                                  ["--records", "300000", "--kills", "1", "--checksum"],
+                                  ["--records", "20000", "--kills", "2", "--big"]],
+                         ids=["commit-mark", "crc32", "blobs-longer-than-a-chunk"])
 def test_stress_producer_and_reader_processes_every_byte_checked_reader_killed_midway(args: list[str]) -> None:
     out = subprocess.run([sys.executable, "bench/ring_stress.py", *args], cwd=ROOT, capture_output=True,
                          text=True, timeout=110)
