@@ -84,14 +84,22 @@ def main() -> int:
                     time.sleep(0.001)
             client_id = client.client_id
         flooder.wait(600)
+        import sqlite3
+
+        def closed() -> bool:  # the good client's closing message is journaled: all its events are
+            conn = sqlite3.connect(f"file:{journal_dir}/journal.db?mode=ro", uri=True, timeout=10)
+            try:
+                return conn.execute("SELECT closed FROM clients WHERE client_id=?", (client_id,)).fetchall() == [(1,)]
+            finally:
+                conn.close()
+
         deadline = time.monotonic() + 600
-        while sc.scrape().get("sidecar_events_rejected_total", 0) < frames and time.monotonic() < deadline:
+        while (sc.scrape().get("sidecar_events_rejected_total", 0) < frames or not closed()) \
+                and time.monotonic() < deadline:
             time.sleep(0.2)
         seconds = time.perf_counter() - started
         sampling = False
         m = sc.scrape()
-        import sqlite3
-
         conn = sqlite3.connect(f"file:{journal_dir}/journal.db?mode=ro", uri=True, timeout=10)
         kept = conn.execute("SELECT COUNT(*) FROM rejects").fetchone()[0]
         seqs = [s for (s,) in conn.execute("SELECT seq FROM events WHERE client_id=? ORDER BY seq", (client_id,))]
