@@ -83,7 +83,6 @@ class Ring:
             if big:  # one record longer than a chunk: its trailer first, then the whole of it
                 # (the length from a fresh look at its header: the first copy's may be stale)
                 committed = self._committed_here()
-            more = jump or big or committed + HEADER > len(first)  # the chunk ended, not the data
             if committed:
                 # The second copy, made after the commit marks were seen: its
                 # bytes are all at least as new as the marks (module docstring).
@@ -97,7 +96,9 @@ class Ring:
             if jump:
                 self.pos += jump
                 continue
-            if not more:
+            # Go on only past a whole chunk (or one long record): having stopped
+            # at an unwritten record, reading again now would find the same.
+            if not committed or (not big and committed + HEADER <= len(first)):
                 break
         self.empty = not out
         self.frames_read += len(out)

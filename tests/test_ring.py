@@ -269,3 +269,23 @@ def test_a_flood_into_the_socket_does_not_starve_the_rings(short_tmp: Path) -> N
     ctx.term()
     ingest.stop()
     journal.close()
+
+
+def test_a_stale_long_header_of_an_earlier_lap_is_not_a_record(tmp_path: Path) -> None:
+    # Fill one lap exactly with records longer than the reader's chunk, read
+    # them all: the reader then stands at the next lap's start, on the first
+    # record's stale header, whose trailer says an earlier lap. Not a record,
+    # and no reason to wait there (it once spun forever).
+    cap = 4 << 20
+    w = RingWriter.create(str(tmp_path), "laps", capacity=cap)
+    rings = reader(tmp_path)
+    first, second = ring.record_bytes(1_500_000), ring.record_bytes(1_100_000)
+    w.send(b"a" * 1_500_000)
+    w.send(b"b" * 1_100_000)
+    w.send(b"c" * (cap - first - second - 24))
+    assert [len(m[0]) for m in read_all(rings)] == [1_500_000, 1_100_000, cap - first - second - 24]
+    assert rings.read(10) == []
+    w.send(b"next lap")
+    assert read_all(rings) == [[b"next lap"]]
+    w.close()
+    rings.close()
