@@ -94,6 +94,7 @@ WAKE_NONE = 0
 WAKE_RING = 1
 WAKE_QUARANTINED = 2
 
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; Python 3.11 lacks the name
 _FILE = struct.Struct("<8sIIQIIQ")  # magic, version, flags, capacity, pid, 0, created_ns
 _U64 = struct.Struct("<Q")
 
@@ -180,12 +181,15 @@ class RingWriter:
 
     @classmethod
     def create(cls, directory: str, client_id: str, *, capacity: int = DEFAULT_RING_BYTES,
-               checksum: bool = CHECKSUM_BY_DEFAULT, suffix: str = "") -> "RingWriter":
+               checksum: bool = CHECKSUM_BY_DEFAULT, suffix: str = "", prefault: bool = False) -> "RingWriter":
         """Make `directory/<client_id><suffix>.ring` and map it.
 
         The file is built under a hidden name and renamed into place, so the
         sidecar never adopts a half-made ring; an exclusive flock held until
         close (or death) tells the sidecar that the producer is alive.
+        `prefault` maps every page of the ring now (about 1 ms per MiB on
+        tmpfs here), so that no emit of the first lap pays a page fault
+        (2-3 µs, once per 4 KiB written); for long-running loops.
         Raises TransportError if the directory is unusable.
         """
         if capacity < MIN_RING_BYTES or capacity > MAX_RING_BYTES or capacity & (capacity - 1):
@@ -209,6 +213,8 @@ class RingWriter:
             os.pwrite(fd, bytes([WAKE_RING]), OFF_WAKE)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             mm = mmap.mmap(fd, FILE_HEADER + capacity)
+            if prefault:
+                mm.madvise(MADV_POPULATE_WRITE)
             os.rename(tmp, path)
         except OSError as exc:
             os.close(fd)

@@ -122,5 +122,6 @@ class ZmqTransport:
         connected = self.peer_connected()
         self._monitor.close(0)
         self._ctx.term()
-        return time.monotonic() - started >= linger and not connected
+        # libzmq keeps the linger in whole milliseconds: allow for its rounding.
+        return time.monotonic() - started >= linger - 0.005 and not connected
 

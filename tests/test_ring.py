@@ -289,3 +289,12 @@ def test_a_stale_long_header_of_an_earlier_lap_is_not_a_record(tmp_path: Path) -
     assert read_all(rings) == [[b"next lap"]]
     w.close()
     rings.close()
+
+
+def test_a_prefaulted_ring_works_like_any_other(tmp_path: Path) -> None:
+    w = RingWriter.create(str(tmp_path), "pf", capacity=MIN_RING_BYTES, prefault=True)
+    rings = reader(tmp_path)
+    w.send(b"mapped")
+    assert read_all(rings) == [[b"mapped"]]
+    w.close()
+    rings.close()
