@@ -54,6 +54,7 @@ class Ring:
     stalled_since: float | None = None
     empty: bool = False
     frames_read: int = 0
+    broken: str | None = None
 
     def __post_init__(self) -> None:
         self.pos = self.acked
@@ -66,8 +67,24 @@ class Ring:
     # -- reading --------------------------------------------------------------
 
     def read(self, limit: int) -> list[list[bytes]]:
-        """Committed records from `pos` on, at most `limit`, each as its frames."""
+        """Committed records from `pos` on, at most `limit`, each as its frames.
+
+        Raises RingCorrupt at a broken record, but only once the good records
+        before it have been returned (and so journaled)."""
+        if self.broken:
+            raise RingCorrupt(self.broken)
         out: list[list[bytes]] = []
+        try:
+            self._read_into(out, limit)
+        except RingCorrupt as exc:
+            if not out:
+                raise
+            self.broken = str(exc)
+        self.empty = not out
+        self.frames_read += len(out)
+        return out
+
+    def _read_into(self, out: list[list[bytes]], limit: int) -> None:
         cap = self.header.capacity
         while len(out) < limit:
             off = self.pos & self.mask
@@ -100,9 +117,6 @@ class Ring:
             # at an unwritten record, reading again now would find the same.
             if not committed or (not big and committed + HEADER <= len(first)):
                 break
-        self.empty = not out
-        self.frames_read += len(out)
-        return out
 
     def _scan(self, buf: bytes, off: int) -> tuple[int, int, int]:
         """(bytes of committed records, a wrap's jump to the lap's end, the length
@@ -276,7 +290,6 @@ class Rings:
     def read(self, limit: int) -> list[list[bytes]]:
         """Up to `limit` messages from all rings, fairly: no ring starves the others."""
         out: list[list[bytes]] = []
-        self._read = []
         if not self.rings:
             return out
         share = max(1, limit // len(self.rings))
@@ -290,12 +303,15 @@ class Rings:
                 continue
             if got:
                 out += got
-                self._read.append(r)
+                if r not in self._read:
+                    self._read.append(r)
         return out
 
     def ack(self) -> None:
-        """After the journal committed what `read` returned."""
+        """After the journal committed what every `read` since the last ack returned."""
         for r in self._read:
+            if r.path not in self.rings:
+                continue  # quarantined since it was read
             try:
                 r.ack()
             except OSError as exc:
