@@ -102,6 +102,7 @@ RING_SUFFIX = ".ring"
 DOORBELL = "doorbell"
 # 30 s at 10,000 events/s of 300-byte events (304 bytes a record) is 91 MB.
 DEFAULT_RING_BYTES = 128 * 1024 * 1024
+LAST_WORD_BYTES = 4096             # kept free for a closing message (its stats are under 2 KiB)
 MIN_RING_BYTES = 64 * 1024
 MAX_RING_BYTES = 1 << 34
 # x86-64's total store order makes the commit mark enough; elsewhere, check.
@@ -170,6 +171,9 @@ class RingWriter:
         self._flags = REC_CRC if checksum else 0
         self._crc = zlib.crc32
         self.max_body = max_record_body(capacity)
+        # Kept free for the closing message, so that a client closing on a
+        # full ring still announces its last sequence number.
+        self._usable = capacity - LAST_WORD_BYTES
         self._fd = fd
         self._mm = mm
         self._mask = capacity - 1
@@ -233,7 +237,7 @@ class RingWriter:
         pos = self._pos
         end = pos + rec
         off = pos & self._mask
-        if off + rec > self.capacity or end - self._read > self.capacity:
+        if off + rec > self.capacity or end - self._read > self._usable:
             return self._send_slow([frame])
         # Everything in one C call (header, body, trailer last), then the
         # wake flag: a byte of memory this process maps anyway.
@@ -249,7 +253,11 @@ class RingWriter:
 
     # -- slow paths -----------------------------------------------------------
 
-    def _send_slow(self, parts: list) -> None:
+    def send_last(self, frame: bytes) -> None:
+        """The closing message: it may use the space kept for it."""
+        self._send_slow([frame], usable=self.capacity)
+
+    def _send_slow(self, parts: list, usable: int = 0) -> None:
         """Any record: wrap first if it does not fit before the end; parts
         are copied straight into the ring (no joined copy of a large blob)."""
         lengths = [memoryview(p).nbytes for p in parts]
@@ -261,9 +269,10 @@ class RingWriter:
         pos = self._pos
         off = pos & self._mask
         skip = self.capacity - off if off + rec > self.capacity else 0
-        if pos + skip + rec - self._read > self.capacity:
+        usable = usable or self._usable
+        if pos + skip + rec - self._read > usable:
             self._read = _U64.unpack_from(self._mm, OFF_READ)[0]
-            if pos + skip + rec - self._read > self.capacity:
+            if pos + skip + rec - self._read > usable:
                 self._hint()
                 raise QueueFull
         mm = self._mm

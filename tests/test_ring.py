@@ -77,7 +77,8 @@ def test_a_full_ring_refuses_without_blocking_and_takes_again_once_acknowledged(
         while True:
             w.send(b"y" * 100)
             accepted += 1
-    assert accepted == MIN_RING_BYTES // ring.record_bytes(100)
+    # All of it but the few KiB kept for a closing message.
+    assert accepted == (MIN_RING_BYTES - ring.LAST_WORD_BYTES) // ring.record_bytes(100)
     got = rings.read(10)      # read, but not yet committed: the space stays taken
     with pytest.raises(QueueFull):
         w.send(b"y" * 100)
@@ -282,10 +283,11 @@ def test_a_stale_long_header_of_an_earlier_lap_is_not_a_record(tmp_path: Path) -
     w = RingWriter.create(str(tmp_path), "laps", capacity=cap)
     rings = reader(tmp_path)
     first, second = ring.record_bytes(1_500_000), ring.record_bytes(1_100_000)
-    w.send(b"a" * 1_500_000)
-    w.send(b"b" * 1_100_000)
-    w.send(b"c" * (cap - first - second - 24))
-    assert [len(m[0]) for m in read_all(rings)] == [1_500_000, 1_100_000, cap - first - second - 24]
+    got = []
+    for body in (b"a" * 1_500_000, b"b" * 1_100_000, b"c" * (cap - first - second - 24)):
+        w.send(body)
+        got += read_all(rings)
+    assert [len(m[0]) for m in got] == [1_500_000, 1_100_000, cap - first - second - 24]
     assert rings.read(10) == []
     w.send(b"next lap")
     assert read_all(rings) == [[b"next lap"]]
@@ -299,4 +301,20 @@ def test_a_prefaulted_ring_works_like_any_other(tmp_path: Path) -> None:
     w.send(b"mapped")
     assert read_all(rings) == [[b"mapped"]]
     w.close()
+    rings.close()
+
+
+def test_a_client_closing_on_a_full_ring_still_says_goodbye(tmp_path: Path) -> None:
+    from client import Client, wire
+
+    endpoint = f"ipc://{tmp_path}/full.sock"
+    c = Client(endpoint, ring_bytes=MIN_RING_BYTES)
+    while c.emit("webhook.post", {"pad": "x" * 100}):
+        pass                                   # no sidecar: until the ring is full
+    sent = c.stats()["sent"]
+    c.close()
+    rings = reader(tmp_path / "full.rings")
+    messages = [wire.decode(m[0]) for m in read_all(rings)]
+    assert [e.seq for e in messages if e.seq] == list(range(1, sent + 1))
+    assert messages[-1].kind == wire.BYE and messages[-1].payload["sent"] == sent
     rings.close()
