@@ -117,13 +117,16 @@ def main() -> int:
             "sidecar_alive": alive,
             "seconds": round(seconds, 1),
         }
-    print(f"{frames:,} malformed frames + a corrupt ring, {good:,} good events, {result['seconds']} s:")
+    print("## Flood\n")
+    print(f"{frames:,} malformed frames into the ingest socket and a corrupt ring, while a client emits "
+          f"{good:,} good events through its ring ({result['seconds']} s).\n")
+    print("| | |\n|---|---|")
     for k, v in result.items():
-        print(f"  {k:22s} {v}")
+        print(f"| {k.replace('_', ' ')} | {v} |")
     ok = (result["sidecar_alive"] and result["good_journaled_once"] and result["rings_quarantined"] == 1
           and result["rejected_counted"] >= frames)
-    print("goals: RSS < 200 MB:", result["peak_rss_mb"] < 200, "| journal < 64 MiB:",
-          result["journal_growth_mib"] < 64, "| no good event lost:", result["good_journaled_once"])
+    print(f"\nGoals: RSS < 200 MB: {result['peak_rss_mb'] < 200}; journal growth < 64 MiB: "
+          f"{result['journal_growth_mib'] < 64}; no good event lost: {result['good_journaled_once']}.")
     write_json(args, result)
     return 0 if ok else 1
 

@@ -19,6 +19,7 @@ any other order, or any wrong byte, fails the run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -105,6 +106,8 @@ def consume(directory: str, count: int, commit_file: str, big: bool) -> None:
 
 
 def run(count: int, kills: int, checksum: bool, big: bool) -> dict[str, float]:
+    """One stress run; raises SystemExit if any record is lost, doubled past a
+    commit, out of order or not byte for byte what was written."""
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
         ring_dir = os.path.join(d, "rings")
         commit_file = os.path.join(d, "committed")
@@ -144,6 +147,11 @@ def main() -> int:
     ap.add_argument("--checksum", action="store_true")
     ap.add_argument("--big", action="store_true", help="every 50th record carries a 1-5 MiB blob")
     ap.add_argument("--role", choices=["run", "produce", "consume"], default="run")
+    ap.add_argument("--suite", action="store_true",
+                    help="the three runs of RESULTS.md: 20M records, 5M with CRC-32, 20k with 1-5 MiB blobs")
+    ap.add_argument("--smoke", action="store_true", help="the suite, small (CI)")
+    ap.add_argument("--json", type=Path, help="the suite's figures")
+    ap.add_argument("--out", type=Path, help="unused; accepted like every benchmark's")
     ap.add_argument("--dir")
     ap.add_argument("--commit")
     args = ap.parse_args()
@@ -151,6 +159,21 @@ def main() -> int:
         produce(args.dir, args.records, args.checksum, args.big)
     elif args.role == "consume":
         consume(args.dir, args.records, args.commit, args.big)
+    elif args.suite or args.smoke or args.json:
+        n = 20 if args.smoke else 1
+        runs = {"commit mark": run(20_000_000 // n // (50 if args.smoke else 1), 3, False, False),
+                "CRC-32 (the aarch64 path)": run(5_000_000 // n // (50 if args.smoke else 1), 2, True, False),
+                "1-5 MiB blobs": run(20_000 // (10 if args.smoke else 1), 2, False, True)}
+        print("\n## Ring stress\n")
+        print("A producer process and the sidecar's reader (`sidecar.rings`) in another, every record checked "
+              "byte for byte, the reader SIGKILLed and restarted midway (`python bench/ring_stress.py "
+              "--suite`).\n")
+        print("| run | records | reader kills | seconds | records/s |\n|---|---|---|---|---|")
+        for name, r in runs.items():
+            print(f"| {name} | {r['records']:,} | {r['kills']} | {r['seconds']:.1f} | "
+                  f"{r['records'] / r['seconds']:,.0f} |")
+        if args.json:
+            args.json.write_text(json.dumps(runs, indent=2))
     else:
         run(args.records, args.kills, args.checksum, args.big)
     return 0

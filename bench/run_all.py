@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BENCH, ROOT, machine  # noqa: E402
 
-SCRIPTS = ("latency", "jitter", "throughput", "delivery", "crash")
+SCRIPTS = ("latency", "jitter", "throughput", "delivery", "crash", "flood", "wakeup", "blobs", "ring_stress")
 TIMEOUT = 900
 
 
@@ -129,6 +129,19 @@ def goals(r: dict[str, dict[str, Any]]) -> list[str]:
                     f"| {k['sent']:,} events, sidecar down {k['outage_s']:.0f} s: {k['lost']:,} lost, "
                     f"{k['duplicated']:,} duplicated; close() took {k['close_s'] * 1e3:,.1f} ms "
                     f"| {verdict(ok) if transport == 'ring' else 'n/a'} |")
+    fl = r["flood"]["data"]
+    if fl:
+        ok = fl["sidecar_alive"] and fl["good_journaled_once"] and fl["peak_rss_mb"] < 200 \
+            and fl["journal_growth_mib"] < 64
+        rows.append(f"| {fl['malformed_frames']:,} malformed frames and a corrupt ring: up, RSS < 200 MB, journal "
+                    f"< 64 MiB more, no good event lost | peak RSS {fl['peak_rss_mb']} MB, journal +"
+                    f"{fl['journal_growth_mib']} MiB, {fl['rejects_kept']:,} rejects kept of "
+                    f"{fl['rejected_counted']:,} counted, {fl['rings_quarantined']} ring quarantined, good events "
+                    f"journaled once: {fl['good_journaled_once']} | {verdict(ok)} |")
+    st = r["ring_stress"]["data"]
+    for name, run in st.items():
+        rows.append(f"| ring stress, {name}: every byte checked, reader SIGKILLed midway | {run['records']:,} records, "
+                    f"{run['kills']} kills, {run['seconds']:.1f} s | yes |")
     return rows
 
 

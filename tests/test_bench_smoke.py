@@ -28,6 +28,10 @@ TABLES = {
     "throughput": "| 4 |",
     "delivery": "| 429 responses, whole run |",
     "crash": "| transport | events emitted | kills |",
+    "flood": "| malformed frames |",
+    "wakeup": "| lone |",
+    "blobs": "| ring 64 KiB |",
+    "ring_stress": "| commit mark |",
 }
 
 
