@@ -157,14 +157,17 @@ class Client:
         # Only emit calls it, and only after checking that a transport exists.
         self._send = transport.send if transport is not None else _no_transport
 
-    def _connect(self) -> Transport | None:
+    def _connect(self, *, in_emit: bool = False) -> Transport | None:
+        """A transport; `in_emit`: made inside an emit (after a fork, a
+        quarantine or a failure), so nothing that takes milliseconds."""
         try:
             if self.ring_dir is not None:
                 # A ring's file name carries the client id; a replacement for a
                 # quarantined ring gets a suffix and continues the sequence.
                 suffix = f".{self._rings_made}" if self._rings_made else ""
                 made = ring.RingWriter.create(self.ring_dir, self.client_id, capacity=self.ring_bytes,
-                                              suffix=suffix, prefault=self.prefault)
+                                              suffix=suffix, prefault=self.prefault and not in_emit,
+                                              allocate=not in_emit)
                 self._rings_made += 1
                 # A record holds the frame and the blobs; half the ring at most.
                 self._max_record = made.max_body
@@ -246,7 +249,7 @@ class Client:
         if getattr(transport, "quarantined", False):
             log.error("the sidecar set this client's ring aside as corrupt; starting a new one")
             transport.after_fork()  # let go without writing: the sidecar owns the old file now
-            self._attach(self._connect())
+            self._attach(self._connect(in_emit=True))
             return self._drop("ring_quarantined")
         return self._drop("transport_error")
 
@@ -299,6 +302,12 @@ class Client:
     def close(self, linger: float | None = None) -> None:
         """Announce the last sequence number, then wait at most `linger`
         seconds (default: the constructor's) for queued events to leave."""
+        # Under the emit lock: a threadsafe client's other threads may be in
+        # emit, whose ring must not be unmapped under it.
+        with self._lock:
+            self._close(linger)
+
+    def _close(self, linger: float | None) -> None:
         if self._closed:
             return
         self._closed = True
@@ -315,9 +324,10 @@ class Client:
             pass  # ZeroMQ's queue is full: the sidecar counts the tail it never saw as gaps
         if transport.close(self.linger if linger is None else linger):
             # ZeroMQ dropped its queue with no sidecar connected: every event
-            # since the sidecar was last seen (all of them if it never was).
-            # Seen once a second, so a disconnect within the last second may
-            # count a few events fewer than were lost: at least this many.
+            # since the sidecar was last seen gone (all of them if it never
+            # was connected). Connections are looked at once a second, so a
+            # sidecar that left within the last second is not counted here;
+            # its gap shows in the sidecar's sequence numbers when it returns.
             assert isinstance(transport, ZmqTransport)
             since = 0 if not transport.ever_connected else self._seq_at_disconnect
             if since is not None and self._seq > since:
@@ -343,7 +353,7 @@ class Client:
         after a failure (a ring directory that did not exist yet, say)."""
         if self._closed or _time_ns() < self._retry_ns:
             return None
-        self._attach(self._connect())
+        self._attach(self._connect(in_emit=True))
         return self._transport
 
     def __enter__(self) -> "Client":

@@ -18,7 +18,8 @@ File layout (little-endian)::
     16    u64 capacity (a power of two), u32 producer pid, u32 0, u64 created_ns
     64    client id, 64 bytes, NUL-padded
     128   u64 read_pos    written by the sidecar once the journal has committed up to it
-    192   u8  wake        sidecar: 1 "I sleep, ring the doorbell"; 2 "quarantined, make a new ring"
+    192   u8  wake        sidecar: 1 "look at me": ring the doorbell (and check byte 200)
+    200   u8  quarantined sidecar: 1 "this ring is set aside, make a new one" (never cleared)
     256   u64 write_hint  producer: its position, written on the slow paths only (doorbell, full, close)
     264   u8  closed      producer: no more records will follow
     4096  data: `capacity` bytes of records
@@ -45,8 +46,9 @@ load the bytes of one region in any order, so the sidecar reads twice: a
 first pass finds the committed marks, a second copy, made after them, is the
 one it parses. aarch64 orders neither stores nor loads without barriers,
 which Python cannot issue: there the producer also writes a CRC-32 of the
-body (flag bit 0 in the file and in each record), and a mismatch means "not
-visible yet, read again", becoming corruption only if it lasts. The CRC costs
+body, started from the record's end position so that no earlier lap's record
+can pass for it (flag bit 0 in the file and in each record), and a mismatch
+means "not visible yet, read again", becoming corruption only if it lasts. The CRC costs
 about 0.2 µs an emit, so x86-64 skips it; `RingWriter(checksum=True)` forces it.
 
 Wake-up. The sidecar, finding every ring empty, sets `wake` and sleeps on a
@@ -79,6 +81,7 @@ FILE_HEADER = 4096
 OFF_CLIENT_ID = 64
 OFF_READ = 128
 OFF_WAKE = 192
+OFF_QUARANTINED = 200
 OFF_HINT = 256
 OFF_CLOSED = 264
 FILE_CHECKSUM = 1
@@ -92,7 +95,6 @@ MAX_PARTS = 17                     # the frame and at most wire.MAX_BLOBS blobs
 
 WAKE_NONE = 0
 WAKE_RING = 1
-WAKE_QUARANTINED = 2
 
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; Python 3.11 lacks the name
 _FILE = struct.Struct("<8sIIQIIQ")  # magic, version, flags, capacity, pid, 0, created_ns
@@ -170,10 +172,11 @@ class RingWriter:
         self.checksum = checksum
         self._flags = REC_CRC if checksum else 0
         self._crc = zlib.crc32
-        self.max_body = max_record_body(capacity)
         # Kept free for the closing message, so that a client closing on a
         # full ring still announces its last sequence number.
         self._usable = capacity - LAST_WORD_BYTES
+        # Half of what is usable: any record then fits once the ring is empty.
+        self.max_body = (self._usable // 2 - HEADER) & -8
         self._fd = fd
         self._mm = mm
         self._mask = capacity - 1
@@ -185,15 +188,20 @@ class RingWriter:
 
     @classmethod
     def create(cls, directory: str, client_id: str, *, capacity: int = DEFAULT_RING_BYTES,
-               checksum: bool = CHECKSUM_BY_DEFAULT, suffix: str = "", prefault: bool = False) -> "RingWriter":
+               checksum: bool = CHECKSUM_BY_DEFAULT, suffix: str = "", prefault: bool = False,
+               allocate: bool = True) -> "RingWriter":
         """Make `directory/<client_id><suffix>.ring` and map it.
 
         The file is built under a hidden name and renamed into place, so the
         sidecar never adopts a half-made ring; an exclusive flock held until
         close (or death) tells the sidecar that the producer is alive.
-        `prefault` maps every page of the ring now (about 1 ms per MiB on
-        tmpfs here), so that no emit of the first lap pays a page fault
-        (2-3 µs, once per 4 KiB written); for long-running loops.
+        With `allocate`, the file's pages are allocated at once
+        (`posix_fallocate`, ~0.25 ms per MiB here), so a full tmpfs is an
+        error now, not a SIGBUS in a later emit; without it (a ring made
+        inside an emit, after a fork), only the free space is checked.
+        `prefault` also maps them into this process (another ~1 ms per MiB),
+        so that no emit of the first lap pays a page fault (about 2 µs, once
+        per 4 KiB written); for long-running loops.
         Raises TransportError if the directory is unusable.
         """
         if capacity < MIN_RING_BYTES or capacity > MAX_RING_BYTES or capacity & (capacity - 1):
@@ -209,6 +217,14 @@ class RingWriter:
         try:
             os.fchmod(fd, 0o660)
             os.ftruncate(fd, FILE_HEADER + capacity)
+            # On a full tmpfs a write into a sparse mapping kills the process
+            # with SIGBUS: allocate every page now, or at least see that they fit.
+            if allocate:
+                os.posix_fallocate(fd, 0, FILE_HEADER + capacity)
+            else:
+                fs = os.fstatvfs(fd)
+                if fs.f_bavail * fs.f_frsize < FILE_HEADER + capacity:
+                    raise OSError(28, "no room for the ring")
             header = _FILE.pack(MAGIC, VERSION, FILE_CHECKSUM if checksum else 0, capacity, os.getpid(), 0,
                                 time.time_ns())
             os.pwrite(fd, header, 0)
@@ -218,7 +234,10 @@ class RingWriter:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             mm = mmap.mmap(fd, FILE_HEADER + capacity)
             if prefault:
-                mm.madvise(MADV_POPULATE_WRITE)
+                try:
+                    mm.madvise(MADV_POPULATE_WRITE)
+                except OSError:
+                    pass  # before Linux 5.14: pages are mapped as they are first written
             os.rename(tmp, path)
         except OSError as exc:
             os.close(fd)
@@ -242,7 +261,7 @@ class RingWriter:
         # Everything in one C call (header, body, trailer last), then the
         # wake flag: a byte of memory this process maps anyway.
         (_packers.get(n) or packer(n))(self._mm, FILE_HEADER + off, n, 1, self._flags,
-                                        self._crc(frame) if self._flags else 0, 0, frame, end)
+                                        self._crc(frame, end & 0xFFFFFFFF) if self._flags else 0, 0, frame, end)
         self._pos = end
         if self._mm[OFF_WAKE]:
             self._wake()
@@ -273,6 +292,8 @@ class RingWriter:
         if pos + skip + rec - self._read > usable:
             self._read = _U64.unpack_from(self._mm, OFF_READ)[0]
             if pos + skip + rec - self._read > usable:
+                if self.quarantined:  # full because nobody reads it any more
+                    raise TransportError("the sidecar quarantined this ring")
                 self._hint()
                 raise QueueFull
         mm = self._mm
@@ -285,18 +306,19 @@ class RingWriter:
             off = 0
         start = FILE_HEADER + off
         at = start + RECORD.size
-        crc = 0
+        crc = (pos + rec) & 0xFFFFFFFF  # the CRC starts from the record's end: no earlier lap's matches
         if nparts > 1:
             table = struct.pack(f"<{nparts}I", *lengths)
             mm[at:at + len(table)] = table
             at += len(table)
-            crc = self._crc(table) if self._flags else 0
+            if self._flags:
+                crc = self._crc(table, crc)
         for part, length in zip(parts, lengths):
             mm[at:at + length] = part
             at += length
             if self._flags:
                 crc = self._crc(part, crc)
-        RECORD.pack_into(mm, start, n, nparts, self._flags, crc, 0)
+        RECORD.pack_into(mm, start, n, nparts, self._flags, crc if self._flags else 0, 0)
         _U64.pack_into(mm, start + rec - TRAILER, pos + rec)  # the commit mark, last
         self._pos = pos + rec
         if mm[OFF_WAKE]:
@@ -306,9 +328,11 @@ class RingWriter:
         _U64.pack_into(self._mm, OFF_HINT, self._pos)
 
     def _wake(self) -> None:
-        if self._mm[OFF_WAKE] == WAKE_QUARANTINED:
-            raise TransportError("the sidecar quarantined this ring")
+        # Cleared first, then the quarantine byte read: the sidecar sets that
+        # byte before `wake`, so either order of the two writers is seen.
         self._mm[OFF_WAKE] = WAKE_NONE
+        if self.quarantined:
+            raise TransportError("the sidecar quarantined this ring")
         self._hint()
         self.ring_doorbell()
 
@@ -327,7 +351,7 @@ class RingWriter:
 
     @property
     def quarantined(self) -> bool:
-        return self._mm[OFF_WAKE] == WAKE_QUARANTINED
+        return self._mm[OFF_QUARANTINED] != 0
 
     def pending_bytes(self) -> int:
         """Bytes written and not yet acknowledged by the sidecar."""

@@ -53,6 +53,7 @@ log = logging.getLogger("sidecar.ingest")
 SPIN_MS = 1                # poll interval while events flowed recently
 SPIN_SECONDS = 0.25        # ...for this long after the last one
 SLEEP_MS = 50              # then sleep on the doorbell, at most this long
+DOORBELL_SECONDS = 0.5     # while busy, stale doorbells are emptied this often
 STOP_DRAIN_SECONDS = 2.0
 WRITE_ATTEMPTS = 30  # a journal that cannot be written for this many seconds stops the sidecar
 # ZeroMQ's receive queue, in messages. Bounded, so a flood cannot grow the
@@ -158,7 +159,9 @@ class Ingest:
                 pass
         directory = ring_dir(endpoint)
         if directory is not None:
-            rings = Rings(directory, self.metrics)
+            # The longest record a valid event makes: the frame, its blobs and their table.
+            largest = self.cfg.max_message_bytes + self.cfg.max_blob_bytes + 4 * (1 + wire.MAX_BLOBS)
+            rings = Rings(directory, self.metrics, max_record=largest)
             try:
                 rings.open()
             except OSError as exc:
@@ -203,14 +206,20 @@ class Ingest:
         if rings is not None and rings.doorbell is not None:
             poller.register(rings.doorbell.fileno(), zmq.POLLIN)
         idle_since: float | None = None
+        last_doorbells = 0.0
         try:
             while not self._stop.is_set():
-                if self._cycle(sock):
-                    idle_since = None
-                    continue
                 now = time.monotonic()
                 if rings is not None:
+                    # Every half second at most, busy or not: a new ring is adopted
+                    # (and a stuck one set aside) even while others keep ingest busy.
                     rings.maintain(now)
+                if self._cycle(sock):
+                    idle_since = None
+                    if rings is not None and now - last_doorbells >= DOORBELL_SECONDS:
+                        last_doorbells = now
+                        rings.drain_doorbell()
+                    continue
                 if idle_since is None:
                     idle_since = now
                 if rings is None or now - idle_since < SPIN_SECONDS:

@@ -33,6 +33,9 @@ from .metrics import Metrics
 log = logging.getLogger("sidecar.rings")
 
 CHUNK_BYTES = 1 << 20          # one pread reads at most this much of a ring at a time
+PROBE_BYTES = 4096             # ...and this much of a ring that was empty last time
+BATCH_BYTES = 64 << 20         # one batch takes at most this much from the rings (and one record more)
+MAX_POSITION = 1 << 62         # no honest ring gets near; a larger read position is corruption
 STALL_SECONDS = 1.0            # unreadable data behind the producer's hint for this long is corruption
 MAINTAIN_SECONDS = 0.5         # how often to look for new rings and finished ones
 QUARANTINE = "quarantine"
@@ -50,6 +53,7 @@ class Ring:
     fd: int
     header: FileHeader
     acked: int
+    largest: int = 0               # the longest body ingest takes: its own limits, not the file's say
     pos: int = 0
     stalled_since: float | None = None
     empty: bool = False
@@ -59,6 +63,8 @@ class Ring:
     def __post_init__(self) -> None:
         self.pos = self.acked
         self.mask = self.header.capacity - 1
+        cap_largest = layout.max_record_body(self.header.capacity)
+        self.largest = min(self.largest, cap_largest) if self.largest else cap_largest
 
     @property
     def name(self) -> str:
@@ -66,49 +72,62 @@ class Ring:
 
     # -- reading --------------------------------------------------------------
 
-    def read(self, limit: int) -> list[list[bytes]]:
-        """Committed records from `pos` on, at most `limit`, each as its frames.
+    def read(self, limit: int, budget: int = BATCH_BYTES) -> list[list[bytes]]:
+        """Committed records from `pos` on, at most `limit` of them and about
+        `budget` bytes (at least one record), each as its frames.
 
         Raises RingCorrupt at a broken record, but only once the good records
-        before it have been returned (and so journaled)."""
+        before it have been returned (and so journaled). Whatever a file
+        holds, the error is a RingCorrupt: nothing else escapes."""
         if self.broken:
             raise RingCorrupt(self.broken)
         out: list[list[bytes]] = []
         try:
-            self._read_into(out, limit)
-        except RingCorrupt as exc:
+            self._read_into(out, limit, budget)
+        except Exception as exc:  # struct.error, MemoryError, OverflowError...: all from the file
+            why = str(exc) if isinstance(exc, RingCorrupt) else f"unreadable ({type(exc).__name__}: {exc})"
             if not out:
-                raise
-            self.broken = str(exc)
+                raise RingCorrupt(why) from None
+            self.broken = why
         self.empty = not out
         self.frames_read += len(out)
         return out
 
-    def _read_into(self, out: list[list[bytes]], limit: int) -> None:
+    def _read_into(self, out: list[list[bytes]], limit: int, budget: int) -> None:
         cap = self.header.capacity
-        while len(out) < limit:
+        chunk = PROBE_BYTES if self.empty else CHUNK_BYTES  # an idle ring costs a small read
+        while len(out) < limit and budget > 0:
+            if self.pos > MAX_POSITION:
+                raise RingCorrupt(f"read position {self.pos} is past any real ring's")
             off = self.pos & self.mask
             tail = cap - off
             if tail < HEADER:   # too short for a header: the producer skipped it too
                 self.pos += tail
                 continue
-            want = min(tail, CHUNK_BYTES)
+            want = min(tail, chunk)
+            chunk = CHUNK_BYTES
             first = os.pread(self.fd, want, layout.FILE_HEADER + off)
             if len(first) < want:
                 raise RingCorrupt(f"file ends early (truncated to {layout.FILE_HEADER + off + len(first)} bytes)")
             committed, jump, big = self._scan(first, off)
             if big:  # one record longer than a chunk: its trailer first, then the whole of it
-                # (the length from a fresh look at its header: the first copy's may be stale)
-                committed = self._committed_here()
+                # (the length from a fresh look at its header: the first copy's may be stale,
+                # and what stands there now may be a wrap)
+                committed, wrap = self._committed_here()
+                if wrap:
+                    self.pos += committed
+                    continue
             if committed:
                 # The second copy, made after the commit marks were seen: its
                 # bytes are all at least as new as the marks (module docstring).
                 second = os.pread(self.fd, committed, layout.FILE_HEADER + off)
                 if len(second) < committed:
                     raise RingCorrupt("file ends early (truncated)")
+                before = len(out)
                 got = self._parse(second, off, limit - len(out), out)
                 self.pos += got
-                if got < committed:
+                budget -= got
+                if got < committed or len(out) == before:
                     break  # a record that does not verify yet, or the limit
             if jump:
                 self.pos += jump
@@ -122,7 +141,7 @@ class Ring:
         """(bytes of committed records, a wrap's jump to the lap's end, the length
         of one committed record too long for `buf`), from the start of `buf`."""
         cap = self.header.capacity
-        largest = layout.max_record_body(cap)
+        largest = self.largest
         pos = self.pos
         i = 0
         n = len(buf)
@@ -134,6 +153,10 @@ class Ring:
                     break
                 return i, rec, 0
             if size > largest or off + i + rec > cap:
+                if size > largest and off + i + rec <= cap and self._trailer_ok(buf, i, rec, pos + i):
+                    # Committed, and longer than any event ingest takes: not something a
+                    # Client writes. Set aside (counted), never read into memory.
+                    raise RingCorrupt(f"record at {pos + i} of {size} bytes, over ingest's limit of {largest}")
                 break  # not a header yet; if it stays so behind the producer's hint, see stalled()
             if i + rec > n:
                 if i == 0:  # longer than the chunk: its trailer is checked by the caller's second read
@@ -160,9 +183,13 @@ class Ring:
         i = 0
         n = len(buf)
         while i < n and limit:
+            if n - i < HEADER:
+                raise RingCorrupt(f"record at {pos + i} changed under the reader")
             size, nparts, flags, crc, _ = RECORD.unpack_from(buf, i)
             rec = record_bytes(size)
-            if i + rec > n or _U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
+            if size > self.largest or i + rec > n or _U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
+                if checksum:
+                    break  # on a weakly ordered CPU the first copy may have seen a stale header: again
                 raise RingCorrupt(f"record at {pos + i} changed under the reader")
             if flags & REC_WRAP:
                 raise RingCorrupt(f"wrap record at {pos + i} in the middle of the ring")
@@ -170,7 +197,8 @@ class Ring:
             if checksum or flags & REC_CRC:
                 if not flags & REC_CRC:
                     raise RingCorrupt(f"record at {pos + i} lacks the checksum its ring promises")
-                if _zlib_crc32(body) != crc:
+                # Started from the record's end: an earlier lap's record at this place cannot pass.
+                if _zlib_crc32(body, (pos + i + rec) & 0xFFFFFFFF) != crc:
                     break  # not visible in full yet on a weakly ordered CPU; see stalled()
             out.append(_split(body, nparts, pos + i))
             limit -= 1
@@ -205,23 +233,27 @@ class Ring:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         return False
 
-    def _committed_here(self) -> int:
-        """The length of the committed record (or wrap) at `pos`, or 0: two small reads."""
+    def _committed_here(self) -> tuple[int, bool]:
+        """(length, is a wrap) of the committed record at `pos`, or (0, False): two small reads."""
         off = self.pos & self.mask
         raw = os.pread(self.fd, RECORD.size, layout.FILE_HEADER + off)
         if len(raw) < RECORD.size:
             raise RingCorrupt("file ends early (truncated)")
         size, _, flags, _, _ = RECORD.unpack(raw)
         rec = record_bytes(size)
-        cap = self.header.capacity
-        if (off + rec != cap) if flags & REC_WRAP else (size > layout.max_record_body(cap) or off + rec > cap):
-            return 0
-        return rec if self._trailer_ok(b"", 0, rec, self.pos) else 0
+        wrap = bool(flags & REC_WRAP)
+        if (off + rec != self.header.capacity) if wrap else (off + rec > self.header.capacity):
+            return 0, False
+        if not wrap and size > self.largest:
+            if self._trailer_ok(b"", 0, rec, self.pos):
+                raise RingCorrupt(f"record at {self.pos} of {size} bytes, over ingest's limit of {self.largest}")
+            return 0, False
+        return (rec, wrap) if self._trailer_ok(b"", 0, rec, self.pos) else (0, False)
 
     def has_record(self) -> bool:
         """Whether a committed record (or wrap) waits at `pos`, without reading it."""
         tail = self.header.capacity - (self.pos & self.mask)
-        return tail < HEADER or bool(self._committed_here())
+        return tail < HEADER or bool(self._committed_here()[0])
 
     def stalled(self, now: float) -> bool:
         """True once data the producer says it wrote has stayed unreadable
@@ -256,6 +288,7 @@ class Rings:
 
     directory: str
     metrics: Metrics
+    max_record: int = 0            # the longest record body ingest accepts (0: the ring's own bound)
     rings: dict[str, Ring] = field(default_factory=dict)
     doorbell: socket.socket | None = None
     ignored: set[str] = field(default_factory=set)
@@ -288,23 +321,27 @@ class Rings:
     # -- the ingest thread's calls --------------------------------------------
 
     def read(self, limit: int) -> list[list[bytes]]:
-        """Up to `limit` messages from all rings, fairly: no ring starves the others."""
+        """Up to `limit` messages (and about BATCH_BYTES) from all rings,
+        fairly: no ring starves the others."""
         out: list[list[bytes]] = []
         if not self.rings:
             return out
         share = max(1, limit // len(self.rings))
+        budget = max(1, BATCH_BYTES // len(self.rings))
         for r in list(self.rings.values()):
             if len(out) >= limit:
                 break
+            before = r.pos
             try:
-                got = r.read(min(share, limit - len(out)))
-            except (RingCorrupt, OSError) as exc:
+                got = r.read(min(share, limit - len(out)), budget)
+            except RingCorrupt as exc:
                 self.quarantine(r, str(exc))
                 continue
-            if got:
-                out += got
-                if r not in self._read:
-                    self._read.append(r)
+            out += got
+            # Acknowledged even if it only passed a wrap: else a drained ring
+            # would never look drained (pos == acked) and never be removed.
+            if r.pos != before and r not in self._read:
+                self._read.append(r)
         return out
 
     def ack(self) -> None:
@@ -314,7 +351,7 @@ class Rings:
                 continue  # quarantined since it was read
             try:
                 r.ack()
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the file did, it is that ring's problem
                 self.quarantine(r, f"cannot write its read position: {exc}")
         self._read = []
 
@@ -327,7 +364,7 @@ class Rings:
 
     def drain_doorbell(self) -> int:
         n = 0
-        while self.doorbell is not None:
+        while self.doorbell is not None and n < 10_000:  # bounded: anyone in the group can ring
             try:
                 self.doorbell.recv(64)
                 n += 1
@@ -355,7 +392,7 @@ class Rings:
                         r.empty = False
                     else:
                         self._remove(r)
-            except (RingCorrupt, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a file's content, whatever it is, costs only its ring
                 self.quarantine(r, str(exc))
         self.metrics.rings.set(len(self.rings))
 
@@ -384,12 +421,18 @@ class Rings:
                 raise RingCorrupt("not a regular file")
             header = FileHeader(os.pread(fd, 128, 0), st.st_size)
             acked = _U64.unpack(os.pread(fd, 8, layout.OFF_READ))[0]
-            if acked & 7:
-                raise RingCorrupt(f"read position {acked} is not 8-aligned")
-        except (RingCorrupt, OSError, ValueError) as exc:
+            if acked & 7 or acked > MAX_POSITION:
+                raise RingCorrupt(f"read position {acked} is not 8-aligned or is past any real ring's")
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, it goes aside
+            try:
+                if os.pread(fd, len(layout.MAGIC), 0) == layout.MAGIC:  # a ring of ours: tell its producer
+                    os.pwrite(fd, b"\1", layout.OFF_QUARANTINED)
+                    os.pwrite(fd, bytes([layout.WAKE_RING]), layout.OFF_WAKE)
+            except OSError:
+                pass
             self._quarantine_path(path, fd, str(exc), pid=None)
             return
-        ring = Ring(path, fd, header, acked)
+        ring = Ring(path, fd, header, acked, largest=self.max_record)
         self.rings[path] = ring
         log.info("adopted ring %s (client %s, pid %d, %d bytes, read from %d)", ring.name, header.client_id,
                  header.pid, header.capacity, acked)
@@ -406,22 +449,26 @@ class Rings:
 
     def quarantine(self, r: Ring, why: str) -> None:
         self.rings.pop(r.path, None)
+        if r in self._read:
+            self._read.remove(r)
+        try:
+            # Tell its producer to start a new ring: the sticky byte first,
+            # then `wake`, which sends it to look (client/ring.py).
+            os.pwrite(r.fd, b"\1", layout.OFF_QUARANTINED)
+            os.pwrite(r.fd, bytes([layout.WAKE_RING]), layout.OFF_WAKE)
+        except OSError:
+            pass
         self._quarantine_path(r.path, r.fd, why, pid=r.header.pid, client=r.header.client_id)
 
     def _quarantine_path(self, path: str, fd: int | None, why: str, *, pid: int | None, client: str = "?") -> None:
-        """Move a ring aside, tell its producer (through the file) to start a
-        new one, count and log it. Logged once: a file that cannot even be
-        moved is remembered and left alone."""
+        """Move a file aside, count and log it. Logged once: a file that
+        cannot even be moved is remembered and left alone."""
+        if fd is not None:
+            os.close(fd)
         if path in self.ignored:
             return
-        if fd is not None:
-            try:
-                os.pwrite(fd, bytes([layout.WAKE_QUARANTINED]), layout.OFF_WAKE)
-            except OSError:
-                pass
-            os.close(fd)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        dest = os.path.join(self.directory, QUARANTINE, f"{os.path.basename(path)}.{stamp}")
+        dest = os.path.join(self.directory, QUARANTINE, f"{os.path.basename(path)}.{stamp}.{time.time_ns() % 10**9}")
         try:
             os.rename(path, dest)
         except OSError as exc:

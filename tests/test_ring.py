@@ -318,3 +318,90 @@ def test_a_client_closing_on_a_full_ring_still_says_goodbye(tmp_path: Path) -> N
     assert [e.seq for e in messages if e.seq] == list(range(1, sent + 1))
     assert messages[-1].kind == wire.BYE and messages[-1].payload["sent"] == sent
     rings.close()
+
+
+def test_a_ring_quarantined_while_full_sends_its_client_to_a_new_ring(tmp_path: Path) -> None:
+    from client import Client
+
+    endpoint = f"ipc://{tmp_path}/qf.sock"
+    rings = reader(tmp_path / "qf.rings")
+    c = Client(endpoint, ring_bytes=MIN_RING_BYTES)
+    while c.emit("webhook.post", {"pad": "x" * 100}):
+        pass                                   # full: nobody reads
+    rings.maintain(time.monotonic(), force=True)
+    rings.quarantine(next(iter(rings.rings.values())), "test")
+    assert c.emit("webhook.post", {"n": 1}) is False   # learnt on the full path: counted...
+    assert c.emit("webhook.post", {"n": 2}) is True    # ...and a new ring takes the next one
+    assert c.stats()["dropped"]["ring_quarantined"] == 1
+    c.close()
+    rings.close()
+
+
+def test_a_ring_passed_only_by_a_wrap_is_acknowledged_and_removed_when_its_producer_dies(tmp_path: Path) -> None:
+    # A producer killed between writing a wrap record and the record after it.
+    script = (f"from client.ring import RingWriter, HEADER\n"
+              f"w = RingWriter.create({str(tmp_path)!r}, 'wrapped', capacity=65536)\n"
+              f"for _ in range(2): w.send(b'x' * 28000)\n"   # most of the first lap
+              f"import os; os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=30)
+    rings = reader(tmp_path)
+    assert len(read_all(rings)) == 2
+    ring_ = next(iter(rings.rings.values()))
+    # Forge what the killed producer left: a wrap record from here to the lap's end.
+    pos = ring_.pos
+    skip = MIN_RING_BYTES - pos
+    with open(ring_.path, "r+b") as f:
+        f.seek(FILE_HEADER + pos)
+        f.write(struct.pack("<IHHII", skip - 24, 0, ring.REC_WRAP, 0, 0))
+        f.seek(FILE_HEADER + pos + skip - 8)
+        f.write(struct.pack("<Q", pos + skip))
+    read_all(rings)
+    read_all(rings)
+    assert not rings.rings and not list(tmp_path.glob("*.ring"))
+    rings.close()
+
+
+def test_hostile_positions_and_sizes_quarantine_the_ring_and_never_escape(tmp_path: Path) -> None:
+    # A read position at the very end of the u64 range, and a record longer
+    # than ingest's limits with a valid trailer: both set aside, no exception.
+    near_end = RingWriter.create(str(tmp_path), "near-end", capacity=MIN_RING_BYTES)
+    huge = RingWriter.create(str(tmp_path), "huge", capacity=1 << 22)
+    near_end.forget()
+    huge.forget()
+    with open(tmp_path / "near-end.ring", "r+b") as f:
+        f.seek(ring.OFF_READ)
+        f.write(struct.pack("<Q", 2**64 - 48))
+    size = 1_500_000
+    with open(tmp_path / "huge.ring", "r+b") as f:
+        f.seek(FILE_HEADER)
+        f.write(struct.pack("<IHHII", size, 1, 0, 0, 0))
+        f.seek(FILE_HEADER + ring.record_bytes(size) - 8)
+        f.write(struct.pack("<Q", ring.record_bytes(size)))
+    rings = Rings(str(tmp_path), Metrics(), max_record=1_000_000)
+    rings.open()
+    for _ in range(3):
+        read_all(rings)
+    assert quarantined(rings) == 2 and not rings.rings
+    rings.close()
+
+
+def test_on_a_checksum_ring_an_earlier_laps_record_never_passes_for_this_laps(tmp_path: Path) -> None:
+    # As a weakly ordered CPU may show it: this lap's trailer, over the header
+    # and body of the record that stood here one lap ago.
+    w = RingWriter.create(str(tmp_path), "crc", capacity=MIN_RING_BYTES, checksum=True)
+    rings = reader(tmp_path)
+    w.send(b"lap one")
+    rec = ring.record_bytes(7)
+    assert read_all(rings) == [[b"lap one"]]
+    rest = MIN_RING_BYTES - rec
+    for length in (24576, 24576, rest - 2 * 24576):  # the rest of the lap, exactly
+        w.send(b"f" * (length - 24))
+        assert len(read_all(rings)) == 1
+    ring_ = next(iter(rings.rings.values()))
+    assert ring_.pos % MIN_RING_BYTES == 0, ring_.pos
+    with open(w.path, "r+b") as f:
+        f.seek(FILE_HEADER + rec - 8)
+        f.write(struct.pack("<Q", ring_.pos + rec))
+    assert rings.read(10) == []
+    w.close()
+    rings.close()
