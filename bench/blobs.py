@@ -13,7 +13,6 @@ blob is fresh random data of the given size.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import SidecarProcess, bench_args, tempdir, write_json  # noqa: E402
+from bench.harness import SidecarProcess, parse_args, tempdir, write_json  # noqa: E402
 from client import Client  # noqa: E402
 
 SIZES = (64 * 1024, 1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024)
@@ -59,9 +58,7 @@ def run(smoke: bool) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench_args(parser)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     result = run(args.smoke)
     print("## Blobs\n")
     print("What one emit with a blob costs the loop: the ring copies it into shared memory (the first lap "

@@ -15,7 +15,6 @@ RSS under 200 MB, journal growth under 64 MiB, no good event lost.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, SidecarProcess, bench_args, tempdir, write_json  # noqa: E402
+from bench.harness import ROOT, SidecarProcess, parse_args, tempdir, write_json  # noqa: E402
 
 FLOODER = """
 import sys, zmq
@@ -51,9 +50,7 @@ def journal_bytes(directory: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench_args(parser)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     frames = 20_000 if args.smoke else 1_000_000
     good = 2_000 if args.smoke else 20_000
     with tempdir() as d, SidecarProcess(d, synchronous="NORMAL") as sc:

@@ -425,6 +425,13 @@ def _percentile_grid() -> list[float]:
 # -- command line ---------------------------------------------------------------
 
 
+def parse_args(doc: str | None) -> argparse.Namespace:
+    """The common flags alone, for a benchmark that has no others."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_args(parser)
+    return parser.parse_args()
+
+
 def bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smoke", action="store_true", help="a few seconds: check that it runs (CI)")
     parser.add_argument("--out", type=Path, help="directory for plots (default: bench/; a temp dir with --smoke)")

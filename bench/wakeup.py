@@ -16,7 +16,6 @@ the delay is measured the same way.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sqlite3
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import SidecarProcess, bench_args, tempdir, write_json  # noqa: E402
+from bench.harness import SidecarProcess, parse_args, tempdir, write_json  # noqa: E402
 from client import Client  # noqa: E402
 
 
@@ -88,9 +87,7 @@ def run(smoke: bool) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench_args(parser)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     result = run(args.smoke)
     print("## Wake-up\n")
     print("From emit to ingest taking the event (the journal row's `received_ns - emitted_ns`), and the "
