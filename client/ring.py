@@ -51,13 +51,14 @@ can pass for it (flag bit 0 in the file and in each record), and a mismatch
 means "not visible yet, read again", becoming corruption only if it lasts. The CRC costs
 about 0.2 µs an emit, so x86-64 skips it; `RingWriter(checksum=True)` forces it.
 
-Wake-up. The sidecar, finding every ring empty, sets `wake` and sleeps on a
+Wake-up. While events flow the sidecar polls every millisecond; after a
+quarter of a second with none it sets `wake` in every ring and sleeps on a
 Unix datagram socket in the ring directory (`doorbell`). The producer reads
 `wake` after each record (a load from memory it already maps, ~20 ns) and only
 when it is set clears it and sends one datagram. So a busy sidecar costs the
-producer nothing, and an idle one hears of a new event within the doorbell's
-latency. (Set-flag-then-check and write-then-check-flag can still cross on any
-CPU; the sidecar's sleep is bounded by a short timeout for that case.)
+producer nothing, and an idle one hears of a lone event in about 0.4 ms
+(bench/wakeup.py). (Set-flag-then-check and write-then-check-flag can still
+cross on any CPU; the sidecar's sleep is bounded by 50 ms for that case.)
 """
 
 from __future__ import annotations
