@@ -405,3 +405,27 @@ def test_on_a_checksum_ring_an_earlier_laps_record_never_passes_for_this_laps(tm
     assert rings.read(10) == []
     w.close()
     rings.close()
+
+
+def test_a_file_that_cannot_be_moved_aside_is_left_alone_without_leaking(tmp_path: Path) -> None:
+    rings = reader(tmp_path)
+    os.rmdir(tmp_path / "quarantine")          # anyone in the group can: moves now fail
+    (tmp_path / "junk.ring").write_bytes(b"junk")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        rings.maintain(time.monotonic(), force=True)
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+    assert quarantined(rings) == 1            # counted and logged once
+    rings.close()
+
+
+def test_the_quarantine_mark_survives_the_producer_clearing_its_wake_flag(tmp_path: Path) -> None:
+    w = RingWriter.create(str(tmp_path), "sticky", capacity=MIN_RING_BYTES)
+    rings = reader(tmp_path)
+    w.send(b"one")
+    read_all(rings)
+    rings.quarantine(next(iter(rings.rings.values())), "test")
+    w._mm[ring.OFF_WAKE] = 0                  # as if the producer cleared it just before
+    assert w.quarantined
+    w.forget()
+    rings.close()
