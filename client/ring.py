@@ -68,7 +68,6 @@ import mmap
 import os
 import platform
 import socket
-import stat
 import struct
 import time
 import zlib
@@ -99,7 +98,7 @@ WAKE_RING = 1
 
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; Python 3.11 lacks the name
 _FILE = struct.Struct("<8sIIQIIQ")  # magic, version, flags, capacity, pid, 0, created_ns
-_U64 = struct.Struct("<Q")
+U64 = struct.Struct("<Q")
 
 RING_SUFFIX = ".ring"
 DOORBELL = "doorbell"
@@ -291,7 +290,7 @@ class RingWriter:
         skip = self.capacity - off if off + rec > self.capacity else 0
         usable = usable or self._usable
         if pos + skip + rec - self._read > usable:
-            self._read = _U64.unpack_from(self._mm, OFF_READ)[0]
+            self._read = U64.unpack_from(self._mm, OFF_READ)[0]
             if pos + skip + rec - self._read > usable:
                 if self.quarantined:  # full because nobody reads it any more
                     raise TransportError("the sidecar quarantined this ring")
@@ -302,7 +301,7 @@ class RingWriter:
             if skip >= HEADER:  # a wrap record: a body of padding up to the end
                 start = FILE_HEADER + off
                 RECORD.pack_into(mm, start, skip - HEADER, 0, REC_WRAP, 0, 0)
-                _U64.pack_into(mm, start + skip - TRAILER, pos + skip)
+                U64.pack_into(mm, start + skip - TRAILER, pos + skip)
             pos += skip
             off = 0
         start = FILE_HEADER + off
@@ -320,13 +319,13 @@ class RingWriter:
             if self._flags:
                 crc = self._crc(part, crc)
         RECORD.pack_into(mm, start, n, nparts, self._flags, crc if self._flags else 0, 0)
-        _U64.pack_into(mm, start + rec - TRAILER, pos + rec)  # the commit mark, last
+        U64.pack_into(mm, start + rec - TRAILER, pos + rec)  # the commit mark, last
         self._pos = pos + rec
         if mm[OFF_WAKE]:
             self._wake()
 
     def _hint(self) -> None:
-        _U64.pack_into(self._mm, OFF_HINT, self._pos)
+        U64.pack_into(self._mm, OFF_HINT, self._pos)
 
     def _wake(self) -> None:
         # Cleared first, then the quarantine byte read: the sidecar sets that
@@ -353,11 +352,6 @@ class RingWriter:
     @property
     def quarantined(self) -> bool:
         return self._mm[OFF_QUARANTINED] != 0
-
-    def pending_bytes(self) -> int:
-        """Bytes written and not yet acknowledged by the sidecar."""
-        self._read = _U64.unpack_from(self._mm, OFF_READ)[0]
-        return self._pos - self._read
 
     def close(self, linger: float = 0.0) -> bool:
         """Mark the ring closed, ring the doorbell and let go at once: what it
@@ -413,7 +407,3 @@ class FileHeader:
         self.pid: int = pid
         self.created_ns: int = created_ns
         self.client_id = raw[OFF_CLIENT_ID:OFF_READ].rstrip(b"\0").decode("utf-8", "replace")
-
-
-def is_regular(fd: int) -> bool:
-    return stat.S_ISREG(os.fstat(fd).st_mode)

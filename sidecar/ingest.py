@@ -32,7 +32,6 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Callable, Mapping
 
 import orjson
@@ -109,7 +108,6 @@ class Ingest:
         metrics: Metrics,
         *,
         on_written: Callable[[set[str]], None] = lambda lanes: None,
-        spool_dir: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.journal = journal
@@ -121,7 +119,8 @@ class Ingest:
         self.only_connector = {kind: cs[0] for kind, cs in self.by_kind.items() if len(cs) == 1}
         self.metrics = metrics
         self.on_written = on_written
-        self.spool_dir = spool_dir or os.path.join(os.path.dirname(journal.path), "blobs")
+        self._reject_sample = Sampler()
+        self._reject_log = Throttle()
         self.clients: dict[str, _ClientSeq] = {
             cid: _ClientSeq(s.last_seq, s.gaps) for cid, s in journal.client_states().items()
         }
@@ -305,15 +304,6 @@ class Ingest:
         self._report_rejects(batch)
         if batch.lanes:
             self.on_written(batch.lanes)
-
-    # Made on first use rather than in __init__: per Ingest, and most never see a reject.
-    @cached_property
-    def _reject_sample(self) -> Sampler:
-        return Sampler()
-
-    @cached_property
-    def _reject_log(self) -> Throttle:
-        return Throttle()
 
     def _reject(self, batch: _Batch, reason: str, detail: str, frames: list[bytes],
                 error: BaseException | None = None) -> None:

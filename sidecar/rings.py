@@ -20,13 +20,14 @@ import fcntl
 import logging
 import os
 import socket
+import stat
+import struct
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from client import ring as layout
-from client.ring import HEADER, REC_CRC, REC_WRAP, RECORD, TRAILER, FileHeader, RingCorrupt, record_bytes
+from client.ring import HEADER, REC_CRC, REC_WRAP, RECORD, TRAILER, U64, FileHeader, RingCorrupt, record_bytes
 
 from .metrics import Metrics
 
@@ -40,7 +41,6 @@ STALL_SECONDS = 1.0            # unreadable data behind the producer's hint for 
 MAINTAIN_SECONDS = 0.5         # how often to look for new rings and finished ones
 QUARANTINE = "quarantine"
 BODY = RECORD.size             # where a record's body starts
-_U64 = layout._U64
 _zlib_crc32 = zlib.crc32
 
 
@@ -162,7 +162,7 @@ class Ring:
                 if i == 0:  # longer than the chunk: its trailer is checked by the caller's second read
                     return 0, 0, rec
                 break
-            if _U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
+            if U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
                 break  # not written yet (or never will be: see stalled())
             i += rec
         return i, 0, 0
@@ -174,7 +174,7 @@ class Ring:
             trailer = buf[i + rec - TRAILER:i + rec]
         else:
             trailer = os.pread(self.fd, TRAILER, layout.FILE_HEADER + (pos & self.mask) + rec - TRAILER)
-        return len(trailer) == TRAILER and _U64.unpack(trailer)[0] == pos + rec
+        return len(trailer) == TRAILER and U64.unpack(trailer)[0] == pos + rec
 
     def _parse(self, buf: bytes, off: int, limit: int, out: list[list[bytes]]) -> int:
         """Append the records of `buf` to `out`; return the bytes consumed."""
@@ -187,7 +187,7 @@ class Ring:
                 raise RingCorrupt(f"record at {pos + i} changed under the reader")
             size, nparts, flags, crc, _ = RECORD.unpack_from(buf, i)
             rec = record_bytes(size)
-            if size > self.largest or i + rec > n or _U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
+            if size > self.largest or i + rec > n or U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
                 if checksum:
                     break  # on a weakly ordered CPU the first copy may have seen a stale header: again
                 raise RingCorrupt(f"record at {pos + i} changed under the reader")
@@ -210,7 +210,7 @@ class Ring:
     def ack(self) -> None:
         """Tell the producer the journal holds everything before `pos`."""
         if self.pos != self.acked:
-            os.pwrite(self.fd, _U64.pack(self.pos), layout.OFF_READ)
+            os.pwrite(self.fd, U64.pack(self.pos), layout.OFF_READ)
             self.acked = self.pos
 
     def arm(self) -> None:
@@ -219,10 +219,7 @@ class Ring:
 
     def hint(self) -> int:
         raw = os.pread(self.fd, 8, layout.OFF_HINT)
-        return _U64.unpack(raw)[0] if len(raw) == 8 else 0
-
-    def closed(self) -> bool:
-        return os.pread(self.fd, 1, layout.OFF_CLOSED) == b"\1"
+        return U64.unpack(raw)[0] if len(raw) == 8 else 0
 
     def producer_alive(self) -> bool:
         """The producer holds an exclusive flock for as long as it lives."""
@@ -271,7 +268,7 @@ def _split(body: bytes, nparts: int, pos: int) -> list[bytes]:
         return [body]
     if not 1 < nparts <= layout.MAX_PARTS or len(body) < 4 * nparts:
         raise RingCorrupt(f"record at {pos} has {nparts} parts")
-    lengths = layout.struct.unpack_from(f"<{nparts}I", body, 0)
+    lengths = struct.unpack_from(f"<{nparts}I", body, 0)
     i = 4 * nparts
     if i + sum(lengths) != len(body):
         raise RingCorrupt(f"record at {pos}: part lengths do not add up to its size")
@@ -417,10 +414,10 @@ class Rings:
             return
         try:
             st = os.fstat(fd)
-            if not layout.stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode):
                 raise RingCorrupt("not a regular file")
             header = FileHeader(os.pread(fd, 128, 0), st.st_size)
-            acked = _U64.unpack(os.pread(fd, 8, layout.OFF_READ))[0]
+            acked = U64.unpack(os.pread(fd, 8, layout.OFF_READ))[0]
             if acked & 7 or acked > MAX_POSITION:
                 raise RingCorrupt(f"read position {acked} is not 8-aligned or is past any real ring's")
         except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, it goes aside
@@ -480,6 +477,3 @@ class Rings:
 
     def _count(self, reason: str) -> None:
         self.metrics.rings_quarantined.labels(reason=reason).inc()
-
-    def __iter__(self) -> Iterator[Ring]:
-        return iter(self.rings.values())
