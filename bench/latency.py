@@ -42,7 +42,10 @@ interleaved, round trips, so all see the same stretch of machine noise:
 
 After the paced rates, the interleaved methods run once more back to back,
 unpaced, --calls times each (200,000 by default), in the same rotation of
-orders: the cost when the loop emits as fast as it can.
+orders: the cost when the loop emits as fast as it can. Then emit and the
+bare send run back to back alone (with the empty call), the comparison the
+goal names: with the other hand-offs in the rotation, their receivers and
+libzmq's IO thread keep the other core busy and every row's tail grows.
 
 Each call is timed with perf_counter_ns into a preallocated array, recorded
 into HdrHistograms after the run (recording costs about 1 µs a value). The
@@ -189,6 +192,9 @@ class Method:
         self.samples = array.array("q")
         self.dropped = 0
         self.seconds = 0.0
+
+
+PAIR = {"(empty call)", "bare send", "emit"}
 
 
 def build_methods(stack: dict[str, Any], page_id: str) -> dict[str, list[Method]]:
@@ -396,8 +402,10 @@ def render(rate: int | None, result: dict[str, Any]) -> str:
     """One table; `rate` None for the back-to-back run."""
     if rate is None:
         calls = next(iter(result["rows"].values()))["hist"].get_total_count()
-        lines = [f"### Back to back, {calls:,} calls each", "",
-                 (f"µs per call, unpaced, the interleaved methods call by call; {result['seconds']:.1f} s in all "
+        which = ("emit and bare send alone" if set(result["rows"]) <= PAIR
+                 else "the interleaved methods")
+        lines = [f"### Back to back, {calls:,} calls each, {which}", "",
+                 (f"µs per call, unpaced, {which} call by call; {result['seconds']:.1f} s in all "
                   "(calls/s: rounds of every method per second)."), ""]
     else:
         late = result["late"]
@@ -413,6 +421,8 @@ def render(rate: int | None, result: dict[str, Any]) -> str:
                                               f"{row['dropped']:,}"]))
     bare = rows["bare send"]["hist"]
     for name in ("emit", "emit (zmq)"):
+        if name not in rows:
+            continue
         emit = rows[name]["hist"]
         ratios = [emit.get_value_at_percentile(p) / max(1, bare.get_value_at_percentile(p)) for p in PERCENTILES]
         ratios.append(emit.get_max_value() / max(1, bare.get_max_value()))
@@ -532,6 +542,9 @@ def main() -> int:
         calls = SMOKE_CALLS if args.smoke else args.calls
         waits.append(drained())
         burst = run_burst(groups["interleaved"], calls) if calls else None
+        # The goal's own comparison: emit and the bare send alone, so neither
+        # pays for the other hand-offs' threads and receivers.
+        pair = run_burst([m for m in groups["interleaved"] if m.name in PAIR], calls) if calls else None
         emit_drops = {"emit": client.stats()["dropped"], "emit (zmq)": zclient.stats()["dropped"]}
         transport = client.transport_name
         journaled = sidecar.scrape().get("sidecar_events_journaled_total", 0)
@@ -565,11 +578,12 @@ def main() -> int:
         rows = result["rows"]
         doc["rates"][str(rate)] = {name: {**summary(row["hist"]), "per_second": row["per_second"],
                                           "dropped": row["dropped"]} for name, row in rows.items()}
-    if burst is not None:
-        print(render(None, burst))
-        print()
-        doc["burst"] = {name: {**summary(row["hist"]), "per_second": row["per_second"], "dropped": row["dropped"]}
-                        for name, row in burst["rows"].items()}
+    for name, run in (("burst", burst), ("pair", pair)):
+        if run is not None:
+            print(render(None, run))
+            print()
+            doc[name] = {method: {**summary(row["hist"]), "per_second": row["per_second"], "dropped": row["dropped"]}
+                         for method, row in run["rows"].items()}
     plot = out / "latency.png"
     panels = {f"{rate:,} events/s": {k: row["hist"] for k, row in r["rows"].items() if k != "(empty call)"}
               for rate, r in results.items()}
