@@ -306,4 +306,6 @@ def build(cfg: Config) -> list[LaneSpec]:
         f"no Naver credentials: set {' and '.join('$' + m for m in missing)} "
         "(or systemd credentials of those names), then restart")
     connector = NaverConnector(n, client_id or "", secret or "")
-    return [LaneSpec(connector, Rule(rate=n.rate_per_second, burst=n.burst), paused=paused)]
+    # Naver's quota belongs to the application (client id), per API.
+    return [LaneSpec(connector, Rule(rate=n.rate_per_second, burst=n.burst), paused=paused,
+                     quota_id=client_id or "")]

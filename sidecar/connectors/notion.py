@@ -293,4 +293,5 @@ def build(cfg: Config) -> list[LaneSpec]:
     paused = None if token else (
         f"no Notion token: set ${cfg.notion.token_env} or a systemd credential of that name, then restart")
     connector = NotionConnector(cfg.notion, token or "", ref_wait=cfg.retry.ref_wait)
-    return [LaneSpec(connector, Rule(rate=cfg.notion.rate_per_second, burst=cfg.notion.burst), paused=paused)]
+    return [LaneSpec(connector, Rule(rate=cfg.notion.rate_per_second, burst=cfg.notion.burst), paused=paused,
+                     quota_id=token or "")]
