@@ -48,8 +48,18 @@ def _rate_limited(response: httpx.Response) -> bool:
     return response.status_code in (429, 529)
 
 
+def _limit_reason(response: httpx.Response) -> str:
+    """Which limit a 429 hit: `additional_data.rate_limit_reason` in newer answers, else ""."""
+    try:
+        extra = response.json().get("additional_data")
+    except (ValueError, AttributeError):
+        return ""
+    reason = extra.get("rate_limit_reason") if isinstance(extra, dict) else None
+    return reason if isinstance(reason, str) else ""
+
+
 def _check(response: httpx.Response) -> None:
-    raise_for_status(response, rate_limited=_rate_limited, code_of=json_code)
+    raise_for_status(response, rate_limited=_rate_limited, code_of=json_code, limit_reason_of=_limit_reason)
 
 
 def _plain_text(block: dict[str, Any]) -> tuple[str, str]:
