@@ -195,17 +195,17 @@ class Sidecar:
         if not ingest.alive:
             problems.append("ingest thread is not running")
         if isinstance(self.store, RedisStore):
-            away = self.store.away_since is not None
-            m.limiter_store_away.set(1 if away else 0)
+            since = self.store.away_since
+            m.limiter_store_away.set(0 if since is None else 1)
             self._add(m.limiter_fallbacks, "fallbacks", self.store.episodes)
-            if away:
-                problems.append(f"limiter: Redis unreachable for {self.store.clock() - self.store.away_since:.0f} s "
+            if since is not None:
+                problems.append(f"limiter: Redis unreachable for {self.store.clock() - since:.0f} s "
                                 f"({self.store.away_reason}); lanes go on alone at rate ÷ sidecars sharing")
         for name, lane in self.lanes.items():
             limiter = lane.limiter
             view = limiter.view(now)
             m.depth.labels(lane=name).set(depth.get(name, 0))
-            m.limiter_tokens.labels(lane=name).set(view["tokens"])
+            m.limiter_tokens.labels(lane=name).set(limiter.tokens(now))
             self._rate_gauge(name, limiter.last.rate, limiter.last.source)
             sharing = self.store.sharing.get(limiter.key, 1) if isinstance(self.store, RedisStore) else 1
             m.limiter_sharing.labels(lane=name).set(sharing)

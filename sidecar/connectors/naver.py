@@ -265,7 +265,7 @@ class NaverConnector:
         return Delivered(failed=self._item_failures(plan.events, response), told=told_quota(response))
 
     async def _upload(self, batch: list[tuple[str, Event]], duplicates: int) -> Delivered:
-        files = []
+        files: list[tuple[str, tuple[str, bytes, str]]] = []
         counts = []
         for _, event in batch:
             blobs = event.blobs()
