@@ -305,10 +305,12 @@ def test_a_learned_rate_of_1_per_second_means_no_429_and_images_of_many_keys_sha
                                                            max_products_per_request=1),
                             env=credentials(sim)).start()
         with Client(sc.endpoint, strict=True) as client:
+            # The lane is busy with product updates (one a call) when the images arrive, so they
+            # wait together; an idle lane would send the first image at once, alone.
+            for no in products:
+                client.emit(UPDATE, {"originProductNo": no, "stockQuantity": 1})
             for n in range(25):
                 client.emit(IMAGES, {}, key=f"sku-{n}", blob=[PNG + bytes([n])])
-            for no in products:  # one product a call: six more calls
-                client.emit(UPDATE, {"originProductNo": no, "stockQuantity": 1})
         wait_until(lambda: drained(sc, client), timeout=90, what="every upload and update")
         lane = wait_until(lambda: (lane := orjson.loads(sc.get("/status")[1])["lanes"]["naver"])["tokens"] > 0
                           and lane, timeout=5, what="a status snapshot after the last call")
