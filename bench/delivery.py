@@ -21,11 +21,21 @@ and its default burst of 1. Three phases, one sidecar:
    each page must end with the last price emitted for it.
 
 429s are counted over the whole run, from the simulator's log.
+
+4. shared quota: `PER_SIDECAR` creates into each of 1 or 3 sidecar processes
+   using one token against a fresh simulator (same rate, burst 3): one
+   sidecar with all the creates, three sidecars each alone (no `[redis]`),
+   three sidecars sharing the quota through a real redis-server (skipped,
+   and said so, when redis-server is not installed). Quota use is accepted
+   calls over `rate` × the busy period (first to last accepted call).
+
+    python bench/delivery.py --shared-only  # only phase 4 (~2 minutes at 3 requests/s)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -34,8 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (PROPERTIES, SidecarProcess, bench_args, histogram, tempdir,  # noqa: E402
-                           update_body, write_json)
+from bench.harness import (PROPERTIES, RedisProcess, SidecarProcess, bench_args, histogram,  # noqa: E402
+                           tempdir, update_body, write_json)
 from client import Client  # noqa: E402
 from sidecar.simulators.notion import NotionSimulator, property_value  # noqa: E402
 
@@ -53,8 +63,11 @@ class Plan:
     hot_seconds: float    # seconds of hot-key updates at HOT_RATE
 
 
-FULL = Plan(idle=30, warm=2.0, window=30.0, hot_seconds=20.0)
-SMOKE = Plan(idle=3, warm=0.5, window=1.0, hot_seconds=1.0)
+    per_sidecar: int      # creates per sidecar in the shared-quota phase (x3 for the single sidecar)
+
+
+FULL = Plan(idle=30, warm=2.0, window=30.0, hot_seconds=20.0, per_sidecar=40)
+SMOKE = Plan(idle=3, warm=0.5, window=1.0, hot_seconds=1.0, per_sidecar=10)
 
 
 def create_pages(sim: NotionSimulator, db: str, names: list[str]) -> list[str]:
@@ -151,13 +164,70 @@ def hot_keys(sim: NotionSimulator, sidecar: SidecarProcess, client: Client, page
             "drained_after": drained, "last_values_ok": correct}
 
 
+def shared_quota(rate: float, sidecars: int, per_sidecar: int, redis_url: str | None) -> dict[str, Any]:
+    """`per_sidecar` creates into each of `sidecars` processes with one token; the simulator's verdict."""
+    sim = NotionSimulator(rate_per_second=rate, burst=SIM_BURST).start()
+    try:
+        db = sim.create_database(title="Shared", properties=PROPERTIES)
+        with contextlib.ExitStack() as stack:
+            procs = []
+            for _ in range(sidecars):
+                d = stack.enter_context(tempdir())
+                procs.append(stack.enter_context(SidecarProcess(d, notion_url=sim.url + "/v1", token=sim.token,
+                                                                rate=rate, burst=1.0, redis_url=redis_url)))
+            t0 = time.monotonic()
+            for i, sc in enumerate(procs):
+                with Client(sc.endpoint) as client:
+                    for n in range(per_sidecar):
+                        client.emit("notion.page.create", {"parent": {"database_id": db}, "properties": {
+                            "Name": {"title": [{"text": {"content": f"s{i}-{n}"}}]}}}, key=f"s{i}-{n}")
+            total = sidecars * per_sidecar
+            wait_for(lambda: len(sim.pages()) >= total, total / rate * 3 + 60, f"{total} pages")
+            elapsed = time.monotonic() - t0
+        stats = sim.stats()
+        served = [r.time for r in sim.requests if 200 <= r.status < 300]
+        pages = len(sim.pages())
+    finally:
+        sim.stop()
+    busy = max(served) - min(served) if len(served) > 1 else 0.0
+    return {"sidecars": sidecars, "shared": redis_url is not None, "creates": total, "pages": pages,
+            "rate_limited": stats["rate_limited"], "peak_1s": stats["max_in_1s"],
+            "use": len(served) / (rate * busy) if busy else 0.0, "seconds": elapsed}
+
+
+def shared_rows(rate: float, per_sidecar: int) -> list[dict[str, Any]]:
+    rows = [shared_quota(rate, 1, per_sidecar * 3, None), shared_quota(rate, 3, per_sidecar, None)]
+    if RedisProcess.available():
+        with RedisProcess() as redis:
+            rows.append(shared_quota(rate, 3, per_sidecar, redis.url))
+    return rows
+
+
+def print_shared(rate: float, rows: list[dict[str, Any]]) -> None:
+    print(f"\n### Several sidecars, one token\n\nNotion simulator: {rate:g} requests/s per token, burst {SIM_BURST}; "
+          f"each sidecar: rate_per_second = {rate:g}, burst = 1. Quota use: accepted calls / ({rate:g}/s × the "
+          "busy period).\n")
+    print("| sidecars | quota | creates | pages | 429s | peak in 1 s | quota use while busy | took |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        how = "shared in Redis" if r["shared"] else ("its own" if r["sidecars"] == 1 else "each its own (no Redis)")
+        print(f"| {r['sidecars']} | {how} | {r['creates']} | {r['pages']} | **{r['rate_limited']}** | {r['peak_1s']} "
+              f"| **{100 * r['use']:.0f}%** | {r['seconds']:.1f} s |")
+    if not any(r["shared"] for r in rows):
+        print("\nNo shared row: redis-server is not installed (apt-get install redis-server).")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, help="requests per second allowed (default 3, Notion's; smoke 20)")
+    parser.add_argument("--shared-only", action="store_true", help="only the several-sidecars phase")
     bench_args(parser)
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
     rate = args.rate or (SMOKE_RATE if args.smoke else 3.0)
+    if args.shared_only:
+        print_shared(rate, shared_rows(rate, plan.per_sidecar))
+        return 0
     sim = NotionSimulator(rate_per_second=rate, burst=SIM_BURST).start()
     try:
         db = sim.create_database(title="Bench", properties=PROPERTIES)
@@ -174,6 +244,7 @@ def main() -> int:
         stats = sim.stats()
     finally:
         sim.stop()
+    shared = shared_rows(rate, plan.per_sidecar)
 
     print(f"## Delivery\n\n{time.strftime('%Y-%m-%d %H:%M')}. Notion simulator: {rate:g} requests/s per token, "
           f"burst {SIM_BURST}; sidecar: rate_per_second = {rate:g}, burst = 1.\n")
@@ -193,7 +264,8 @@ def main() -> int:
           f"(peak {stats['max_in_1s']} in any 1 s) |")
     print(f"| sidecar retries / dead letters | {metrics.get('sidecar_delivery_retries_total', 0):.0f} / "
           f"{metrics.get('sidecar_events_dead_lettered_total', 0):.0f} |")
-    write_json(args, {"rate": rate, "idle_p50_ms": idle.get_value_at_percentile(50) / 1e6,
+    print_shared(rate, shared)
+    write_json(args, {"rate": rate, "shared": shared, "idle_p50_ms": idle.get_value_at_percentile(50) / 1e6,
                       "idle_max_ms": idle.get_max_value() / 1e6, "utilisation": q["utilisation"],
                       "rate_limited": stats["rate_limited"], "hot_events": hot["events"],
                       "hot_calls": hot["calls"], "hot_last_values_ok": hot["last_values_ok"]})

@@ -183,6 +183,7 @@ class SidecarProcess:
             sc.endpoint, sc.pid, sc.scrape(), sc.journal_rows(), sc.cpu_seconds()
 
     `token=None` leaves the Notion lane paused: events stay in the journal.
+    `redis_url` shares the limiter's quotas in that Redis ([redis] url).
     `cpus` goes to `[process] cpu_affinity`, applied before any thread starts.
     The journal goes to `workdir`; the ingest socket, and so the clients'
     rings (`ingest.rings` beside it), to `socket_dir`, by default a directory
@@ -192,7 +193,7 @@ class SidecarProcess:
 
     def __init__(self, workdir: Path, *, notion_url: str = "http://127.0.0.1:9/v1", token: str | None = None,
                  rate: float = 3.0, burst: float = 1.0, cpus: Sequence[int] | None = None,
-                 synchronous: str = "FULL", socket_dir: Path | None = None) -> None:
+                 synchronous: str = "FULL", socket_dir: Path | None = None, redis_url: str | None = None) -> None:
         self.dir = workdir
         self._own_socket_dir = runtime_dir() if socket_dir is None else None
         self.socket_dir = socket_dir or self._own_socket_dir or workdir
@@ -208,6 +209,8 @@ class SidecarProcess:
             "notion": {"base_url": notion_url, "rate_per_second": float(rate), "burst": float(burst)},
             "process": {"cpu_affinity": list(cpus or [])},
         }
+        if redis_url:
+            doc["redis"] = {"url": redis_url}
         self.config.write_text("".join(
             f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) for name, table in doc.items()))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -283,6 +286,7 @@ class RedisProcess:
 
     def __init__(self, *, cpus: Sequence[int] | None = None) -> None:
         self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.cpus = cpus
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -32,8 +32,10 @@ from .http_api import ApiServer
 from .ingest import Ingest
 from .journal import Journal, read_ref
 from .lane import Lane
-from .limiter import Limiter, MemoryStore
+from .limiter_redis import RedisStore
+from .limiter import BACKED_OFF, CONFIGURED, LEARNED, Limiter, MemoryStore, Store
 from .metrics import Metrics, process_snapshot
+from .secrets import read_secret
 
 log = logging.getLogger("sidecar")
 
@@ -59,6 +61,8 @@ class Sidecar:
         self.started = time.time()
         self._snapshot: dict[str, Any] = {"health": {"ok": False, "problems": ["starting"]}}
         self._stop: asyncio.Event | None = None
+        self.store: Store = MemoryStore()
+        self._reported: dict[str, int] = {}  # counters read from lanes and the store, already added
 
     def request_stop(self) -> None:
         if self._stop is not None:
@@ -81,10 +85,10 @@ class Sidecar:
         journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous)
         # Ingest never checkpoints; the housekeeping tick does, off its path.
         ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False)
-        store = MemoryStore()
+        store, beats = self._limiter_store()
         for name, spec in specs.items():
-            lane = Lane(spec.connector, journal, Limiter(name, spec.rule, store), cfg.retry, self.metrics,
-                        concurrency=spec.concurrency, breaker=cfg.breaker)
+            lane = Lane(spec.connector, journal, Limiter(name, spec.rule, store, quota_id=spec.quota_id), cfg.retry,
+                        self.metrics, concurrency=spec.concurrency, breaker=cfg.breaker)
             lane.paused_reason = spec.paused
             self.lanes[name] = lane
 
@@ -146,6 +150,11 @@ class Sidecar:
             await asyncio.gather(*tasks, return_exceptions=True)
             for connector in connectors.values():
                 await connector.aclose()
+            if beats is not None:
+                beats.cancel()
+                await asyncio.gather(beats, return_exceptions=True)
+            if isinstance(self.store, RedisStore):
+                await self.store.aclose()
             if api is not None:
                 api.stop()
             left = journal.depth()
@@ -154,6 +163,16 @@ class Sidecar:
             ingest_journal.close()
             journal.close()
         return exit_code
+
+    def _limiter_store(self) -> tuple[Store, asyncio.Task[None] | None]:
+        """[redis] url set: quotas shared in Redis (with heartbeats); else in this process."""
+        if not self.cfg.redis.url:
+            self.store = MemoryStore()
+            return self.store, None
+        store = RedisStore(self.cfg.redis, password=read_secret(self.cfg.redis.password_env))
+        self.store = store
+        log.info("limiter: quotas shared in Redis at %s", self.cfg.redis.url)
+        return store, asyncio.create_task(store.beat_forever(), name="limiter-beats")
 
     def _housekeeping(self, journal: Journal, ingest: Ingest) -> None:
         try:
@@ -175,17 +194,28 @@ class Sidecar:
         problems: list[str] = []
         if not ingest.alive:
             problems.append("ingest thread is not running")
+        if isinstance(self.store, RedisStore):
+            since = self.store.away_since
+            m.limiter_store_away.set(0 if since is None else 1)
+            self._add(m.limiter_fallbacks, "fallbacks", self.store.episodes)
+            if since is not None:
+                problems.append(f"limiter: Redis unreachable for {self.store.clock() - since:.0f} s "
+                                f"({self.store.away_reason}); lanes go on alone at rate ÷ sidecars sharing")
         for name, lane in self.lanes.items():
-            tokens = lane.limiter.tokens(now)
+            limiter = lane.limiter
+            view = limiter.view(now)
             m.depth.labels(lane=name).set(depth.get(name, 0))
-            m.limiter_tokens.labels(lane=name).set(tokens)
-            m.limiter_rate.labels(lane=name).set(lane.limiter.rate)
+            m.limiter_tokens.labels(lane=name).set(limiter.tokens(now))
+            self._rate_gauge(name, limiter.last.rate, limiter.last.source)
+            sharing = self.store.sharing.get(limiter.key, 1) if isinstance(self.store, RedisStore) else 1
+            m.limiter_sharing.labels(lane=name).set(sharing)
+            self._add(m.limiter_unused.labels(lane=name), f"unused:{name}", limiter.unused)
             m.breaker_state.labels(lane=name).set(STATE_VALUES[lane.breaker.state])
             lanes[name] = {
                 "depth": depth.get(name, 0),
-                "rate_per_second": round(lane.limiter.rate, 3),
-                "configured_rate": lane.limiter.rule.rate,
-                "tokens": round(tokens, 2),
+                **view,
+                "sidecars_sharing": sharing,
+                "configured_rate": limiter.rule.rate,
                 "breaker": lane.breaker.state,
                 "paused": lane.paused_reason,
                 "delivered": lane.delivered,
@@ -211,6 +241,23 @@ class Sidecar:
             "process": process_snapshot(),
             "health": {"ok": not problems, "problems": problems},
         }
+
+
+    def _add(self, counter: Any, name: str, total: int) -> None:
+        """Bring a counter up to a total kept elsewhere (a lane's or the store's own count)."""
+        counter.inc(total - self._reported.get(name, 0))
+        self._reported[name] = total
+
+    def _rate_gauge(self, lane: str, rate: float, source: str) -> None:
+        """One series per lane: the one labelled with the source in force."""
+        gauge = self.metrics.limiter_rate
+        for other in (CONFIGURED, LEARNED, BACKED_OFF):
+            if other != source:
+                try:
+                    gauge.remove(lane, other)
+                except KeyError:
+                    pass
+        gauge.labels(lane=lane, source=source).set(rate)
 
 
 class SidecarError(RuntimeError):

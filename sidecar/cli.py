@@ -100,11 +100,16 @@ def render_status(s: dict[str, Any]) -> str:
         f"process  cpu {proc['cpu_seconds']:.1f} s  rss {proc['rss_bytes'] / 1e6:.1f} MB  fds {proc['open_fds']}  "
         f"threads {proc['threads']}  cpus {proc['cpu_affinity']}  nice {proc['nice']}",
         "",
-        f"{'lane':<18}{'depth':>8}{'rate/s':>9}{'of':>7}{'tokens':>8}  {'breaker':<10}{'delivered':>10}  paused",
+        f"{'lane':<18}{'depth':>8}{'rate/s':>9}{'of':>7}  {'source':<11}{'store':<14}{'tokens':>8}  "
+        f"{'breaker':<10}{'delivered':>10}  paused",
     ]
     for name, lane in s["lanes"].items():
+        store = lane.get("store", "memory")
+        if store == "redis":
+            store += f" ×{lane.get('sidecars_sharing', 1)}"
         lines.append(f"{name:<18}{lane['depth']:>8}{lane['rate_per_second']:>9.2f}{lane['configured_rate']:>7.1f}"
-                     f"{lane['tokens']:>8.2f}  {lane['breaker']:<10}{lane['delivered']:>10}  {lane['paused'] or '-'}")
+                     f"  {lane.get('rate_source', '-'):<11}{store:<14}{lane['tokens']:>8.2f}  "
+                     f"{lane['breaker']:<10}{lane['delivered']:>10}  {lane['paused'] or '-'}")
     for problem in s["health"]["problems"]:
         lines.append(f"problem: {problem}")
     return "\n".join(lines)

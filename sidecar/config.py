@@ -94,6 +94,16 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RedisConfig:
+    """Where several sidecars share their API quotas; empty `url`: each sidecar alone, in memory."""
+
+    url: str = ""                  # redis://host:6379/0 or rediss://...; no password in it
+    password_env: str = "REDIS_PASSWORD"  # $CREDENTIALS_DIRECTORY/NAME, else $NAME; none: no AUTH
+    timeout: float = 0.05          # seconds for one Redis call on a lane's path
+    key_prefix: str = "trading-sidecar"
+
+
+@dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
     address: str = "127.0.0.1:9464"   # /metrics, /health, /status; empty turns it off
 
@@ -126,6 +136,7 @@ class Config:
     notion: NotionConfig = field(default_factory=NotionConfig)
     s3: S3Config = field(default_factory=S3Config)
     naver: NaverConfig = field(default_factory=NaverConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)  # [webhooks.NAME]
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -166,6 +177,7 @@ SECTIONS: dict[str, type] = {
     "notion": NotionConfig,
     "s3": S3Config,
     "naver": NaverConfig,
+    "redis": RedisConfig,
     "metrics": MetricsConfig,
     "breaker": BreakerConfig,
     "process": ProcessConfig,
@@ -206,4 +218,25 @@ def from_dict(doc: dict[str, Any]) -> Config:
             kwargs[name] = float(value)
         else:
             raise ConfigError(f"unknown section or setting {name!r}")
+    if "redis" in kwargs:
+        _check_redis(kwargs["redis"])
     return Config(**kwargs)
+
+
+def _check_redis(cfg: RedisConfig) -> None:
+    from urllib.parse import urlsplit
+
+    if not cfg.url:
+        return
+    parts = urlsplit(cfg.url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"[redis] url must start with redis:// or rediss://, got {parts.scheme or 'no'} scheme")
+    if parts.password is not None:
+        # The config file is readable by more people than a credential is.
+        raise ConfigError(f"[redis] url must not carry a password: put it in ${cfg.password_env} "
+                          "or a systemd credential of that name ([redis] password_env)")
+    if not parts.hostname:
+        raise ConfigError("[redis] url needs a host, e.g. redis://10.0.0.5:6379/0")
+    if not 0 < cfg.timeout <= 1.0:
+        raise ConfigError(f"[redis] timeout is the bound on one call on a lane's path: between 0 and 1 s, "
+                          f"got {cfg.timeout}")

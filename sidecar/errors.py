@@ -5,12 +5,18 @@
     │   └── RateLimited      429 / 529: slow the lane down as well
     └── Permanent            400/401/403/404 and other refusals: dead-letter now
 
+A RateLimited also carries `limit_reason` (which limit the API says was hit,
+e.g. Notion's `additional_data.rate_limit_reason`, else its error code) and
+`told`, what the API said about its quota on that answer, if anything.
+
 `ambiguous` marks a failure after the request may have been applied (timeout,
 reset, 5xx after the body was sent): a non-idempotent call is checked before
 it is sent again. Each connector maps HTTP status and body codes here once.
 """
 
 from __future__ import annotations
+
+from .limiter import ApiQuota
 
 
 class DeliveryError(Exception):
@@ -23,6 +29,8 @@ class DeliveryError(Exception):
         body: str | None = None,
         retry_after: float | None = None,
         ambiguous: bool = False,
+        limit_reason: str = "",
+        told: ApiQuota | None = None,
     ) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
@@ -31,6 +39,8 @@ class DeliveryError(Exception):
         self.body = body
         self.retry_after = retry_after
         self.ambiguous = ambiguous
+        self.limit_reason = limit_reason
+        self.told = told
 
 
 class Retryable(DeliveryError):

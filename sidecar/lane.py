@@ -146,7 +146,11 @@ class Lane:
             self.breaker.release()
             await self._idle()
             return
-        wait = self.limiter.reserve(self.clock())
+        try:
+            wait = await self.limiter.reserve(self.clock())
+        except BaseException:
+            self._inflight.discard(picked[0])
+            raise
         if wait > 0:
             # Sleep without holding the group, then plan it afresh so events
             # that arrived meanwhile are coalesced into the same call.
@@ -154,6 +158,7 @@ class Lane:
             await self._sleep(wait)
             picked = None if self._stopping else self._pick()
             if picked is None:
+                self.limiter.not_used()  # the slot is spent, not given back: see limiter.py
                 self.breaker.release()
                 return
         target, plan = picked
@@ -163,7 +168,7 @@ class Lane:
             self._inflight.discard(target)
 
     async def _take_token(self) -> None:
-        wait = self.limiter.reserve(self.clock())
+        wait = await self.limiter.reserve(self.clock())
         if wait > 0:
             await self._sleep(wait)
 
@@ -244,6 +249,9 @@ class Lane:
             status = str(exc.status) if exc.status else exc.reason
             # The API answered with a refusal or a rate limit: it is alive.
             self.breaker.record(isinstance(exc, (Permanent, RateLimited)), self.clock())
+            if isinstance(exc, RateLimited):
+                self.metrics.rate_limited.labels(lane=self.name, reason=exc.limit_reason or "unspecified").inc()
+                await self.limiter.on_rate_limited(exc.retry_after, exc.told, self.clock())
             self._failed(events, exc)
             return
         except asyncio.CancelledError:
@@ -259,8 +267,8 @@ class Lane:
         finally:
             self.metrics.calls.labels(api=self.name, status=status).inc()
             self.metrics.call_seconds.labels(api=self.name).observe(time.perf_counter() - started)
-        self.limiter.on_success()
         self.breaker.record(True, self.clock())
+        await self.limiter.on_success(result.told, self.clock())
         if result.failed:  # items refused one by one inside a call that succeeded
             refused: dict[tuple[str, str], list[Event]] = {}
             for event in events:
@@ -294,10 +302,8 @@ class Lane:
             self._dead(events, exc.reason, exc.status, exc.body or exc.detail)
             return
         attempts = max(e.attempts for e in events)
-        if isinstance(exc, RateLimited):
-            self.limiter.on_rate_limited(exc.retry_after, now)
         # Being told to slow down is not a failure of the event: never give up on it.
-        elif self.retry.max_attempts and attempts >= self.retry.max_attempts:
+        if not isinstance(exc, RateLimited) and self.retry.max_attempts and attempts >= self.retry.max_attempts:
             self._dead(events, "retries_exhausted", exc.status, f"{attempts} attempts; last: {exc} {exc.body or ''}")
             return
         delay = retry_delay(attempts, exc.retry_after, base=self.retry.base, cap=self.retry.cap, rng=self.rng)

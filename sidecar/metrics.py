@@ -48,8 +48,22 @@ class Metrics:
         self.depth = Gauge("sidecar_queue_depth", "Events waiting in the journal", ["lane"], registry=r)
         self.dead_letters = Gauge("sidecar_dead_letters", "Events in the dead-letter store", registry=r)
         self.limiter_tokens = Gauge("sidecar_limiter_tokens", "Tokens in the lane's bucket", ["lane"], registry=r)
-        self.limiter_rate = Gauge("sidecar_limiter_rate_per_second", "The lane's allowed rate now", ["lane"],
-                                  registry=r)
+        self.limiter_rate = Gauge("sidecar_limiter_rate_per_second",
+                                  "The lane's allowed rate now, by where it came from (configured, learned, "
+                                  "backed off)", ["lane", "source"], registry=r)
+        self.limiter_unused = Counter("sidecar_limiter_reservations_unused",
+                                      "Limiter slots taken whose call was not made (not given back)", ["lane"],
+                                      registry=r)
+        self.limiter_sharing = Gauge("sidecar_limiter_sidecars_sharing",
+                                     "Sidecars seen on the lane's quota in the last minute (1 in memory)", ["lane"],
+                                     registry=r)
+        self.limiter_store_away = Gauge("sidecar_limiter_store_away",
+                                        "1 while the shared limiter store (Redis) cannot be reached", registry=r)
+        self.limiter_fallbacks = Counter("sidecar_limiter_store_fallbacks",
+                                         "Times the shared limiter store (Redis) went away and lanes went on alone",
+                                         registry=r)
+        self.rate_limited = Counter("sidecar_rate_limited", "429/529 answers, by the limit the API named",
+                                    ["lane", "reason"], registry=r)
         self.breaker_state = Gauge("sidecar_circuit_breaker_state", "0 closed, 1 half-open, 2 open", ["lane"],
                                    registry=r)
         self.rings = Gauge("sidecar_rings", "Shared-memory rings being read", registry=r)

@@ -216,3 +216,49 @@ def journaled(n: int, lane: str, kind: str, target: str, payload: Any, *, key: s
     frame = wire.encode("c", n, kind, key, ref, 0, payload)
     return Event(id=n, lane=lane, kind=kind, target=target, key=key, ref=ref, client_id="c", seq=n,
                  emitted_ns=0, received_ns=received_ns, frame=frame, blob_path=blob_path)
+
+
+class RedisServer:
+    """A real `redis-server` on a free 127.0.0.1 port, no persistence; killable and restartable
+    on the same port (what a sidecar sees as Redis going away and coming back).
+
+        with RedisServer() as r:
+            r.url            # "redis://127.0.0.1:PORT/0"
+            r.kill(); r.start()
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "RedisServer":
+        import shutil
+
+        server = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.proc = subprocess.Popen([server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--loglevel", "warning"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.ping, timeout=10, what=f"redis-server on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -10,6 +10,7 @@ from typing import Any
 
 import bcrypt
 import httpx
+import orjson
 import pytest
 
 from client import Client, wire
@@ -61,13 +62,21 @@ def test_plan_folds_updates_per_product_and_caps_products_per_call() -> None:
     ]})
 
 
-def test_plan_uploads_an_image_event_alone_and_skips_a_delivered_key() -> None:
+def test_plan_fills_an_upload_with_images_of_several_keys_and_skips_delivered_ones() -> None:
     conn = NaverConnector(NaverConfig(), "id", "secret")
-    group = [_event(n, IMAGES, {}, key="k", target="images:k") for n in (1, 2)]
+
+    def images(n: int, key: str, count: int) -> Event:
+        event = _event(n, IMAGES, {}, key=key, target="images")
+        event.blob_path = "\n".join(f"/spool/{n}-{i}" for i in range(count))
+        return event
+
+    group = [images(1, "a", 4), images(2, "b", 5), images(3, "a", 4), images(4, "c", 2), images(5, "d", 1)]
     plan = conn.plan(group, FakePlanContext())
-    assert isinstance(plan, Send) and [e.id for e in plan.events] == [1]
-    skip = conn.plan(group, FakePlanContext(refs={"k": '["https://x/1.png"]'}))
-    assert isinstance(skip, Skip) and [e.id for e in skip.events] == [1] and skip.reason == "duplicate"
+    # a and b fill 9 of 10; c's 2 would not fit, so c and d wait; a's second event rides along as a duplicate.
+    assert isinstance(plan, Send) and [e.id for e in plan.events] == [1, 2, 3]
+    assert [key for key, _ in plan.request[1]] == ["a", "b"] and plan.request[2] == 1
+    skip = conn.plan(group, FakePlanContext(refs={"a": '["https://x/1.png"]'}))
+    assert isinstance(skip, Skip) and [e.id for e in skip.events] == [1, 3] and skip.reason == "duplicate"
 
 
 @pytest.mark.parametrize("payload, words", [
@@ -90,7 +99,7 @@ def test_route_refuses_bad_product_updates(payload: Any, words: str) -> None:
 
 def test_route_refuses_bad_image_uploads() -> None:
     conn = NaverConnector(NaverConfig(), "id", "secret")
-    assert conn.route(_envelope(IMAGES, {}, key="k"), [PNG]) == "images:k"
+    assert conn.route(_envelope(IMAGES, {}, key="k"), [PNG]) == "images"
     for key, blobs, words in [(None, [PNG], "key"), ("k", [], "0 images"), ("k", [PNG] * 11, "11 images"),
                               ("k", [PNG, b"%PDF-1.7"], "image 1 is not")]:
         with pytest.raises(Reject, match=words):
@@ -245,6 +254,8 @@ def test_rate_limited_calls_are_resent_with_no_loss(short_tmp: Path) -> None:
         products = list(range(2001, 2021))
         for no in products:
             sim.add_product(no)
+        # The lane adopts the gateway's headers at once, so the 429s come from faults (no headers).
+        sim.inject(Fault(status=429, path_prefix=MULTI_UPDATE_PATH, count=2))
         sc = SidecarProcess(short_tmp, config=naver_config(short_tmp, sim, rate_per_second=15.0, burst=3.0,
                                                            max_products_per_request=2),
                             env=credentials(sim)).start()
@@ -252,8 +263,10 @@ def test_rate_limited_calls_are_resent_with_no_loss(short_tmp: Path) -> None:
             for no in products:
                 client.emit(UPDATE, {"originProductNo": no, "stockQuantity": no % 100, "salePrice": no})
         wait_until(lambda: drained(sc, client), timeout=60, what="every product updated")
+        scrape = sc.get("/metrics")[1].decode()
         assert sc.stop() == 0
-        assert sim.stats()["rate_limited"] > 0
+        assert sim.stats()["rate_limited"] >= 2
+        assert 'sidecar_rate_limited_total{lane="naver",reason="GW.RATE_LIMIT"} 2.0' in scrape
         assert dead_letters(sc) == []
         assert [(p["stockQuantity"], p["salePrice"]) for p in sim.products()] == [(no % 100, no) for no in products]
 
@@ -280,3 +293,33 @@ def test_images_upload_in_one_call_and_urls_read_back(short_tmp: Path) -> None:
         assert late == image_urls(sc.journal_path, "sku-1") == [image["url"] for image in stored]
         assert image_urls(sc.journal_path, "too-many") is None
         assert sc.query("SELECT COUNT(*) FROM dead_letters") == [(0,)]
+
+
+def test_a_learned_rate_of_1_per_second_means_no_429_and_images_of_many_keys_share_calls(short_tmp: Path) -> None:
+    # The gateway says 1 request/s (burst 1) on every answer; the sidecar is configured for 2.
+    with NaverSimulator(rate_per_second=1, burst=1) as sim:
+        products = list(range(3001, 3007))
+        for no in products:
+            sim.add_product(no)
+        sc = SidecarProcess(short_tmp, config=naver_config(short_tmp, sim, rate_per_second=2.0, burst=1.0,
+                                                           max_products_per_request=1),
+                            env=credentials(sim)).start()
+        with Client(sc.endpoint, strict=True) as client:
+            # The lane is busy with product updates (one a call) when the images arrive, so they
+            # wait together; an idle lane would send the first image at once, alone.
+            for no in products:
+                client.emit(UPDATE, {"originProductNo": no, "stockQuantity": 1})
+            for n in range(25):
+                client.emit(IMAGES, {}, key=f"sku-{n}", blob=[PNG + bytes([n])])
+        wait_until(lambda: drained(sc, client), timeout=90, what="every upload and update")
+        lane = wait_until(lambda: (lane := orjson.loads(sc.get("/status")[1])["lanes"]["naver"])["tokens"] > 0
+                          and lane, timeout=5, what="a status snapshot after the last call")
+        assert sc.stop() == 0
+        assert sim.stats()["rate_limited"] == 0
+        assert (lane["rate_per_second"], lane["rate_source"], lane["configured_rate"]) == (1.0, "learned", 2.0)
+        assert calls(sim, IMAGE_UPLOAD_PATH) <= 3 and calls(sim, MULTI_UPDATE_PATH) == len(products)
+        stored = {image["bytes"]: image["url"] for image in sim.images()}
+        assert len(stored) == 25
+        for n in range(25):  # each event's own URL under its own key
+            assert image_urls(sc.journal_path, f"sku-{n}") == [stored[PNG + bytes([n])]]
+        assert dead_letters(sc) == []

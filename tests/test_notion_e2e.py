@@ -235,11 +235,16 @@ def test_an_append_refused_with_429_is_sent_again_not_assumed(short_tmp: Path, n
         client.emit("notion.page.create", create_body(db, "hb"), key="hb")
         client.emit("notion.blocks.append", {"children": [paragraph("heartbeat ok")]}, ref="hb")
     wait_until(lambda: drained(sc, client), timeout=20, what="the first heartbeat")
-    sim.inject(Fault(status=429, code="rate_limited", headers={"Retry-After": "1"}, path_prefix="/v1/blocks"))
+    # The newer Notion answer names the limit that was hit: counted by it.
+    sim.inject(Fault(status=429, headers={"Retry-After": "1"}, path_prefix="/v1/blocks", body={
+        "object": "error", "status": 429, "code": "rate_limited", "message": "slow down",
+        "additional_data": {"rate_limit_reason": "workspace_rate_limit"}}))
     with Client(sc.endpoint, strict=True) as client:
         client.emit("notion.blocks.append", {"children": [paragraph("heartbeat ok")]}, ref="hb")
     wait_until(lambda: drained(sc, client), timeout=20, what="the second heartbeat")
     assert texts(sim.children(page_by_key(sim, "hb")["id"])) == ["heartbeat ok", "heartbeat ok"]
+    scrape = sc.get("/metrics")[1].decode()
+    assert 'sidecar_rate_limited_total{lane="notion",reason="workspace_rate_limit"} 1.0' in scrape
     assert sc.stop() == 0
 
 

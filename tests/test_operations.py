@@ -124,7 +124,8 @@ def test_one_scrape_shows_every_metric_with_real_values(short_tmp: Path, notion_
     assert value('sidecar_api_call_duration_seconds_count{api="notion"}') == 24
     assert value('sidecar_emit_to_delivery_seconds_count{lane="notion"}') == 23
     assert value('sidecar_queue_depth{lane="notion"}') == 0
-    assert value('sidecar_limiter_rate_per_second{lane="notion"}') == 50
+    assert value('sidecar_limiter_rate_per_second{lane="notion",source="configured"}') == 50
+    assert value('sidecar_limiter_sidecars_sharing{lane="notion"}') == 1
     assert 0 <= value('sidecar_limiter_tokens{lane="notion"}') <= 5
     assert value('sidecar_circuit_breaker_state{lane="notion"}') == 0
     assert value("sidecar_dead_letters") == 1

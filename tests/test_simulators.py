@@ -58,7 +58,7 @@ def paragraph(content: str = "x", children: list[Any] | None = None) -> dict[str
 def assert_notion_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert response.status_code == status, body
-    assert set(body) == ERROR_KEYS
+    assert set(body) - {"additional_data"} == ERROR_KEYS  # Notion's optional extra
     assert (body["object"], body["status"], body["code"]) == ("error", status, code)
     return body
 
@@ -308,6 +308,7 @@ def test_notion_rate_limit_answers_429_with_retry_after() -> None:
         answers = [client.post("/pages", json=page_body(db, str(i))) for i in range(4)]
         assert [a.status_code for a in answers] == [200, 200, 429, 429]
         assert_notion_error(answers[2], 429, "rate_limited")
+        assert answers[2].json()["additional_data"] == {"rate_limit_reason": "integration_rate_limit"}
         assert int(answers[2].headers["Retry-After"]) >= 1
         assert len(sim.pages()) == 2 and sim.stats()["rate_limited"] == 2
         assert sim.stats()["max_accepted_in_1s"] <= 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from email.utils import formatdate
 from pathlib import Path
@@ -46,23 +47,22 @@ def test_retry_delay_never_shorter_than_retry_after() -> None:
 def test_token_bucket_spaces_calls_at_the_rate_after_the_burst() -> None:
     limiter = Limiter("t", Rule(rate=3, burst=2), MemoryStore())
     now = 100.0
-    waits = [limiter.reserve(now) for _ in range(5)]
+    waits = [asyncio.run(limiter.reserve(now)) for _ in range(5)]
     assert waits[:2] == [0.0, 0.0]
     assert waits[2:] == pytest.approx([1 / 3, 2 / 3, 1.0])
-    # After a quiet spell the burst is back, never more.
-    assert limiter.tokens(now + 100) == 2
+    assert limiter.view(now)["store"] == "memory" and limiter.tokens(now + 100) == 2  # the burst back, no more
 
 
 def test_rate_limit_pauses_and_slows_then_recovers() -> None:
     limiter = Limiter("t", Rule(rate=4, burst=1, recovery_step=0.25), MemoryStore())
-    limiter.on_rate_limited(retry_after=2.0, now=10.0)
-    assert limiter.rate == 2.0
-    assert limiter.reserve(10.0) == pytest.approx(2.0)
+    asyncio.run(limiter.on_rate_limited(2.0, None, 10.0))
+    assert limiter.rate == 2.0 and limiter.view(12.0)["rate_source"] == "backed off"
+    assert asyncio.run(limiter.reserve(10.0)) == pytest.approx(2.0)
     for _ in range(10):
-        limiter.on_success()
-    assert limiter.rate == 4.0
-    for _ in range(10):
-        limiter.on_rate_limited(retry_after=None, now=20.0)
+        asyncio.run(limiter.on_success(None, 12.0))
+    assert limiter.rate == 4.0 and limiter.view(12.0)["rate_source"] == "configured"
+    for n in range(10):
+        asyncio.run(limiter.on_rate_limited(None, None, 20.0 + 20 * n))
     assert limiter.rate == pytest.approx(0.4)  # floor: min_fraction of the rule
 
 

@@ -22,6 +22,9 @@ class LaneSpec:
     rule: Rule
     concurrency: int = 1
     paused: str | None = None  # why the lane cannot call yet (a missing secret); events wait meanwhile
+    # What the API's quota belongs to (a token, an application id, a URL): lanes
+    # of sidecars with the same one share a quota in Redis. Only its hash leaves the process.
+    quota_id: str = ""
 
 
 def _builders() -> list[Callable[[Config], list[LaneSpec]]]:

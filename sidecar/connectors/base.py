@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from client.wire import Envelope
 
 from ..journal import Event
+from ..limiter import ApiQuota
 
 
 class Reject(ValueError):
@@ -90,6 +91,8 @@ class Delivered:
     # Events the call covered that need no call of their own (deduplicated).
     duplicates: int = 0
     failed: dict[int, tuple[str, str]] = field(default_factory=dict)  # event id -> (reason, detail)
+    # What the API said about its quota on this answer (Naver's GNCP-GW-RateLimit-* headers).
+    told: ApiQuota | None = None
 
 
 class PlanContext(Protocol):

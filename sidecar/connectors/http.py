@@ -14,6 +14,7 @@ import httpx
 
 from ..backoff import parse_retry_after
 from ..errors import Permanent, RateLimited, Retryable
+from ..limiter import ApiQuota
 
 BODY_KEEP_CHARS = 4000
 
@@ -40,8 +41,13 @@ def raise_for_status(
     rate_limited: Callable[[httpx.Response], bool] = lambda r: r.status_code == 429,
     retryable_4xx: frozenset[int] = frozenset({409}),
     code_of: Callable[[httpx.Response], str] = lambda r: "",
+    limit_reason_of: Callable[[httpx.Response], str] | None = None,
+    told_of: Callable[[httpx.Response], ApiQuota | None] = lambda r: None,
 ) -> None:
-    """Map a non-2xx answer to RateLimited, Retryable or Permanent (with the body)."""
+    """Map a non-2xx answer to RateLimited, Retryable or Permanent (with the body).
+
+    A rate limit's reason is `limit_reason_of(response)`, else the body's code.
+    """
     status = response.status_code
     if 200 <= status < 300:
         return
@@ -50,7 +56,9 @@ def raise_for_status(
     reason = f"http_{status}"
     if rate_limited(response):
         retry_after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
-        raise RateLimited(reason, code, status=status, body=body, retry_after=retry_after)
+        limit_reason = (limit_reason_of(response) if limit_reason_of else "") or code
+        raise RateLimited(reason, code, status=status, body=body, retry_after=retry_after,
+                          limit_reason=limit_reason, told=told_of(response))
     if status >= 500 or status in retryable_4xx:
         raise Retryable(reason, code, status=status, body=body, ambiguous=status >= 500)
     raise Permanent(reason, code, status=status, body=body)

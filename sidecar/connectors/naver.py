@@ -12,9 +12,17 @@ Kinds (client side)::
   multi-update``, at most `max_products_per_request` products a call. An
   item Naver refuses (an unknown product) is dead-lettered on its own; the
   rest of the call counts as delivered.
-- ``naver.images.upload``: 1 to 10 JPG/GIF/PNG/BMP blobs in one
-  ``POST /v1/product-images/upload``; the URLs Naver returns are kept in
-  the journal under `key`, read back with ``image_urls(journal_dir, key)``.
+- ``naver.images.upload``: 1 to 10 JPG/GIF/PNG/BMP blobs an event. Every
+  upload waits in one group ("images"), so images of different events (keys)
+  share a ``POST /v1/product-images/upload``, up to 10 a call, in emit
+  order; the URLs Naver returns, in upload order, are split back per event
+  and kept in the journal under each event's `key`, read back with
+  ``image_urls(journal_dir, key)``. A call Naver refuses as a whole (400)
+  dead-letters every event in it (ingest already checks each image's format).
+
+Every answer's ``GNCP-GW-RateLimit-Replenish-Rate``, ``-Burst-Capacity`` and
+``-Remaining`` headers go back to the lane's limiter (`Delivered.told`, or
+`RateLimited.told` on a 429), which adopts them up to the configured rate.
 
 The access token comes from ``POST /v1/oauth2/token`` (a bcrypt-signed
 client credential), is kept until 30 minutes before it expires, and is
@@ -38,7 +46,7 @@ from client.wire import Envelope
 from ..config import Config, NaverConfig
 from ..errors import Permanent
 from ..journal import Event, read_ref
-from ..limiter import Rule
+from ..limiter import NONE, ApiQuota, Rule
 from ..secrets import read_secret
 from . import LaneSpec
 from .base import Delivered, Plan, PlanContext, Reject, Send, Skip
@@ -49,6 +57,10 @@ UPDATE = "naver.product.update"
 IMAGES = "naver.images.upload"
 
 PRODUCTS_TARGET = "products"
+IMAGES_TARGET = "images"
+RATE_HEADER = "GNCP-GW-RateLimit-Replenish-Rate"
+BURST_HEADER = "GNCP-GW-RateLimit-Burst-Capacity"
+REMAINING_HEADER = "GNCP-GW-RateLimit-Remaining"
 TOKEN_PATH = "v1/oauth2/token"
 MULTI_UPDATE_PATH = "v1/products/origin-products/multi-update"
 IMAGE_UPLOAD_PATH = "v1/product-images/upload"
@@ -97,9 +109,23 @@ def _image_format(data: bytes) -> tuple[str, str] | None:
     return next(((ext, mime) for magic, ext, mime in IMAGE_FORMATS if data.startswith(magic)), None)
 
 
+def told_quota(response: httpx.Response) -> ApiQuota | None:
+    """Naver's gateway headers as an ApiQuota (None without them; a malformed one is left out).
+
+        told_quota(httpx.Response(200, headers={"GNCP-GW-RateLimit-Replenish-Rate": "1"}))  # ApiQuota(rate=1.0)
+    """
+    values = []
+    for name in (RATE_HEADER, BURST_HEADER, REMAINING_HEADER):
+        try:
+            values.append(max(NONE, float(response.headers.get(name, NONE))))
+        except ValueError:
+            values.append(NONE)
+    return None if values == [NONE] * 3 else ApiQuota(*values)
+
+
 def _check(response: httpx.Response) -> None:
     # Any 429 (GW.RATE_LIMIT, GW.QUOTA_LIMIT) was not applied: RateLimited, safe to resend.
-    raise_for_status(response, retryable_4xx=frozenset(), code_of=json_code)
+    raise_for_status(response, retryable_4xx=frozenset(), code_of=json_code, told_of=told_quota)
 
 
 def _merge_products(events: list[Event]) -> dict[int, dict[str, Any]]:
@@ -163,7 +189,7 @@ class NaverConnector:
         for i, blob in enumerate(blobs):
             if _image_format(blob) is None:
                 raise Reject("bad_payload", f"image {i} is not a JPG, GIF, PNG or BMP file")
-        return "images:" + env.key
+        return IMAGES_TARGET
 
     @staticmethod
     def _check_update(body: Any, blobs: list[bytes]) -> None:
@@ -191,12 +217,8 @@ class NaverConnector:
     # -- planning -------------------------------------------------------------
 
     def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
-        head = group[0]
-        if head.kind == IMAGES:
-            assert head.key is not None  # route() requires it
-            if ctx.ref(head.key) is not None:
-                return Skip([head], "duplicate")
-            return Send([head], ("images", head.key, head))
+        if group[0].kind == IMAGES:
+            return self._plan_images(group, ctx)
         merged = _merge_products(group)
         chosen = list(merged)[: self.cfg.max_products_per_request]
         taken = set(chosen)
@@ -207,21 +229,50 @@ class NaverConnector:
         items = [_update_item(no, merged[no]) for no in chosen]
         return Send(events, ("products", {"multiProductUpdateRequestVos": items}), merged=len(events) - 1)
 
+    @staticmethod
+    def _plan_images(group: list[Event], ctx: PlanContext) -> Plan:
+        """Events in emit order into one upload while their images fit in MAX_IMAGES_PER_CALL.
+
+        (Groups named "images:KEY" by an older version hold one key each; they plan the same way.)
+        """
+        done = [e for e in group if e.key is not None and ctx.ref(e.key) is not None]
+        if done:
+            return Skip(done, "duplicate")
+        batch: list[tuple[str, Event]] = []
+        again: list[Event] = []  # a key already in this call: uploaded once, counted as a duplicate
+        images = 0
+        for event in group:
+            assert event.key is not None  # route() requires it
+            if any(key == event.key for key, _ in batch):
+                again.append(event)
+                continue
+            count = len(event.blob_paths) or 1
+            if images + count > MAX_IMAGES_PER_CALL:
+                break
+            batch.append((event.key, event))
+            images += count
+        events = [e for _, e in batch] + again  # the lane counts duplicates from the end
+        return Send(events, ("images", batch, len(again)), merged=len(events) - 1)
+
     # -- calls ----------------------------------------------------------------
 
     async def send(self, plan: Send) -> Delivered:
         if plan.request[0] == "images":
-            _, key, event = plan.request
-            return await self._upload(key, event)
+            _, batch, duplicates = plan.request
+            return await self._upload(batch, duplicates)
         _, body = plan.request
         response = await self._call("PATCH", MULTI_UPDATE_PATH, json=body)
-        return Delivered(failed=self._item_failures(plan.events, response))
+        return Delivered(failed=self._item_failures(plan.events, response), told=told_quota(response))
 
-    async def _upload(self, key: str, event: Event) -> Delivered:
-        files = []
-        for i, data in enumerate(event.blobs()):
-            ext, mime = _image_format(data) or ("bin", "application/octet-stream")
-            files.append(("imageFiles", (f"image-{i + 1}.{ext}", data, mime)))
+    async def _upload(self, batch: list[tuple[str, Event]], duplicates: int) -> Delivered:
+        files: list[tuple[str, tuple[str, bytes, str]]] = []
+        counts = []
+        for _, event in batch:
+            blobs = event.blobs()
+            counts.append(len(blobs))
+            for data in blobs:
+                ext, mime = _image_format(data) or ("bin", "application/octet-stream")
+                files.append(("imageFiles", (f"image-{len(files) + 1}.{ext}", data, mime)))
         # A lost answer means the images may be stored already; uploading
         # again only leaves unused copies on Naver's image host, so resend.
         response = await self._call("POST", IMAGE_UPLOAD_PATH, files=files)
@@ -230,7 +281,12 @@ class NaverConnector:
         if len(urls) != len(files) or not all(isinstance(url, str) for url in urls):
             raise Permanent("bad_response", f"upload of {len(files)} image(s) answered {len(urls)} URL(s)",
                             status=response.status_code, body=response.text[:4000])
-        return Delivered(refs={key: orjson.dumps(urls).decode()})
+        refs = {}
+        start = 0
+        for (key, _), count in zip(batch, counts):  # URLs come back in upload order
+            refs[key] = orjson.dumps(urls[start:start + count]).decode()
+            start += count
+        return Delivered(refs=refs, duplicates=duplicates, told=told_quota(response))
 
     @staticmethod
     def _item_failures(events: list[Event], response: httpx.Response) -> dict[int, tuple[str, str]]:
@@ -306,4 +362,6 @@ def build(cfg: Config) -> list[LaneSpec]:
         f"no Naver credentials: set {' and '.join('$' + m for m in missing)} "
         "(or systemd credentials of those names), then restart")
     connector = NaverConnector(n, client_id or "", secret or "")
-    return [LaneSpec(connector, Rule(rate=n.rate_per_second, burst=n.burst), paused=paused)]
+    # Naver's quota belongs to the application (client id), per API.
+    return [LaneSpec(connector, Rule(rate=n.rate_per_second, burst=n.burst), paused=paused,
+                     quota_id=client_id or "")]

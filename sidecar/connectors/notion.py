@@ -48,8 +48,18 @@ def _rate_limited(response: httpx.Response) -> bool:
     return response.status_code in (429, 529)
 
 
+def _limit_reason(response: httpx.Response) -> str:
+    """Which limit a 429 hit: `additional_data.rate_limit_reason` in newer answers, else ""."""
+    try:
+        extra = response.json().get("additional_data")
+    except (ValueError, AttributeError):
+        return ""
+    reason = extra.get("rate_limit_reason") if isinstance(extra, dict) else None
+    return reason if isinstance(reason, str) else ""
+
+
 def _check(response: httpx.Response) -> None:
-    raise_for_status(response, rate_limited=_rate_limited, code_of=json_code)
+    raise_for_status(response, rate_limited=_rate_limited, code_of=json_code, limit_reason_of=_limit_reason)
 
 
 def _plain_text(block: dict[str, Any]) -> tuple[str, str]:
@@ -293,4 +303,5 @@ def build(cfg: Config) -> list[LaneSpec]:
     paused = None if token else (
         f"no Notion token: set ${cfg.notion.token_env} or a systemd credential of that name, then restart")
     connector = NotionConnector(cfg.notion, token or "", ref_wait=cfg.retry.ref_wait)
-    return [LaneSpec(connector, Rule(rate=cfg.notion.rate_per_second, burst=cfg.notion.burst), paused=paused)]
+    return [LaneSpec(connector, Rule(rate=cfg.notion.rate_per_second, burst=cfg.notion.burst), paused=paused,
+                     quota_id=token or "")]

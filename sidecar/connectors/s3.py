@@ -217,4 +217,6 @@ def build(cfg: Config) -> list[LaneSpec]:
     credentials, paused = find_credentials()
     connector = S3Connector(cfg.s3, credentials)
     return [LaneSpec(connector, Rule(rate=cfg.s3.rate_per_second, burst=cfg.s3.burst),
-                     concurrency=cfg.s3.concurrency, paused=paused)]
+                     concurrency=cfg.s3.concurrency, paused=paused,
+                     # S3 throttles per bucket prefix, not per credential: share by endpoint.
+                     quota_id=f"{cfg.s3.endpoint_url or 'aws'}|{cfg.s3.region}")]

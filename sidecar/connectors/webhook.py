@@ -83,5 +83,6 @@ class WebhookConnector:
 
 
 def build(cfg: Config) -> list[LaneSpec]:
-    return [LaneSpec(WebhookConnector(name, hook), Rule(rate=hook.rate_per_second, burst=hook.burst))
+    return [LaneSpec(WebhookConnector(name, hook), Rule(rate=hook.rate_per_second, burst=hook.burst),
+                     quota_id=hook.url)  # a receiver's URL may hold a secret: only its hash is shared
             for name, hook in cfg.webhooks.items()]

@@ -24,7 +24,8 @@ Create accepts `parent: {database_id}` in both versions and
 
 Checks, in order: `Authorization: Bearer <token>` (401 `unauthorized`),
 `Notion-Version` (400 `missing_version`, unknown: 400 `validation_error`),
-rate limit per token (429 `rate_limited` + `Retry-After` whole seconds),
+rate limit per token across connections (429 `rate_limited` + `Retry-After` whole seconds,
+`additional_data.rate_limit_reason` in the body, `rate_limit_reason=` sets it),
 route (400 `invalid_request_url`), body over 500,000 bytes, not JSON (400
 `invalid_json`), any array over 100 items, rich-text content over 2000, link
 URL over 2000, equation over 1000, more than 1000 blocks in one request,
@@ -347,10 +348,12 @@ class NotionSimulator(SimServer):
 
     def __init__(
         self, *, token: str = "secret_sim_token", rate_per_second: float | None = 3.0,
-        burst: int = 3, port: int = 0,
+        burst: int = 3, port: int = 0, rate_limit_reason: str = "integration_rate_limit",
     ) -> None:
         super().__init__(port=port, rate_per_second=rate_per_second, burst=burst)
         self.token = token
+        # The documented values of additional_data.rate_limit_reason are not in our facts: a setting.
+        self.rate_limit_reason = rate_limit_reason
         self._databases: dict[str, _Database] = {}
         self._sources: dict[str, str] = {}  # data source id -> database id
         self._pages: dict[str, dict[str, Any]] = {}
@@ -458,11 +461,12 @@ class NotionSimulator(SimServer):
             raise _invalid(
                 f"Notion-Version header failed validation: `{version}` is not one of {list(NOTION_VERSIONS)}."
             )
-        wait = self.limiter.take(self.token)
+        wait = self.limiter.take(self.token)  # one bucket per token, whatever the connection
         if wait:
             raise SimError(
                 429, "rate_limited", "You have been rate limited. Please try again in a few minutes.",
                 headers={"Retry-After": str(retry_after_seconds(wait))},
+                extra={"additional_data": {"rate_limit_reason": self.rate_limit_reason}},
             )
         for method, pattern, action in self._routes:
             match = pattern.fullmatch(request.path)
