@@ -31,6 +31,7 @@ from .connectors import build_lanes
 from .http_api import ApiServer
 from .ingest import Ingest
 from .journal import Journal, read_ref
+from .journal_repair import open_checked, unacknowledged
 from .lane import Lane
 from .limiter import Limiter, MemoryStore
 from .metrics import Metrics, process_snapshot
@@ -51,8 +52,9 @@ def place_process(cpus: list[int], nice: int) -> None:
 
 
 class Sidecar:
-    def __init__(self, cfg: Config, *, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(self, cfg: Config, *, on_ready: Callable[[], None] | None = None, recover: bool = True) -> None:
         self.cfg = cfg
+        self.recover = recover  # False: a corrupt journal stops the start (journal_repair.py)
         self.metrics = Metrics()
         self.on_ready = on_ready
         self.lanes: dict[str, Lane] = {}
@@ -78,7 +80,8 @@ class Sidecar:
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         specs = build_lanes(cfg)
         connectors = {name: spec.connector for name, spec in specs.items()}
-        journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous)
+        journal = open_checked(cfg.journal.dir, synchronous=cfg.journal.synchronous, recover=self.recover,
+                               metrics=self.metrics)
         # Ingest never checkpoints; the housekeeping tick does, off its path.
         ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False)
         store = MemoryStore()
@@ -175,6 +178,7 @@ class Sidecar:
         problems: list[str] = []
         if not ingest.alive:
             problems.append("ingest thread is not running")
+        problems += unacknowledged(journal)
         for name, lane in self.lanes.items():
             tokens = lane.limiter.tokens(now)
             m.depth.labels(lane=name).set(depth.get(name, 0))

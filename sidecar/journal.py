@@ -200,6 +200,23 @@ class JournalError(RuntimeError):
     pass
 
 
+class JournalCorrupt(JournalError):
+    """The journal file failed SQLite's own check (or is not a database at all).
+
+    `journal_repair` sets it aside and starts afresh; `detail` is SQLite's word."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"journal {path} is corrupt: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB (and their extended codes): the file, not the disk."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
 def read_ref(journal: str | os.PathLike[str], lane: str, key: str) -> str | None:
     """What a delivered event created (a page id, image URLs...), read from any
     thread or process with a short-lived read-only connection.
@@ -229,12 +246,14 @@ class Journal:
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, synchronous: str = "FULL",
-             checkpoints: bool = True) -> "Journal":
+             checkpoints: bool = True, check: bool = False) -> "Journal":
         """Open (creating if needed) `directory/journal.db`. Raises JournalError
         with an operator-readable message if the directory is unusable.
 
         `checkpoints=False` leaves WAL checkpoints to another connection's
         `checkpoint()`: ingest's commits then never pay for copying the WAL.
+        `check=True` runs `PRAGMA quick_check` first (a read of every page,
+        about a second per GB) and raises JournalCorrupt if it fails.
         """
         d = Path(directory)
         try:
@@ -252,15 +271,26 @@ class Journal:
             raise JournalError(f"[journal] synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         path = d / "journal.db"
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        # 64 MiB of page cache: a backlog's index pages stay in memory, so
-        # group commits do not re-read them.
-        conn.execute("PRAGMA cache_size=-65536")
-        if not checkpoints:
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.executescript(SCHEMA)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            if check:
+                verdict = [line for (text,) in conn.execute("PRAGMA quick_check(10)") for line in text.splitlines()
+                           if not line.startswith("***")]
+                if verdict != ["ok"]:
+                    raise JournalCorrupt(path, "quick_check: " + "; ".join(verdict[:3]))
+            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            # 64 MiB of page cache: a backlog's index pages stay in memory, so
+            # group commits do not re-read them.
+            conn.execute("PRAGMA cache_size=-65536")
+            if not checkpoints:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.executescript(SCHEMA)
+        except (sqlite3.DatabaseError, JournalCorrupt) as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):
+                raise JournalCorrupt(path, str(exc)) from None
+            raise
         return cls(conn, path)
 
     def checkpoint(self) -> None:
