@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from typing import Any, Callable
@@ -31,6 +32,7 @@ from .connectors import build_lanes
 from .http_api import ApiServer
 from .ingest import Ingest
 from .journal import Journal, read_ref
+from .journal_health import JournalHealth, classify
 from .journal_repair import open_checked, unacknowledged
 from .lane import Lane
 from .limiter import Limiter, MemoryStore
@@ -84,6 +86,9 @@ class Sidecar:
                                metrics=self.metrics)
         # Ingest never checkpoints; the housekeeping tick does, off its path.
         ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False)
+        self.journal_health = JournalHealth(cfg.journal.dir, self.metrics)
+        journal.health, journal.role = self.journal_health, "delivery"
+        ingest_journal.health, ingest_journal.role = self.journal_health, "ingest"
         store = MemoryStore()
         for name, spec in specs.items():
             lane = Lane(spec.connector, journal, Limiter(name, spec.rule, store), cfg.retry, self.metrics,
@@ -166,7 +171,11 @@ class Sidecar:
             self._snapshot = {**self._snapshot, "health": {"ok": False, "problems": ["housekeeping failed; see log"]}}
 
     def _refresh(self, journal: Journal, ingest: Ingest) -> None:
-        journal.checkpoint()
+        try:
+            journal.checkpoint()
+        except sqlite3.Error as exc:
+            if classify(exc) is None:
+                raise  # a full or read-only disk is already in the journal's state; the rest is news
         now = time.time()
         depth = journal.depth()
         dead = journal.count("dead_letters")
@@ -178,6 +187,9 @@ class Sidecar:
         problems: list[str] = []
         if not ingest.alive:
             problems.append("ingest thread is not running")
+        journal_problem = self.journal_health.problem()
+        if journal_problem:
+            problems.append(journal_problem)
         problems += unacknowledged(journal)
         for name, lane in self.lanes.items():
             tokens = lane.limiter.tokens(now)
@@ -210,7 +222,7 @@ class Sidecar:
                        "rejected": int(m.total("sidecar_events_rejected_total")),
                        "sequence_gaps": int(m.total("sidecar_client_sequence_gaps_total"))},
             "journal": {"path": str(journal.path), "bytes": size, "pending": sum(depth.values()),
-                        "dead_letters": dead},
+                        "dead_letters": dead, "state": self.journal_health.state},
             "lanes": lanes,
             "process": process_snapshot(),
             "health": {"ok": not problems, "problems": problems},

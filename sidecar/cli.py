@@ -102,7 +102,7 @@ def render_status(s: dict[str, Any]) -> str:
         f"ingest   {ingest['endpoint']}  received {ingest['received']}  rejected {ingest['rejected']}  "
         f"sequence gaps {ingest['sequence_gaps']}",
         f"journal  {journal['path']}  {journal['bytes'] / 1e6:.1f} MB  pending {journal['pending']}  "
-        f"dead letters {journal['dead_letters']}",
+        f"dead letters {journal['dead_letters']}  {journal.get('state', 'ok')}",
         f"process  cpu {proc['cpu_seconds']:.1f} s  rss {proc['rss_bytes'] / 1e6:.1f} MB  fds {proc['open_fds']}  "
         f"threads {proc['threads']}  cpus {proc['cpu_affinity']}  nice {proc['nice']}",
         "",

@@ -23,12 +23,15 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 from client import wire
 
 from .secrets import redact
 from .spool import Spool
+
+if TYPE_CHECKING:
+    from .journal_health import JournalHealth
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -243,6 +246,9 @@ class Journal:
         self.conn = conn
         self.path = path
         self.spool = Spool(path.parent)  # blob files beside journal.db; rows name them
+        # Told of every transaction's outcome (journal_health.py), as this `role`.
+        self.health: JournalHealth | None = None
+        self.role = "journal"
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, synchronous: str = "FULL",
@@ -467,18 +473,49 @@ class Journal:
         return paths
 
     def _transaction(self) -> "_Tx":
-        return _Tx(self.conn)
+        return _Tx(self.conn, self)
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; the outcome goes to the journal's health.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    A full disk can fail the COMMIT itself, and SQLite may already have
+    rolled back (SQLITE_FULL does): the ROLLBACK is then skipped, so the
+    caller sees the disk's error, not "no transaction is active"."""
+
+    def __init__(self, conn: sqlite3.Connection, journal: Journal) -> None:
         self.conn = conn
+        self.journal = journal
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._report(exc)
+            raise
         return self.conn
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as failed:
+                self._rollback()
+                self._report(failed)
+                raise
+            if self.journal.health is not None:
+                self.journal.health.ok(self.journal.role)
+            return
+        self._rollback()
+        self._report(exc)
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection rolls back on its next BEGIN or close
+
+    def _report(self, exc: BaseException) -> None:
+        if self.journal.health is not None:
+            self.journal.health.failed(self.journal.role, exc)
