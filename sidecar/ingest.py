@@ -450,27 +450,34 @@ class Ingest:
         disk has room again or the lanes' deletes have left free pages inside
         the journal file for the batch. One statvfs a batch; the freelist is
         read only when the disk is that low."""
-        # Each row is written twice (WAL, then the checkpoint into the file) with its two index entries.
+        # Each row is written twice (WAL, then the checkpoint into the file) with its two index entries;
+        # what the WAL already holds may still grow the file when it is checkpointed.
         need = 2 * sum(len(row.frame) + 64 for row in batch.rows) + 65536
-        free = shutil.disk_usage(self.journal.path.parent).free
-        if free - need >= self._headroom:
+        if self._room() - need >= self._headroom:
             return
-        # Low: fold the WAL into the file now, so its growth is counted in `free`
-        # and the WAL is reused from its start by the next commit.
+        # Low: fold the WAL into the file and truncate it, so that `free` is exact.
         try:
-            self.journal.checkpoint()
+            self.journal.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error:
             pass
-        free = shutil.disk_usage(self.journal.path.parent).free
+        free = self._room()
         if free - need >= self._headroom:
             return
         free_pages = self.journal.conn.execute("PRAGMA freelist_count").fetchall()[0][0] * self._page_size
-        if free_pages >= need:
+        if free - self._headroom + free_pages >= need:
             return
         error = JournalUnavailable(FULL, f"{free / 1e6:.1f} MB free, {self._headroom / 1e6:.1f} MB kept for delivery")
         if self.journal.health is not None:
             self.journal.health.failed(self.journal.role, error)
         raise error
+
+    def _room(self) -> int:
+        """Free bytes on the journal's filesystem, less what its WAL may still add to the file."""
+        try:
+            wal = os.path.getsize(f"{self.journal.path}-wal")
+        except OSError:
+            wal = 0
+        return shutil.disk_usage(self.journal.path.parent).free - wal
 
     def _parse(self, frames: list[bytes]) -> tuple[wire.Envelope, list[bytes]]:
         if not frames or len(frames) > 1 + wire.MAX_BLOBS:
