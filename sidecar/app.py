@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from typing import Any, Callable
@@ -31,6 +32,8 @@ from .connectors import build_lanes
 from .http_api import ApiServer
 from .ingest import Ingest
 from .journal import Journal, read_ref
+from .journal_health import JournalHealth, classify
+from .journal_repair import open_checked, unacknowledged
 from .lane import Lane
 from .limiter_redis import RedisStore
 from .limiter import BACKED_OFF, CONFIGURED, LEARNED, Limiter, MemoryStore, Store
@@ -53,8 +56,9 @@ def place_process(cpus: list[int], nice: int) -> None:
 
 
 class Sidecar:
-    def __init__(self, cfg: Config, *, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(self, cfg: Config, *, on_ready: Callable[[], None] | None = None, recover: bool = True) -> None:
         self.cfg = cfg
+        self.recover = recover  # False: a corrupt journal stops the start (journal_repair.py)
         self.metrics = Metrics()
         self.on_ready = on_ready
         self.lanes: dict[str, Lane] = {}
@@ -82,9 +86,13 @@ class Sidecar:
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         specs = build_lanes(cfg)
         connectors = {name: spec.connector for name, spec in specs.items()}
-        journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous)
+        journal = open_checked(cfg.journal.dir, synchronous=cfg.journal.synchronous, recover=self.recover,
+                               metrics=self.metrics)
         # Ingest never checkpoints; the housekeeping tick does, off its path.
         ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False)
+        self.journal_health = JournalHealth(cfg.journal.dir, self.metrics)
+        journal.health, journal.role = self.journal_health, "delivery"
+        ingest_journal.health, ingest_journal.role = self.journal_health, "ingest"
         store, beats = self._limiter_store()
         for name, spec in specs.items():
             lane = Lane(spec.connector, journal, Limiter(name, spec.rule, store, quota_id=spec.quota_id), cfg.retry,
@@ -182,7 +190,11 @@ class Sidecar:
             self._snapshot = {**self._snapshot, "health": {"ok": False, "problems": ["housekeeping failed; see log"]}}
 
     def _refresh(self, journal: Journal, ingest: Ingest) -> None:
-        journal.checkpoint()
+        try:
+            journal.checkpoint()
+        except sqlite3.Error as exc:
+            if classify(exc) is None:
+                raise  # a full or read-only disk is already in the journal's state; the rest is news
         now = time.time()
         depth = journal.depth()
         dead = journal.count("dead_letters")
@@ -201,6 +213,10 @@ class Sidecar:
             if since is not None:
                 problems.append(f"limiter: Redis unreachable for {self.store.clock() - since:.0f} s "
                                 f"({self.store.away_reason}); lanes go on alone at rate ÷ sidecars sharing")
+        journal_problem = self.journal_health.problem()
+        if journal_problem:
+            problems.append(journal_problem)
+        problems += unacknowledged(journal)
         for name, lane in self.lanes.items():
             limiter = lane.limiter
             view = limiter.view(now)
@@ -236,7 +252,7 @@ class Sidecar:
                        "rejected": int(m.total("sidecar_events_rejected_total")),
                        "sequence_gaps": int(m.total("sidecar_client_sequence_gaps_total"))},
             "journal": {"path": str(journal.path), "bytes": size, "pending": sum(depth.values()),
-                        "dead_letters": dead},
+                        "dead_letters": dead, "state": self.journal_health.state},
             "lanes": lanes,
             "process": process_snapshot(),
             "health": {"ok": not problems, "problems": problems},

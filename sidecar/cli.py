@@ -6,6 +6,7 @@
     sidecar dlq list|show ID|retry ID...|purge ID...   inspect and replay dead letters
     sidecar emit KIND JSON [--key K] [--ref R]   one event from a shell script or git hook
     sidecar refs LANE KEY                        what a delivered event created (e.g. Naver image URLs)
+    sidecar ack-corrupt-journal                  clear the degraded `check` after a corrupt journal was set aside
     sidecar demo                                 sidecar + simulators + a synthetic trading loop
 
 Every command but `demo` reads the same --config as `run` (or $SIDECAR_CONFIG).
@@ -29,6 +30,7 @@ from .config import Config, ConfigError, load_config
 log = logging.getLogger("sidecar")
 
 EXIT_OK, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
+EXIT_JOURNAL_CORRUPT = 4  # `run --no-recover` found a corrupt journal and left it untouched
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -39,6 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import Sidecar, SidecarError
     from .ingest import IngestError
     from .journal import JournalError
+    from .journal_repair import JournalCorruptRefused
     from .logs import setup_logging
 
     try:
@@ -49,7 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(json_lines=args.log_json or cfg.log.json, level=args.log_level or cfg.log.level)
     try:
-        return asyncio.run(Sidecar(cfg).run())
+        return asyncio.run(Sidecar(cfg, recover=not args.no_recover).run())
+    except JournalCorruptRefused as exc:
+        log.error("%s", exc)
+        return EXIT_JOURNAL_CORRUPT
     except (JournalError, IngestError, SidecarError) as exc:
         log.error("%s", exc)
         return 2
@@ -96,7 +102,7 @@ def render_status(s: dict[str, Any]) -> str:
         f"ingest   {ingest['endpoint']}  received {ingest['received']}  rejected {ingest['rejected']}  "
         f"sequence gaps {ingest['sequence_gaps']}",
         f"journal  {journal['path']}  {journal['bytes'] / 1e6:.1f} MB  pending {journal['pending']}  "
-        f"dead letters {journal['dead_letters']}",
+        f"dead letters {journal['dead_letters']}  {journal.get('state', 'ok')}",
         f"process  cpu {proc['cpu_seconds']:.1f} s  rss {proc['rss_bytes'] / 1e6:.1f} MB  fds {proc['open_fds']}  "
         f"threads {proc['threads']}  cpus {proc['cpu_affinity']}  nice {proc['nice']}",
         "",
@@ -224,6 +230,21 @@ def cmd_refs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ack_corrupt_journal(args: argparse.Namespace) -> int:
+    from .journal_repair import acknowledge
+
+    try:
+        seen = acknowledge(_config(args).journal.dir)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if not seen:
+        print("no corrupt journal waiting to be acknowledged")
+    for aside in seen:
+        print(f"acknowledged: {aside} (delete it when you no longer need it)")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -240,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run the sidecar")
     run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING... (default: [log] level)")
+    run.add_argument("--no-recover", action="store_true",
+                     help=f"if the journal is corrupt, exit {EXIT_JOURNAL_CORRUPT} and leave it as it is "
+                          "(default: set it aside, start afresh, recover what it holds)")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", parents=[common], help="lanes, depths, rates, breakers, resources")
@@ -272,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     refs.add_argument("lane")
     refs.add_argument("key")
     refs.set_defaults(func=cmd_refs)
+
+    ack = sub.add_parser("ack-corrupt-journal", parents=[common],
+                         help="acknowledge a corrupt journal that was set aside (check is degraded until then)")
+    ack.set_defaults(func=cmd_ack_corrupt_journal)
 
     demo = sub.add_parser("demo", help="run the sidecar against the simulators, driven by a synthetic loop")
     demo.add_argument("--events", type=int, default=2000, help="ticks of the synthetic loop")

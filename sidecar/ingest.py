@@ -21,12 +21,23 @@ not a valid event is counted by reason and kept in `rejects`, and the rest
 of its batch is journaled as usual. Sequence numbers are tracked per client:
 a jump is a gap (events lost in between), and the client's closing message
 announces its last number so a lost tail counts too.
+
+A journal that cannot be written (disk full, read-only, I/O error: see
+`journal_health`) never stops ingest and never loses an event. The batch
+that failed is held (one batch, so memory stays bounded) and retried every
+RETRY_SECONDS; until it commits nothing new is read. The rings' read
+positions stay where the journal has them, so producers keep emitting into
+their rings until those fill (then `queue_full`); the ZeroMQ socket is not
+read, so its RCVHWM pushes back on the senders. Blobs spooled for the failed
+batch are removed at once, and each client's sequence state is restored
+from the journal, so the retry is not taken for a replay.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import sqlite3
 import threading
@@ -43,6 +54,7 @@ from client.ring import ring_dir
 from .config import IngestConfig
 from .connectors.base import Connector, Reject
 from .journal import BLOB_PATH_SEPARATOR, EventRow, Journal
+from .journal_health import FULL, JournalUnavailable, classify, headroom
 from .rejects import Sampler, Throttle
 from .metrics import Metrics
 from .rings import Rings
@@ -54,7 +66,7 @@ SPIN_SECONDS = 0.25        # ...for this long after the last one
 SLEEP_MS = 50              # then sleep on the doorbell, at most this long
 DOORBELL_SECONDS = 0.5     # while busy, stale doorbells are emptied this often
 STOP_DRAIN_SECONDS = 2.0
-WRITE_ATTEMPTS = 30  # a journal that cannot be written for this many seconds stops the sidecar
+RETRY_SECONDS = 1.0  # a batch the journal refused (disk full...) is tried again this often
 # ZeroMQ's receive queue, in messages. Bounded, so a flood cannot grow the
 # sidecar's memory; when it fills, libzmq stops reading the connection and
 # the producers' own queues (and then the kernel's socket buffers) hold the
@@ -130,6 +142,14 @@ class Ingest:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        # A batch the journal refused, kept for the retry; how many of it came over ZeroMQ.
+        self._held: list[list[bytes]] | None = None
+        self._held_zmq = 0
+        self._retry_at = 0.0
+        self._sequences_stale = False
+        self._spool_error: OSError | None = None
+        self._headroom = headroom(journal.path.parent)
+        self._page_size = journal.conn.execute("PRAGMA page_size").fetchone()[0]
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -235,8 +255,13 @@ class Ingest:
             # waiting for more (a busy client would keep us here forever).
             # What stays in the rings is read at the next start.
             deadline = time.monotonic() + STOP_DRAIN_SECONDS
+            self._retry_at = 0.0  # one more try of a held batch, now
             while time.monotonic() < deadline and self._cycle(sock, rings_too=False):
                 pass
+            if self._held is not None:
+                log.error("stopping with the journal unwritable: %d event(s) stay in the producers' rings for "
+                          "the next start, %d received over ZeroMQ are lost",
+                          len(self._held) - self._held_zmq, self._held_zmq)
         except BaseException as exc:  # surfaced by the app, which exits non-zero
             self.error = exc
             log.exception("ingest stopped on an unexpected error")
@@ -248,6 +273,13 @@ class Ingest:
     def _cycle(self, sock: zmq.Socket, *, rings_too: bool = True) -> int:
         """Read one batch from the socket and the rings, journal it, then
         acknowledge the rings; returns how many messages it took."""
+        if self._held is not None:
+            if time.monotonic() < self._retry_at:
+                return 0
+            if self._sequences_stale and not self._restore_sequences():
+                self._retry_at = time.monotonic() + RETRY_SECONDS
+                return 0
+            return self._commit(self._held, self._held_zmq)
         limit = self.cfg.batch_max
         rings = self.rings if rings_too else None
         # Each source is sure of half a batch, so a flood into the socket
@@ -259,10 +291,35 @@ class Ingest:
             messages += rings.read(limit - len(messages))
         if not messages:
             return 0
-        self.process(messages)
-        if rings is not None:
-            rings.ack()
+        return self._commit(messages, len(messages) - from_rings)
+
+    def _commit(self, messages: list[list[bytes]], from_zmq: int) -> int:
+        """Journal a batch and acknowledge the rings; if the journal refuses it,
+        hold it for a retry (module docstring) and return 0."""
+        try:
+            self.process(messages)
+        except JournalUnavailable:
+            self._held, self._held_zmq = messages, from_zmq
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            self._restore_sequences()
+            return 0
+        self._held, self._held_zmq = None, 0
+        if self.rings is not None:
+            self.rings.ack()
         return len(messages)
+
+    def _restore_sequences(self) -> bool:
+        """Each client's sequence as the journal has it: the failed batch advanced
+        them in memory, and its retry must not count its own events as replays.
+        False if the journal cannot be read either; the retry waits until it can."""
+        try:
+            states = self.journal.client_states()
+        except sqlite3.Error:
+            self._sequences_stale = True
+            return False
+        self.clients = {cid: _ClientSeq(st.last_seq, st.gaps) for cid, st in states.items()}
+        self._sequences_stale = False
+        return True
 
     def _drain(self, sock: zmq.Socket, limit: int) -> list[list[bytes]]:
         """Read what is waiting, up to `limit` messages, without blocking."""
@@ -365,19 +422,62 @@ class Ingest:
         raise Reject("unknown_target", f"no {env.kind} lane is configured for ref {env.ref!r}")
 
     def _write(self, batch: "_Batch") -> None:
-        """Commit the batch; retry a failing disk for a while before giving up."""
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            try:
-                clients = {cid: (c.last_seq, c.gaps, c.closed, c.stats) for cid, c in batch.touched.items()}
-                unsampled = {reason: t.unsampled for reason, t in batch.tallies.items() if t.unsampled}
-                self.journal.write_batch(batch.rows, batch.rejects, clients, unsampled)
-                return
-            except sqlite3.Error as exc:
-                if attempt == WRITE_ATTEMPTS:
-                    self.journal.spool.remove(batch.spooled)
-                    raise
-                log.error("journal write failed (%s); retrying in 1 s (%d of %d)", exc, attempt, WRITE_ATTEMPTS)
-                time.sleep(1.0)
+        """Commit the batch, or raise JournalUnavailable (disk full, read-only...)
+        having removed the blobs spooled for it. Other errors are bugs: raised."""
+        spool_error, self._spool_error = self._spool_error, None
+        try:
+            if spool_error is not None:
+                raise spool_error
+            self._check_space(batch)
+            clients = {cid: (c.last_seq, c.gaps, c.closed, c.stats) for cid, c in batch.touched.items()}
+            unsampled = {reason: t.unsampled for reason, t in batch.tallies.items() if t.unsampled}
+            self.journal.write_batch(batch.rows, batch.rejects, clients, unsampled)
+        except (sqlite3.Error, OSError) as exc:
+            self.journal.spool.remove(batch.spooled)
+            state = classify(exc, self.journal.path.parent)
+            if state is None:
+                raise
+            if self.journal.health is not None and isinstance(exc, OSError):
+                self.journal.health.failed(self.journal.role, exc)  # SQLite's own failures report themselves
+            raise JournalUnavailable(state, str(exc)) from None
+
+    def _check_space(self, batch: "_Batch") -> None:
+        """Refuse a batch that would eat the headroom the lanes need (journal_health.headroom).
+
+        In WAL mode even a DELETE needs room (its WAL frames, the checkpoint that
+        follows): were ingest to fill the disk to the last byte, delivery could
+        not free anything. So ingest stops at the headroom, and goes on when the
+        disk has room again or the lanes' deletes have left free pages inside
+        the journal file for the batch. One statvfs a batch; the freelist is
+        read only when the disk is that low."""
+        # Each row is written twice (WAL, then the checkpoint into the file) with its two index entries;
+        # what the WAL already holds may still grow the file when it is checkpointed.
+        need = 2 * sum(len(row.frame) + 64 for row in batch.rows) + 65536
+        if self._room() - need >= self._headroom:
+            return
+        # Low: fold the WAL into the file and truncate it, so that `free` is exact.
+        try:
+            self.journal.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass
+        free = self._room()
+        if free - need >= self._headroom:
+            return
+        free_pages = self.journal.conn.execute("PRAGMA freelist_count").fetchall()[0][0] * self._page_size
+        if free - self._headroom + free_pages >= need:
+            return
+        error = JournalUnavailable(FULL, f"{free / 1e6:.1f} MB free, {self._headroom / 1e6:.1f} MB kept for delivery")
+        if self.journal.health is not None:
+            self.journal.health.failed(self.journal.role, error)
+        raise error
+
+    def _room(self) -> int:
+        """Free bytes on the journal's filesystem, less what its WAL may still add to the file."""
+        try:
+            wal = os.path.getsize(f"{self.journal.path}-wal")
+        except OSError:
+            wal = 0
+        return shutil.disk_usage(self.journal.path.parent).free - wal
 
     def _parse(self, frames: list[bytes]) -> tuple[wire.Envelope, list[bytes]]:
         if not frames or len(frames) > 1 + wire.MAX_BLOBS:
@@ -430,8 +530,17 @@ class Ingest:
             del self.clients[env.client_id]  # persisted; no need to keep it in memory
 
     def _spool(self, blob: bytes) -> str:
-        """Write a blob beside the journal; the event row refers to the file."""
-        return self.journal.spool.put(blob)
+        """Write a blob beside the journal; the event row refers to the file.
+
+        A full or read-only disk is the journal's fault, not the event's: it
+        is remembered and `_write` refuses the whole batch, to be retried."""
+        try:
+            return self.journal.spool.put(blob)
+        except OSError as exc:
+            if classify(exc) is None:
+                raise
+            self._spool_error = self._spool_error or exc
+            return ""
 
 
 def _clean_stats(payload: object) -> dict[str, object]:

@@ -23,12 +23,15 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 from client import wire
 
 from .secrets import redact
 from .spool import Spool
+
+if TYPE_CHECKING:
+    from .journal_health import JournalHealth
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -200,6 +203,23 @@ class JournalError(RuntimeError):
     pass
 
 
+class JournalCorrupt(JournalError):
+    """The journal file failed SQLite's own check (or is not a database at all).
+
+    `journal_repair` sets it aside and starts afresh; `detail` is SQLite's word."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"journal {path} is corrupt: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB (and their extended codes): the file, not the disk."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
 def read_ref(journal: str | os.PathLike[str], lane: str, key: str) -> str | None:
     """What a delivered event created (a page id, image URLs...), read from any
     thread or process with a short-lived read-only connection.
@@ -226,15 +246,20 @@ class Journal:
         self.conn = conn
         self.path = path
         self.spool = Spool(path.parent)  # blob files beside journal.db; rows name them
+        # Told of every transaction's outcome (journal_health.py), as this `role`.
+        self.health: JournalHealth | None = None
+        self.role = "journal"
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, synchronous: str = "FULL",
-             checkpoints: bool = True) -> "Journal":
+             checkpoints: bool = True, check: bool = False) -> "Journal":
         """Open (creating if needed) `directory/journal.db`. Raises JournalError
         with an operator-readable message if the directory is unusable.
 
         `checkpoints=False` leaves WAL checkpoints to another connection's
         `checkpoint()`: ingest's commits then never pay for copying the WAL.
+        `check=True` runs `PRAGMA quick_check` first (a read of every page,
+        about a second per GB) and raises JournalCorrupt if it fails.
         """
         d = Path(directory)
         try:
@@ -252,15 +277,26 @@ class Journal:
             raise JournalError(f"[journal] synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         path = d / "journal.db"
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        # 64 MiB of page cache: a backlog's index pages stay in memory, so
-        # group commits do not re-read them.
-        conn.execute("PRAGMA cache_size=-65536")
-        if not checkpoints:
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.executescript(SCHEMA)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            if check:
+                verdict = [line for (text,) in conn.execute("PRAGMA quick_check(10)") for line in text.splitlines()
+                           if not line.startswith("***")]
+                if verdict != ["ok"]:
+                    raise JournalCorrupt(path, "quick_check: " + "; ".join(verdict[:3]))
+            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            # 64 MiB of page cache: a backlog's index pages stay in memory, so
+            # group commits do not re-read them.
+            conn.execute("PRAGMA cache_size=-65536")
+            if not checkpoints:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.executescript(SCHEMA)
+        except (sqlite3.DatabaseError, JournalCorrupt) as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):
+                raise JournalCorrupt(path, str(exc)) from None
+            raise
         return cls(conn, path)
 
     def checkpoint(self) -> None:
@@ -437,18 +473,49 @@ class Journal:
         return paths
 
     def _transaction(self) -> "_Tx":
-        return _Tx(self.conn)
+        return _Tx(self.conn, self)
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; the outcome goes to the journal's health.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    A full disk can fail the COMMIT itself, and SQLite may already have
+    rolled back (SQLITE_FULL does): the ROLLBACK is then skipped, so the
+    caller sees the disk's error, not "no transaction is active"."""
+
+    def __init__(self, conn: sqlite3.Connection, journal: Journal) -> None:
         self.conn = conn
+        self.journal = journal
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._report(exc)
+            raise
         return self.conn
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as failed:
+                self._rollback()
+                self._report(failed)
+                raise
+            if self.journal.health is not None:
+                self.journal.health.ok(self.journal.role)
+            return
+        self._rollback()
+        self._report(exc)
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection rolls back on its next BEGIN or close
+
+    def _report(self, exc: BaseException) -> None:
+        if self.journal.health is not None:
+            self.journal.health.failed(self.journal.role, exc)

@@ -28,6 +28,7 @@ from .config import BreakerConfig, RetryConfig
 from .connectors.base import Connector, Moved, Send, Skip, Wait
 from .errors import DeliveryError, Permanent, RateLimited, Retryable
 from .journal import Event, Journal
+from .journal_health import classify
 from .limiter import Limiter
 from .metrics import Metrics
 
@@ -127,11 +128,17 @@ class Lane:
                 await self._step()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # A journal error (disk full, locked too long) or a bug in a
-                # connector's plan: log it, keep the worker, try again shortly.
-                self.errors += 1
+            except Exception as exc:
                 self.breaker.release()
+                if classify(exc) is not None:
+                    # The journal refused a write (disk full, read-only...): the
+                    # journal's health logged it once and status shows it. The
+                    # events stay as they were (a call that went out stays
+                    # `unsure`, so it is checked before it is resent).
+                    await self._sleep(WORKER_ERROR_PAUSE)
+                    continue
+                # A bug in a connector's plan: log it, keep the worker, try again shortly.
+                self.errors += 1
                 log.exception("lane %s: unexpected error; retrying in %.0f s", self.name, WORKER_ERROR_PAUSE)
                 await self._sleep(WORKER_ERROR_PAUSE)
 

@@ -13,10 +13,12 @@ from collections import OrderedDict
 from typing import Any, Iterator
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+# What the journal's writers last met (journal_health.py); "ok" when writes commit.
+JOURNAL_STATES = ("ok", "disk full", "read-only", "I/O error", "locked")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -72,6 +74,12 @@ class Metrics:
         self.ring_doorbells = Counter("sidecar_ring_doorbells", "Wake-ups rung by producers while ingest slept",
                                       registry=r)
         self.journal_bytes = Gauge("sidecar_journal_size_bytes", "Journal files on disk", registry=r)
+        self.journal_state = Enum("sidecar_journal_state", "Whether the journal takes writes",
+                                  states=list(JOURNAL_STATES), registry=r)
+        self.journal_corrupt = Counter("sidecar_journal_corrupt", "Corrupt journals found at start and set aside",
+                                       registry=r)
+        self.journal_recovered = Counter("sidecar_journal_recovered_events",
+                                         "Events recovered from a corrupt journal into the fresh one", registry=r)
         self.clients = ClientReports()
         r.register(self.clients)
         r.register(ProcessCollector())

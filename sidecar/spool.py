@@ -33,10 +33,14 @@ class Spool:
     def put(self, blob: bytes) -> str:
         """Write a blob durably; returns the path the event row refers to."""
         path = os.path.join(self.dir, f"{hashlib.sha256(blob).hexdigest()}.{time.time_ns()}")
-        with open(path, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(path, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            self.remove([path])  # a full disk must not leave half a file behind
+            raise
         return path
 
     @staticmethod

@@ -1,0 +1,141 @@
+"""Whether the journal takes writes: one state for status, check, /health and metrics.
+
+    health = JournalHealth(journal_dir, metrics)
+    journal.health, journal.role = health, "ingest"   # every transaction reports here
+    health.state          # "ok", "disk full", "read-only", "I/O error" or "locked"
+    health.problem()      # one line for `sidecar check`, or None
+
+Each writer (ingest, delivery, checkpoint) reports its last transaction: a
+failure SQLite names as SQLITE_FULL, SQLITE_READONLY, SQLITE_IOERR or
+SQLITE_BUSY/LOCKED sets that writer's state, its next commit clears it. The
+journal's state is the first writer's that is not ok. Each change of it is
+logged once (not each failed write), so a full disk costs two log lines:
+one when it fills, one when space returns.
+
+What the others do meanwhile: ingest keeps the batch it could not commit
+(ring read positions are not advanced, the ZeroMQ socket is not read), and
+retries it every second; lanes keep delivering, and their deletes free pages
+that the next commit reuses (see `Ingest` and the README's "When things go
+wrong").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+
+from .metrics import Metrics
+
+log = logging.getLogger("sidecar.journal")
+
+OK = "ok"
+FULL, READ_ONLY, IO_ERROR, LOCKED = "disk full", "read-only", "I/O error", "locked"
+_BY_CODE = {"SQLITE_FULL": FULL, "SQLITE_READONLY": READ_ONLY, "SQLITE_IOERR": IO_ERROR,
+            "SQLITE_BUSY": LOCKED, "SQLITE_LOCKED": LOCKED, "SQLITE_CANTOPEN": IO_ERROR}
+# What each state means for events, said once in the log line and in `check`.
+_CONSEQUENCE = {
+    FULL: "new events wait in the producers' rings (ZeroMQ senders are not read); lanes keep delivering; "
+          "free space and it resumes by itself",
+    READ_ONLY: "new events wait in the producers' rings (ZeroMQ senders are not read); "
+               "remount it read-write (or fix the file's owner) and it resumes by itself",
+    IO_ERROR: "new events wait in the producers' rings; check the disk (dmesg); it retries every second",
+    LOCKED: "another process holds the journal's write lock; it retries every second",
+}
+
+
+def headroom(directory: str | os.PathLike[str]) -> int:
+    """Free bytes ingest leaves on the journal's filesystem for delivery's own
+    writes: a sixteenth of it, between 192 KiB and 64 MiB."""
+    return min(64 << 20, max(192 << 10, shutil.disk_usage(directory).total // 16))
+
+
+class JournalUnavailable(Exception):
+    """A journal write failed for a reason outside the sidecar (`state`): retry later."""
+
+    def __init__(self, state: str, detail: str) -> None:
+        super().__init__(f"journal {state}: {detail}")
+        self.state = state
+
+
+def classify(exc: BaseException, directory: str | os.PathLike[str] | None = None) -> str | None:
+    """The journal state an exception means, or None if it is not such a fault.
+
+    SQLite reports a write refused by a read-only filesystem as SQLITE_IOERR
+    (EROFS) or SQLITE_READONLY; the filesystem's own flag tells them apart."""
+    if isinstance(exc, JournalUnavailable):
+        return exc.state
+    if isinstance(exc, OSError) and exc.errno is not None:
+        state = {28: FULL, 30: READ_ONLY, 5: IO_ERROR, 122: FULL}.get(exc.errno)  # ENOSPC EROFS EIO EDQUOT
+    elif isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", "") or ""  # e.g. SQLITE_IOERR_WRITE: its primary code
+        state = _BY_CODE.get("_".join(name.split("_")[:2]))
+    else:
+        state = None
+    if state in (IO_ERROR, READ_ONLY) and directory is not None and _read_only_fs(directory):
+        return READ_ONLY
+    return state
+
+
+def _read_only_fs(directory: str | os.PathLike[str]) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+class JournalHealth:
+    """The journal's state, reported by every writer, thread-safe."""
+
+    def __init__(self, directory: str | os.PathLike[str], metrics: Metrics) -> None:
+        self.directory = Path(directory)
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._failing: dict[str, tuple[str, str]] = {}  # writer -> (state, SQLite's message)
+        self.state = OK
+        self.detail = ""
+        metrics.journal_state.state(OK)
+
+    def ok(self, writer: str) -> None:
+        if not self._failing:  # the common case, one dict test a transaction
+            return
+        with self._lock:
+            if self._failing.pop(writer, None) is not None:
+                self._update()
+
+    def failed(self, writer: str, exc: BaseException) -> str | None:
+        """Record a failed write; returns its state, or None if it is not a journal fault."""
+        state = classify(exc, self.directory)
+        if state is not None:
+            with self._lock:
+                self._failing[writer] = (state, str(exc))
+                self._update()
+        return state
+
+    def problem(self) -> str | None:
+        """One line for `check` and /health, or None while writes commit."""
+        if self.state == OK:
+            return None
+        return f"journal {self.state} ({self.detail}; {self._free()}): {_CONSEQUENCE[self.state]}"
+
+    def _update(self) -> None:
+        state, detail = next(iter(self._failing.values()), (OK, ""))
+        if state == self.state:
+            self.detail = detail or self.detail
+            return
+        self.state, self.detail = state, detail
+        self.metrics.journal_state.state(state)
+        if state == OK:
+            log.warning("journal writable again (%s): ingest and delivery go on", self._free())
+        else:
+            log.error("%s", self.problem())
+
+    def _free(self) -> str:
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError:
+            return "free space unknown"
+        return f"{free / 1e6:.1f} MB free in {self.directory}"
