@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import (PROPERTIES, SidecarProcess, bench_args, histogram, tempdir,  # noqa: E402
                            update_body, write_json)
 from client import Client  # noqa: E402
-from sidecar.simulators.notion import NotionSimulator, property_value  # noqa: E402
+from standins.notion import NotionSimulator, property_value  # noqa: E402
 
 SIM_BURST = 3
 HOT_PAGES = 4

@@ -116,7 +116,7 @@ class NotionProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "NotionProcess":
-        cmd = [sys.executable, "-m", "sidecar.simulators.notion", "--rate", str(self.rate),
+        cmd = [sys.executable, "-m", "standins.notion", "--rate", str(self.rate),
                "--burst", str(self.burst)]
         if self.cpus is not None:
             cmd = ["taskset", "-c", ",".join(map(str, self.cpus)), *cmd]

@@ -17,8 +17,8 @@ from sidecar.config import NaverConfig
 from sidecar.connectors.base import Reject, Send, Skip
 from sidecar.connectors.naver import NaverConnector, client_secret_sign, image_urls
 from sidecar.journal import Event
-from sidecar.simulators.base import Fault
-from sidecar.simulators.naver import IMAGE_UPLOAD_PATH, MULTI_UPDATE_PATH, NaverSimulator
+from standins.base import Fault
+from standins.naver import IMAGE_UPLOAD_PATH, MULTI_UPDATE_PATH, NaverSimulator
 
 from .support import FakePlanContext, SidecarProcess, drained, journaled, sidecar_config, wait_until
 

@@ -15,8 +15,8 @@ import pytest
 import zmq
 
 from client import Client
-from sidecar.simulators.base import Fault
-from sidecar.simulators.notion import NotionSimulator
+from standins.base import Fault
+from standins.notion import NotionSimulator
 
 from .support import ROOT, SidecarProcess, free_port, sidecar_config, wait_until
 

@@ -24,9 +24,9 @@ from sidecar.connectors.s3 import S3Connector, build
 from sidecar.errors import Permanent, RateLimited, Retryable
 from sidecar.journal import Event
 from sidecar.spool import Spool
-from sidecar.simulators.s3proxy import S3FaultProxy
+from standins.s3proxy import S3FaultProxy
 
-from sidecar.simulators.moto_s3 import MotoS3, moto_s3
+from standins.moto_s3 import MotoS3, moto_s3
 from .support import SidecarProcess, journaled, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)

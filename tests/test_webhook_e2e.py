@@ -12,8 +12,8 @@ from sidecar.config import WebhookConfig, from_dict
 from sidecar.connectors.base import Reject, Send, Skip
 from sidecar.connectors.webhook import WebhookConnector, build
 from sidecar.journal import Event
-from sidecar.simulators.base import Fault
-from sidecar.simulators.webhook import WebhookReceiver
+from standins.base import Fault
+from standins.webhook import WebhookReceiver
 
 from .support import FakePlanContext, SidecarProcess, drained, journaled, sidecar_config, wait_until
 

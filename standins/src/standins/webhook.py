@@ -28,8 +28,8 @@ from typing import Any, ClassVar
 
 import orjson
 
-from sidecar.simulators.base import Request, Response, SimError, SimServer
-from sidecar.simulators.base import cli_parser, retry_after_seconds, run_until_signal
+from standins.base import Request, Response, SimError, SimServer
+from standins.base import cli_parser, retry_after_seconds, run_until_signal
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,8 @@ from typing import Any, ClassVar
 
 import orjson
 
-from sidecar.simulators.base import Request, Response, SimError, SimServer
-from sidecar.simulators.base import cli_parser, retry_after_seconds, run_until_signal
+from standins.base import Request, Response, SimError, SimServer
+from standins.base import cli_parser, retry_after_seconds, run_until_signal
 
 VERSION_2022 = "2022-06-28"
 VERSION_2025 = "2025-09-03"

@@ -80,8 +80,8 @@ from urllib.parse import parse_qs
 import bcrypt
 import orjson
 
-from sidecar.simulators.base import Request, Response, SimError, SimServer
-from sidecar.simulators.base import cli_parser, retry_after_seconds, run_until_signal
+from standins.base import Request, Response, SimError, SimServer
+from standins.base import cli_parser, retry_after_seconds, run_until_signal
 
 TOKEN_PATH = "/external/v1/oauth2/token"
 MULTI_UPDATE_PATH = "/external/v1/products/origin-products/multi-update"

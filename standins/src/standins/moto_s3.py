@@ -62,7 +62,7 @@ def _client(service: str, endpoint: str, region: str, access_key: str, secret_ke
 def moto_s3(*, bucket: str = "sidecar-test", region: str = "us-east-1") -> Iterator[MotoS3]:
     """Start moto with signature checks on, make the IAM key and the bucket; stop on exit."""
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(NO_AUTH_ACTIONS)}
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar.simulators.moto_s3"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "standins.moto_s3"], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
     try:
