@@ -28,6 +28,7 @@ from . import systemd
 from .breaker import STATE_VALUES
 from .config import Config
 from .connectors import build_lanes
+from .errors import CannotStart, ExitCode
 from .http_api import ApiServer
 from .ingest import Ingest
 from .journal import Journal, read_ref
@@ -123,7 +124,7 @@ class Sidecar:
             self.on_ready()
         watchdog = systemd.watchdog_interval()
         tick = min(HOUSEKEEPING_SECONDS, watchdog) if watchdog else HOUSEKEEPING_SECONDS
-        exit_code = 0
+        exit_code = ExitCode.OK
         try:
             while not self._stop.is_set():
                 try:
@@ -134,7 +135,7 @@ class Sidecar:
                     systemd.notify("WATCHDOG=1")  # from the loop itself: a stalled loop misses it
                 if ingest.error is not None:
                     log.error("ingest failed (%s); exiting so that systemd restarts the sidecar", ingest.error)
-                    exit_code = 1
+                    exit_code = ExitCode.FAILED
                     break
                 self._housekeeping(journal, ingest)
         finally:
@@ -213,5 +214,5 @@ class Sidecar:
         }
 
 
-class SidecarError(RuntimeError):
+class SidecarError(CannotStart):
     pass

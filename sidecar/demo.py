@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from client import Client
 
+from .errors import MissingExtra
+
 if TYPE_CHECKING:  # the stand-ins are imported when the demo runs: they are not part of the product
     from standins.moto_s3 import MotoS3
     from standins.naver import NaverSimulator
@@ -40,6 +42,7 @@ SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
 PRODUCTS = (1001, 1002, 1003)
 TICK_SECONDS = 0.001
 DELIVERY_DEADLINE = 120.0
+FROM_CLONE = "pip install -e ./standins -e '.[demo]'"  # the stand-ins' distribution is not on PyPI
 
 
 def _text(content: str) -> list[dict[str, Any]]:
@@ -125,9 +128,7 @@ def main(events: int = 2000) -> int:
         from standins.notion import NotionSimulator
         from standins.webhook import WebhookReceiver
     except ModuleNotFoundError as exc:
-        print(f"sidecar demo needs the stand-ins ({exc.name} is not installed): "
-              "pip install -e ./standins -e '.[demo]' from a clone", file=sys.stderr)
-        return 2
+        raise MissingExtra("demo", "demo", exc.name, clone=FROM_CLONE) from None
     with tempfile.TemporaryDirectory(prefix="sidecar-demo-") as tmp, \
             NotionSimulator(rate_per_second=3, burst=3) as notion, \
             NaverSimulator(rate_per_second=2, burst=2) as naver, \

@@ -42,6 +42,7 @@ from client.ring import ring_dir
 
 from .config import IngestConfig
 from .connectors.base import Connector, Reject
+from .errors import CannotStart
 from .journal import BLOB_PATH_SEPARATOR, EventRow, Journal
 from .rejects import Sampler, Throttle
 from .metrics import Metrics
@@ -63,7 +64,7 @@ WRITE_ATTEMPTS = 30  # a journal that cannot be written for this many seconds st
 RCVHWM = 10_000
 
 
-class IngestError(RuntimeError):
+class IngestError(CannotStart):
     pass
 
 

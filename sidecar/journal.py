@@ -27,6 +27,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 from client import wire
 
+from .errors import CannotStart
 from .secrets import redact
 from .spool import Spool
 
@@ -196,7 +197,7 @@ class ClientState:
     gaps: int
 
 
-class JournalError(RuntimeError):
+class JournalError(CannotStart):
     pass
 
 
