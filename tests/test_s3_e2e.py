@@ -210,9 +210,8 @@ def drained(sc: SidecarProcess, client: Client) -> bool:
 
 
 def metric(sc: SidecarProcess, name: str, **labels: str) -> float:
-    """One sample from the running sidecar's /metrics (its port is in the ready line)."""
-    address = re.findall(r"metrics (127\.0\.0\.1:\d+)", sc.log_text())[-1]
-    for family in text_string_to_metric_families(httpx.get(f"http://{address}/metrics").text):
+    """One sample from the running sidecar's /metrics."""
+    for family in text_string_to_metric_families(sc.get("/metrics")[1].decode()):
         for sample in family.samples:
             if sample.name == name and sample.labels == labels:
                 return sample.value
