@@ -5,8 +5,8 @@
         body, content_type, metadata = s3.read("k")  # a GET signed with the real key
         s3.client(secret_key="wrong").put_object(...)   # -> 403 SignatureDoesNotMatch
 
-moto (with boto3, which it brings) is a test and demo dependency: install
-the `[test]` or `[demo]` extra. The child (`python -m sidecar.simulators.moto_s3`) runs moto.server.ThreadedMotoServer on
+moto (with boto3) is a dependency of the stand-ins' own distribution,
+never of the product's. The child (`python -m standins.moto_s3`) runs moto.server.ThreadedMotoServer on
 a free port of 127.0.0.1 and prints it. It starts with
 INITIAL_NO_AUTH_ACTION_COUNT=3: moto lets exactly three actions through
 unchecked, which make the IAM user, its s3:* policy and its access key;
