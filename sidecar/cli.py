@@ -256,7 +256,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sidecar", description=__doc__, epilog=EXIT_CODES,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", help="TOML settings file (default: $SIDECAR_CONFIG, else built-in defaults)")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -53,7 +53,7 @@ class MissingExtra(StartupError):
 
     def __init__(self, command: str, extra: str, missing: str | None, *, clone: str = "") -> None:
         hint = f"pip install 'trading-sidecar[{extra}]'" + (f" (from a clone: {clone})" if clone else "")
-        super().__init__(f"sidecar {command} needs the [{extra}] extra ({(missing or 'a package').partition('.')[0]} is not installed): "
+        super().__init__(f"{command} needs the [{extra}] extra ({(missing or 'a package').partition('.')[0]} is not installed): "
                          + hint)
         self.extra = extra
 

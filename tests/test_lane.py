@@ -58,8 +58,8 @@ class FlakyConnector:
 
 def test_a_worker_survives_a_bug_and_delivers_afterwards(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path, synchronous="NORMAL")
-    rows = [("flaky", "webhook.post", "t", None, None, "c", n, 1, 1,
-             wire.encode("c", n, "webhook.post", None, None, 1, {"n": n}), None) for n in (1, 2, 3)]
+    rows = [EventRow("flaky", "webhook.post", "t", None, None, "c", n, 1, 1,
+                     wire.encode("c", n, "webhook.post", None, None, 1, {"n": n}), None) for n in (1, 2, 3)]
     journal.write_batch(rows)
     connector = FlakyConnector()
     lane = Lane(connector, journal, Limiter("flaky", Rule(rate=1000, burst=10), MemoryStore()),
