@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import SidecarProcess, parse_args, tempdir, write_json  # noqa: E402
+from bench.harness import bench_sidecar, parse_args, tempdir, write_json  # noqa: E402
 from client import Client  # noqa: E402
 
 SIZES = (64 * 1024, 1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024)
@@ -32,7 +32,7 @@ def run(smoke: bool) -> dict[str, Any]:
     count = 5 if smoke else 40
     sizes = SIZES[:2] if smoke else SIZES
     out: dict[str, Any] = {}
-    with tempdir() as d, SidecarProcess(d, synchronous="NORMAL") as sc:
+    with tempdir() as d, bench_sidecar(d, synchronous="NORMAL") as sc:
         for transport in ("ring", "zmq"):
             with Client(sc.endpoint, strict=True, transport=transport) as c:
                 for size in sizes:

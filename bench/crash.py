@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import SidecarProcess, bench_args, tempdir, write_json
+from bench.harness import SidecarProcess, bench_args, bench_sidecar, tempdir, write_json
 
 TRANSPORTS = ("ring", "zmq")
 # Full mode, then --smoke.
@@ -102,14 +102,14 @@ def kill(sidecar: SidecarProcess, logs: list[Path]) -> None:
     assert sidecar.proc is not None
     sidecar.proc.kill()
     sidecar.proc.wait(10)
-    kept = sidecar.dir / f"sidecar.{len(logs)}.log"
-    shutil.copy(sidecar.log, kept)
+    kept = sidecar.workdir / f"sidecar.{len(logs)}.log"
+    shutil.copy(sidecar.log_path, kept)
     logs.append(kept)
 
 
 def count(sidecar: SidecarProcess, client_id: str, n: int) -> dict[str, Any]:
     """Sequence numbers 1..n of one client in the journal: once, missing, more than once."""
-    conn = sqlite3.connect(f"file:{sidecar.dir}/journal/journal.db?mode=ro", uri=True, timeout=10)
+    conn = sqlite3.connect(f"file:{sidecar.workdir}/journal/journal.db?mode=ro", uri=True, timeout=10)
     try:
         seen: dict[int, int] = {}
         for table in ("events", "dead_letters"):
@@ -135,7 +135,7 @@ def settle(sidecar: SidecarProcess, client_ids: list[str], expected: int, quiet:
     last, since = -1, t0
     marks = ",".join("?" * len(client_ids))
     while time.monotonic() - t0 < DRAIN_TIMEOUT:
-        conn = sqlite3.connect(f"file:{sidecar.dir}/journal/journal.db?mode=ro", uri=True, timeout=10)
+        conn = sqlite3.connect(f"file:{sidecar.workdir}/journal/journal.db?mode=ro", uri=True, timeout=10)
         try:
             rows = sum(conn.execute(f"SELECT COUNT(*) FROM {t} WHERE client_id IN ({marks})", client_ids).fetchone()[0]
                        for t in ("events", "dead_letters"))
@@ -165,7 +165,7 @@ def kill_scenario(transport: str, smoke: bool, rate: int, seconds: float, kills_
     m = int(smoke)
     share = [int(rate * seconds) // producers] * producers
     logs: list[Path] = []
-    with tempdir() as d, SidecarProcess(d) as sidecar:
+    with tempdir() as d, bench_sidecar(d) as sidecar:
         started = [start_producer(sidecar, transport, n, rate / producers, LINGER[m], f"kill-{transport}-{i}")
                    for i, n in enumerate(share)]
         time.sleep(0.3)  # the producers have made their rings or sockets
@@ -185,7 +185,7 @@ def kill_scenario(transport: str, smoke: bool, rate: int, seconds: float, kills_
             proc.join(30)
         drain = settle(sidecar, [r["client_id"] for r in reports], sum(r["sent"] for r in reports), SETTLE[m])
         per_client = [{**r, **count(sidecar, r["client_id"], r["sent"])} for r in reports]
-        shutil.copy(sidecar.log, d / "sidecar.final.log")
+        shutil.copy(sidecar.log_path, d / "sidecar.final.log")
         logs.append(d / "sidecar.final.log")
         problems = ring_problems(logs)
     total: dict[str, Any] = {k: sum(c[k] for c in per_client)
@@ -205,7 +205,7 @@ def down_scenario(smoke: bool) -> dict[str, dict[str, Any]]:
     events, outage = EVENTS[m], OUTAGE[m]
     logs: list[Path] = []
     results = {}
-    with tempdir() as d, SidecarProcess(d) as sidecar:
+    with tempdir() as d, bench_sidecar(d) as sidecar:
         kill(sidecar, logs)
         t_down = time.monotonic()
         for transport in TRANSPORTS:
@@ -222,7 +222,7 @@ def down_scenario(smoke: bool) -> dict[str, dict[str, Any]]:
         for transport, r in results.items():
             r.update(count(sidecar, r["client_id"], r["sent"]), transport=transport, outage_s=outage_s,
                      drain_s=drain, linger=LINGER[m])
-        shutil.copy(sidecar.log, d / "sidecar.final.log")
+        shutil.copy(sidecar.log_path, d / "sidecar.final.log")
         logs.append(d / "sidecar.final.log")
         problems = ring_problems(logs)
     for r in results.values():

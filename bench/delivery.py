@@ -44,10 +44,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (PROPERTIES, RedisProcess, SidecarProcess, bench_args, histogram,  # noqa: E402
-                           tempdir, update_body, write_json)
+from bench.harness import (PROPERTIES, RedisProcess, SidecarProcess, bench_args, bench_sidecar, histogram, tempdir,  # noqa: E402
+                           update_body, write_json)
 from client import Client  # noqa: E402
-from sidecar.simulators.notion import NotionSimulator, property_value  # noqa: E402
+from standins.notion import NotionSimulator, property_value  # noqa: E402
 
 SIM_BURST = 3
 HOT_PAGES = 4
@@ -135,7 +135,7 @@ def quota(sim: NotionSimulator, sidecar: SidecarProcess, client: Client, db: str
     log = sim.requests[before:]
     inside = [r for r in log if start <= r.time < start + window]
     accepted = sum(1 for r in inside if 200 <= r.status < 300)
-    wait_for(lambda: sidecar.journal_rows() == 0, creates / rate + 30, "the rest of the creates")
+    wait_for(lambda: sidecar.journal_count() == 0, creates / rate + 30, "the rest of the creates")
     return {"calls_per_s": accepted / window, "utilisation": accepted / window / rate, "creates": creates,
             "in_window": len(inside), "rate_limited_in_window": sum(1 for r in inside if r.status == 429)}
 
@@ -155,7 +155,7 @@ def hot_keys(sim: NotionSimulator, sidecar: SidecarProcess, client: Client, page
         client.emit("notion.page.update", body)
         last[page] = body["properties"]["Price"]["number"]
     emitted = time.monotonic() - t0
-    wait_for(lambda: sidecar.journal_rows() == 0, 120, "the hot-key events to be delivered")
+    wait_for(lambda: sidecar.journal_count() == 0, 120, "the hot-key events to be delivered")
     drained = time.monotonic() - t0
     calls = [r for r in sim.requests[before:] if r.method == "PATCH"]
     correct = all(property_value(sim.page(p), "Price") == price for p, price in last.items())
@@ -173,7 +173,7 @@ def shared_quota(rate: float, sidecars: int, per_sidecar: int, redis_url: str | 
             procs = []
             for _ in range(sidecars):
                 d = stack.enter_context(tempdir())
-                procs.append(stack.enter_context(SidecarProcess(d, notion_url=sim.url + "/v1", token=sim.token,
+                procs.append(stack.enter_context(bench_sidecar(d, notion_url=sim.url + "/v1", token=sim.token,
                                                                 rate=rate, burst=1.0, redis_url=redis_url)))
             t0 = time.monotonic()
             for i, sc in enumerate(procs):
@@ -233,7 +233,7 @@ def main() -> int:
         db = sim.create_database(title="Bench", properties=PROPERTIES)
         pages = create_pages(sim, db, ["idle"] + [f"hot-{i}" for i in range(HOT_PAGES)])
         sim.reset_faults_and_log()  # count from here, with full buckets
-        with tempdir() as d, SidecarProcess(d, notion_url=sim.url + "/v1", token=sim.token, rate=rate,
+        with tempdir() as d, bench_sidecar(d, notion_url=sim.url + "/v1", token=sim.token, rate=rate,
                                             burst=1.0) as sidecar:
             client = Client(sidecar.endpoint)
             idle = idle_latency(sim, client, pages[0], plan.idle, rate)

@@ -27,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, SidecarProcess, parse_args, tempdir, write_json  # noqa: E402
+from bench.harness import ROOT, bench_sidecar, parse_args, tempdir, write_json  # noqa: E402
 
 FLOODER = """
 import sys, zmq
@@ -53,7 +53,7 @@ def main() -> int:
     args = parse_args(__doc__)
     frames = 20_000 if args.smoke else 1_000_000
     good = 2_000 if args.smoke else 20_000
-    with tempdir() as d, SidecarProcess(d, synchronous="NORMAL") as sc:
+    with tempdir() as d, bench_sidecar(d, synchronous="NORMAL") as sc:
         from client import Client
 
         proc = psutil.Process(sc.pid)

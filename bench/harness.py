@@ -2,7 +2,7 @@
 CPU placement, HdrHistogram tables and percentile plots.
 
     with tempdir() as d, NotionProcess(rate=0) as sim, \\
-            SidecarProcess(d, notion_url=sim.api_url, token=sim.token, cpus=[1]) as sidecar:
+            bench_sidecar(d, notion_url=sim.api_url, token=sim.token, cpus=[1]) as sidecar:
         Client(sidecar.endpoint).emit("notion.page.update", {...}, ref="k")
         sidecar.scrape()["sidecar_events_journaled_total"]
 
@@ -33,6 +33,9 @@ from typing import Any, Iterator, Sequence
 import psutil
 from hdrh.histogram import HdrHistogram
 
+from standins.process import SidecarProcess, free_port
+
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
@@ -60,12 +63,6 @@ def tempdir() -> Iterator[Path]:
     """A short temporary directory: ipc:// paths must stay under ~107 bytes."""
     with tempfile.TemporaryDirectory(prefix="scb-") as d:
         yield Path(d)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def set_affinity(pid: int, cpus: Sequence[int] | None) -> None:
@@ -116,7 +113,7 @@ class NotionProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "NotionProcess":
-        cmd = [sys.executable, "-m", "sidecar.simulators.notion", "--rate", str(self.rate),
+        cmd = [sys.executable, "-m", "standins.notion", "--rate", str(self.rate),
                "--burst", str(self.burst)]
         if self.cpus is not None:
             cmd = ["taskset", "-c", ",".join(map(str, self.cpus)), *cmd]
@@ -157,16 +154,6 @@ class NotionProcess:
         return dict(self._call("GET", "/_sim/stats"))
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
 def runtime_dir() -> Path | None:
     """A fresh directory on tmpfs (/dev/shm) for the ingest socket and the
     rings beside it, as the systemd unit's /run/trading-sidecar is; None
@@ -176,11 +163,14 @@ def runtime_dir() -> Path | None:
     return Path(tempfile.mkdtemp(prefix="scb-", dir=TMPFS))
 
 
-class SidecarProcess:
-    """`python -m sidecar run` in a child process, with metrics on a free port.
+def bench_sidecar(workdir: Path, *, notion_url: str = "http://127.0.0.1:9/v1", token: str | None = None,
+                  rate: float = 3.0, burst: float = 1.0, cpus: Sequence[int] | None = None,
+                  synchronous: str = "FULL", socket_dir: Path | None = None,
+                  redis_url: str | None = None) -> SidecarProcess:
+    """The benchmarks' sidecar: one Notion lane, logging warnings only.
 
-        with SidecarProcess(workdir, notion_url=sim.api_url, token=sim.token, cpus=[1]) as sc:
-            sc.endpoint, sc.pid, sc.scrape(), sc.journal_rows(), sc.cpu_seconds()
+        with bench_sidecar(workdir, notion_url=sim.api_url, token=sim.token, cpus=[1]) as sc:
+            sc.endpoint, sc.pid, sc.scrape(), sc.journal_count(), cpu_seconds(sc.pid)
 
     `token=None` leaves the Notion lane paused: events stay in the journal.
     `redis_url` shares the limiter's quotas in that Redis ([redis] url).
@@ -190,90 +180,26 @@ class SidecarProcess:
     on tmpfs made for this sidecar and removed with it (the unit's /run is
     tmpfs; a ring on a disk-backed file system pays for page writeback).
     """
+    own_socket_dir = runtime_dir() if socket_dir is None else None
+    socket_dir = socket_dir or own_socket_dir or workdir
+    config: dict[str, Any] = {
+        "ingest": {"endpoint": f"ipc://{socket_dir}/ingest.sock"},
+        "journal": {"dir": str(workdir / "journal"), "synchronous": synchronous},
+        "metrics": {"address": "127.0.0.1:0"},  # READY=1 names the port it got
+        "notion": {"base_url": notion_url, "rate_per_second": float(rate), "burst": float(burst)},
+        "process": {"cpu_affinity": list(cpus or [])},
+    }
+    if redis_url:
+        config["redis"] = {"url": redis_url}
+    return SidecarProcess(workdir, config=config, env={"NOTION_TOKEN": token} if token else None,
+                          args=("--log-level", "WARNING"),
+                          remove_on_exit=(own_socket_dir,) if own_socket_dir else ())
 
-    def __init__(self, workdir: Path, *, notion_url: str = "http://127.0.0.1:9/v1", token: str | None = None,
-                 rate: float = 3.0, burst: float = 1.0, cpus: Sequence[int] | None = None,
-                 synchronous: str = "FULL", socket_dir: Path | None = None, redis_url: str | None = None) -> None:
-        self.dir = workdir
-        self._own_socket_dir = runtime_dir() if socket_dir is None else None
-        self.socket_dir = socket_dir or self._own_socket_dir or workdir
-        self.endpoint = f"ipc://{self.socket_dir}/ingest.sock"
-        self.metrics_address = f"127.0.0.1:{free_port()}"
-        self.token = token
-        self.log = workdir / "sidecar.log"
-        self.config = workdir / "sidecar.toml"
-        doc: dict[str, dict[str, Any]] = {
-            "ingest": {"endpoint": self.endpoint},
-            "journal": {"dir": str(workdir / "journal"), "synchronous": synchronous},
-            "metrics": {"address": self.metrics_address},
-            "notion": {"base_url": notion_url, "rate_per_second": float(rate), "burst": float(burst)},
-            "process": {"cpu_affinity": list(cpus or [])},
-        }
-        if redis_url:
-            doc["redis"] = {"url": redis_url}
-        self.config.write_text("".join(
-            f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) for name, table in doc.items()))
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "SidecarProcess":
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTION_TOKEN", "CREDENTIALS_DIRECTORY")}
-        if self.token:
-            env["NOTION_TOKEN"] = self.token
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "run", "--config", str(self.config), "--log-level", "WARNING"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        # /metrics answers once the ingest socket is bound (app.py binds first).
-        try:
-            _wait_for(lambda: self._get("/metrics") is not None, self.proc, "sidecar", self.log)
-        except BaseException:
-            _stop(self.proc)
-            if self._own_socket_dir is not None:
-                shutil.rmtree(self._own_socket_dir, ignore_errors=True)
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        code = _stop(self.proc, 60)
-        if code not in (0, None):
-            print(f"sidecar exited {code}:\n{self.log.read_text()[-3000:]}", file=sys.stderr)
-        if self._own_socket_dir is not None:
-            shutil.rmtree(self._own_socket_dir, ignore_errors=True)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _get(self, path: str) -> bytes | None:
-        try:
-            with urllib.request.urlopen(f"http://{self.metrics_address}{path}", timeout=5) as response:
-                return bytes(response.read())
-        except OSError:
-            return None
-
-    def scrape(self) -> dict[str, float]:
-        """/metrics, each sample name summed over its labels."""
-        text = (self._get("/metrics") or b"").decode()
-        totals: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name_labels, _, value = line.rpartition(" ")
-                name = name_labels.split("{", 1)[0]
-                totals[name] = totals.get(name, 0.0) + float(value)
-        return totals
-
-    def journal_rows(self, table: str = "events") -> int:
-        conn = sqlite3.connect(f"file:{self.dir}/journal/journal.db?mode=ro", uri=True, timeout=10)
-        try:
-            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-        finally:
-            conn.close()
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the sidecar, all threads."""
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all threads."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 class RedisProcess:

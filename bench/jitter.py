@@ -50,7 +50,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (CPUS, LOOP_CPU, OTHER_CPUS, NotionProcess, SidecarProcess, bench_args,  # noqa: E402
+from bench.harness import (CPUS, LOOP_CPU, OTHER_CPUS, NotionProcess, bench_args, bench_sidecar,  # noqa: E402
                            histogram, out_dir, percentile_header, percentile_row, plot_percentiles,
                            set_affinity, summary, tempdir, update_body, write_json)
 from client import Client  # noqa: E402
@@ -167,7 +167,7 @@ def main() -> int:
     sent = dict.fromkeys(configs, 0)
     preempted = dict.fromkeys(configs, 0)
     with tempdir() as d, NotionProcess(rate=0) as sim, \
-            SidecarProcess(d, notion_url=sim.api_url, token=sim.token, rate=3.0) as sidecar:
+            bench_sidecar(d, notion_url=sim.api_url, token=sim.token, rate=3.0) as sidecar:
         headers = {"Authorization": f"Bearer {sim.token}", "Notion-Version": "2022-06-28",
                    "Content-Type": "application/json"}
         worker = Worker(httpx.Client(base_url=sim.api_url + "/", headers=headers, timeout=10), sim.page_id)

@@ -79,8 +79,8 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (LOOP_CPU, OTHER_CPUS, PERCENTILES, NotionProcess, RedisProcess, SidecarProcess,  # noqa: E402
-                           bench_args, histogram, out_dir, percentile_header, percentile_row,
+from bench.harness import (LOOP_CPU, OTHER_CPUS, PERCENTILES, NotionProcess, RedisProcess,  # noqa: E402
+                           bench_args, bench_sidecar, histogram, out_dir, percentile_header, percentile_row,
                            plot_percentiles, set_affinity, summary, tempdir, update_body, write_json)
 from client import Client  # noqa: E402
 
@@ -470,7 +470,7 @@ def main() -> int:
         d = resources.enter_context(tempdir())
         sim = resources.enter_context(NotionProcess(rate=0, cpus=other))
         sidecar = resources.enter_context(
-            SidecarProcess(d, notion_url=sim.api_url, token=sim.token, rate=3.0, cpus=other,
+            bench_sidecar(d, notion_url=sim.api_url, token=sim.token, rate=3.0, cpus=other,
                            socket_dir=d if args.rings_on_disk else None))
         # Fork the receivers before this process owns any ZeroMQ context or thread.
         mp = multiprocessing.get_context("fork")
@@ -549,7 +549,8 @@ def main() -> int:
         transport = client.transport_name
         journaled = sidecar.scrape().get("sidecar_events_journaled_total", 0)
 
-    where = (f"the rings in {sidecar.socket_dir} (" + ("disk-backed work directory" if args.rings_on_disk
+    rings = Path(sidecar.endpoint.removeprefix("ipc://")).parent
+    where = (f"the rings in {rings} (" + ("disk-backed work directory" if args.rings_on_disk
                                                       else "tmpfs, as under systemd") + ")")
     placement = {"thread": f"the loop's thread on CPU {LOOP_CPU}, its helper threads on {OTHER_CPUS}",
                  "process": f"the whole loop process on CPU {LOOP_CPU}", "none": "no CPU affinity"}[args.placement]

@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (CPUS, LOOP_CPU, OTHER_CPUS, SidecarProcess, bench_args, tempdir,  # noqa: E402
+from bench.harness import (CPUS, LOOP_CPU, OTHER_CPUS, bench_args, bench_sidecar, cpu_seconds, tempdir,  # noqa: E402
                            update_body, write_json)
 
 FULL_EVENTS = 1_000_000
@@ -74,14 +74,14 @@ def run(transport: str, producers: int, events: int, cpus: list[int] | None,
         sidecar_cpus: list[int] | None) -> dict[str, Any]:
     """One measurement: `events` in total from `producers` processes."""
     mp = multiprocessing.get_context("fork")
-    with tempdir() as d, SidecarProcess(d, cpus=sidecar_cpus) as sidecar:
+    with tempdir() as d, bench_sidecar(d, cpus=sidecar_cpus) as sidecar:
         go, done = mp.Event(), mp.Queue()
         share = [events // producers + (i < events % producers) for i in range(producers)]
         procs = [mp.Process(target=_produce, args=(sidecar.endpoint, transport, n, cpus, go, done)) for n in share]
         for p in procs:
             p.start()
         time.sleep(0.5)  # let every producer connect
-        cpu0 = sidecar.cpu_seconds()
+        cpu0 = cpu_seconds(sidecar.pid)
         threads0 = thread_cpu(sidecar.pid)
         t0 = time.monotonic()
         go.set()
@@ -93,7 +93,7 @@ def run(transport: str, producers: int, events: int, cpus: list[int] | None,
             if journaled >= events or time.monotonic() > deadline:
                 break
             time.sleep(SAMPLE_SECONDS)
-        cpu = sidecar.cpu_seconds() - cpu0
+        cpu = cpu_seconds(sidecar.pid) - cpu0
         elapsed = time.monotonic() - t0
         threads = sorted(((name, (cpu_s - threads0.get(tid, (name, 0.0))[1]) / elapsed)
                           for tid, (name, cpu_s) in thread_cpu(sidecar.pid).items()), key=lambda t: -t[1])
@@ -103,7 +103,7 @@ def run(transport: str, producers: int, events: int, cpus: list[int] | None,
                 drops[reason] = drops.get(reason, 0) + n
         for p in procs:
             p.join(60)
-        rows = sidecar.journal_rows()
+        rows = sidecar.journal_count()
     return {"transport": transport, "producers": producers, "events": events, "samples": samples, "cpu": cpu, "rows": rows,
             "drops": drops, "rate": sustained(samples, events), "elapsed": samples[-1][0], "threads": threads}
 

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import SidecarProcess, parse_args, tempdir, write_json  # noqa: E402
+from bench.harness import bench_sidecar, parse_args, tempdir, write_json  # noqa: E402
 from client import Client  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def run(smoke: bool) -> dict[str, Any]:
     lone = 10 if smoke else 200
     seconds = 0.5 if smoke else 5.0
     out: dict[str, Any] = {}
-    with tempdir() as d, SidecarProcess(d, synchronous="NORMAL") as sc:
+    with tempdir() as d, bench_sidecar(d, synchronous="NORMAL") as sc:
         journal = d / "journal" / "journal.db"
         body = {"parent": {"database_id": "db"}, "properties": {}}
         with Client(sc.endpoint, strict=True) as c:

@@ -7,7 +7,7 @@
     sidecar emit KIND JSON [--key K] [--ref R]   one event from a shell script or git hook
     sidecar refs LANE KEY                        what a delivered event created (e.g. Naver image URLs)
     sidecar ack-corrupt-journal                  clear the degraded `check` after a corrupt journal was set aside
-    sidecar demo                                 sidecar + simulators + a synthetic trading loop
+    sidecar demo                                 sidecar + API stand-ins + a synthetic trading loop
 
 Every command but `demo` reads the same --config as `run` (or $SIDECAR_CONFIG).
 """
@@ -21,47 +21,63 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
+from .errors import ExitCode, MissingExtra, StartupError
 
 log = logging.getLogger("sidecar")
 
-EXIT_OK, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
-EXIT_JOURNAL_CORRUPT = 4  # `run --no-recover` found a corrupt journal and left it untouched
+EXIT_CODES = """exit codes:
+  0   done; check: healthy
+  1   check: degraded (says why); run: ingest failed while running; emit: event refused;
+      dlq, refs: nothing found
+  2   check, status: no sidecar reachable; run, demo: the extra they need is not installed
+  3   emit: no sidecar listening, the event was not sent
+  4   run --no-recover: the journal is corrupt and was left as it is
+  64  the command line is wrong
+  73  run: the journal, the ingest socket or the metrics port cannot be used
+  78  the config file is missing, not TOML, or has a wrong setting
+"""
 
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config or os.environ.get("SIDECAR_CONFIG"))
 
 
+def _import_product(command: str, extra: str = "sidecar", clone: str = "") -> None:
+    """Raise MissingExtra, not a traceback, when the packages of the [sidecar] extra are not installed."""
+    try:
+        import sidecar.app  # noqa: F401  (imports every package of the extra)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] in ("sidecar", "client"):
+            raise  # our own code is broken: that deserves the traceback
+        raise MissingExtra(command, extra, exc.name, clone=clone) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import Sidecar, SidecarError
-    from .ingest import IngestError
-    from .journal import JournalError
-    from .journal_repair import JournalCorruptRefused
     from .logs import setup_logging
+
+    _import_product("run")
+    from .app import Sidecar
 
     try:
         cfg = _config(args)
-    except ConfigError as exc:
+    except StartupError as exc:
         setup_logging()
         log.error("%s", exc)
-        return 2
+        return exc.exit_code
     setup_logging(json_lines=args.log_json or cfg.log.json, level=args.log_level or cfg.log.level)
     try:
         return asyncio.run(Sidecar(cfg, recover=not args.no_recover).run())
-    except JournalCorruptRefused as exc:
+    except StartupError as exc:
         log.error("%s", exc)
-        return EXIT_JOURNAL_CORRUPT
-    except (JournalError, IngestError, SidecarError) as exc:
-        log.error("%s", exc)
-        return 2
+        return exc.exit_code
     except PermissionError as exc:
         log.error("permission denied: %s (run as the service user, or fix the file's owner)", exc)
-        return 2
+        return ExitCode.CANNOT_START
 
 
 def _fetch(cfg: Config, path: str) -> tuple[int, Any]:
@@ -86,12 +102,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         _, status = _fetch(cfg, "/status")
     except OSError as exc:
         print(f"sidecar not reachable at {cfg.metrics.address}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return ExitCode.UNAVAILABLE
     if args.json:
         print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
-        return EXIT_OK
+        return ExitCode.OK
     print(render_status(status))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def render_status(s: dict[str, Any]) -> str:
@@ -127,12 +143,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         code, health = _fetch(cfg, "/health")
     except OSError as exc:
         print(f"CRITICAL: sidecar not reachable at {cfg.metrics.address}: {exc}")
-        return EXIT_UNREACHABLE
+        return ExitCode.UNAVAILABLE
     if code == 200 and health.get("ok"):
         print("OK: sidecar healthy")
-        return EXIT_OK
+        return ExitCode.OK
     print("WARNING: " + "; ".join(health.get("problems") or ["unhealthy"]))
-    return EXIT_DEGRADED
+    return ExitCode.FAILED
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -145,7 +161,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             rows = dlq.list_dead(directory, lane=args.lane, limit=args.limit)
             if args.json:
                 print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
-                return EXIT_OK
+                return ExitCode.OK
             print(f"{'id':>6}  {'lane':<10} {'kind':<22} {'key/ref':<24} {'reason':<18} {'status':>6}  dead at")
             for r in rows:
                 when = datetime.datetime.fromtimestamp(r["dead_at"]).strftime("%Y-%m-%d %H:%M:%S")
@@ -156,23 +172,23 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             found = [dlq.show_dead(directory, i) for i in args.ids]
             if not all(found):
                 print("no such dead letter", file=sys.stderr)
-                return 1
+                return ExitCode.FAILED
             print(orjson.dumps(found if len(found) > 1 else found[0], option=orjson.OPT_INDENT_2).decode())
         elif args.action == "retry":
             if not args.ids and not args.lane and not args.all:
                 print("name dead-letter ids, --lane LANE, or --all", file=sys.stderr)
-                return 1
+                return ExitCode.FAILED
             print(f"{dlq.retry_dead(directory, ids=args.ids or None, lane=args.lane)} event(s) queued again")
         elif args.action == "purge":
             if not args.ids and not args.lane and not args.all:
                 print("name dead-letter ids, --lane LANE, or --all", file=sys.stderr)
-                return 1
+                return ExitCode.FAILED
             print(f"{dlq.purge_dead(directory, ids=args.ids or None, lane=args.lane, all_=args.all)} "
                   "dead letter(s) purged")
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
-        return 1
-    return EXIT_OK
+        return ExitCode.FAILED
+    return ExitCode.OK
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
@@ -185,19 +201,19 @@ def cmd_emit(args: argparse.Namespace) -> int:
         payload = orjson.loads(args.json)
     except orjson.JSONDecodeError as exc:
         print(f"JSON is not valid: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     blobs = []
     for path in args.blob or []:
         with open(path, "rb") as f:
             blobs.append(f.read())
     if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://"):]):
         print(f"sidecar not running (no socket at {endpoint}): event not sent", file=sys.stderr)
-        return 3
+        return ExitCode.NOT_SENT
     try:
         transport = ZmqTransport(endpoint, queue_size=100, immediate=True)
     except TransportError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     client = Client(endpoint, transport=transport, strict=True, linger=2.0)
     try:
         deadline = time.monotonic() + args.wait
@@ -205,14 +221,14 @@ def cmd_emit(args: argparse.Namespace) -> int:
         while not client.emit(args.kind, payload, key=args.key, ref=args.ref, blob=blobs or None):
             if time.monotonic() > deadline:
                 print(f"sidecar not reachable at {endpoint}: event not sent", file=sys.stderr)
-                return 3
+                return ExitCode.NOT_SENT
             time.sleep(0.002)
     except EmitError as exc:
         print(f"event refused: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     finally:
         client.close()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_refs(args: argparse.Namespace) -> int:
@@ -222,12 +238,12 @@ def cmd_refs(args: argparse.Namespace) -> int:
         value = read_ref(_config(args).journal.dir, args.lane, args.key)
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     if value is None:
         print(f"nothing recorded for {args.lane} key {args.key!r} (not delivered yet?)", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(value)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_ack_corrupt_journal(args: argparse.Namespace) -> int:
@@ -237,24 +253,32 @@ def cmd_ack_corrupt_journal(args: argparse.Namespace) -> int:
         seen = acknowledge(_config(args).journal.dir)
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     if not seen:
         print("no corrupt journal waiting to be acknowledged")
     for aside in seen:
         print(f"acknowledged: {aside} (delete it when you no longer need it)")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo_main
+    from . import demo
 
-    return demo_main(events=args.events)
+    _import_product("demo", "demo", demo.FROM_CLONE)
+    return demo.main(events=args.events)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse's own 2 is `sidecar check`'s "not reachable": usage errors get theirs.
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sidecar", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common = argparse.ArgumentParser(add_help=False)
+    parser = _Parser(prog="sidecar", description=__doc__, epilog=EXIT_CODES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = _Parser(add_help=False)
     common.add_argument("--config", help="TOML settings file (default: $SIDECAR_CONFIG, else built-in defaults)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -262,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING... (default: [log] level)")
     run.add_argument("--no-recover", action="store_true",
-                     help=f"if the journal is corrupt, exit {EXIT_JOURNAL_CORRUPT} and leave it as it is "
+                     help=f"if the journal is corrupt, exit {ExitCode.JOURNAL_CORRUPT} and leave it as it is "
                           "(default: set it aside, start afresh, recover what it holds)")
     run.set_defaults(func=cmd_run)
 
@@ -311,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        print(f"config: {exc}", file=sys.stderr)
-        return 2
+    except StartupError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

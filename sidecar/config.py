@@ -18,6 +18,8 @@ from typing import Any
 
 from client import wire
 
+from .errors import ExitCode, StartupError
+
 
 def _default_journal_dir() -> str:
     # systemd's StateDirectory= sets $STATE_DIRECTORY; elsewhere use the user's state dir.
@@ -145,8 +147,8 @@ class Config:
     drain_timeout: float = 10.0    # seconds SIGTERM may spend finishing calls in flight
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(StartupError, ValueError):
+    exit_code = ExitCode.CONFIG
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -26,19 +26,23 @@ import time
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from client import Client
 
-from .simulators.moto_s3 import MotoS3, moto_s3
-from .simulators.naver import NaverSimulator
-from .simulators.notion import NotionSimulator, property_value
-from .simulators.webhook import WebhookReceiver
+from .errors import MissingExtra
+
+if TYPE_CHECKING:  # the stand-ins are imported when the demo runs: they are not part of the product
+    from standins.moto_s3 import MotoS3
+    from standins.naver import NaverSimulator
+    from standins.notion import NotionSimulator
+    from standins.webhook import WebhookReceiver
 
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
 PRODUCTS = (1001, 1002, 1003)
 TICK_SECONDS = 0.001
 DELIVERY_DEADLINE = 120.0
+FROM_CLONE = "pip install -e ./standins -e '.[demo]'"  # the stand-ins' distribution is not on PyPI
 
 
 def _text(content: str) -> list[dict[str, Any]]:
@@ -118,6 +122,13 @@ def _wait(done: Callable[[], bool], deadline: float) -> bool:
 
 
 def main(events: int = 2000) -> int:
+    try:
+        from standins.moto_s3 import moto_s3
+        from standins.naver import NaverSimulator
+        from standins.notion import NotionSimulator
+        from standins.webhook import WebhookReceiver
+    except ModuleNotFoundError as exc:
+        raise MissingExtra("demo", "demo", exc.name, clone=FROM_CLONE) from None
     with tempfile.TemporaryDirectory(prefix="sidecar-demo-") as tmp, \
             NotionSimulator(rate_per_second=3, burst=3) as notion, \
             NaverSimulator(rate_per_second=2, burst=2) as naver, \
@@ -136,6 +147,8 @@ def main(events: int = 2000) -> int:
 
 def _run(tmp: Path, ticks: int, notion: NotionSimulator, db: str, naver: NaverSimulator,
          hooks: WebhookReceiver, s3: MotoS3) -> int:
+    from standins.notion import property_value
+
     endpoint = f"ipc://{tmp}/ingest.sock"
     config = tmp / "sidecar.toml"
     config.write_text(f"""

@@ -1,4 +1,5 @@
-"""The one error tree of delivery, and what each branch means for the lane.
+"""The sidecar's two error trees: delivery (what each branch means for the
+lane) and start-up (which exit code the `sidecar` command returns).
 
     DeliveryError            something went wrong calling an API
     ├── Retryable            try again later (backoff, or `retry_after` if longer)
@@ -12,11 +13,56 @@ e.g. Notion's `additional_data.rate_limit_reason`, else its error code) and
 `ambiguous` marks a failure after the request may have been applied (timeout,
 reset, 5xx after the body was sent): a non-idempotent call is checked before
 it is sent again. Each connector maps HTTP status and body codes here once.
+
+    StartupError             a command cannot start; `exit_code` says why
+    ├── ConfigError          (config.py) the file is missing, not TOML, or a setting is wrong
+    ├── MissingExtra         a package of the extra the command needs is not installed
+    └── CannotStart          the journal, the ingest socket or the metrics port cannot be used
+        ├── JournalError     (journal.py)
+        └── IngestError      (ingest.py)
+
+`sidecar.cli.main` turns any of them into one line on stderr and its exit code.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 from .limiter import ApiQuota
+
+
+class ExitCode(IntEnum):
+    """What the `sidecar` command returns. 0-3 are documented per command
+    (`sidecar check`'s are for monitors); the start-up failures follow sysexits.h."""
+
+    OK = 0
+    FAILED = 1  # check: running but degraded; run: ingest died; emit: event refused; dlq, refs: nothing found
+    UNAVAILABLE = 2  # check, status: no sidecar answers; run, demo: the extra they need is not installed
+    NOT_SENT = 3  # emit: no sidecar is listening, the event was not sent
+    JOURNAL_CORRUPT = 4  # run --no-recover: the journal is corrupt; it was left untouched for a look
+    USAGE = 64  # EX_USAGE: the command line is wrong
+    CANNOT_START = 73  # EX_CANTCREAT: the journal, socket or metrics port cannot be used
+    CONFIG = 78  # EX_CONFIG: the config file is missing, not TOML, or a setting is wrong
+
+
+class StartupError(Exception):
+    exit_code = ExitCode.CANNOT_START
+
+
+class CannotStart(StartupError):
+    pass
+
+
+class MissingExtra(StartupError):
+    """`extra`'s packages are not installed; the message says what to install."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+    def __init__(self, command: str, extra: str, missing: str | None, *, clone: str = "") -> None:
+        hint = f"pip install 'trading-sidecar[{extra}]'" + (f" (from a clone: {clone})" if clone else "")
+        super().__init__(f"{command} needs the [{extra}] extra ({(missing or 'a package').partition('.')[0]} is not installed): "
+                         + hint)
+        self.extra = extra
 
 
 class DeliveryError(Exception):

@@ -53,6 +53,7 @@ from client.ring import ring_dir
 
 from .config import IngestConfig
 from .connectors.base import Connector, Reject
+from .errors import CannotStart
 from .journal import BLOB_PATH_SEPARATOR, EventRow, Journal
 from .journal_health import FULL, JournalUnavailable, classify, headroom
 from .rejects import Sampler, Throttle
@@ -75,7 +76,7 @@ RETRY_SECONDS = 1.0  # a batch the journal refused (disk full...) is tried again
 RCVHWM = 10_000
 
 
-class IngestError(RuntimeError):
+class IngestError(CannotStart):
     pass
 
 

@@ -10,8 +10,13 @@ An event stays in `events` until it is delivered (deleted) or dead-lettered
 are stored exactly as received, so ingest never serialises twice; binary
 blobs live in the journal's `Spool`, and `complete` removes a delivered
 event's files. Rejected frames are kept as a sample, and every one is
-counted in `reject_counts`. Only the sidecar's event-loop thread uses a
-Journal; other processes (the CLI) open their own read connection.
+counted in `reject_counts`. The sidecar opens two Journals: the ingest
+thread writes its batches through one (opened with `checkpoints=False`;
+`Ingest()` reads the clients' states from it first), and the event loop
+(lanes, housekeeping, which checkpoints the WAL) uses the other. Both are
+opened on the event loop's thread, hence `check_same_thread=False`. The
+HTTP API's threads (`read_ref`) and other processes (the CLI's `dlq`,
+`refs`) open short-lived connections of their own.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 from client import wire
 
+from .errors import CannotStart
 from .secrets import redact
 from .spool import Spool
 
@@ -199,7 +205,7 @@ class ClientState:
     gaps: int
 
 
-class JournalError(RuntimeError):
+class JournalError(CannotStart):
     pass
 
 

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import ExitCode
 from .journal import Journal, JournalCorrupt, JournalError
 from .metrics import Metrics
 
@@ -60,6 +61,8 @@ RECOVER_TIMEOUT = 600.0
 
 class JournalCorruptRefused(JournalError):
     """The journal is corrupt and `--no-recover` asked not to touch it."""
+
+    exit_code = ExitCode.JOURNAL_CORRUPT
 
 
 def open_checked(directory: str | os.PathLike[str], *, synchronous: str, recover: bool,

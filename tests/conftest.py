@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from sidecar.simulators.notion import NotionSimulator
+from standins.notion import NotionSimulator
 
 from .support import kill_leftovers
 

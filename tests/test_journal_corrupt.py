@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from client import Client
-from sidecar.simulators.notion import NotionSimulator, property_value
+from standins.notion import NotionSimulator, property_value
 
 from .support import SidecarProcess, free_port, sidecar_config, wait_until
 

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from sidecar.simulators.base import Fault
-from sidecar.simulators.notion import NotionSimulator
+from standins.base import Fault
+from standins.notion import NotionSimulator
 
 from .conftest import NOTION_SCHEMA
 from .support import ROOT, SidecarProcess, free_port, sidecar_config, wait_until

@@ -1,17 +1,21 @@
-"""The lane on its own, over a real journal: it survives what a connector throws at it."""
+"""The lane on its own, over a real journal, in process: what it does with each
+plan a connector returns and each outcome of a call, with a clock the test moves."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from client import wire
 from client.wire import Envelope
-from sidecar.config import RetryConfig
-from sidecar.connectors.base import Delivered, Plan, PlanContext, Send
-from sidecar.journal import Event, Journal
+from sidecar.config import BreakerConfig, RetryConfig
+from sidecar.connectors.base import Dead, Delivered, Moved, Plan, PlanContext, Send, Skip, Wait
+from sidecar.errors import DeliveryError, Permanent, RateLimited, Retryable
+from sidecar.journal import Event, EventRow, Journal
 from sidecar.lane import Lane
 from sidecar.limiter import Limiter, MemoryStore, Rule
 from sidecar.metrics import Metrics
@@ -54,8 +58,8 @@ class FlakyConnector:
 
 def test_a_worker_survives_a_bug_and_delivers_afterwards(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path, synchronous="NORMAL")
-    rows = [("flaky", "webhook.post", "t", None, None, "c", n, 1, 1,
-             wire.encode("c", n, "webhook.post", None, None, 1, {"n": n}), None) for n in (1, 2, 3)]
+    rows = [EventRow("flaky", "webhook.post", "t", None, None, "c", n, 1, 1,
+                     wire.encode("c", n, "webhook.post", None, None, 1, {"n": n}), None) for n in (1, 2, 3)]
     journal.write_batch(rows)
     connector = FlakyConnector()
     lane = Lane(connector, journal, Limiter("flaky", Rule(rate=1000, burst=10), MemoryStore()),
@@ -74,3 +78,242 @@ def test_a_worker_survives_a_bug_and_delivers_afterwards(tmp_path: Path) -> None
     assert lane.errors == 1
     assert connector.sent == [[1, 2, 3]]
     assert lane.delivered == 3 and journal.count("events") == 0
+
+
+# -- _pick and _deliver, step by step: a scripted connector and a clock the test moves --------
+
+
+class Scripted:
+    """A connector whose plans come from `planner(group, ctx)` and whose calls
+    answer `results` in turn (a Delivered, or a DeliveryError to raise)."""
+
+    lane = "scripted"
+    kinds = frozenset({"webhook.post"})
+
+    def __init__(self, planner: Callable[[list[Event], PlanContext], Plan],
+                 results: list[Delivered | DeliveryError] | None = None,
+                 retargets: dict[str, list[tuple[str, str]]] | None = None) -> None:
+        self.planner = planner
+        self.results = results or []
+        self.waiting = retargets or {}
+        self.sent: list[list[int]] = []
+
+    def accepts(self, env: Envelope) -> bool:
+        return True
+
+    def route(self, env: Envelope, blobs: list[bytes]) -> str:
+        raise AssertionError("not at ingest")
+
+    def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
+        return self.planner(group, ctx)
+
+    async def send(self, plan: Send) -> Delivered:
+        self.sent.append([e.seq for e in plan.events])
+        result = self.results.pop(0) if self.results else Delivered()
+        if isinstance(result, DeliveryError):
+            raise result
+        return result
+
+    def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
+        return self.waiting.get(key, [])
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scripted_lane(tmp_path: Path, connector: Scripted, clock: Clock, *targets: str,
+                  breaker: BreakerConfig | None = None) -> tuple[Lane, Journal]:
+    """A lane over a fresh journal holding one event per target, seq 1, 2, ... in that order."""
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    journal.write_batch([EventRow("scripted", "webhook.post", target, f"key{n}", None, "c", n, 1, 1,
+                                  wire.encode("c", n, "webhook.post", f"key{n}", None, 1, {"n": n}), None)
+                         for n, target in enumerate(targets, 1)])
+    lane = Lane(connector, journal, Limiter("scripted", Rule(rate=1000, burst=10), MemoryStore()),
+                RetryConfig(base=1.0, cap=1.0), Metrics(), breaker=breaker, clock=clock, rng=random.Random(7))
+    return lane, journal
+
+
+def once(lane: Lane) -> bool:
+    """What a worker does with one pick, without the limiter's or the idle waits: False if nothing to call."""
+    picked = lane._pick()
+    if picked is None:
+        return False
+    target, plan = picked
+    try:
+        asyncio.run(lane._deliver(plan))
+    finally:
+        lane._inflight.discard(target)
+    return True
+
+
+def targets(journal: Journal) -> list[tuple[int, str]]:
+    return journal.conn.execute("SELECT seq, target FROM events ORDER BY id").fetchall()
+
+
+def dead(journal: Journal) -> list[tuple[int, str, str | None]]:
+    return journal.conn.execute("SELECT seq, reason, detail FROM dead_letters ORDER BY id").fetchall()
+
+
+def send_all(group: list[Event], ctx: PlanContext) -> Plan:
+    return Send(group, None, merged=len(group) - 1)
+
+
+def test_a_moved_group_joins_its_new_target_in_ingest_order_and_goes_out_in_one_call(tmp_path: Path) -> None:
+    def planner(group: list[Event], ctx: PlanContext) -> Plan:
+        return Moved("page:p") if group[0].target == "ref:k" else send_all(group, ctx)
+
+    connector = Scripted(planner)
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "ref:k", "page:p", "ref:k")
+    assert once(lane)
+    assert connector.sent == [[1, 2, 3]]
+    assert journal.count("events") == 0 and lane.delivered == 3
+
+
+def test_a_group_moved_onto_itself_is_left_for_later_and_the_next_group_is_planned(tmp_path: Path) -> None:
+    def planner(group: list[Event], ctx: PlanContext) -> Plan:
+        return Moved(group[0].target) if group[0].target == "a" else send_all(group, ctx)
+
+    connector = Scripted(planner)
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "a", "b")
+    assert once(lane) and not once(lane)
+    assert connector.sent == [[2]] and targets(journal) == [(1, "a")]
+
+
+def test_a_wait_holds_its_group_only_until_its_time_while_other_groups_go(tmp_path: Path) -> None:
+    clock = Clock()
+
+    def planner(group: list[Event], ctx: PlanContext) -> Plan:
+        if group[0].target == "a" and ctx.now < 1005.0:
+            return Wait(5.0, "ref not created yet")
+        return send_all(group, ctx)
+
+    connector = Scripted(planner)
+    lane, journal = scripted_lane(tmp_path, connector, clock, "a", "b")
+    assert once(lane) and not once(lane)
+    assert connector.sent == [[2]]
+    clock.now = 1004.9
+    assert not once(lane)  # blocked: the group is not even planned before its time
+    clock.now = 1005.0
+    assert once(lane)
+    assert connector.sent == [[2], [1]] and journal.count("events") == 0
+
+
+def test_a_skip_settles_part_of_a_group_and_the_rest_is_planned_at_once(tmp_path: Path) -> None:
+    def planner(group: list[Event], ctx: PlanContext) -> Plan:
+        return Skip(group[:1], "identical") if group[0].seq == 1 else send_all(group, ctx)
+
+    connector = Scripted(planner)
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "t", "t", "t")
+    assert once(lane)
+    assert connector.sent == [[2, 3]] and journal.count("events") == 0
+    assert lane.metrics.deduplicated.labels(kind="webhook.post", reason="identical")._value.get() == 1
+    assert lane.delivered == 2
+
+
+def test_a_dead_plan_dead_letters_its_events_and_the_same_pick_moves_on(tmp_path: Path) -> None:
+    def planner(group: list[Event], ctx: PlanContext) -> Plan:
+        return Dead(group, "ref_failed", "its create died") if group[0].target == "a" else send_all(group, ctx)
+
+    connector = Scripted(planner)
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "a", "a", "b")
+    assert once(lane)
+    assert connector.sent == [[3]]
+    assert dead(journal) == [(1, "ref_failed", "its create died"), (2, "ref_failed", "its create died")]
+    assert journal.count("events") == 0
+
+
+def test_items_refused_inside_a_successful_call_are_dead_lettered_and_the_rest_delivered(tmp_path: Path) -> None:
+    connector = Scripted(send_all)
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "t", "t", "t")
+    refused = journal.group("scripted", "t")[1].id
+    connector.results = [Delivered(failed={refused: ("item_failed", "NOT_FOUND: no product 9999")})]
+    assert once(lane)
+    assert dead(journal) == [(2, "item_failed", "NOT_FOUND: no product 9999")]
+    assert journal.count("events") == 0
+    assert lane.delivered == 2 and lane.breaker.state == "closed"
+
+
+def test_events_a_call_covered_as_duplicates_are_counted_as_such_not_as_delivered(tmp_path: Path) -> None:
+    connector = Scripted(send_all, results=[Delivered(duplicates=1)])
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "t", "t")
+    assert once(lane)
+    assert lane.delivered == 1 and journal.count("events") == 0
+    assert lane.metrics.deduplicated.labels(kind="webhook.post", reason="duplicate")._value.get() == 1
+
+
+def test_a_create_retargets_the_groups_waiting_for_its_key_and_they_go_at_once(tmp_path: Path) -> None:
+
+    def planner(group: list[Event], ctx: PlanContext) -> Plan:
+        if group[0].target == "ref:k":
+            created = ctx.ref("k")
+            return Wait(60.0, "ref k not created yet") if created is None else Moved(f"page:{created}")
+        return send_all(group, ctx)
+
+    connector = Scripted(planner, results=[Delivered(refs={"k": "page-1"})],
+                         retargets={"k": [("ref:k", "page:page-1")]})
+    clock = Clock()
+    # The update waiting for the page comes first in ingest order, the create second.
+    lane, journal = scripted_lane(tmp_path, connector, clock, "ref:k", "create:k")
+    assert once(lane)  # the update waits (60 s), the create goes
+    assert connector.sent == [[2]] and journal.ref("scripted", "k") == "page-1"
+    assert targets(journal) == [(1, "page:page-1")]
+    # A late update naming the key is not held by the wait its group had before the create.
+    journal.write_batch([EventRow("scripted", "webhook.post", "ref:k", None, "k", "c", 3, 1, 1,
+                                  wire.encode("c", 3, "webhook.post", None, "k", 1, {"n": 3}), None)])
+    assert once(lane) and once(lane)  # at once, not after the 60 s wait
+    assert connector.sent == [[2], [1], [3]] and journal.count("events") == 0
+
+
+def test_a_failed_call_is_retried_after_its_backoff_and_the_attempt_is_counted(tmp_path: Path) -> None:
+    clock = Clock()
+    connector = Scripted(send_all, results=[Retryable("http_503", "unavailable", status=503, retry_after=2.0)])
+    lane, journal = scripted_lane(tmp_path, connector, clock, "t")
+    assert once(lane) and not once(lane)
+    assert journal.conn.execute("SELECT attempts, not_before FROM events").fetchone() == (1, 1002.0)
+    clock.now = 1002.0
+    assert once(lane)
+    assert connector.sent == [[1], [1]] and journal.count("events") == 0
+
+
+def test_failed_calls_in_a_row_open_the_breaker_and_the_lane_calls_nothing_until_a_probe(tmp_path: Path) -> None:
+    clock = Clock()
+    failures = [Retryable("transport", "connection reset", ambiguous=True) for _ in range(3)]
+    connector = Scripted(send_all, results=list(failures))
+    lane, journal = scripted_lane(tmp_path, connector, clock, "a", "b", "c", "d",
+                                  breaker=BreakerConfig(failures=3, cooldown=30.0))
+    for _ in range(3):
+        assert once(lane)
+    assert lane.breaker.state == "open" and len(connector.sent) == 3
+    idled: list[float] = []
+
+    async def idle(at_most: float = 1.0) -> None:
+        idled.append(at_most)
+
+    lane._idle = idle  # type: ignore[method-assign]
+    asyncio.run(lane._step())
+    assert idled == [30.0] and len(connector.sent) == 3  # open: no call, and it sleeps until the probe
+    clock.now += 30.0
+    asyncio.run(lane._step())  # the probe, which succeeds
+    assert lane.breaker.state == "closed" and len(connector.sent) == 4
+
+
+def test_refusals_and_rate_limits_never_open_the_breaker(tmp_path: Path) -> None:
+    clock = Clock()
+    answers: list[Delivered | DeliveryError] = [Permanent("http_404", "gone", status=404) for _ in range(3)]
+    answers += [RateLimited("http_429", "slow down", status=429, retry_after=1.0)]
+    connector = Scripted(send_all, results=answers)
+    lane, journal = scripted_lane(tmp_path, connector, clock, "a", "b", "c", "d",
+                                  breaker=BreakerConfig(failures=2, cooldown=30.0))
+    for _ in range(4):
+        assert once(lane)
+    assert lane.breaker.state == "closed"
+    assert [reason for _, reason, _ in dead(journal)] == ["http_404"] * 3
+    assert targets(journal) == [(4, "d")]  # rate-limited: kept, to be sent again

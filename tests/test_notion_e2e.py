@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from client import Client
-from sidecar.simulators.base import Fault
-from sidecar.simulators.notion import NotionSimulator, property_value
+from standins.base import Fault
+from standins.notion import NotionSimulator, property_value
 
 from .support import ROOT, SidecarProcess, drained, sidecar_config, wait_until
 

@@ -15,8 +15,9 @@ import pytest
 import zmq
 
 from client import Client
-from sidecar.simulators.base import Fault
-from sidecar.simulators.notion import NotionSimulator
+from sidecar.errors import ExitCode
+from standins.base import Fault
+from standins.notion import NotionSimulator
 
 from .support import ROOT, SidecarProcess, free_port, sidecar_config, wait_until
 
@@ -245,7 +246,7 @@ def test_startup_errors_say_what_to_do(short_tmp: Path, notion_sim: NotionSimula
     cfg = notion_config(short_tmp, notion_sim)
     cfg["journal"]["dir"] = str(blocker / "journal")
     bad_dir = SidecarProcess(short_tmp, config=cfg).start(wait_ready=False)
-    assert bad_dir.proc is not None and bad_dir.proc.wait(30) == 2
+    assert bad_dir.proc is not None and bad_dir.proc.wait(30) == ExitCode.CANNOT_START
     wait_until(lambda: "not writable" in bad_dir.log_text(), timeout=5, what="the journal error")
     assert "set [journal] dir" in bad_dir.log_text()
 
@@ -255,9 +256,35 @@ def test_startup_errors_say_what_to_do(short_tmp: Path, notion_sim: NotionSimula
     cfg2 = notion_config(short_tmp / "second", notion_sim)
     cfg2["ingest"]["endpoint"] = first.endpoint
     second = SidecarProcess(short_tmp / "second", config=cfg2).start(wait_ready=False)
-    assert second.proc is not None and second.proc.wait(30) == 2
+    assert second.proc is not None and second.proc.wait(30) == ExitCode.CANNOT_START
     wait_until(lambda: "in use" in second.log_text(), timeout=5, what="the socket-in-use error")
     assert first.stop() == 0
+
+
+def test_a_config_error_a_usage_error_and_not_reachable_have_their_own_exit_codes(short_tmp: Path) -> None:
+    sidecar = [sys.executable, "-m", "sidecar"]
+    bad = short_tmp / "bad.toml"
+    bad.write_text("[notion]\nrate_per_secnod = 2\n")
+    for command in ("run", "check", "status"):
+        run = subprocess.run([*sidecar, command, "--config", str(bad)], capture_output=True, text=True, cwd=ROOT)
+        assert run.returncode == ExitCode.CONFIG == 78, run.stderr
+        assert "rate_per_secnod" in run.stderr and "Traceback" not in run.stderr
+    usage = subprocess.run([*sidecar, "check", "--no-such-flag"], capture_output=True, text=True, cwd=ROOT)
+    assert usage.returncode == ExitCode.USAGE == 64
+    unreachable = short_tmp / "unreachable.toml"
+    unreachable.write_text(f'[metrics]\naddress = "127.0.0.1:{free_port()}"\n')
+    check = subprocess.run([*sidecar, "check", "--config", str(unreachable)], capture_output=True, text=True, cwd=ROOT)
+    assert check.returncode == ExitCode.UNAVAILABLE == 2 and "not reachable" in check.stdout
+
+
+@pytest.mark.parametrize("command, extra", [("run", "sidecar"), ("demo", "demo")])
+def test_without_the_extra_a_command_prints_one_line_naming_the_install(command: str, extra: str) -> None:
+    # As in a venv with only `pip install trading-sidecar`: psutil (of [sidecar]) cannot be imported.
+    hide = "import sys; sys.modules['psutil'] = None; from sidecar.cli import main; sys.exit(main(sys.argv[1:]))"
+    run = subprocess.run([sys.executable, "-c", hide, command], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == ExitCode.UNAVAILABLE == 2
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert f"pip install 'trading-sidecar[{extra}]'" in run.stderr and "psutil is not installed" in run.stderr
 
 
 def test_no_secret_reaches_a_log_line(short_tmp: Path) -> None:

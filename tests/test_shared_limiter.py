@@ -16,7 +16,7 @@ from client import Client
 from sidecar.config import ConfigError, RedisConfig, from_dict
 from sidecar.limiter import BEAT, LIMITED, RESERVE, SUCCESS, ApiQuota, Grant, MemoryStore, Op, Rule, quota_key
 from sidecar.limiter_redis import RETRY_SECONDS, RedisStore
-from sidecar.simulators.notion import NotionSimulator
+from standins.notion import NotionSimulator
 
 from .support import RedisServer, SidecarProcess, drained, free_port, sidecar_config, wait_until
 

@@ -15,10 +15,10 @@ import bcrypt
 import httpx
 import pytest
 
-from sidecar.simulators.base import Fault, TokenBucket
-from sidecar.simulators.naver import NaverSimulator, client_secret_sign
-from sidecar.simulators.notion import NotionSimulator, property_value
-from sidecar.simulators.webhook import WebhookReceiver
+from standins.base import Fault, TokenBucket
+from standins.naver import NaverSimulator, client_secret_sign
+from standins.notion import NotionSimulator, property_value
+from standins.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -349,7 +349,7 @@ def test_notion_reset_and_stall_faults(notion: tuple[NotionSimulator, str, httpx
 
 def test_notion_cli_serves_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.simulators.notion", "--port", "0", "--token", "t0k", "--rate", "0"],
+        [sys.executable, "-m", "standins.notion", "--port", "0", "--token", "t0k", "--rate", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     try:

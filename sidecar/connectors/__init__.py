@@ -3,7 +3,7 @@
     specs = build_lanes(cfg)      # {"notion": LaneSpec(connector, rule, concurrency, paused), ...}
 
 Adding an API means one module with a `build(cfg) -> list[LaneSpec]` function
-and one line in BUILDERS.
+and one entry in the list `_builders()` returns.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 into the error tree of `sidecar.errors`.
 
     response = await request(client, "PATCH", "pages/abc", json=body)
-    raise_for_status(response, rate_limited=(429, 529))
+    raise_for_status(response, rate_limited=lambda r: r.status_code in (429, 529), code_of=json_code)
 """
 
 from __future__ import annotations

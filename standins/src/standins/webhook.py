@@ -17,7 +17,7 @@ a body that is not JSON is answered 400 and not recorded; other methods get
 `{"error": CODE, "message": ...}`.
 
 Control API: base.py's, with `GET /_sim/state` = `{"deliveries": [{path, headers, body}]}`.
-CLI: `python -m sidecar.simulators.webhook --port N [--rate R --burst B]` prints `{"url"}`.
+CLI: `python -m standins.webhook --port N [--rate R --burst B]` prints `{"url"}`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any, ClassVar
 
 import orjson
 
-from sidecar.simulators.base import Request, Response, SimError, SimServer
-from sidecar.simulators.base import cli_parser, retry_after_seconds, run_until_signal
+from standins.base import Request, Response, SimError, SimServer
+from standins.base import cli_parser, retry_after_seconds, run_until_signal
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class WebhookReceiver(SimServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m sidecar.simulators.webhook` (`--rate 0`: no limit)."""
+    """Entry point of `python -m standins.webhook` (`--rate 0`: no limit)."""
     args = cli_parser("Webhook receiver on 127.0.0.1", rate=0.0, burst=1).parse_args(argv)
     return run_until_signal(WebhookReceiver(args.port, rate_per_second=args.rate or None, burst=args.burst), {})
 

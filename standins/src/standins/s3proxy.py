@@ -31,7 +31,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
-from sidecar.simulators.base import LoopbackHandler, LoopbackServer
+from standins.base import LoopbackHandler, LoopbackServer
 
 # Per-connection headers (RFC 9110 section 7.6.1): each hop sets its own.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",

@@ -57,7 +57,7 @@ Python API: `add_product()`, `product()`, `products()`, `images()`,
 base.py's): `POST /_sim/products {"originProductNo", "salePrice",
 "stockQuantity", "statusType"}`, `POST /_sim/expire_token`.
 
-CLI: `python -m sidecar.simulators.naver --port N --client-id C --client-secret S
+CLI: `python -m standins.naver --port N --client-id C --client-secret S
 --rate R --burst B --max-items M` prints `{"url", "client_id", "client_secret"}`.
 """
 
@@ -80,8 +80,8 @@ from urllib.parse import parse_qs
 import bcrypt
 import orjson
 
-from sidecar.simulators.base import Request, Response, SimError, SimServer
-from sidecar.simulators.base import cli_parser, retry_after_seconds, run_until_signal
+from standins.base import Request, Response, SimError, SimServer
+from standins.base import cli_parser, retry_after_seconds, run_until_signal
 
 TOKEN_PATH = "/external/v1/oauth2/token"
 MULTI_UPDATE_PATH = "/external/v1/products/origin-products/multi-update"
@@ -387,7 +387,7 @@ class NaverSimulator(SimServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m sidecar.simulators.naver`."""
+    """Entry point of `python -m standins.naver`."""
     parser = cli_parser("Naver Commerce API simulator on 127.0.0.1", rate=2.0, burst=2)
     parser.add_argument("--client-id", default="sim-client")
     parser.add_argument("--client-secret", default=None, help="a bcrypt salt; generated if omitted")

@@ -44,7 +44,7 @@ Python API for tests: `create_database()`, `data_source_id()`, `pages()`,
 Control API (besides base.py's): `POST /_sim/databases {"title", "properties"}`
 answers `{"database_id", "data_source_id"}`.
 
-CLI: `python -m sidecar.simulators.notion --port N --token T --rate R --burst B`
+CLI: `python -m standins.notion --port N --token T --rate R --burst B`
 prints one JSON line `{"url", "database_id", "data_source_id", "token"}` (a
 database with `DEFAULT_SCHEMA`) and serves until SIGTERM/SIGINT. `--rate 0`: unlimited.
 """
@@ -62,8 +62,8 @@ from typing import Any, ClassVar
 
 import orjson
 
-from sidecar.simulators.base import Request, Response, SimError, SimServer
-from sidecar.simulators.base import cli_parser, retry_after_seconds, run_until_signal
+from standins.base import Request, Response, SimError, SimServer
+from standins.base import cli_parser, retry_after_seconds, run_until_signal
 
 VERSION_2022 = "2022-06-28"
 VERSION_2025 = "2025-09-03"
@@ -723,7 +723,7 @@ class NotionSimulator(SimServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m sidecar.simulators.notion`."""
+    """Entry point of `python -m standins.notion`."""
     parser = cli_parser("Notion API simulator on 127.0.0.1", rate=3.0, burst=3)
     parser.add_argument("--token", default="secret_sim_token", help="the accepted integration token")
     args = parser.parse_args(argv)

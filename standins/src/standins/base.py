@@ -668,7 +668,7 @@ class _Handler(LoopbackHandler[SimServer]):
 def run_until_signal(sim: SimServer, info: dict[str, Any]) -> int:
     """Start `sim`, print `info` (plus `url`) as one JSON line, serve until SIGTERM/SIGINT.
 
-    Used by the `python -m sidecar.simulators.X` entry points; returns the exit code 0.
+    Used by the `python -m standins.X` entry points; returns the exit code 0.
     """
     done = threading.Event()
 

@@ -5,8 +5,8 @@
         body, content_type, metadata = s3.read("k")  # a GET signed with the real key
         s3.client(secret_key="wrong").put_object(...)   # -> 403 SignatureDoesNotMatch
 
-moto (with boto3, which it brings) is a test and demo dependency: install
-the `[test]` or `[demo]` extra. The child (`python -m sidecar.simulators.moto_s3`) runs moto.server.ThreadedMotoServer on
+moto (with boto3) is a dependency of the stand-ins' own distribution,
+never of the product's. The child (`python -m standins.moto_s3`) runs moto.server.ThreadedMotoServer on
 a free port of 127.0.0.1 and prints it. It starts with
 INITIAL_NO_AUTH_ACTION_COUNT=3: moto lets exactly three actions through
 unchecked, which make the IAM user, its s3:* policy and its access key;
@@ -62,7 +62,7 @@ def _client(service: str, endpoint: str, region: str, access_key: str, secret_ke
 def moto_s3(*, bucket: str = "sidecar-test", region: str = "us-east-1") -> Iterator[MotoS3]:
     """Start moto with signature checks on, make the IAM key and the bucket; stop on exit."""
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(NO_AUTH_ACTIONS)}
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar.simulators.moto_s3"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "standins.moto_s3"], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
     try:
