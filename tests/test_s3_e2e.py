@@ -8,6 +8,7 @@ import base64
 import hashlib
 import os
 import re
+import signal
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +22,7 @@ from client import Client, wire
 from sidecar.config import Config, S3Config
 from sidecar.connectors.base import Dead, Reject, Send, Skip
 from sidecar.connectors.s3 import S3Connector, build
-from sidecar.errors import Permanent, RateLimited, Retryable
+from sidecar.errors import CredentialsRefused, Permanent, RateLimited, Retryable
 from sidecar.journal import Event
 from sidecar.spool import Spool
 from sidecar.simulators.s3proxy import S3FaultProxy
@@ -128,6 +129,7 @@ def test_s3_send_signs_the_put_and_maps_errors_once(tmp_path: Path) -> None:
         httpx.Response(500, text="<Error><Code>InternalError</Code></Error>"),
         httpx.Response(403, text="<Error><Code>SignatureDoesNotMatch</Code></Error>"),
         httpx.Response(404, text="<Error><Code>NoSuchBucket</Code></Error>"),
+        httpx.Response(403, text="<Error><Code>AccessDenied</Code></Error>"),
     ])
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -137,10 +139,10 @@ def test_s3_send_signs_the_put_and_maps_errors_once(tmp_path: Path) -> None:
     plan = _connector().plan([_put(1, tmp_path, body, key="a b/ü", metadata={"desk": "fx"})], _Ctx())
     assert isinstance(plan, Send)
     outcomes: list[Any] = []
-    for _ in range(5):
+    for _ in range(6):
         try:
             outcomes.append(_send(_connector(handler), plan))
-        except (Permanent, Retryable) as exc:
+        except (Permanent, Retryable, CredentialsRefused) as exc:
             outcomes.append(exc)
     sent = seen[0]
     assert sent.method == "PUT" and sent.url.raw_path == b"/bkt/a%20b/%C3%BC" and sent.content == body
@@ -149,11 +151,14 @@ def test_s3_send_signs_the_put_and_maps_errors_once(tmp_path: Path) -> None:
     assert sent.headers["content-type"] == "text/plain" and sent.headers["x-amz-meta-desk"] == "fx"
     assert sent.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
     assert "/eu-west-1/s3/aws4_request" in sent.headers["authorization"]
-    slow, server, refused, missing = outcomes[1:]
+    slow, server, refused, missing, denied = outcomes[1:]
     assert isinstance(slow, RateLimited) and slow.detail == "SlowDown"
     assert isinstance(server, Retryable) and not isinstance(server, RateLimited) and server.ambiguous
-    assert isinstance(refused, Permanent) and refused.reason == "http_403" and "SignatureDoesNotMatch" in (refused.body or "")
+    # The key pair refused: the lane pauses. Access to one object refused: that put's dead letter.
+    assert isinstance(refused, CredentialsRefused) and refused.pause_reason == "credentials refused by S3"
+    assert refused.status == 403 and refused.detail == "SignatureDoesNotMatch"
     assert isinstance(missing, Permanent) and missing.detail == "NoSuchBucket"
+    assert isinstance(denied, Permanent) and (denied.reason, denied.detail) == ("http_403", "AccessDenied")
 
 
 def test_s3_lane_pauses_without_credentials_naming_the_chain(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,20 +310,35 @@ def test_wrong_secret_is_refused_by_moto(moto: MotoS3) -> None:
     moto.client().head_bucket(Bucket=moto.bucket)  # the real key passes
 
 
-def test_wrong_credentials_dead_letter_with_s3s_answer(short_tmp: Path, moto: MotoS3,
-                                                       proxy: S3FaultProxy) -> None:
-    sc = sidecar(short_tmp, proxy, moto, secret_key="not-the-secret")
+def test_wrong_credentials_pause_the_lane_until_the_credentials_file_is_fixed(
+        short_tmp: Path, moto: MotoS3, proxy: S3FaultProxy) -> None:
+    shared = short_tmp / "aws-credentials"
+
+    def write_keys(secret: str) -> None:
+        shared.write_text(f"[default]\naws_access_key_id = {moto.access_key}\naws_secret_access_key = {secret}\n")
+
+    write_keys("not-the-secret")
+    cfg = sidecar_config(short_tmp, s3={"endpoint_url": proxy.url, "region": moto.region, "concurrency": 4},
+                         metrics={"address": "127.0.0.1:0"})
+    sc = SidecarProcess(short_tmp, config=cfg)
+    for name in [n for n in sc.env if n.startswith("AWS_")]:
+        del sc.env[name]
+    # As the systemd unit does: keys in a shared credentials file, which can be rewritten.
+    sc.env.update(AWS_CONFIG_FILE=str(short_tmp / "no-aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(shared),
+                  AWS_EC2_METADATA_DISABLED="true")
+    sc.start()
     with Client(sc.endpoint, strict=True) as client:
         client.emit("s3.put", put(moto.bucket, "denied/1"), blob=b"one")
         client.emit("s3.put", put(moto.bucket, "denied/2"), blob=b"two")
-    wait_until(lambda: sc.journal_count("dead_letters") == 2, timeout=20, what="2 dead letters")
-    rows = sc.query("SELECT reason, status, detail, blob_path FROM dead_letters")
-    for reason, status, detail, blob_path in rows:
-        assert (reason, status) == ("http_403", 403)
-        assert "<Code>SignatureDoesNotMatch</Code>" in detail
-        assert Path(blob_path).exists()  # kept with the dead letter, for a replay
-    assert proxy.count("PUT") == 2 and {r.status for r in proxy.records} == {403}
-    assert sc.proc is not None and sc.proc.poll() is None
-    with pytest.raises(botocore.exceptions.ClientError):
-        moto.client().head_object(Bucket=moto.bucket, Key="denied/1")
+    wait_until(lambda: "paused: credentials refused by S3" in sc.log_text(), timeout=20, what="the lane to pause")
+    assert sc.journal_count("events") == 2 and sc.journal_count("dead_letters") == 0
+    assert len(spooled(sc)) == 2  # the bodies wait with their events
+    assert {r.status for r in proxy.records} == {403} and proxy.count("PUT") <= 2  # concurrency 4: both may be out
+    write_keys(moto.secret_key)
+    assert sc.proc is not None
+    sc.proc.send_signal(signal.SIGHUP)  # what `sidecar reload` and systemctl reload send
+    wait_until(lambda: drained(sc, client), timeout=20, what="both puts after the reload")
+    assert moto.read("denied/1")[0] == b"one" and moto.read("denied/2")[0] == b"two"
+    assert sc.journal_count("dead_letters") == 0 and spooled(sc) == []
+    assert "not-the-secret" not in sc.log_text()
     assert sc.stop() == 0
