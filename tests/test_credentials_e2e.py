@@ -20,7 +20,7 @@ import pytest
 from client import Client
 from sidecar.config import NaverConfig
 from sidecar.connectors.base import Send
-from sidecar.connectors.naver import NaverConnector, TOKEN_PATH
+from sidecar.connectors.naver import TOKEN_PATH, NaverConnector
 from sidecar.errors import CredentialsRefused, RateLimited
 from sidecar.simulators.base import Fault
 from sidecar.simulators.naver import MULTI_UPDATE_PATH, NaverSimulator
