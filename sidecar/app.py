@@ -9,7 +9,9 @@ A housekeeping tick on the event loop refreshes gauges and the status
 snapshot, and pings the systemd watchdog, so a stalled loop is restarted.
 On SIGTERM or SIGINT it stops reading, journals what it already received,
 lets calls in flight finish for up to `drain_timeout` seconds, says how many
-events remain in the journal for next time, and returns 0.
+events remain in the journal for next time, and returns 0. On SIGHUP
+(`sidecar reload`, systemd's ExecReload=) it reads the APIs' credentials
+again: a lane paused on a refused or missing credential tries again at once.
 """
 
 from __future__ import annotations
@@ -68,10 +70,26 @@ class Sidecar:
         self._stop: asyncio.Event | None = None
         self.store: Store = MemoryStore()
         self._reported: dict[str, int] = {}  # counters read from lanes and the store, already added
+        self._not_started: set[str] = set()  # lanes paused at start (no credential): reload may start them
+        self._tasks: list[asyncio.Task[None]] = []
 
     def request_stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: read every lane's credential again; never logs a value."""
+        changed = []
+        for name, lane in self.lanes.items():
+            if lane.reload_credentials():
+                changed.append(name)
+            if lane.paused_reason and name in self._not_started and name in changed:
+                # Paused at start for want of a credential, which is there now.
+                lane.paused_reason = None
+                self._not_started.discard(name)
+                self._tasks.append(asyncio.create_task(lane.run(), name=f"lane-{name}"))
+                lane.notify()
+        log.info("reload: credentials read again; changed for: %s", ", ".join(changed) or "none")
 
     def snapshot(self) -> dict[str, Any]:
         return self._snapshot
@@ -80,6 +98,8 @@ class Sidecar:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        # First thing: SIGHUP's default action would end the process (a reload sent during start-up).
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         place_process(cfg.process.cpu_affinity, cfg.process.nice)
         # The ingest thread wakes on a doorbell but must then take the GIL from
         # the event loop, which by default keeps it up to 5 ms: a woken ingest
@@ -124,7 +144,9 @@ class Sidecar:
         ingest.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        tasks = [asyncio.create_task(lane.run(), name=f"lane-{name}") for name, lane in self.lanes.items()]
+        self._not_started = {name for name, lane in self.lanes.items() if lane.paused_reason}
+        tasks = self._tasks
+        tasks += [asyncio.create_task(lane.run(), name=f"lane-{name}") for name, lane in self.lanes.items()]
         for name, lane in self.lanes.items():
             if lane.paused_reason:
                 log.warning("lane %s is paused: %s; its events wait in the journal", name, lane.paused_reason)
@@ -242,7 +264,7 @@ class Sidecar:
             }
             # An API nobody uses may lack credentials; one with events waiting may not.
             if lane.paused_reason and depth.get(name, 0):
-                problems.append(f"{name}: {depth[name]} event(s) waiting; {lane.paused_reason}")
+                problems.append(f"{name}: paused: {lane.paused_reason}; {depth[name]} event(s) waiting")
             if lane.errors:
                 problems.append(f"{name}: {lane.errors} unexpected error(s) in delivery; see the log")
             if lane.breaker.state != "closed":

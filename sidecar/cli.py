@@ -3,6 +3,7 @@
     sidecar run [--config FILE] [--log-json]     run the sidecar (every setting has a default)
     sidecar status [--json]                      lanes, depths, rates, breakers, dead letters, resources
     sidecar check                                exit 0 healthy, 1 degraded (says why), 2 not reachable
+    sidecar reload                               read the credentials again (SIGHUP to the running sidecar)
     sidecar dlq list|show ID|retry ID...|purge ID...   inspect and replay dead letters
     sidecar emit KIND JSON [--key K] [--ref R]   one event from a shell script or git hook
     sidecar refs LANE KEY                        what a delivered event created (e.g. Naver image URLs)
@@ -33,8 +34,9 @@ log = logging.getLogger("sidecar")
 EXIT_CODES = """exit codes:
   0   done; check: healthy
   1   check: degraded (says why); run: ingest failed while running; emit: event refused;
+      reload: not allowed to signal the sidecar;
       dlq, refs: nothing found
-  2   check, status: no sidecar reachable; run, demo: the extra they need is not installed
+  2   check, status, reload: no sidecar reachable; run, demo: the extra they need is not installed
   3   emit: no sidecar listening, the event was not sent
   4   run --no-recover: the journal is corrupt and was left as it is
   64  the command line is wrong
@@ -149,6 +151,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         return ExitCode.OK
     print("WARNING: " + "; ".join(health.get("problems") or ["unhealthy"]))
     return ExitCode.FAILED
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP to the running sidecar (its pid from /status): it reads its credentials again."""
+    import signal
+
+    cfg = _config(args)
+    try:
+        _, status = _fetch(cfg, "/status")
+        pid = int(status["process"]["pid"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        print(f"sidecar not reachable at {cfg.metrics.address}: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except PermissionError:
+        print(f"not allowed to signal pid {pid}: run as the service user, or `systemctl reload trading-sidecar`",
+              file=sys.stderr)
+        return ExitCode.FAILED
+    except ProcessLookupError:
+        print(f"sidecar pid {pid} is gone", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    print(f"asked sidecar pid {pid} to read its credentials again (see `sidecar status`)")
+    return ExitCode.OK
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -296,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", parents=[common], help="exit 0 healthy, 1 degraded, 2 not reachable")
     check.set_defaults(func=cmd_check)
+
+    reload = sub.add_parser("reload", parents=[common], help="read the credentials again (SIGHUP to the sidecar)")
+    reload.set_defaults(func=cmd_reload)
 
     dlq = sub.add_parser("dlq", parents=[common], help="inspect and replay dead letters")
     dlq.add_argument("action", choices=["list", "show", "retry", "purge"])

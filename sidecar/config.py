@@ -51,6 +51,7 @@ class RetryConfig:
     cap: float = 60.0              # largest backoff ceiling, seconds
     max_attempts: int = 30         # then dead-letter as retries_exhausted
     ref_wait: float = 600.0        # how long an update may wait for an unknown ref
+    credentials_probe_seconds: float = 300.0  # a lane paused on refused credentials tries again this often
 
 
 @dataclass(frozen=True, kw_only=True)

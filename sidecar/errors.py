@@ -4,7 +4,10 @@ lane) and start-up (which exit code the `sidecar` command returns).
     DeliveryError            something went wrong calling an API
     ├── Retryable            try again later (backoff, or `retry_after` if longer)
     │   └── RateLimited      429 / 529: slow the lane down as well
-    └── Permanent            400/401/403/404 and other refusals: dead-letter now
+    ├── Permanent            400/403/404 and other refusals: dead-letter now
+    └── CredentialsRefused   the API refused the credential itself (Notion 401,
+                             Naver's token call 4xx, S3 InvalidAccessKeyId):
+                             pause the lane, keep its events, probe again later
 
 A RateLimited also carries `limit_reason` (which limit the API says was hit,
 e.g. Notion's `additional_data.rate_limit_reason`, else its error code) and
@@ -27,6 +30,7 @@ it is sent again. Each connector maps HTTP status and body codes here once.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 from .limiter import ApiQuota
 
@@ -100,3 +104,23 @@ class RateLimited(Retryable):
 class Permanent(DeliveryError):
     pass
 
+
+
+class CredentialsRefused(DeliveryError):
+    """The credential is wrong, expired or revoked: no call can succeed until it changes.
+
+        raise CredentialsRefused("Notion", "unauthorized", status=401, body=response.text)
+
+    Not the events' fault: the lane keeps them, pauses with `paused_reason`
+    and tries again when the credential is re-read (`sidecar reload`) or
+    after `[retry] credentials_probe_seconds`. `api` names the service for
+    people; the message never holds the credential.
+    """
+
+    def __init__(self, api: str, detail: str = "", **kwargs: Any) -> None:
+        super().__init__("credentials_refused", detail, **kwargs)
+        self.api = api
+
+    @property
+    def pause_reason(self) -> str:
+        return f"credentials refused by {self.api}"

@@ -395,6 +395,13 @@ class Journal:
                 [(not_before, redact(error) if error else error, int(unsure), i) for i in ids],
             )
 
+    def uncount_attempt(self, events: Sequence[Event], error: str) -> None:
+        """The call was refused before anything applied (the credential): take its attempt back,
+        leaving each event as sure or unsure as it was before (`Event.unsure`, read before the call)."""
+        with self._transaction() as c:
+            c.executemany("UPDATE events SET attempts=MAX(attempts-1, 0), unsure=?, last_error=? WHERE id=?",
+                          [(e.unsure, redact(error), e.id) for e in events])
+
     def complete(self, ids: Iterable[int], *, lane: str, refs: dict[str, str] | None = None) -> None:
         """Delivered: forget the events and their spooled blobs, remember created ids."""
         ids = list(ids)

@@ -11,6 +11,12 @@ the limiter, makes the call, and settles the outcome in the journal:
 delivered (deleted), retry later (backoff with full jitter, at least
 Retry-After), or dead-lettered with the API's error body. A group is never
 in two calls at once, so per-target order holds with any concurrency.
+
+A refused credential (CredentialsRefused) is not the events' fault: the lane
+pauses (`paused_reason`), keeps the call's events as they were (the attempt
+is not counted), and tries again after `credentials_probe_seconds`, or at
+once after `reload_credentials()` (SIGHUP, `sidecar reload`); the first call
+that succeeds resumes it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from .backoff import retry_delay
 from .breaker import Breaker
 from .config import BreakerConfig, RetryConfig
 from .connectors.base import Connector, Moved, Send, Skip, Wait
-from .errors import DeliveryError, Permanent, RateLimited, Retryable
+from .errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
 from .journal import Event, Journal
 from .journal_health import classify
 from .limiter import Limiter
@@ -83,6 +89,8 @@ class Lane:
         self.paused_reason: str | None = None  # set when the lane cannot call at all (no token)
         cfg = breaker or BreakerConfig()
         self.breaker = Breaker(failures=cfg.failures, cooldown=cfg.cooldown)
+        self._refused: str | None = None  # why the credential was refused; the lane probes meanwhile
+        self._probe_at = 0.0  # when a paused lane may make its next call
         self._inflight: set[str] = set()
         self._blocked: dict[str, float] = {}  # target -> not before (waits and backoffs)
         self._wake = asyncio.Event()
@@ -105,6 +113,18 @@ class Lane:
 
     def notify(self) -> None:
         self._wake.set()
+
+    def reload_credentials(self) -> bool:
+        """Read the connector's credential again (SIGHUP); True if it changed.
+
+        A lane paused on a refused credential tries a call at once, changed or not.
+        """
+        refresh = getattr(self.connector, "refresh_credentials", None)
+        changed = bool(refresh()) if refresh is not None else False
+        if self._refused is not None:
+            self._probe_at = 0.0
+            self._wake.set()
+        return changed
 
     async def stop(self, timeout: float) -> int:
         """Let calls in flight finish for up to `timeout` s; return how many were cut off."""
@@ -144,6 +164,16 @@ class Lane:
 
     async def _step(self) -> None:
         now = self.clock()
+        if self._refused is not None:
+            if now < self._probe_at:
+                await self._idle(self._probe_at - now)
+                return
+            # This worker probes; the others wait for its outcome. Reading the
+            # credential first picks up a rewritten file without a reload.
+            self._probe_at = now + self.retry.credentials_probe_seconds
+            refresh = getattr(self.connector, "refresh_credentials", None)
+            if refresh is not None:
+                refresh()
         if not self.breaker.allow(now):
             # Open, or another worker is probing: no calls; events wait in the journal.
             await self._idle(self.breaker.reopens_in(now) or IDLE_POLL_SECONDS)
@@ -252,6 +282,11 @@ class Lane:
         try:
             result = await self.connector.send(plan)
             status = "ok"
+        except CredentialsRefused as exc:
+            status = str(exc.status) if exc.status else exc.reason
+            self.breaker.record(True, self.clock())  # the API answered: it is up, the credential is not
+            self._pause_for_credentials(events, exc)
+            return
         except DeliveryError as exc:
             status = str(exc.status) if exc.status else exc.reason
             # The API answered with a refusal or a rate limit: it is alive.
@@ -275,6 +310,12 @@ class Lane:
             self.metrics.calls.labels(api=self.name, status=status).inc()
             self.metrics.call_seconds.labels(api=self.name).observe(time.perf_counter() - started)
         self.breaker.record(True, self.clock())
+        if self._refused is not None:
+            log.warning("lane %s: credentials accepted again; resuming delivery", self.name)
+            if self.paused_reason == self._refused:
+                self.paused_reason = None
+            self._refused = None
+            self._wake.set()
         await self.limiter.on_success(result.told, self.clock())
         if result.failed:  # items refused one by one inside a call that succeeded
             refused: dict[tuple[str, str], list[Event]] = {}
@@ -318,6 +359,17 @@ class Lane:
         log.info("lane %s: %s; retry %d in %.2f s", self.name, exc, attempts, delay)
         self.journal.defer([e.id for e in events], now + delay, str(exc), unsure=exc.ambiguous)
         self._blocked[events[0].target] = now + delay
+
+    def _pause_for_credentials(self, events: list[Event], exc: CredentialsRefused) -> None:
+        """Keep the events as they were and pause the lane until the credential changes or the next probe."""
+        self.journal.uncount_attempt(events, str(exc))
+        self._probe_at = self.clock() + self.retry.credentials_probe_seconds
+        self.metrics.retried.labels(lane=self.name, reason=exc.reason).inc()
+        if self._refused is None:  # once per pause, not once per probe
+            log.warning("lane %s: paused: %s (%s); its events wait in the journal; fix the credential, then "
+                        "`sidecar reload` (SIGHUP); trying again every %.0f s", self.name, exc.pause_reason,
+                        exc.detail or exc.status, self.retry.credentials_probe_seconds)
+        self._refused = self.paused_reason = exc.pause_reason
 
     def _dead(self, events: list[Event], reason: str, status: int | None, detail: str | None) -> None:
         log.warning("lane %s: dead-lettered %d event(s): %s %s", self.name, len(events), reason, status or "")

@@ -18,7 +18,7 @@ from client import wire
 from sidecar.config import Config, S3Config
 from sidecar.connectors.base import Dead, Reject, Send, Skip
 from sidecar.connectors.s3 import S3Connector, build
-from sidecar.errors import Permanent, RateLimited, Retryable
+from sidecar.errors import CredentialsRefused, Permanent, RateLimited, Retryable
 from sidecar.journal import Event
 from sidecar.spool import Spool
 
@@ -121,6 +121,7 @@ def test_s3_send_signs_the_put_and_maps_errors_once(tmp_path: Path) -> None:
         httpx.Response(500, text="<Error><Code>InternalError</Code></Error>"),
         httpx.Response(403, text="<Error><Code>SignatureDoesNotMatch</Code></Error>"),
         httpx.Response(404, text="<Error><Code>NoSuchBucket</Code></Error>"),
+        httpx.Response(403, text="<Error><Code>AccessDenied</Code></Error>"),
     ])
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -130,10 +131,10 @@ def test_s3_send_signs_the_put_and_maps_errors_once(tmp_path: Path) -> None:
     plan = _connector().plan([_put(1, tmp_path, body, key="a b/ü", metadata={"desk": "fx"})], _Ctx())
     assert isinstance(plan, Send)
     outcomes: list[Any] = []
-    for _ in range(5):
+    for _ in range(6):
         try:
             outcomes.append(_send(_connector(handler), plan))
-        except (Permanent, Retryable) as exc:
+        except (Permanent, Retryable, CredentialsRefused) as exc:
             outcomes.append(exc)
     sent = seen[0]
     assert sent.method == "PUT" and sent.url.raw_path == b"/bkt/a%20b/%C3%BC" and sent.content == body
@@ -142,11 +143,14 @@ def test_s3_send_signs_the_put_and_maps_errors_once(tmp_path: Path) -> None:
     assert sent.headers["content-type"] == "text/plain" and sent.headers["x-amz-meta-desk"] == "fx"
     assert sent.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
     assert "/eu-west-1/s3/aws4_request" in sent.headers["authorization"]
-    slow, server, refused, missing = outcomes[1:]
+    slow, server, refused, missing, denied = outcomes[1:]
     assert isinstance(slow, RateLimited) and slow.detail == "SlowDown"
     assert isinstance(server, Retryable) and not isinstance(server, RateLimited) and server.ambiguous
-    assert isinstance(refused, Permanent) and refused.reason == "http_403" and "SignatureDoesNotMatch" in (refused.body or "")
+    # The key pair refused: the lane pauses. Access to one object refused: that put's dead letter.
+    assert isinstance(refused, CredentialsRefused) and refused.pause_reason == "credentials refused by S3"
+    assert refused.status == 403 and refused.detail == "SignatureDoesNotMatch"
     assert isinstance(missing, Permanent) and missing.detail == "NoSuchBucket"
+    assert isinstance(denied, Permanent) and (denied.reason, denied.detail) == ("http_403", "AccessDenied")
 
 
 def test_s3_lane_pauses_without_credentials_naming_the_chain(monkeypatch: pytest.MonkeyPatch) -> None:

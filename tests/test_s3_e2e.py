@@ -4,17 +4,18 @@ which checks every SigV4 signature (planning and signing without network: test_s
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any, Iterator
 
 import botocore.exceptions
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from client import Client
+from standins.moto_s3 import MotoS3, moto_s3
 from standins.s3proxy import S3FaultProxy
 
-from standins.moto_s3 import MotoS3, moto_s3
+from client import Client
+
 from .support import SidecarProcess, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -149,20 +150,35 @@ def test_wrong_secret_is_refused_by_moto(moto: MotoS3) -> None:
     moto.client().head_bucket(Bucket=moto.bucket)  # the real key passes
 
 
-def test_wrong_credentials_dead_letter_with_s3s_answer(short_tmp: Path, moto: MotoS3,
-                                                       proxy: S3FaultProxy) -> None:
-    sc = sidecar(short_tmp, proxy, moto, secret_key="not-the-secret")
+def test_wrong_credentials_pause_the_lane_until_the_credentials_file_is_fixed(
+        short_tmp: Path, moto: MotoS3, proxy: S3FaultProxy) -> None:
+    shared = short_tmp / "aws-credentials"
+
+    def write_keys(secret: str) -> None:
+        shared.write_text(f"[default]\naws_access_key_id = {moto.access_key}\naws_secret_access_key = {secret}\n")
+
+    write_keys("not-the-secret")
+    cfg = sidecar_config(short_tmp, s3={"endpoint_url": proxy.url, "region": moto.region, "concurrency": 4},
+                         metrics={"address": "127.0.0.1:0"})
+    sc = SidecarProcess(short_tmp, config=cfg)
+    for name in [n for n in sc.env if n.startswith("AWS_")]:
+        del sc.env[name]
+    # As the systemd unit does: keys in a shared credentials file, which can be rewritten.
+    sc.env.update(AWS_CONFIG_FILE=str(short_tmp / "no-aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(shared),
+                  AWS_EC2_METADATA_DISABLED="true")
+    sc.start()
     with Client(sc.endpoint, strict=True) as client:
         client.emit("s3.put", put(moto.bucket, "denied/1"), blob=b"one")
         client.emit("s3.put", put(moto.bucket, "denied/2"), blob=b"two")
-    wait_until(lambda: sc.journal_count("dead_letters") == 2, timeout=20, what="2 dead letters")
-    rows = sc.query("SELECT reason, status, detail, blob_path FROM dead_letters")
-    for reason, status, detail, blob_path in rows:
-        assert (reason, status) == ("http_403", 403)
-        assert "<Code>SignatureDoesNotMatch</Code>" in detail
-        assert Path(blob_path).exists()  # kept with the dead letter, for a replay
-    assert proxy.count("PUT") == 2 and {r.status for r in proxy.records} == {403}
-    assert sc.proc is not None and sc.proc.poll() is None
-    with pytest.raises(botocore.exceptions.ClientError):
-        moto.client().head_object(Bucket=moto.bucket, Key="denied/1")
+    wait_until(lambda: "paused: credentials refused by S3" in sc.log_text(), timeout=20, what="the lane to pause")
+    assert sc.journal_count("events") == 2 and sc.journal_count("dead_letters") == 0
+    assert len(spooled(sc)) == 2  # the bodies wait with their events
+    assert {r.status for r in proxy.records} == {403} and proxy.count("PUT") <= 2  # concurrency 4: both may be out
+    write_keys(moto.secret_key)
+    assert sc.proc is not None
+    sc.proc.send_signal(signal.SIGHUP)  # what `sidecar reload` and systemctl reload send
+    wait_until(lambda: drained(sc, client), timeout=20, what="both puts after the reload")
+    assert moto.read("denied/1")[0] == b"one" and moto.read("denied/2")[0] == b"two"
+    assert sc.journal_count("dead_letters") == 0 and spooled(sc) == []
+    assert "not-the-secret" not in sc.log_text()
     assert sc.stop() == 0

@@ -8,12 +8,12 @@ into the error tree of `sidecar.errors`.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import httpx
 
 from ..backoff import parse_retry_after
-from ..errors import Permanent, RateLimited, Retryable
+from ..errors import CredentialsRefused, Permanent, RateLimited, Retryable
 from ..limiter import ApiQuota
 
 BODY_KEEP_CHARS = 4000
@@ -62,6 +62,12 @@ def raise_for_status(
     if status >= 500 or status in retryable_4xx:
         raise Retryable(reason, code, status=status, body=body, ambiguous=status >= 500)
     raise Permanent(reason, code, status=status, body=body)
+
+
+def refuse_credentials(api: str, response: httpx.Response, code: str = "") -> NoReturn:
+    """Raise CredentialsRefused for an answer that refuses the credential itself (the lane pauses)."""
+    raise CredentialsRefused(api, code or f"http_{response.status_code}", status=response.status_code,
+                             body=response.text[:BODY_KEEP_CHARS])
 
 
 def json_code(response: httpx.Response, field: str = "code") -> str:

@@ -26,7 +26,10 @@ Every answer's ``GNCP-GW-RateLimit-Replenish-Rate``, ``-Burst-Capacity`` and
 
 The access token comes from ``POST /v1/oauth2/token`` (a bcrypt-signed
 client credential), is kept until 30 minutes before it expires, and is
-renewed once when an API call answers 401.
+renewed once when an API call answers 401. A token call refused with a 4xx
+(other than 429), a client secret that is not a bcrypt salt, or a 401 to a
+token just issued raise CredentialsRefused: the lane pauses until the
+credentials are read again (`refresh_credentials`).
 """
 
 from __future__ import annotations
@@ -44,15 +47,16 @@ import orjson
 from client.wire import Envelope
 
 from ..config import Config, NaverConfig
-from ..errors import Permanent
+from ..errors import CredentialsRefused, Permanent
 from ..journal import Event, read_ref
 from ..limiter import NONE, ApiQuota, Rule
 from ..secrets import read_secret
 from . import LaneSpec
 from .base import Delivered, Plan, PlanContext, Reject, Send, Skip
-from .http import json_code, raise_for_status, request
+from .http import json_code, raise_for_status, refuse_credentials, request
 
 LANE = "naver"
+API_NAME = "Naver"
 UPDATE = "naver.product.update"
 IMAGES = "naver.images.upload"
 
@@ -169,6 +173,16 @@ class NaverConnector:
         self._token: str | None = None
         self._renew_at = 0.0
         self._token_lock = asyncio.Lock()
+
+    def refresh_credentials(self) -> bool:
+        """Read the client id and secret again; True (and the cached token dropped) if either changed."""
+        client_id = read_secret(self.cfg.client_id_env, redacted=False)
+        secret = read_secret(self.cfg.client_secret_env)
+        if not client_id or not secret or (client_id, secret) == (self.client_id, self._secret):
+            return False
+        self.client_id, self._secret = client_id, secret
+        self._token, self._renew_at = None, 0.0
+        return True
 
     # -- ingest ---------------------------------------------------------------
 
@@ -319,6 +333,8 @@ class NaverConnector:
             token = await self._access_token(stale=token)
             response = await request(self.http, method, path, headers={"Authorization": f"Bearer {token}"},
                                      **kwargs)
+            if response.status_code == 401:  # a token issued a moment ago: the application is refused
+                refuse_credentials(API_NAME, response, json_code(response))
         _check(response)
         return response
 
@@ -328,15 +344,22 @@ class NaverConnector:
             if self._token is not None and self._token != stale and self.clock() < self._renew_at:
                 return self._token
             timestamp = int(self.wall_clock() * 1000)
+            try:
+                sign = client_secret_sign(self.client_id, self._secret, timestamp)
+            except ValueError:  # bcrypt's "Invalid salt": never name the value
+                raise CredentialsRefused(API_NAME, "the client secret is not a bcrypt salt ($2a$...)") from None
             form = {
                 "client_id": self.client_id,
                 "timestamp": str(timestamp),
                 "grant_type": "client_credentials",
                 "type": "SELF",
-                "client_secret_sign": client_secret_sign(self.client_id, self._secret, timestamp),
+                "client_secret_sign": sign,
             }
             started = self.clock()
             response = await request(self.http, "POST", TOKEN_PATH, data=form)
+            if 400 <= response.status_code < 500 and response.status_code != 429:
+                # Wrong id or secret, a revoked application, or a clock too far off for the timestamp.
+                refuse_credentials(API_NAME, response, json_code(response))
             _check(response)
             doc = response.json()
             token, lifetime = doc.get("access_token"), doc.get("expires_in")
@@ -360,7 +383,7 @@ def build(cfg: Config) -> list[LaneSpec]:
     missing = [name for name, value in ((n.client_id_env, client_id), (n.client_secret_env, secret)) if not value]
     paused = None if not missing else (
         f"no Naver credentials: set {' and '.join('$' + m for m in missing)} "
-        "(or systemd credentials of those names), then restart")
+        "(or systemd credentials of those names), then `sidecar reload`")
     connector = NaverConnector(n, client_id or "", secret or "")
     # Naver's quota belongs to the application (client id), per API.
     return [LaneSpec(connector, Rule(rate=n.rate_per_second, burst=n.burst), paused=paused,

@@ -33,7 +33,7 @@ from ..limiter import Rule
 from ..secrets import read_secret
 from . import LaneSpec
 from .base import Dead, Delivered, Moved, PlanContext, Plan, Reject, Send, Skip, Wait
-from .http import json_code, raise_for_status, request
+from .http import json_code, raise_for_status, refuse_credentials, request
 
 CREATE = "notion.page.create"
 UPDATE = "notion.page.update"
@@ -59,6 +59,9 @@ def _limit_reason(response: httpx.Response) -> str:
 
 
 def _check(response: httpx.Response) -> None:
+    if response.status_code == 401:
+        # `unauthorized`: the token is wrong, expired or revoked; every call would fail alike.
+        refuse_credentials("Notion", response, json_code(response))
     raise_for_status(response, rate_limited=_rate_limited, code_of=json_code, limit_reason_of=_limit_reason)
 
 
@@ -91,6 +94,7 @@ class NotionConnector:
     def __init__(self, cfg: NotionConfig, token: str, *, ref_wait: float = 600.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.cfg = cfg
+        self._token = token
         self.ref_wait = ref_wait
         # Set by the lane: await it before any call beyond the planned one.
         self.pace: Callable[[], Awaitable[None]] | None = None
@@ -104,6 +108,15 @@ class NotionConnector:
             timeout=cfg.timeout,
             transport=transport,
         )
+
+    def refresh_credentials(self) -> bool:
+        """Read the token again ($CREDENTIALS_DIRECTORY/NAME, else $NAME); True if it changed."""
+        token = read_secret(self.cfg.token_env)
+        if not token or token == self._token:
+            return False
+        self._token = token
+        self.http.headers["Authorization"] = f"Bearer {token}"
+        return True
 
     # -- ingest ---------------------------------------------------------------
 
@@ -301,7 +314,7 @@ class NotionConnector:
 def build(cfg: Config) -> list[LaneSpec]:
     token = read_secret(cfg.notion.token_env)
     paused = None if token else (
-        f"no Notion token: set ${cfg.notion.token_env} or a systemd credential of that name, then restart")
+        f"no Notion token: set ${cfg.notion.token_env} or a systemd credential of that name, then `sidecar reload`")
     connector = NotionConnector(cfg.notion, token or "", ref_wait=cfg.retry.ref_wait)
     return [LaneSpec(connector, Rule(rate=cfg.notion.rate_per_second, burst=cfg.notion.burst), paused=paused,
                      quota_id=token or "")]

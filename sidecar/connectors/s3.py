@@ -16,8 +16,11 @@ files, container or instance role); with none, the lane is paused.
 
 Errors: 503 SlowDown slows the lane down (RateLimited); other 5xx and
 transport errors are retried (a PUT is idempotent, so resending after an
-unknown outcome is harmless); 400/403/404 (SignatureDoesNotMatch,
-InvalidAccessKeyId, NoSuchBucket, BadDigest...) dead-letter with S3's XML body.
+unknown outcome is harmless); a 403 that refuses the credential itself
+(InvalidAccessKeyId, SignatureDoesNotMatch, ExpiredToken, InvalidToken)
+pauses the lane until the chain is read again (CredentialsRefused); other
+400/403/404 (AccessDenied on one object, NoSuchBucket, BadDigest...)
+dead-letter with S3's XML body.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from ..limiter import Rule
 from ..spool import Spool
 from . import LaneSpec
 from .base import Dead, Delivered, Plan, PlanContext, Reject, Send, Skip
-from .http import raise_for_status, request
+from .http import raise_for_status, refuse_credentials, request
 
 PUT = "s3.put"
 SUPERSEDED = "superseded"
@@ -62,6 +65,8 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
+# 403 codes about the key pair or session token, whatever the object: every put would fail alike.
+CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"})
 
 NO_CREDENTIALS = (
     "no AWS credentials: botocore's chain found none (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
@@ -123,6 +128,8 @@ def xml_code(response: httpx.Response) -> str:
 
 
 def _check(response: httpx.Response) -> None:
+    if response.status_code == 403 and xml_code(response) in CREDENTIAL_CODES:
+        refuse_credentials("S3", response, xml_code(response))
     # S3 says "slow down" with 503 SlowDown (no Retry-After): back the lane off.
     raise_for_status(response, rate_limited=lambda r: r.status_code in (429, 503), code_of=xml_code)
 
@@ -138,6 +145,18 @@ class S3Connector:
         self.endpoint = cfg.endpoint_url.rstrip("/") or f"https://s3.{cfg.region}.amazonaws.com"
         self.credentials = credentials
         self.http = httpx.AsyncClient(timeout=cfg.timeout, transport=transport)
+
+    def refresh_credentials(self) -> bool:
+        """Run botocore's chain again (a rewritten shared credentials file); True if the keys changed.
+
+        Environment variables cannot change in a running process: use a file for keys that rotate.
+        """
+        found, _ = find_credentials()
+        if found is None:
+            return False
+        old = self.credentials.get_frozen_credentials() if self.credentials is not None else None
+        self.credentials = found
+        return found.get_frozen_credentials() != old
 
     # -- ingest ---------------------------------------------------------------
 
