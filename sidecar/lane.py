@@ -91,6 +91,7 @@ class Lane:
         self.breaker = Breaker(failures=cfg.failures, cooldown=cfg.cooldown)
         self._refused: str | None = None  # why the credential was refused; the lane probes meanwhile
         self._probe_at = 0.0  # when a paused lane may make its next call
+        self._reloads = 0  # credential reloads so far: a refusal of a call made before the last one is stale
         self._inflight: set[str] = set()
         self._blocked: dict[str, float] = {}  # target -> not before (waits and backoffs)
         self._wake = asyncio.Event()
@@ -121,6 +122,7 @@ class Lane:
         """
         refresh = getattr(self.connector, "refresh_credentials", None)
         changed = bool(refresh()) if refresh is not None else False
+        self._reloads += 1
         if self._refused is not None:
             self._probe_at = 0.0
             self._wake.set()
@@ -279,13 +281,15 @@ class Lane:
         self.journal.start_attempt(ids)
         started = time.perf_counter()
         status = "error"
+        reloads = self._reloads
         try:
             result = await self.connector.send(plan)
             status = "ok"
         except CredentialsRefused as exc:
             status = str(exc.status) if exc.status else exc.reason
             self.breaker.record(True, self.clock())  # the API answered: it is up, the credential is not
-            self._pause_for_credentials(events, exc)
+            # A call sent before a reload was refused the old credential: try the new one at once.
+            self._pause_for_credentials(events, exc, retry_now=reloads != self._reloads)
             return
         except DeliveryError as exc:
             status = str(exc.status) if exc.status else exc.reason
@@ -360,10 +364,12 @@ class Lane:
         self.journal.defer([e.id for e in events], now + delay, str(exc), unsure=exc.ambiguous)
         self._blocked[events[0].target] = now + delay
 
-    def _pause_for_credentials(self, events: list[Event], exc: CredentialsRefused) -> None:
+    def _pause_for_credentials(self, events: list[Event], exc: CredentialsRefused, *, retry_now: bool = False) -> None:
         """Keep the events as they were and pause the lane until the credential changes or the next probe."""
         self.journal.uncount_attempt(events, str(exc))
-        self._probe_at = self.clock() + self.retry.credentials_probe_seconds
+        self._probe_at = self.clock() + (0.0 if retry_now else self.retry.credentials_probe_seconds)
+        if retry_now:
+            self._wake.set()
         self.metrics.retried.labels(lane=self.name, reason=exc.reason).inc()
         if self._refused is None:  # once per pause, not once per probe
             log.warning("lane %s: paused: %s (%s); its events wait in the journal; fix the credential, then "

@@ -14,7 +14,7 @@ from client import wire
 from client.wire import Envelope
 from sidecar.config import BreakerConfig, RetryConfig
 from sidecar.connectors.base import Dead, Delivered, Moved, Plan, PlanContext, Send, Skip, Wait
-from sidecar.errors import DeliveryError, Permanent, RateLimited, Retryable
+from sidecar.errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
 from sidecar.journal import Event, EventRow, Journal
 from sidecar.lane import Lane
 from sidecar.limiter import Limiter, MemoryStore, Rule
@@ -317,3 +317,31 @@ def test_refusals_and_rate_limits_never_open_the_breaker(tmp_path: Path) -> None
     assert lane.breaker.state == "closed"
     assert [reason for _, reason, _ in dead(journal)] == ["http_404"] * 3
     assert targets(journal) == [(4, "d")]  # rate-limited: kept, to be sent again
+
+
+class ReloadedMidCall(Scripted):
+    """The old credential is refused, but a reload (SIGHUP) lands while the call is out."""
+
+    lane_ref: Lane | None = None
+
+    async def send(self, plan: Send) -> Delivered:
+        self.sent.append([e.seq for e in plan.events])
+        if self.lane_ref is not None:
+            self.lane_ref.reload_credentials()
+        raise CredentialsRefused("Notion", "unauthorized", status=401)
+
+
+@pytest.mark.parametrize("reload_mid_call", [False, True])
+def test_a_refused_credential_pauses_the_lane_and_a_refusal_older_than_a_reload_is_retried_at_once(
+        tmp_path: Path, reload_mid_call: bool) -> None:
+    clock = Clock()
+    connector = ReloadedMidCall(send_all)
+    lane, journal = scripted_lane(tmp_path, connector, clock, "t")
+    connector.lane_ref = lane if reload_mid_call else None
+    assert once(lane)
+    assert lane.paused_reason == "credentials refused by Notion"
+    assert journal.conn.execute("SELECT attempts FROM events").fetchall() == [(0,)]  # kept, attempt not spent
+    # Refused before any reload: the next try waits for the probe interval (or a reload).
+    # Refused after a reload was made mid-call: that answer was about the old credential, so try now.
+    expected = clock.now if reload_mid_call else clock.now + RetryConfig().credentials_probe_seconds
+    assert lane._probe_at == expected
