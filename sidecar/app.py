@@ -47,11 +47,11 @@ HOUSEKEEPING_SECONDS = 1.0
 GIL_SWITCH_SECONDS = 0.0005
 
 
-def place_process(cpus: list[int], nice: int) -> None:
+def place_process(cpus: tuple[int, ...], nice: int) -> None:
     """Apply [process] cpu_affinity and nice (no-ops when unset)."""
     proc = psutil.Process()
     if cpus:
-        proc.cpu_affinity(cpus)
+        proc.cpu_affinity(list(cpus))
     if nice:
         proc.nice(nice)
 
