@@ -59,7 +59,7 @@ def one_of(*choices: str, any_case: bool = False) -> Check:
 
 
 def _host_port(v: str) -> bool:
-    host, colon, port = v.rpartition(":")
+    _, colon, port = v.rpartition(":")
     return bool(colon) and port.isdigit() and int(port) <= 65535
 
 
