@@ -13,7 +13,7 @@ import pytest
 from client import wire
 from client.wire import Envelope
 from sidecar.config import BreakerConfig, RetryConfig
-from sidecar.connectors.base import Dead, Delivered, Moved, Plan, PlanContext, Send, Skip, Wait
+from sidecar.connectors.base import Dead, Delivered, Moved, Pace, Plan, PlanContext, Send, Skip, Wait
 from sidecar.errors import DeliveryError, Permanent, RateLimited, Retryable
 from sidecar.journal import Event, EventRow, Journal
 from sidecar.lane import Lane
@@ -45,7 +45,7 @@ class FlakyConnector:
             raise KeyError("a bug in plan()")
         return Send(group, None, merged=len(group) - 1)
 
-    async def send(self, plan: Send) -> Delivered:
+    async def send(self, plan: Send[None], pace: Pace) -> Delivered:
         self.sent.append([e.seq for e in plan.events])
         return Delivered()
 
@@ -107,7 +107,7 @@ class Scripted:
     def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
         return self.planner(group, ctx)
 
-    async def send(self, plan: Send) -> Delivered:
+    async def send(self, plan: Send[None], pace: Pace) -> Delivered:
         self.sent.append([e.seq for e in plan.events])
         result = self.results.pop(0) if self.results else Delivered()
         if isinstance(result, DeliveryError):

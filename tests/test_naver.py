@@ -12,8 +12,8 @@ import pytest
 
 from client import wire
 from sidecar.config import NaverConfig
-from sidecar.connectors.base import Reject, Send, Skip
-from sidecar.connectors.naver import NaverConnector, client_secret_sign
+from sidecar.connectors.base import Reject, Send, Skip, unpaced
+from sidecar.connectors.naver import NaverConnector, NaverRequest, UpdateProducts, UploadImages, client_secret_sign
 from sidecar.journal import Event
 
 from .support import FakePlanContext, journaled
@@ -45,7 +45,7 @@ def test_plan_folds_updates_per_product_and_caps_products_per_call() -> None:
     plan = conn.plan(group, FakePlanContext())
     assert isinstance(plan, Send)
     assert [e.id for e in plan.events] == [1, 2, 4, 5]  # product 30 waits for the next call
-    assert plan.request == ("products", {"multiProductUpdateRequestVos": [
+    assert plan.request == UpdateProducts({"multiProductUpdateRequestVos": [
         {"originProductNo": 10, "multiUpdateTypes": ["SALE_PRICE", "STOCK"],
          "productSalePrice": {"salePrice": 200}, "stockQuantity": 1},
         {"originProductNo": 20, "multiUpdateTypes": ["PRODUCT_STATUS_SALE"]},
@@ -64,7 +64,8 @@ def test_plan_fills_an_upload_with_images_of_several_keys_and_skips_delivered_on
     plan = conn.plan(group, FakePlanContext())
     # a and b fill 9 of 10; c's 2 would not fit, so c and d wait; a's second event rides along as a duplicate.
     assert isinstance(plan, Send) and [e.id for e in plan.events] == [1, 2, 3]
-    assert [key for key, _ in plan.request[1]] == ["a", "b"] and plan.request[2] == 1
+    assert isinstance(plan.request, UploadImages)
+    assert [key for key, _ in plan.request.batch] == ["a", "b"] and plan.request.duplicates == 1
     skip = conn.plan(group, FakePlanContext(refs={"a": '["https://x/1.png"]'}))
     assert isinstance(skip, Skip) and [e.id for e in skip.events] == [1, 3] and skip.reason == "duplicate"
 
@@ -116,18 +117,18 @@ def test_token_is_cached_until_30_minutes_before_expiry() -> None:
     now = [0.0]
     conn = NaverConnector(NaverConfig(base_url="http://naver.test/external"), "id", bcrypt.gensalt(4).decode(),
                           clock=lambda: now[0], transport=httpx.MockTransport(api))
-    send = Send([], ("products", {"multiProductUpdateRequestVos": []}))
+    send: Send[NaverRequest] = Send([], UpdateProducts({"multiProductUpdateRequestVos": []}))
 
     async def run() -> None:
-        await conn.send(send)
+        await conn.send(send, unpaced)
         now[0] = 9_000 - 1   # 30 minutes before the 3-hour lifetime ends: still cached
-        await conn.send(send)
+        await conn.send(send, unpaced)
         assert issued == ["t0"]
         now[0] = 9_000
-        await conn.send(send)
+        await conn.send(send, unpaced)
         assert issued == ["t0", "t1"]
         issued.append("revoked-elsewhere")  # the next call answers 401: renew once and retry
-        await conn.send(send)
+        await conn.send(send, unpaced)
         assert issued == ["t0", "t1", "revoked-elsewhere", "t3"]
         await conn.aclose()
 
