@@ -317,3 +317,17 @@ def test_refusals_and_rate_limits_never_open_the_breaker(tmp_path: Path) -> None
     assert lane.breaker.state == "closed"
     assert [reason for _, reason, _ in dead(journal)] == ["http_404"] * 3
     assert targets(journal) == [(4, "d")]  # rate-limited: kept, to be sent again
+
+
+def test_a_connectors_extra_calls_are_paced_by_the_lanes_limiter(tmp_path: Path) -> None:
+    class Checking(Scripted):
+        async def send(self, plan: Send[None], pace: Pace) -> Delivered:
+            await pace()  # a check before resending, say: one more token
+            await pace()
+            return await super().send(plan, pace)
+
+    connector = Checking(send_all)
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "a")
+    before = lane.limiter.tokens(1000.0)
+    assert once(lane)
+    assert connector.sent == [[1]] and lane.limiter.tokens(1000.0) == pytest.approx(before - 2)
