@@ -17,6 +17,7 @@ again: a lane paused on a refused or missing credential tries again at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -42,6 +43,7 @@ from .limiter_redis import RedisStore
 from .limiter import BACKED_OFF, CONFIGURED, LEARNED, Limiter, MemoryStore, Store
 from .metrics import Metrics, process_snapshot
 from .secrets import read_secret
+from .status import STARTING, Health, IngestStatus, JournalStatus, LaneState, LaneStatus, Status
 
 log = logging.getLogger("sidecar")
 
@@ -49,11 +51,11 @@ HOUSEKEEPING_SECONDS = 1.0
 GIL_SWITCH_SECONDS = 0.0005
 
 
-def place_process(cpus: list[int], nice: int) -> None:
+def place_process(cpus: tuple[int, ...], nice: int) -> None:
     """Apply [process] cpu_affinity and nice (no-ops when unset)."""
     proc = psutil.Process()
     if cpus:
-        proc.cpu_affinity(cpus)
+        proc.cpu_affinity(list(cpus))
     if nice:
         proc.nice(nice)
 
@@ -66,7 +68,8 @@ class Sidecar:
         self.on_ready = on_ready
         self.lanes: dict[str, Lane] = {}
         self.started = time.time()
-        self._snapshot: dict[str, Any] = {"health": {"ok": False, "problems": ["starting"]}}
+        self._status: Status | None = None  # None until the first housekeeping tick
+        self._health = STARTING
         self._stop: asyncio.Event | None = None
         self.store: Store = MemoryStore()
         self._reported: dict[str, int] = {}  # counters read from lanes and the store, already added
@@ -91,8 +94,12 @@ class Sidecar:
                 lane.notify()
         log.info("reload: credentials read again; changed for: %s", ", ".join(changed) or "none")
 
-    def snapshot(self) -> dict[str, Any]:
-        return self._snapshot
+
+    def status(self) -> Status | None:
+        return self._status
+
+    def health(self) -> Health:
+        return self._health
 
     async def run(self) -> int:
         cfg = self.cfg
@@ -133,7 +140,7 @@ class Sidecar:
         api = None
         if cfg.metrics.address:
             try:
-                api = ApiServer(cfg.metrics.address, self.metrics.registry, self.snapshot,
+                api = ApiServer(cfg.metrics.address, self.metrics.registry, self.status, self.health,
                                 lambda lane, key: read_ref(cfg.journal.dir, lane, key))
             except OSError as exc:
                 ingest.stop()
@@ -213,7 +220,9 @@ class Sidecar:
             self._refresh(journal, ingest)
         except Exception:  # a status snapshot must never take the sidecar down
             log.exception("housekeeping failed")
-            self._snapshot = {**self._snapshot, "health": {"ok": False, "problems": ["housekeeping failed; see log"]}}
+            self._health = Health.of(["housekeeping failed; see log"])
+            if self._status is not None:
+                self._status = dataclasses.replace(self._status, health=self._health)
 
     def _refresh(self, journal: Journal, ingest: Ingest) -> None:
         try:
@@ -228,7 +237,7 @@ class Sidecar:
         m = self.metrics
         m.dead_letters.set(dead)
         m.journal_bytes.set(size)
-        lanes: dict[str, Any] = {}
+        lanes: dict[str, LaneStatus] = {}
         problems: list[str] = []
         if not ingest.alive:
             problems.append("ingest thread is not running")
@@ -245,7 +254,6 @@ class Sidecar:
         problems += unacknowledged(journal)
         for name, lane in self.lanes.items():
             limiter = lane.limiter
-            view = limiter.view(now)
             m.depth.labels(lane=name).set(depth.get(name, 0))
             m.limiter_tokens.labels(lane=name).set(limiter.tokens(now))
             self._rate_gauge(name, limiter.last.rate, limiter.last.source)
@@ -253,36 +261,42 @@ class Sidecar:
             m.limiter_sharing.labels(lane=name).set(sharing)
             self._add(m.limiter_unused.labels(lane=name), f"unused:{name}", limiter.unused)
             m.breaker_state.labels(lane=name).set(STATE_VALUES[lane.breaker.state])
-            lanes[name] = {
-                "depth": depth.get(name, 0),
-                **view,
-                "sidecars_sharing": sharing,
-                "configured_rate": limiter.rule.rate,
-                "breaker": lane.breaker.state,
-                "paused": lane.paused_reason,
-                "delivered": lane.delivered,
-            }
-            # An API nobody uses may lack credentials; one with events waiting may not.
-            if lane.paused_reason and depth.get(name, 0):
-                problems.append(f"{name}: paused: {lane.paused_reason}; {depth[name]} event(s) waiting")
+            # Not configured (no credential at start, nothing waiting): off. Paused: events
+            # wait for it, or the API refused its credential.
+            state: LaneState = "running"
+            if lane.paused_reason:
+                state = "paused" if depth.get(name, 0) or lane.credentials_refused else "off"
+            lanes[name] = LaneStatus(
+                state=state,
+                depth=depth.get(name, 0),
+                **limiter.view(now),
+                sidecars_sharing=sharing,
+                configured_rate=limiter.rule.rate,
+                breaker=lane.breaker.state,
+                paused=lane.paused_reason,
+                delivered=lane.delivered,
+            )
+            if state == "paused":
+                problems.append(f"{name}: paused: {lane.paused_reason}; {depth.get(name, 0)} event(s) waiting")
             if lane.errors:
                 problems.append(f"{name}: {lane.errors} unexpected error(s) in delivery; see the log")
             if lane.breaker.state != "closed":
                 problems.append(f"{name}: circuit breaker {lane.breaker.state} after {lane.breaker.failures} "
                                 f"failures; probing again in {lane.breaker.reopens_in(now):.0f} s")
-        self._snapshot = {
-            "time": now,
-            "uptime_seconds": round(now - self.started, 1),
-            "ingest": {"endpoint": self.cfg.ingest.endpoint, "alive": ingest.alive,
-                       "received": int(m.total("sidecar_events_received_total")),
-                       "rejected": int(m.total("sidecar_events_rejected_total")),
-                       "sequence_gaps": int(m.total("sidecar_client_sequence_gaps_total"))},
-            "journal": {"path": str(journal.path), "bytes": size, "pending": sum(depth.values()),
-                        "dead_letters": dead, "state": self.journal_health.state},
-            "lanes": lanes,
-            "process": process_snapshot(),
-            "health": {"ok": not problems, "problems": problems},
-        }
+        self._health = Health.of(problems)
+        self._status = Status(
+            time=now,
+            uptime_seconds=round(now - self.started, 1),
+            ingest=IngestStatus(endpoint=self.cfg.ingest.endpoint, alive=ingest.alive,
+                                received=int(m.total("sidecar_events_received_total")),
+                                rejected=int(m.total("sidecar_events_rejected_total")),
+                                sequence_gaps=int(m.total("sidecar_client_sequence_gaps_total"))),
+            journal=JournalStatus(path=str(journal.path), bytes=size, pending=sum(depth.values()),
+                                  dead_letters=dead, state=self.journal_health.state),
+            lanes=lanes,
+            process=process_snapshot(),
+            health=self._health,
+        )
 
 
     def _add(self, counter: Any, name: str, total: int) -> None:

@@ -28,6 +28,7 @@ import orjson
 
 from .config import Config, load_config
 from .errors import ExitCode, MissingExtra, StartupError
+from .status import Health, Status
 
 log = logging.getLogger("sidecar")
 
@@ -101,40 +102,45 @@ def _fetch(cfg: Config, path: str) -> tuple[int, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _config(args)
     try:
-        _, status = _fetch(cfg, "/status")
+        code, body = _fetch(cfg, "/status")
     except OSError as exc:
         print(f"sidecar not reachable at {cfg.metrics.address}: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE
     if args.json:
-        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
         return ExitCode.OK
-    print(render_status(status))
+    if code != 200:  # starting: no snapshot yet, only the health
+        print("sidecar " + "; ".join(Health.from_dict(body.get("health") or {}).problems or ("not ready",)))
+        return ExitCode.OK
+    print(render_status(Status.from_dict(body)))
     return ExitCode.OK
 
 
-def render_status(s: dict[str, Any]) -> str:
-    proc, journal, ingest = s["process"], s["journal"], s["ingest"]
+def render_status(s: Status) -> str:
+    proc, journal, ingest = s.process, s.journal, s.ingest
     lines = [
-        f"sidecar pid {proc['pid']}, up {s['uptime_seconds']:.0f} s, "
-        f"{'healthy' if s['health']['ok'] else 'DEGRADED'}",
-        f"ingest   {ingest['endpoint']}  received {ingest['received']}  rejected {ingest['rejected']}  "
-        f"sequence gaps {ingest['sequence_gaps']}",
-        f"journal  {journal['path']}  {journal['bytes'] / 1e6:.1f} MB  pending {journal['pending']}  "
-        f"dead letters {journal['dead_letters']}  {journal.get('state', 'ok')}",
-        f"process  cpu {proc['cpu_seconds']:.1f} s  rss {proc['rss_bytes'] / 1e6:.1f} MB  fds {proc['open_fds']}  "
-        f"threads {proc['threads']}  cpus {proc['cpu_affinity']}  nice {proc['nice']}",
+        f"sidecar pid {proc.pid}, up {s.uptime_seconds:.0f} s, {'healthy' if s.health.ok else 'DEGRADED'}",
+        f"ingest   {ingest.endpoint}  received {ingest.received}  rejected {ingest.rejected}  "
+        f"sequence gaps {ingest.sequence_gaps}",
+        f"journal  {journal.path}  {journal.bytes / 1e6:.1f} MB  pending {journal.pending}  "
+        f"dead letters {journal.dead_letters}  {journal.state}",
+        f"process  cpu {proc.cpu_seconds:.1f} s  rss {proc.rss_bytes / 1e6:.1f} MB  fds {proc.open_fds}  "
+        f"threads {proc.threads}  cpus {list(proc.cpu_affinity or ()) or None}  nice {proc.nice}",
         "",
         f"{'lane':<18}{'depth':>8}{'rate/s':>9}{'of':>7}  {'source':<11}{'store':<14}{'tokens':>8}  "
         f"{'breaker':<10}{'delivered':>10}  paused",
     ]
-    for name, lane in s["lanes"].items():
-        store = lane.get("store", "memory")
+    for name, lane in s.lanes.items():
+        if lane.state == "off":  # not configured, nothing waiting: one line (--json has why)
+            lines.append(f"{name:<18}{'off':>8}  not configured")
+            continue
+        store = lane.store
         if store == "redis":
-            store += f" ×{lane.get('sidecars_sharing', 1)}"
-        lines.append(f"{name:<18}{lane['depth']:>8}{lane['rate_per_second']:>9.2f}{lane['configured_rate']:>7.1f}"
-                     f"  {lane.get('rate_source', '-'):<11}{store:<14}{lane['tokens']:>8.2f}  "
-                     f"{lane['breaker']:<10}{lane['delivered']:>10}  {lane['paused'] or '-'}")
-    for problem in s["health"]["problems"]:
+            store += f" ×{lane.sidecars_sharing}"
+        lines.append(f"{name:<18}{lane.depth:>8}{lane.rate_per_second:>9.2f}{lane.configured_rate:>7.1f}"
+                     f"  {lane.rate_source:<11}{store:<14}{lane.tokens:>8.2f}  "
+                     f"{lane.breaker:<10}{lane.delivered:>10}  {lane.paused or '-'}")
+    for problem in s.health.problems:
         lines.append(f"problem: {problem}")
     return "\n".join(lines)
 
@@ -146,10 +152,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"CRITICAL: sidecar not reachable at {cfg.metrics.address}: {exc}")
         return ExitCode.UNAVAILABLE
-    if code == 200 and health.get("ok"):
+    verdict = Health.from_dict(health)
+    if code == 200 and verdict.ok:
         print("OK: sidecar healthy")
         return ExitCode.OK
-    print("WARNING: " + "; ".join(health.get("problems") or ["unhealthy"]))
+    print("WARNING: " + "; ".join(verdict.problems or ("unhealthy",)))
     return ExitCode.FAILED
 
 

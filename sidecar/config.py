@@ -4,7 +4,10 @@
     cfg.notion.rate_per_second             # 3.0
 
 Unknown sections or keys are an error that names them, so a typo in a
-config file cannot silently fall back to a default.
+config file cannot silently fall back to a default. Every field declares its
+range (`setting(default, check=...)`) and every value read is checked against
+its type and range here, at the edge, so that a bad value stops the sidecar
+with a `ConfigError` naming the setting rather than a ValueError later.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, get_type_hints
+from urllib.parse import urlsplit
 
 from client import wire
 
@@ -30,105 +34,152 @@ def _default_journal_dir() -> str:
     return os.path.join(base, "trading-sidecar")
 
 
+@dataclass(frozen=True)
+class Check:
+    """A setting's range: `ok(value)` for a value of the right type; `says` completes "must be ..."."""
+
+    ok: Callable[[Any], bool]
+    says: str
+
+
+def setting(default: Any = dataclasses.MISSING, *, check: Check, factory: Any = dataclasses.MISSING) -> Any:
+    """A field with its range: `rate_per_second: float = setting(3.0, check=POSITIVE)`.
+    No default and no factory: the setting is required."""
+    return field(default=default, default_factory=factory, metadata={"check": check})
+
+
+def between(lo: int, hi: int) -> Check:
+    return Check(lambda v: lo <= v <= hi, f"between {lo} and {hi}")
+
+
+def one_of(*choices: str, any_case: bool = False) -> Check:
+    def ok(v: str) -> bool:
+        return (v.upper() if any_case else v) in choices
+    return Check(ok, ", ".join(choices[:-1]) + " or " + choices[-1])
+
+
+def _host_port(v: str) -> bool:
+    _, colon, port = v.rpartition(":")
+    return bool(colon) and port.isdigit() and int(port) <= 65535
+
+
+ANY = Check(lambda v: True, "anything")
+POSITIVE = Check(lambda v: v > 0, "greater than 0")
+AT_LEAST_0 = Check(lambda v: v >= 0, "0 or more")
+AT_LEAST_1 = Check(lambda v: v >= 1, "1 or more")
+NOT_EMPTY = Check(lambda v: v.strip() != "", "a non-empty string")
+HTTP_URL = Check(lambda v: v.startswith(("http://", "https://")) and bool(urlsplit(v).hostname),
+                 "an http:// or https:// URL")
+HTTP_URL_OR_EMPTY = Check(lambda v: v == "" or HTTP_URL.ok(v), "empty or an http:// or https:// URL")
+HOST_PORT_OR_EMPTY = Check(lambda v: v == "" or _host_port(v), "empty (off) or HOST:PORT, e.g. 127.0.0.1:9464")
+ZMQ_ENDPOINT = Check(lambda v: v.startswith(("ipc://", "tcp://")) and len(v) > 6,
+                     "an ipc://PATH or tcp://HOST:PORT endpoint")
+
+
 @dataclass(frozen=True, kw_only=True)
 class IngestConfig:
-    endpoint: str = field(default_factory=wire.default_endpoint)
-    max_message_bytes: int = wire.MAX_EVENT_BYTES
-    max_blob_bytes: int = wire.MAX_BLOB_BYTES
-    batch_max: int = 4096          # events per journal transaction (group commit)
+    endpoint: str = setting(factory=wire.default_endpoint, check=ZMQ_ENDPOINT)
+    max_message_bytes: int = setting(wire.MAX_EVENT_BYTES, check=between(1, wire.MAX_EVENT_BYTES))
+    max_blob_bytes: int = setting(wire.MAX_BLOB_BYTES, check=between(0, wire.MAX_BLOB_BYTES))
+    batch_max: int = setting(4096, check=AT_LEAST_1)  # events per journal transaction (group commit)
 
 
 @dataclass(frozen=True, kw_only=True)
 class JournalConfig:
-    dir: str = field(default_factory=_default_journal_dir)
+    dir: str = setting(factory=_default_journal_dir, check=NOT_EMPTY)
     # FULL survives power loss; NORMAL survives a killed process only.
-    synchronous: str = "FULL"
+    synchronous: str = setting("FULL", check=one_of("FULL", "NORMAL", "EXTRA", any_case=True))
 
 
 @dataclass(frozen=True, kw_only=True)
 class RetryConfig:
-    base: float = 0.5              # first backoff ceiling, seconds
-    cap: float = 60.0              # largest backoff ceiling, seconds
-    max_attempts: int = 30         # then dead-letter as retries_exhausted
-    ref_wait: float = 600.0        # how long an update may wait for an unknown ref
-    credentials_probe_seconds: float = 300.0  # a lane paused on refused credentials tries again this often
+    base: float = setting(0.5, check=POSITIVE)     # first backoff ceiling, seconds
+    cap: float = setting(60.0, check=POSITIVE)     # largest backoff ceiling, seconds
+    max_attempts: int = setting(30, check=AT_LEAST_0)  # then dead-letter as retries_exhausted; 0: never
+    ref_wait: float = setting(600.0, check=AT_LEAST_0)  # how long an update may wait for an unknown ref
+    credentials_probe_seconds: float = setting(300.0, check=POSITIVE)  # a lane paused on refused credentials tries again this often
 
 
 @dataclass(frozen=True, kw_only=True)
 class NotionConfig:
-    base_url: str = "https://api.notion.com/v1"
-    token_env: str = "NOTION_TOKEN"
-    version: str = "2022-06-28"
-    rate_per_second: float = 3.0
-    burst: float = 1.0
-    idempotency_property: str = "Idempotency Key"
-    timeout: float = 30.0          # seconds for one HTTP call
-    max_children_per_request: int = 100
-    max_request_bytes: int = 450_000  # under Notion's 500 KB, leaving room for overhead
+    base_url: str = setting("https://api.notion.com/v1", check=HTTP_URL)
+    token_env: str = setting("NOTION_TOKEN", check=NOT_EMPTY)
+    version: str = setting("2022-06-28", check=NOT_EMPTY)
+    rate_per_second: float = setting(3.0, check=POSITIVE)
+    burst: float = setting(1.0, check=AT_LEAST_1)
+    idempotency_property: str = setting("Idempotency Key", check=ANY)  # empty: no query before a create
+    timeout: float = setting(30.0, check=POSITIVE)  # seconds for one HTTP call
+    max_children_per_request: int = setting(100, check=between(1, 100))
+    # Under Notion's 500 KB, leaving room for overhead.
+    max_request_bytes: int = setting(450_000, check=between(1, 500_000))
 
 
 @dataclass(frozen=True, kw_only=True)
 class S3Config:
-    endpoint_url: str = ""         # empty: AWS's own endpoint for the region
-    region: str = "us-east-1"
-    concurrency: int = 4           # calls in flight at once on the lane
-    rate_per_second: float = 100.0
-    burst: float = 20.0
-    timeout: float = 60.0
+    endpoint_url: str = setting("", check=HTTP_URL_OR_EMPTY)  # empty: AWS's own endpoint for the region
+    region: str = setting("us-east-1", check=NOT_EMPTY)
+    concurrency: int = setting(4, check=AT_LEAST_1)  # calls in flight at once on the lane
+    rate_per_second: float = setting(100.0, check=POSITIVE)
+    burst: float = setting(20.0, check=AT_LEAST_1)
+    timeout: float = setting(60.0, check=POSITIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class NaverConfig:
-    base_url: str = "https://api.commerce.naver.com/external"
-    client_id_env: str = "NAVER_CLIENT_ID"
-    client_secret_env: str = "NAVER_CLIENT_SECRET"
-    rate_per_second: float = 2.0
-    burst: float = 1.0
-    max_products_per_request: int = 50   # per-call maximum of multi-update (unconfirmed by Naver's docs)
-    timeout: float = 30.0
+    base_url: str = setting("https://api.commerce.naver.com/external", check=HTTP_URL)
+    client_id_env: str = setting("NAVER_CLIENT_ID", check=NOT_EMPTY)
+    client_secret_env: str = setting("NAVER_CLIENT_SECRET", check=NOT_EMPTY)
+    rate_per_second: float = setting(2.0, check=POSITIVE)
+    burst: float = setting(1.0, check=AT_LEAST_1)
+    # Per-call maximum of multi-update (unconfirmed by Naver's docs).
+    max_products_per_request: int = setting(50, check=AT_LEAST_1)
+    timeout: float = setting(30.0, check=POSITIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class WebhookConfig:
-    url: str
-    rate_per_second: float = 1.0
-    burst: float = 1.0
-    timeout: float = 10.0
+    url: str = setting(check=HTTP_URL)  # required
+    rate_per_second: float = setting(1.0, check=POSITIVE)
+    burst: float = setting(1.0, check=AT_LEAST_1)
+    timeout: float = setting(10.0, check=POSITIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RedisConfig:
     """Where several sidecars share their API quotas; empty `url`: each sidecar alone, in memory."""
 
-    url: str = ""                  # redis://host:6379/0 or rediss://...; no password in it
-    password_env: str = "REDIS_PASSWORD"  # $CREDENTIALS_DIRECTORY/NAME, else $NAME; none: no AUTH
-    timeout: float = 0.05          # seconds for one Redis call on a lane's path
-    key_prefix: str = "trading-sidecar"
+    url: str = setting("", check=ANY)  # redis://host:6379/0 or rediss://...; no password in it (_check_redis)
+    # $CREDENTIALS_DIRECTORY/NAME, else $NAME; none: no AUTH
+    password_env: str = setting("REDIS_PASSWORD", check=NOT_EMPTY)
+    # Seconds for one Redis call on a lane's path.
+    timeout: float = setting(0.05, check=Check(lambda v: 0 < v <= 1.0,
+                                               "between 0 and 1 s (the bound on one call on a lane's path)"))
+    key_prefix: str = setting("trading-sidecar", check=NOT_EMPTY)
 
 
 @dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
-    address: str = "127.0.0.1:9464"   # /metrics, /health, /status; empty turns it off
+    address: str = setting("127.0.0.1:9464", check=HOST_PORT_OR_EMPTY)  # /metrics, /health, /status; empty turns it off
 
 
 @dataclass(frozen=True, kw_only=True)
 class BreakerConfig:
-    failures: int = 5              # failed calls in a row that open a lane's breaker
-    cooldown: float = 30.0         # seconds before a probe call
+    failures: int = setting(5, check=AT_LEAST_1)  # failed calls in a row that open a lane's breaker
+    cooldown: float = setting(30.0, check=POSITIVE)  # seconds before a probe call
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessConfig:
     # Keep the sidecar off the trading loop's core when not under systemd
     # (the unit's CPUAffinity= and Nice= do the same there).
-    cpu_affinity: list[int] = field(default_factory=list)
-    nice: int = 0
+    cpu_affinity: tuple[int, ...] = setting((), check=Check(lambda v: all(c >= 0 for c in v), "CPU numbers from 0"))
+    nice: int = setting(0, check=between(-20, 19))
 
 
 @dataclass(frozen=True, kw_only=True)
 class LogConfig:
-    json: bool = False
-    level: str = "INFO"
+    json: bool = setting(False, check=ANY)
+    level: str = setting("INFO", check=one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", any_case=True))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,32 +196,51 @@ class Config:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    drain_timeout: float = 10.0    # seconds SIGTERM may spend finishing calls in flight
+    drain_timeout: float = setting(10.0, check=AT_LEAST_0)  # seconds SIGTERM may spend finishing calls in flight
 
 
 class ConfigError(StartupError, ValueError):
     exit_code = ExitCode.CONFIG
 
 
+def _value(cls: type, name: str, value: Any, where: str) -> Any:
+    """`value` for setting `name` of `cls`, checked against the field's type and range."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    hint = get_type_hints(cls)[name]
+    setting_name = f"[{where}] {name}" if where else name
+    given = value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if hint == tuple[int, ...] and isinstance(value, list):
+        value = tuple(value)  # TOML arrays are lists; frozen settings hold tuples
+    if not _is_a(value, hint):
+        raise ConfigError(f"{setting_name} must be {_type_name(hint)}, got {given!r}")
+    check: Check = f.metadata["check"]
+    if not check.ok(value):
+        raise ConfigError(f"{setting_name} must be {check.says}, got {given!r}")
+    return value
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    if hint == tuple[int, ...]:
+        return isinstance(value, tuple) and all(_is_a(v, int) for v in value)
+    if hint is int or hint is float:
+        return isinstance(value, hint) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             tuple[int, ...]: "a list of integers"}
+    return names.get(hint, str(hint))
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        f = known[name]
-        default: Any = ""  # a required setting: only strings are required today
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if default is not None and not isinstance(value, type(default)):
-            raise ConfigError(f"[{where}] {name} must be {type(default).__name__}, got {value!r}")
-        kwargs[name] = value
-    return cls(**kwargs)
+    return cls(**{name: _value(cls, name, value, where) for name, value in values.items()})
 
 
 SECTIONS: dict[str, type] = {
@@ -218,17 +288,17 @@ def from_dict(doc: dict[str, Any]) -> Config:
                 hooks[hook] = _build(WebhookConfig, table, f"webhooks.{hook}")
             kwargs[name] = hooks
         elif name == "drain_timeout":
-            kwargs[name] = float(value)
+            kwargs[name] = _value(Config, name, value, "")
         else:
             raise ConfigError(f"unknown section or setting {name!r}")
     if "redis" in kwargs:
         _check_redis(kwargs["redis"])
+    if "retry" in kwargs and kwargs["retry"].cap < kwargs["retry"].base:
+        raise ConfigError(f"[retry] cap must be at least base ({kwargs['retry'].base}), got {kwargs['retry'].cap}")
     return Config(**kwargs)
 
 
 def _check_redis(cfg: RedisConfig) -> None:
-    from urllib.parse import urlsplit
-
     if not cfg.url:
         return
     parts = urlsplit(cfg.url)
@@ -240,6 +310,3 @@ def _check_redis(cfg: RedisConfig) -> None:
                           "or a systemd credential of that name ([redis] password_env)")
     if not parts.hostname:
         raise ConfigError("[redis] url needs a host, e.g. redis://10.0.0.5:6379/0")
-    if not 0 < cfg.timeout <= 1.0:
-        raise ConfigError(f"[redis] timeout is the bound on one call on a lane's path: between 0 and 1 s, "
-                          f"got {cfg.timeout}")

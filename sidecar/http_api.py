@@ -2,7 +2,7 @@
 
     GET /metrics   Prometheus exposition (prometheus_client)
     GET /health    200 {"ok": true} or 503 {"ok": false, "problems": [...]}
-    GET /status    the whole status snapshot as JSON (what `sidecar status` prints)
+    GET /status    the whole status snapshot as JSON (`status.Status`, what `sidecar status` prints)
     GET /refs/LANE/KEY   what a delivered event created, e.g. Naver image URLs
 
 The snapshot is built by the event loop once a second; this thread only
@@ -19,13 +19,16 @@ from urllib.parse import unquote
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .status import Health, Status
+
 
 class ApiServer:
-    def __init__(self, address: str, registry: CollectorRegistry, snapshot: Callable[[], dict[str, Any]],
-                 lookup_ref: Callable[[str, str], str | None]) -> None:
+    def __init__(self, address: str, registry: CollectorRegistry, status: Callable[[], Status | None],
+                 health: Callable[[], Health], lookup_ref: Callable[[str, str], str | None]) -> None:
         host, _, port = address.rpartition(":")
         self.registry = registry
-        self.snapshot = snapshot
+        self.status = status
+        self.health = health
         self.lookup_ref = lookup_ref
         api = self
 
@@ -54,10 +57,14 @@ class ApiServer:
         if path == "/metrics":
             self._send(h, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         elif path == "/health":
-            health = self.snapshot().get("health", {"ok": False, "problems": ["starting"]})
-            self._send(h, 200 if health["ok"] else 503, orjson.dumps(health), "application/json")
+            health = self.health()
+            self._send(h, 200 if health.ok else 503, orjson.dumps(health.to_dict()), "application/json")
         elif path == "/status":
-            self._send(h, 200, orjson.dumps(self.snapshot(), option=orjson.OPT_INDENT_2), "application/json")
+            status = self.status()
+            if status is None:  # before the first snapshot: only the health, and 503
+                self._send(h, 503, orjson.dumps({"health": self.health().to_dict()}), "application/json")
+            else:
+                self._send(h, 200, orjson.dumps(status.to_dict(), option=orjson.OPT_INDENT_2), "application/json")
         elif path.startswith("/refs/") and path.count("/") >= 3:
             _, _, lane, key = path.split("/", 3)
             value = self.lookup_ref(unquote(lane), unquote(key))

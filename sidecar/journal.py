@@ -257,7 +257,7 @@ class Journal:
         self.role = "journal"
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], *, synchronous: str = "FULL",
+    def open(cls, directory: str | os.PathLike[str], *, synchronous: str = "FULL",  # checked by config.py
              checkpoints: bool = True, check: bool = False) -> "Journal":
         """Open (creating if needed) `directory/journal.db`. Raises JournalError
         with an operator-readable message if the directory is unusable.
@@ -279,8 +279,6 @@ class Journal:
                 f"journal directory {d} is not writable ({exc.strerror}); "
                 "set [journal] dir to a writable directory or fix its owner"
             ) from None
-        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
-            raise JournalError(f"[journal] synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         path = d / "journal.db"
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:

@@ -26,12 +26,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, assert_never
 
 from .backoff import retry_delay
 from .breaker import Breaker
 from .config import BreakerConfig, RetryConfig
-from .connectors.base import Connector, Moved, Send, Skip, Wait
+from .connectors.base import Connector, Dead, Moved, Send, Skip, Wait
 from .errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
 from .journal import Event, Journal
 from .journal_health import classify
@@ -66,7 +66,7 @@ class _Context:
 class Lane:
     def __init__(
         self,
-        connector: Connector,
+        connector: Connector[Any],
         journal: Journal,
         limiter: Limiter,
         retry: RetryConfig,
@@ -97,9 +97,6 @@ class Lane:
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
-        if hasattr(connector, "pace"):
-            # A connector's extra calls (a check before resending) take tokens too.
-            connector.pace = self._take_token
         self.errors = 0  # unexpected errors survived by the workers
         self.delivered = 0  # events this lane delivered (lanes may share a kind: webhooks)
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,13 +112,17 @@ class Lane:
     def notify(self) -> None:
         self._wake.set()
 
+    @property
+    def credentials_refused(self) -> bool:
+        """Paused because the API refused the credential (not merely unconfigured)."""
+        return self._refused is not None
+
     def reload_credentials(self) -> bool:
         """Read the connector's credential again (SIGHUP); True if it changed.
 
         A lane paused on a refused credential tries a call at once, changed or not.
         """
-        refresh = getattr(self.connector, "refresh_credentials", None)
-        changed = bool(refresh()) if refresh is not None else False
+        changed = self.connector.refresh_credentials()
         self._reloads += 1
         if self._refused is not None:
             self._probe_at = 0.0
@@ -173,9 +174,7 @@ class Lane:
             # This worker probes; the others wait for its outcome. Reading the
             # credential first picks up a rewritten file without a reload.
             self._probe_at = now + self.retry.credentials_probe_seconds
-            refresh = getattr(self.connector, "refresh_credentials", None)
-            if refresh is not None:
-                refresh()
+            self.connector.refresh_credentials()
         if not self.breaker.allow(now):
             # Open, or another worker is probing: no calls; events wait in the journal.
             await self._idle(self.breaker.reopens_in(now) or IDLE_POLL_SECONDS)
@@ -228,7 +227,7 @@ class Lane:
         except asyncio.TimeoutError:
             pass
 
-    def _pick(self) -> tuple[str, Send] | None:
+    def _pick(self) -> tuple[str, Send[Any]] | None:
         """The next call to make, settling duplicates and dead ends on the way."""
         now = self.clock()
         seen: set[str] = set()
@@ -251,31 +250,34 @@ class Lane:
                     self._blocked[target] = group[0].not_before
                     break
                 plan = self.connector.plan(group, _Context(self.journal, self.name, now))
-                if isinstance(plan, Send):
-                    self._inflight.add(target)
-                    return target, plan
-                if isinstance(plan, Moved):
-                    if plan.target == target:
+                match plan:
+                    case Send():
+                        self._inflight.add(target)
+                        return target, plan
+                    case Moved():
+                        if plan.target == target:
+                            break
+                        # Merge into the group it belongs to, so one page's events
+                        # are never in two groups (two orders, two backoffs).
+                        self.journal.retarget(self.name, target, plan.target)
+                        self._blocked.pop(plan.target, None)
+                        target = plan.target
+                        continue
+                    case Wait():
+                        self._blocked[target] = now + plan.seconds
                         break
-                    # Merge into the group it belongs to, so one page's events
-                    # are never in two groups (two orders, two backoffs).
-                    self.journal.retarget(self.name, target, plan.target)
-                    self._blocked.pop(plan.target, None)
-                    target = plan.target
-                    continue
-                if isinstance(plan, Wait):
-                    self._blocked[target] = now + plan.seconds
-                    break
-                if isinstance(plan, Skip):
-                    self._settle_skip(plan)
-                else:
-                    self._dead(plan.events, plan.reason, None, plan.detail)
+                    case Skip():
+                        self._settle_skip(plan)
+                    case Dead():
+                        self._dead(plan.events, plan.reason, None, plan.detail)
+                    case _:
+                        assert_never(plan)
                 if not plan.events or len(plan.events) >= len(group):
                     break
                 # Part of the group was settled: plan what is left of it now.
         return None
 
-    async def _deliver(self, plan: Send) -> None:
+    async def _deliver(self, plan: Send[Any]) -> None:
         events = plan.events
         ids = [e.id for e in events]
         self.journal.start_attempt(ids)
@@ -283,7 +285,8 @@ class Lane:
         status = "error"
         reloads = self._reloads
         try:
-            result = await self.connector.send(plan)
+            # A connector's extra calls (a check before resending) take tokens too.
+            result = await self.connector.send(plan, self._take_token)
             status = "ok"
         except CredentialsRefused as exc:
             status = str(exc.status) if exc.status else exc.reason

@@ -33,11 +33,20 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 CONFIGURED, LEARNED, BACKED_OFF = "configured", "learned", "backed off"
 RESERVE, SUCCESS, LIMITED, BEAT = "reserve", "success", "limited", "beat"
 NONE = -1.0  # "not given" in an Op (the Lua script takes plain numbers)
+
+
+class LimiterView(TypedDict):
+    """`Limiter.view`: the fields of a lane's status that the limiter knows."""
+
+    rate_per_second: float
+    rate_source: str
+    store: str
+    tokens: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,7 +219,7 @@ class Limiter:
     async def on_rate_limited(self, retry_after: float | None, told: ApiQuota | None, now: float) -> None:
         await self._run(now, Op(LIMITED, NONE if retry_after is None else retry_after, told or ApiQuota()))
 
-    def view(self, now: float) -> dict[str, object]:
+    def view(self, now: float) -> LimiterView:
         """The rate in force, where it came from, where the quota lives, and the tokens at `now`."""
         return {"rate_per_second": round(self.last.rate, 3), "rate_source": self.last.source,
                 "store": self.store.mode(self.key), "tokens": round(self.tokens(now), 2)}

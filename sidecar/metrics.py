@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .status import ProcessStatus
+
 # What the journal's writers last met (journal_health.py); "ok" when writes commit.
 JOURNAL_STATES = ("ok", "disk full", "read-only", "I/O error", "locked")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -147,17 +149,17 @@ class ProcessCollector(Collector):
             yield GaugeMetricFamily("sidecar_process_threads", "Threads", value=p.num_threads())
 
 
-def process_snapshot() -> dict[str, Any]:
+def process_snapshot() -> ProcessStatus:
     """The same figures for `sidecar status`."""
     p = psutil.Process()
     with p.oneshot():
         cpu = p.cpu_times()
-        return {
-            "pid": p.pid,
-            "cpu_seconds": round(cpu.user + cpu.system, 3),
-            "rss_bytes": p.memory_info().rss,
-            "open_fds": p.num_fds(),
-            "threads": p.num_threads(),
-            "cpu_affinity": p.cpu_affinity() if hasattr(p, "cpu_affinity") else None,
-            "nice": p.nice(),
-        }
+        return ProcessStatus(
+            pid=p.pid,
+            cpu_seconds=round(cpu.user + cpu.system, 3),
+            rss_bytes=p.memory_info().rss,
+            open_fds=p.num_fds(),
+            threads=p.num_threads(),
+            cpu_affinity=tuple(p.cpu_affinity()) if hasattr(p, "cpu_affinity") else None,
+            nice=p.nice(),
+        )

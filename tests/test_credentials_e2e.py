@@ -6,14 +6,11 @@ in a `$CREDENTIALS_DIRECTORY` the tests rewrite, as an operator would.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
 from pathlib import Path
 from typing import Any
 
 import bcrypt
-import httpx
 import orjson
 import pytest
 from standins.base import Fault
@@ -21,10 +18,7 @@ from standins.naver import MULTI_UPDATE_PATH, NaverSimulator
 from standins.notion import NotionSimulator, property_value
 
 from client import Client
-from sidecar.config import NaverConfig
-from sidecar.connectors.base import Send
-from sidecar.connectors.naver import TOKEN_PATH, NaverConnector
-from sidecar.errors import CredentialsRefused, RateLimited
+from sidecar.connectors.naver import TOKEN_PATH
 
 from .support import SidecarProcess, drained, free_port, sidecar_config, wait_until
 
@@ -227,56 +221,3 @@ def test_a_refused_naver_token_call_pauses_and_the_right_secret_resumes(short_tm
         wait_resumed(sc, "naver")
         assert_no_secret_anywhere(sc, wrong, sim.client_secret)
         assert sc.stop() == 0
-
-
-SALT_A, SALT_B = bcrypt.gensalt(4).decode(), bcrypt.gensalt(4).decode()
-
-
-def _connector(handler: Any, secret: str = SALT_A) -> NaverConnector:
-    return NaverConnector(NaverConfig(base_url="http://naver.test/external"), "id", secret,
-                          transport=httpx.MockTransport(handler))
-
-
-@pytest.mark.parametrize("status", [400, 401, 403])
-def test_naver_token_call_4xx_is_credentials_refused_and_429_is_a_rate_limit(status: int) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(status, json={"code": "GW.AUTHN", "message": "no", "timestamp": "x"})
-
-    async def go(connector: NaverConnector) -> BaseException:
-        with pytest.raises((CredentialsRefused, RateLimited)) as err:
-            await connector.send(Send([], ("products", {"multiProductUpdateRequestVos": []})))
-        await connector.aclose()
-        return err.value
-
-    refused = asyncio.run(go(_connector(handler)))
-    assert isinstance(refused, CredentialsRefused) and refused.pause_reason == PAUSED_NAVER
-    assert refused.status == status and refused.detail == "GW.AUTHN"
-
-    limited = asyncio.run(go(_connector(lambda r: httpx.Response(429, json={"code": "GW.RATE_LIMIT"}))))
-    assert isinstance(limited, RateLimited)
-
-
-def test_a_naver_secret_that_is_not_a_bcrypt_salt_is_refused_without_naming_it() -> None:
-    connector = _connector(lambda r: httpx.Response(500), secret="plainly-not-a-salt-1234")
-
-    async def go() -> CredentialsRefused:
-        with pytest.raises(CredentialsRefused) as err:
-            await connector.send(Send([], ("products", {"multiProductUpdateRequestVos": []})))
-        await connector.aclose()
-        return err.value
-
-    refused = asyncio.run(go())
-    assert "bcrypt" in str(refused) and "plainly-not-a-salt" not in str(refused)
-
-
-def test_naver_refresh_credentials_drops_the_cached_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    monkeypatch.setenv("NAVER_CLIENT_ID", "id")
-    monkeypatch.setenv("NAVER_CLIENT_SECRET", SALT_A)
-    connector = _connector(lambda r: httpx.Response(500))
-    connector._token = "cached"
-    assert connector.refresh_credentials() is False and connector._token == "cached"
-    monkeypatch.setenv("NAVER_CLIENT_SECRET", SALT_B)
-    assert connector.refresh_credentials() is True and connector._token is None
-    assert os.environ["NAVER_CLIENT_ID"] == connector.client_id
-    asyncio.run(connector.aclose())

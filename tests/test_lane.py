@@ -13,7 +13,7 @@ import pytest
 from client import wire
 from client.wire import Envelope
 from sidecar.config import BreakerConfig, RetryConfig
-from sidecar.connectors.base import Dead, Delivered, Moved, Plan, PlanContext, Send, Skip, Wait
+from sidecar.connectors.base import Dead, Delivered, Moved, Pace, Plan, PlanContext, Send, Skip, Wait
 from sidecar.errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
 from sidecar.journal import Event, EventRow, Journal
 from sidecar.lane import Lane
@@ -45,12 +45,15 @@ class FlakyConnector:
             raise KeyError("a bug in plan()")
         return Send(group, None, merged=len(group) - 1)
 
-    async def send(self, plan: Send) -> Delivered:
+    async def send(self, plan: Send[None], pace: Pace) -> Delivered:
         self.sent.append([e.seq for e in plan.events])
         return Delivered()
 
     def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
         return []
+
+    def refresh_credentials(self) -> bool:
+        return False
 
     async def aclose(self) -> None:
         pass
@@ -107,7 +110,7 @@ class Scripted:
     def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
         return self.planner(group, ctx)
 
-    async def send(self, plan: Send) -> Delivered:
+    async def send(self, plan: Send[None], pace: Pace) -> Delivered:
         self.sent.append([e.seq for e in plan.events])
         result = self.results.pop(0) if self.results else Delivered()
         if isinstance(result, DeliveryError):
@@ -116,6 +119,9 @@ class Scripted:
 
     def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
         return self.waiting.get(key, [])
+
+    def refresh_credentials(self) -> bool:
+        return False
 
     async def aclose(self) -> None:
         pass
@@ -319,12 +325,26 @@ def test_refusals_and_rate_limits_never_open_the_breaker(tmp_path: Path) -> None
     assert targets(journal) == [(4, "d")]  # rate-limited: kept, to be sent again
 
 
+def test_a_connectors_extra_calls_are_paced_by_the_lanes_limiter(tmp_path: Path) -> None:
+    class Checking(Scripted):
+        async def send(self, plan: Send[None], pace: Pace) -> Delivered:
+            await pace()  # a check before resending, say: one more token
+            await pace()
+            return await super().send(plan, pace)
+
+    connector = Checking(send_all)
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "a")
+    before = lane.limiter.tokens(1000.0)
+    assert once(lane)
+    assert connector.sent == [[1]] and lane.limiter.tokens(1000.0) == pytest.approx(before - 2)
+
+
 class ReloadedMidCall(Scripted):
     """The old credential is refused, but a reload (SIGHUP) lands while the call is out."""
 
     lane_ref: Lane | None = None
 
-    async def send(self, plan: Send) -> Delivered:
+    async def send(self, plan: Send[None], pace: Pace) -> Delivered:
         self.sent.append([e.seq for e in plan.events])
         if self.lane_ref is not None:
             self.lane_ref.reload_credentials()

@@ -16,7 +16,7 @@ from botocore.credentials import Credentials
 
 from client import wire
 from sidecar.config import Config, S3Config
-from sidecar.connectors.base import Dead, Reject, Send, Skip
+from sidecar.connectors.base import Dead, Reject, Send, Skip, unpaced
 from sidecar.connectors.s3 import S3Connector, build
 from sidecar.errors import CredentialsRefused, Permanent, RateLimited, Retryable
 from sidecar.journal import Event
@@ -58,7 +58,7 @@ def _connector(handler: Any = None) -> S3Connector:
 def _send(conn: S3Connector, plan: Send) -> Any:
     async def go() -> Any:
         try:
-            return await conn.send(plan)
+            return await conn.send(plan, unpaced)
         finally:
             await conn.aclose()
     return asyncio.run(go())

@@ -12,7 +12,7 @@ import pytest
 from sidecar.backoff import full_jitter, parse_retry_after, retry_delay
 from sidecar.config import ConfigError, load_config
 from sidecar.connectors.base import Dead, Moved, Send, Skip, Wait
-from sidecar.connectors.notion import NotionConnector
+from sidecar.connectors.notion import AppendBlocks, NotionConnector, UpdatePage
 from sidecar.config import NotionConfig
 from sidecar.journal import Event
 from sidecar.limiter import Limiter, MemoryStore, Rule
@@ -97,7 +97,7 @@ def test_notion_plans_merge_updates_per_property_in_order() -> None:
     ]
     plan = conn.plan(group, FakePlanContext())
     assert isinstance(plan, Send) and plan.merged == 2
-    assert plan.request == ("update", "p", {"properties": {"A": 2, "B": 1, "C": 3}, "archived": False})
+    assert plan.request == UpdatePage("p", {"properties": {"A": 2, "B": 1, "C": 3}, "archived": False})
 
 
 def test_notion_plans_appends_in_requests_of_at_most_100_children() -> None:
@@ -107,7 +107,7 @@ def test_notion_plans_appends_in_requests_of_at_most_100_children() -> None:
     plan = conn.plan(group, FakePlanContext())
     assert isinstance(plan, Send)
     assert [e.id for e in plan.events] == [0, 1, 2]
-    assert len(plan.request[2]["children"]) == 90
+    assert isinstance(plan.request, AppendBlocks) and len(plan.request.body["children"]) == 90
 
 
 def test_notion_refs_wait_resolve_or_die() -> None:

@@ -4,7 +4,13 @@ A connector owns one lane (one API, one quota). The lane asks it three things:
 
     target = connector.route(envelope, blobs)  # at ingest: validate, pick the group
     plan = connector.plan(group, ctx)          # which events go out in one call, or wait/skip/dead
-    result = await connector.send(plan)        # one HTTP call; raises DeliveryError
+    result = await connector.send(plan, pace)  # one HTTP call; raises DeliveryError
+
+`Send.request` is the connector's own typed value (one small frozen dataclass
+per kind of call, e.g. notion.CreatePage), which its `send` dispatches with
+`match`. A call beyond the planned one (a check before resending) first
+awaits `pace()`, which takes a token from the lane's limiter.
+`ConnectorBase` holds the defaults most connectors share.
 
 Events with the same target are delivered in ingest order and never two at a
 time; events with different targets are independent.
@@ -13,7 +19,9 @@ time; events with different targets are independent.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Generic, Protocol, TypeAlias, TypeVar
+
+import httpx
 
 from client.wire import Envelope
 
@@ -30,13 +38,23 @@ class Reject(ValueError):
         self.detail = detail
 
 
+R = TypeVar("R")  # a connector's request type
+
+# Awaited before each call a connector makes beyond the planned one: the lane's limiter.
+Pace: TypeAlias = Callable[[], Awaitable[None]]
+
+
+async def unpaced() -> None:
+    """A `Pace` that never waits (tests, tools)."""
+
+
 @dataclass
-class Send:
+class Send(Generic[R]):
     """One call to make. `events` all leave the journal when it succeeds;
     `merged` says how many were folded into the call beyond the first."""
 
     events: list[Event]
-    request: Any
+    request: R
     merged: int = 0
 
 
@@ -73,7 +91,8 @@ class Dead:
     detail: str
 
 
-Plan = Send | Wait | Moved | Skip | Dead
+# The lane handles each with `match` and `assert_never`: a new kind of plan fails mypy there.
+Plan: TypeAlias = Send[R] | Wait | Moved | Skip | Dead
 
 
 @dataclass
@@ -107,7 +126,7 @@ class PlanContext(Protocol):
     def dead_key(self, kind: str, key: str) -> str | None: ...
 
 
-class Connector(Protocol):
+class Connector(Protocol[R]):
     lane: str
     kinds: frozenset[str]
 
@@ -119,12 +138,37 @@ class Connector(Protocol):
         """Validate at ingest (raise Reject) and name the event's group."""
         ...
 
-    def plan(self, group: list[Event], ctx: PlanContext) -> Plan: ...
+    def plan(self, group: list[Event], ctx: PlanContext) -> Plan[R]: ...
 
-    async def send(self, plan: Send) -> Delivered: ...
+    async def send(self, plan: Send[R], pace: Pace) -> Delivered:
+        """Make the call; await `pace()` before any further call (e.g. a check before resending)."""
+        ...
 
     def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
         """Groups waiting on `key` and where they go once it exists."""
         ...
 
+    def refresh_credentials(self) -> bool:
+        """Read the credential again (after a refusal, on SIGHUP); True if it changed."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+class ConnectorBase:
+    """Defaults for a connector: it takes every event of its kinds, no group
+    waits on a key it creates, and closing it closes its HTTP client."""
+
+    http: httpx.AsyncClient
+
+    def accepts(self, env: Envelope) -> bool:
+        return True
+
+    def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
+        return []
+
+    def refresh_credentials(self) -> bool:
+        return False  # no credential, or one that cannot change while running
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

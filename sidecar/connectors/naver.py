@@ -37,8 +37,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, assert_never
 
 import bcrypt
 import httpx
@@ -52,7 +53,7 @@ from ..journal import Event, read_ref
 from ..limiter import NONE, ApiQuota, Rule
 from ..secrets import read_secret
 from . import LaneSpec
-from .base import Delivered, Plan, PlanContext, Reject, Send, Skip
+from .base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
 from .http import json_code, raise_for_status, refuse_credentials, request
 
 LANE = "naver"
@@ -156,7 +157,26 @@ def _update_item(no: int, fields: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-class NaverConnector:
+@dataclass(frozen=True)
+class UpdateProducts:
+    """PATCH multi-update: the products' folded updates (`multiProductUpdateRequestVos`)."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UploadImages:
+    """POST product-images/upload: each (key, event)'s images in order; `duplicates` more events
+    at the end of the plan's events repeat a key of the batch."""
+
+    batch: list[tuple[str, Event]]
+    duplicates: int
+
+
+NaverRequest = UpdateProducts | UploadImages
+
+
+class NaverConnector(ConnectorBase):
     lane = LANE
     kinds = frozenset({UPDATE, IMAGES})
 
@@ -185,9 +205,6 @@ class NaverConnector:
         return True
 
     # -- ingest ---------------------------------------------------------------
-
-    def accepts(self, env: Envelope) -> bool:
-        return True
 
     def route(self, env: Envelope, blobs: list[bytes]) -> str:
         if env.kind == UPDATE:
@@ -225,12 +242,9 @@ class NaverConnector:
         if "statusType" in body and (not isinstance(body["statusType"], str) or body["statusType"] not in STATUS_TYPES):
             raise Reject("bad_payload", f"statusType must be SALE or SUSPENSION, not {body['statusType']!r}")
 
-    def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
-        return []
-
     # -- planning -------------------------------------------------------------
 
-    def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
+    def plan(self, group: list[Event], ctx: PlanContext) -> Plan[NaverRequest]:
         if group[0].kind == IMAGES:
             return self._plan_images(group, ctx)
         merged = _merge_products(group)
@@ -241,10 +255,10 @@ class NaverConnector:
         # Naver applies a repeated multi-update again: every field is an
         # absolute value, so applying it twice leaves the same state.
         items = [_update_item(no, merged[no]) for no in chosen]
-        return Send(events, ("products", {"multiProductUpdateRequestVos": items}), merged=len(events) - 1)
+        return Send(events, UpdateProducts({"multiProductUpdateRequestVos": items}), merged=len(events) - 1)
 
     @staticmethod
-    def _plan_images(group: list[Event], ctx: PlanContext) -> Plan:
+    def _plan_images(group: list[Event], ctx: PlanContext) -> Plan[NaverRequest]:
         """Events in emit order into one upload while their images fit in MAX_IMAGES_PER_CALL.
 
         (Groups named "images:KEY" by an older version hold one key each; they plan the same way.)
@@ -266,17 +280,19 @@ class NaverConnector:
             batch.append((event.key, event))
             images += count
         events = [e for _, e in batch] + again  # the lane counts duplicates from the end
-        return Send(events, ("images", batch, len(again)), merged=len(events) - 1)
+        return Send(events, UploadImages(batch, len(again)), merged=len(events) - 1)
 
     # -- calls ----------------------------------------------------------------
 
-    async def send(self, plan: Send) -> Delivered:
-        if plan.request[0] == "images":
-            _, batch, duplicates = plan.request
-            return await self._upload(batch, duplicates)
-        _, body = plan.request
-        response = await self._call("PATCH", MULTI_UPDATE_PATH, json=body)
-        return Delivered(failed=self._item_failures(plan.events, response), told=told_quota(response))
+    async def send(self, plan: Send[NaverRequest], pace: Pace) -> Delivered:
+        match plan.request:
+            case UploadImages(batch, duplicates):
+                return await self._upload(batch, duplicates)
+            case UpdateProducts(body):
+                response = await self._call("PATCH", MULTI_UPDATE_PATH, json=body)
+                return Delivered(failed=self._item_failures(plan.events, response), told=told_quota(response))
+            case _:
+                assert_never(plan.request)
 
     async def _upload(self, batch: list[tuple[str, Event]], duplicates: int) -> Delivered:
         files: list[tuple[str, tuple[str, bytes, str]]] = []
@@ -371,9 +387,6 @@ class NaverConnector:
             # A lifetime shorter than the margin (not Naver's today) would renew on every call.
             self._renew_at = started + max(float(lifetime) - TOKEN_RENEW_BEFORE_EXPIRY, float(lifetime) / 2)
             return token
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
 
 def build(cfg: Config) -> list[LaneSpec]:

@@ -19,7 +19,8 @@ Kinds and how waiting events are combined (all in emit order):
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, assert_never
 
 import httpx
 import orjson
@@ -32,7 +33,7 @@ from ..journal import Event
 from ..limiter import Rule
 from ..secrets import read_secret
 from . import LaneSpec
-from .base import Dead, Delivered, Moved, PlanContext, Plan, Reject, Send, Skip, Wait
+from .base import ConnectorBase, Dead, Delivered, Moved, Pace, PlanContext, Plan, Reject, Send, Skip, Wait
 from .http import json_code, raise_for_status, refuse_credentials, request
 
 CREATE = "notion.page.create"
@@ -87,7 +88,34 @@ def _count_blocks(children: list[Any]) -> int:
     return total
 
 
-class NotionConnector:
+@dataclass(frozen=True)
+class CreatePage:
+    """POST /v1/pages, unique by `key` (written into the idempotency property)."""
+
+    key: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UpdatePage:
+    """PATCH /v1/pages/{page_id}: the group's updates merged."""
+
+    page_id: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AppendBlocks:
+    """PATCH /v1/blocks/{block_id}/children: the group's appends that fit one call."""
+
+    block_id: str
+    body: dict[str, Any]
+
+
+NotionRequest = CreatePage | UpdatePage | AppendBlocks
+
+
+class NotionConnector(ConnectorBase):
     lane = "notion"
     kinds = frozenset({CREATE, UPDATE, APPEND})
 
@@ -96,8 +124,6 @@ class NotionConnector:
         self.cfg = cfg
         self._token = token
         self.ref_wait = ref_wait
-        # Set by the lane: await it before any call beyond the planned one.
-        self.pace: Callable[[], Awaitable[None]] | None = None
         self.http = httpx.AsyncClient(
             base_url=cfg.base_url.rstrip("/") + "/",
             headers={
@@ -119,9 +145,6 @@ class NotionConnector:
         return True
 
     # -- ingest ---------------------------------------------------------------
-
-    def accepts(self, env: Envelope) -> bool:
-        return True
 
     def route(self, env: Envelope, blobs: list[bytes]) -> str:
         body = env.payload
@@ -162,13 +185,13 @@ class NotionConnector:
 
     # -- planning -------------------------------------------------------------
 
-    def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
+    def plan(self, group: list[Event], ctx: PlanContext) -> Plan[NotionRequest]:
         head = group[0]
         kind, _, ident = head.target.partition(":")
         if kind == "create":
             if ctx.ref(ident) is not None:
                 return Skip(group, "duplicate")
-            return Send(group, ("create", ident, head.payload), merged=len(group) - 1)
+            return Send(group, CreatePage(ident, head.payload), merged=len(group) - 1)
         if ident.startswith("ref:"):
             key = ident[4:]
             resolved = ctx.ref(key)
@@ -179,7 +202,7 @@ class NotionConnector:
             return self._merge_updates(group, ident)
         return self._batch_appends(group, ident)
 
-    def _unresolved(self, group: list[Event], key: str, ctx: PlanContext) -> Plan:
+    def _unresolved(self, group: list[Event], key: str, ctx: PlanContext) -> Plan[NotionRequest]:
         if ctx.has_target("create:" + key):
             return Wait(REF_RECHECK_SECONDS, "ref_pending")
         why = ctx.dead_key(CREATE, key)
@@ -190,7 +213,7 @@ class NotionConnector:
             return Dead(group, "unknown_ref", f"no create with key {key!r} arrived within {self.ref_wait:.0f} s")
         return Wait(REF_RECHECK_SECONDS * 5, "ref_unknown")
 
-    def _merge_updates(self, group: list[Event], page_id: str) -> Send:
+    def _merge_updates(self, group: list[Event], page_id: str) -> Send[NotionRequest]:
         body: dict[str, Any] = {}
         properties: dict[str, Any] = {}
         for event in group:
@@ -201,9 +224,9 @@ class NotionConnector:
                     body[name] = value
         if properties:
             body["properties"] = properties
-        return Send(group, ("update", page_id, body), merged=len(group) - 1)
+        return Send(group, UpdatePage(page_id, body), merged=len(group) - 1)
 
-    def _batch_appends(self, group: list[Event], block_id: str) -> Send:
+    def _batch_appends(self, group: list[Event], block_id: str) -> Send[NotionRequest]:
         taken: list[Event] = []
         children: list[Any] = []
         size = 0
@@ -230,28 +253,30 @@ class NotionConnector:
             if positioned:
                 break  # an append placed after a given block goes alone
         extra = {k: v for k, v in taken[0].payload.items() if k in ("after", "position")}
-        return Send(taken, ("append", block_id, {"children": children, **extra}), merged=len(taken) - 1)
+        return Send(taken, AppendBlocks(block_id, {"children": children, **extra}), merged=len(taken) - 1)
 
     # -- calls ----------------------------------------------------------------
 
-    async def send(self, plan: Send) -> Delivered:
-        op, ident, body = plan.request
+    async def send(self, plan: Send[NotionRequest], pace: Pace) -> Delivered:
         # Only an attempt that may have landed is checked: after a 429 or a
         # refused connection the call certainly did not happen.
         retried = any(e.unsure for e in plan.events)
-        if op == "create":
-            return await self._create(ident, body, retried, duplicates=len(plan.events) - 1)
-        if op == "update":
-            response = await request(self.http, "PATCH", f"pages/{ident}", json=body)
-            _check(response)
-            return Delivered()
-        if retried and await self._children_already_there(ident, body["children"]):
-            return Delivered()
-        response = await request(self.http, "PATCH", f"blocks/{ident}/children", json=body)
+        match plan.request:
+            case CreatePage(key, body):
+                return await self._create(key, body, retried, pace, duplicates=len(plan.events) - 1)
+            case UpdatePage(page_id, body):
+                response = await request(self.http, "PATCH", f"pages/{page_id}", json=body)
+            case AppendBlocks(block_id, body):
+                if retried and await self._children_already_there(block_id, body["children"], pace):
+                    return Delivered()
+                response = await request(self.http, "PATCH", f"blocks/{block_id}/children", json=body)
+            case _:
+                assert_never(plan.request)
         _check(response)
         return Delivered()
 
-    async def _create(self, key: str, body: dict[str, Any], retried: bool, duplicates: int) -> Delivered:
+    async def _create(self, key: str, body: dict[str, Any], retried: bool, pace: Pace,
+                      duplicates: int) -> Delivered:
         body = dict(body)
         parent = body["parent"]
         prop = self.cfg.idempotency_property
@@ -261,7 +286,7 @@ class NotionConnector:
             properties[prop] = {"rich_text": [{"type": "text", "text": {"content": key}}]}
             body["properties"] = properties
             if retried:
-                existing = await self._find_by_key(parent, prop, key)
+                existing = await self._find_by_key(parent, prop, key, pace)
                 if existing is not None:
                     return Delivered(refs={key: existing}, duplicates=duplicates)
         response = await request(self.http, "POST", "pages", json=body)
@@ -272,20 +297,19 @@ class NotionConnector:
                             body=response.text[:4000])
         return Delivered(refs={key: page_id}, duplicates=duplicates)
 
-    async def _find_by_key(self, parent: dict[str, Any], prop: str, key: str) -> str | None:
+    async def _find_by_key(self, parent: dict[str, Any], prop: str, key: str, pace: Pace) -> str | None:
         if "data_source_id" in parent:
             path = f"data_sources/{parent['data_source_id']}/query"
         else:
             path = f"databases/{parent['database_id']}/query"
         query = {"filter": {"property": prop, "rich_text": {"equals": key}}, "page_size": 1}
-        if self.pace:
-            await self.pace()
+        await pace()
         response = await request(self.http, "POST", path, json=query)
         _check(response)
         results = response.json().get("results") or []
         return results[0]["id"] if results else None
 
-    async def _children_already_there(self, block_id: str, sent: list[Any]) -> bool:
+    async def _children_already_there(self, block_id: str, sent: list[Any], pace: Pace) -> bool:
         """Did an earlier attempt of this append land? Compare the parent's last children."""
         existing: list[Any] = []
         cursor: str | None = None
@@ -293,8 +317,7 @@ class NotionConnector:
             params: dict[str, Any] = {"page_size": 100}
             if cursor:
                 params["start_cursor"] = cursor
-            if self.pace:
-                await self.pace()
+            await pace()
             response = await request(self.http, "GET", f"blocks/{block_id}/children", params=params)
             _check(response)
             doc = response.json()
@@ -306,9 +329,6 @@ class NotionConnector:
             return False
         tail = existing[len(existing) - len(sent):]
         return [_plain_text(b) for b in tail] == [_plain_text(b) for b in sent]
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
 
 def build(cfg: Config) -> list[LaneSpec]:

@@ -48,7 +48,7 @@ from ..journal import Event
 from ..limiter import Rule
 from ..spool import Spool
 from . import LaneSpec
-from .base import Dead, Delivered, Plan, PlanContext, Reject, Send, Skip
+from .base import ConnectorBase, Dead, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
 from .http import raise_for_status, refuse_credentials, request
 
 PUT = "s3.put"
@@ -134,7 +134,16 @@ def _check(response: httpx.Response) -> None:
     raise_for_status(response, rate_limited=lambda r: r.status_code in (429, 503), code_of=xml_code)
 
 
-class S3Connector:
+@dataclass(frozen=True)
+class PutObject:
+    """One PUT: the validated payload, the body's spool file and its SHA-256 from ingest."""
+
+    put: ObjectPut
+    path: str
+    sha256: str
+
+
+class S3Connector(ConnectorBase):
     lane = "s3"
     kinds = frozenset({PUT})
 
@@ -160,21 +169,15 @@ class S3Connector:
 
     # -- ingest ---------------------------------------------------------------
 
-    def accepts(self, env: Envelope) -> bool:
-        return True
-
     def route(self, env: Envelope, blobs: list[bytes]) -> str:
         put = parse_put(env.payload)
         if len(blobs) != 1:
             raise Reject("bad_payload", f"s3.put takes the object's body as exactly one blob, got {len(blobs)}")
         return put.target
 
-    def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
-        return []
-
     # -- planning -------------------------------------------------------------
 
-    def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
+    def plan(self, group: list[Event], ctx: PlanContext) -> Plan[PutObject]:
         if len(group) > 1:
             return Skip(group[:-1], SUPERSEDED)  # the lane plans again and sends the last
         event = group[0]
@@ -185,12 +188,12 @@ class S3Connector:
         sha256 = event.blob_sha256(0)
         if ctx.ref(put.target) == sha256 and ctx.ref(HEADERS_REF + put.target) == put.headers_digest():
             return Skip([event], IDENTICAL)
-        return Send([event], (put, event.blob_paths[0], sha256))
+        return Send([event], PutObject(put, event.blob_paths[0], sha256))
 
     # -- calls ----------------------------------------------------------------
 
-    async def send(self, plan: Send) -> Delivered:
-        put, path, sha256 = plan.request
+    async def send(self, plan: Send[PutObject], pace: Pace) -> Delivered:
+        put, path, sha256 = plan.request.put, plan.request.path, plan.request.sha256
         # Reading the spool, hashing and a credential refresh may all block: off the loop.
         url, headers, body = await asyncio.to_thread(self._signed, put, path, sha256)
         response = await request(self.http, "PUT", url, headers=headers, content=body)
@@ -218,9 +221,6 @@ class S3Connector:
         if aws.headers["X-Amz-Content-SHA256"] != sha256:
             raise Permanent("blob_corrupt", f"spool file {path} no longer matches the SHA-256 it was received with")
         return url, dict(aws.headers.items()), body
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
 
 def find_credentials() -> tuple[Any, str | None]:

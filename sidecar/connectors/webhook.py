@@ -25,14 +25,14 @@ from ..config import Config, WebhookConfig
 from ..journal import Event
 from ..limiter import Rule
 from . import LaneSpec
-from .base import Delivered, Plan, PlanContext, Reject, Send, Skip
+from .base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
 from .http import raise_for_status, request
 
 POST = "webhook.post"
 DELIVERED_MARK = "delivered"  # what refs stores for a delivered key
 
 
-class WebhookConnector:
+class WebhookConnector(ConnectorBase):
     kinds = frozenset({POST})
 
     def __init__(self, name: str, cfg: WebhookConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -56,12 +56,9 @@ class WebhookConnector:
             raise Reject("bad_payload", "webhook.post takes no blob: the payload is the JSON body")
         return self.name
 
-    def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
-        return []
-
     # -- planning -------------------------------------------------------------
 
-    def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
+    def plan(self, group: list[Event], ctx: PlanContext) -> Plan[Event]:
         head = group[0]
         if head.key is not None and ctx.ref(head.key) is not None:
             return Skip([head], "duplicate")
@@ -69,17 +66,14 @@ class WebhookConnector:
 
     # -- calls ----------------------------------------------------------------
 
-    async def send(self, plan: Send) -> Delivered:
-        event: Event = plan.request
+    async def send(self, plan: Send[Event], pace: Pace) -> Delivered:
+        event = plan.request  # one event's payload is the body
         headers = {"Idempotency-Key": event.key} if event.key else {}
         response = await request(self.http, "POST", self.cfg.url, content=orjson.dumps(event.payload),
                                  headers=headers)
         # 408 says the receiver gave up waiting for the body: nothing was applied.
         raise_for_status(response, retryable_4xx=frozenset({408}))
         return Delivered(refs={event.key: DELIVERED_MARK} if event.key else {})
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
 
 def build(cfg: Config) -> list[LaneSpec]:
