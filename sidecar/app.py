@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import shutil
 import sqlite3
 import sys
 import time
@@ -32,7 +33,8 @@ from .connectors import build_lanes
 from .http_api import ApiServer
 from .ingest import Ingest
 from .journal import Journal, read_ref
-from .journal_health import JournalHealth, classify
+from .journal_health import JournalHealth, headroom
+from .journal_reserve import Reserve
 from .journal_repair import open_checked, unacknowledged
 from .lane import Lane
 from .limiter_redis import RedisStore
@@ -93,6 +95,7 @@ class Sidecar:
         self.journal_health = JournalHealth(cfg.journal.dir, self.metrics)
         journal.health, journal.role = self.journal_health, "delivery"
         ingest_journal.health, ingest_journal.role = self.journal_health, "ingest"
+        self.journal_health.reserve = Reserve.beside(cfg.journal.dir)  # allocated by housekeeping
         store, beats = self._limiter_store()
         for name, spec in specs.items():
             lane = Lane(spec.connector, journal, Limiter(name, spec.rule, store, quota_id=spec.quota_id), cfg.retry,
@@ -190,11 +193,21 @@ class Sidecar:
             self._snapshot = {**self._snapshot, "health": {"ok": False, "problems": ["housekeeping failed; see log"]}}
 
     def _refresh(self, journal: Journal, ingest: Ingest) -> None:
-        try:
-            journal.checkpoint()
-        except sqlite3.Error as exc:
-            if classify(exc) is None:
-                raise  # a full or read-only disk is already in the journal's state; the rest is news
+        failed = False
+        # Moving pages writes WAL too: on a nearly full disk, a few at a time (the file shrinks at the checkpoint).
+        free_pages = shutil.disk_usage(journal.path.parent).free // (4 * journal.page_size)
+        for step in (lambda: journal.release_free_pages(min(256, free_pages)), journal.checkpoint):
+            try:
+                step()
+            except sqlite3.Error as exc:
+                if self.journal_health.failed("checkpoint", exc) is None:
+                    raise  # a full or read-only disk is in the journal's state now; the rest is news
+                failed = True
+        if not failed:
+            self.journal_health.ok("checkpoint")
+        reserve = self.journal_health.reserve
+        if reserve is not None:
+            reserve.restore(3 * headroom(journal.path.parent))  # once space has come back, past ingest's resume
         now = time.time()
         depth = journal.depth()
         dead = journal.count("dead_letters")

@@ -28,6 +28,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from .journal_reserve import Reserve
 from .metrics import Metrics
 
 log = logging.getLogger("sidecar.journal")
@@ -49,8 +50,10 @@ _CONSEQUENCE = {
 
 def headroom(directory: str | os.PathLike[str]) -> int:
     """Free bytes ingest leaves on the journal's filesystem for delivery's own
-    writes: a sixteenth of it, between 192 KiB and 64 MiB."""
-    return min(64 << 20, max(192 << 10, shutil.disk_usage(directory).total // 16))
+    writes: a sixteenth of it, between 512 KiB and 64 MiB. (A lane's
+    transaction on a 100-event group interleaved with others writes up to
+    ~200 KB of WAL; the checkpoint after it needs room too.)"""
+    return min(64 << 20, max(512 << 10, shutil.disk_usage(directory).total // 16))
 
 
 class JournalUnavailable(Exception):
@@ -97,6 +100,8 @@ class JournalHealth:
         self._failing: dict[str, tuple[str, str]] = {}  # writer -> (state, SQLite's message)
         self.state = OK
         self.detail = ""
+        # Deleted at the first write that finds the disk full (journal_reserve.py).
+        self.reserve: Reserve | None = None
         metrics.journal_state.state(OK)
 
     def ok(self, writer: str) -> None:
@@ -109,6 +114,8 @@ class JournalHealth:
     def failed(self, writer: str, exc: BaseException) -> str | None:
         """Record a failed write; returns its state, or None if it is not a journal fault."""
         state = classify(exc, self.directory)
+        if state == FULL and self.reserve is not None and not isinstance(exc, JournalUnavailable):
+            self.reserve.release()  # a real ENOSPC, not ingest stopping early: delivery needs the room
         if state is not None:
             with self._lock:
                 self._failing[writer] = (state, str(exc))
