@@ -195,8 +195,8 @@ class Sidecar:
     def _refresh(self, journal: Journal, ingest: Ingest) -> None:
         failed = False
         # Moving pages writes WAL too: on a nearly full disk, a few at a time (the file shrinks at the checkpoint).
-        free_pages = shutil.disk_usage(journal.path.parent).free // (4 * journal.page_size)
-        for step in (lambda: journal.release_free_pages(min(256, free_pages)), journal.checkpoint):
+        free_pages = shutil.disk_usage(journal.path.parent).free // (2 * journal.page_size)
+        for step in (lambda: journal.release_free_pages(min(1024, free_pages)), journal.checkpoint):
             try:
                 step()
             except sqlite3.Error as exc:
@@ -205,9 +205,10 @@ class Sidecar:
                 failed = True
         if not failed:
             self.journal_health.ok("checkpoint")
+        self.journal_health.settle()
         reserve = self.journal_health.reserve
         if reserve is not None:
-            reserve.restore(3 * headroom(journal.path.parent))  # once space has come back, past ingest's resume
+            reserve.restore(2 * headroom(journal.path.parent))  # once space has come back, past ingest's resume
         now = time.time()
         depth = journal.depth()
         dead = journal.count("dead_letters")

@@ -468,7 +468,7 @@ class Ingest:
 
         In WAL mode even a DELETE needs room (its WAL frames, and the checkpoint
         that may grow the file): were ingest to fill the disk to the last byte,
-        delivery could free nothing. So ingest stops at the headroom (three times it
+        delivery could free nothing. So ingest stops at the headroom (twice it
         before starting again, so it does not flap at the edge), and the
         reserve's bytes while that file is spent (journal_reserve.py)."""
         if now < self._space_due and (self._allowed > 0 or self._starved):
@@ -496,7 +496,7 @@ class Ingest:
         (in an older journal; a new one gives them back to the filesystem).
         The WAL already written counts as growth still to come. One statvfs;
         when low, the WAL is folded into the file first, so the count is exact."""
-        keep = self._headroom * (3 if self._starved else 1)
+        keep = self._headroom * (2 if self._starved else 1)
         reserve = self.journal.health.reserve if self.journal.health is not None else None
         if reserve is not None:
             keep += reserve.missing  # spent on a full disk: delivery's until housekeeping sets it aside again
@@ -515,7 +515,8 @@ class Ingest:
                 freed = 0
             free, wal = self._space()
             spare = free - wal - keep
-            fit = min(spare // cost, (spare + freed) // (2 * cost))
+            # Half of it: the lanes write their WAL into the same room meanwhile.
+            fit = min(spare // cost, (spare + freed) // (2 * cost)) // 2
         return fit, f"{free / 1e6:.1f} MB free, {keep / 1e6:.1f} MB kept for delivery"
 
     def _space(self) -> tuple[int, int]:

@@ -10,7 +10,8 @@ failure SQLite names as SQLITE_FULL, SQLITE_READONLY, SQLITE_IOERR or
 SQLITE_BUSY/LOCKED sets that writer's state, its next commit clears it. The
 journal's state is the first writer's that is not ok. Each change of it is
 logged once (not each failed write), so a full disk costs two log lines:
-one when it fills, one when space returns.
+one when it fills, one when space returns; a journal that fills again and
+again (a small disk, a backlog flowing through it) at most one per LOG_EVERY.
 
 What the others do meanwhile: ingest keeps the batch it could not commit
 (ring read positions are not advanced, the ZeroMQ socket is not read), and
@@ -26,12 +27,15 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from .journal_reserve import Reserve
 from .metrics import Metrics
 
 log = logging.getLogger("sidecar.journal")
+
+LOG_EVERY = 10.0  # seconds: changes of state closer together than this share one log line
 
 OK = "ok"
 FULL, READ_ONLY, IO_ERROR, LOCKED = "disk full", "read-only", "I/O error", "locked"
@@ -100,6 +104,7 @@ class JournalHealth:
         self._failing: dict[str, tuple[str, str]] = {}  # writer -> (state, SQLite's message)
         self.state = OK
         self.detail = ""
+        self._logged, self._logged_at, self._unlogged = OK, float("-inf"), 0  # the log's view (`settle`)
         # Deleted at the first write that finds the disk full (journal_reserve.py).
         self.reserve: Reserve | None = None
         metrics.journal_state.state(OK)
@@ -122,6 +127,12 @@ class JournalHealth:
                 self._update()
         return state
 
+    def settle(self) -> None:
+        """Log the state if it changed since the last line and LOG_EVERY has passed
+        (housekeeping calls this every tick, so the log always ends on the truth)."""
+        with self._lock:
+            self._log(time.monotonic())
+
     def problem(self) -> str | None:
         """One line for `check` and /health, or None while writes commit."""
         if self.state == OK:
@@ -135,10 +146,19 @@ class JournalHealth:
             return
         self.state, self.detail = state, detail
         self.metrics.journal_state.state(state)
-        if state == OK:
-            log.warning("journal writable again (%s): ingest and delivery go on", self._free())
+        self._unlogged += 1
+        self._log(time.monotonic())
+
+    def _log(self, now: float) -> None:
+        """One line per change of state; a disk flapping at the edge costs one per LOG_EVERY."""
+        if self.state == self._logged or now < self._logged_at + LOG_EVERY:
+            return
+        also = f" ({self._unlogged - 1} more change(s) since the last such line)" if self._unlogged > 1 else ""
+        self._logged, self._logged_at, self._unlogged = self.state, now, 0
+        if self.state == OK:
+            log.warning("journal writable again (%s): ingest and delivery go on%s", self._free(), also)
         else:
-            log.error("%s", self.problem())
+            log.error("%s%s", self.problem(), also)
 
     def _free(self) -> str:
         try:
