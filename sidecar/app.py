@@ -194,9 +194,11 @@ class Sidecar:
 
     def _refresh(self, journal: Journal, ingest: Ingest) -> None:
         failed = False
-        # Moving pages writes WAL too: on a nearly full disk, a few at a time (the file shrinks at the checkpoint).
-        free_pages = shutil.disk_usage(journal.path.parent).free // (2 * journal.page_size)
-        for step in (lambda: journal.release_free_pages(min(1024, free_pages)), journal.checkpoint):
+        # Moving pages writes WAL too: out of what the headroom leaves, and a few at a time when
+        # the disk is nearly full (the file shrinks at the checkpoint).
+        free, room = shutil.disk_usage(journal.path.parent).free, headroom(journal.path.parent)
+        pages = max(free - room, free // 4) // (2 * journal.page_size)
+        for step in (lambda: journal.release_free_pages(min(1024, pages)), journal.checkpoint):
             try:
                 step()
             except sqlite3.Error as exc:
