@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import signal
+import shutil
 import sqlite3
 import sys
 import time
@@ -36,7 +37,8 @@ from .errors import CannotStart, ExitCode
 from .http_api import ApiServer
 from .ingest import Ingest
 from .journal import Journal, read_ref
-from .journal_health import JournalHealth, classify
+from .journal_health import JournalHealth, headroom
+from .journal_reserve import Reserve
 from .journal_repair import open_checked, unacknowledged
 from .lane import Lane
 from .limiter_redis import RedisStore
@@ -121,6 +123,7 @@ class Sidecar:
         self.journal_health = JournalHealth(cfg.journal.dir, self.metrics)
         journal.health, journal.role = self.journal_health, "delivery"
         ingest_journal.health, ingest_journal.role = self.journal_health, "ingest"
+        self.journal_health.reserve = Reserve.beside(cfg.journal.dir)  # allocated by housekeeping
         store, beats = self._limiter_store()
         for name, spec in specs.items():
             lane = Lane(spec.connector, journal, Limiter(name, spec.rule, store, quota_id=spec.quota_id), cfg.retry,
@@ -225,11 +228,24 @@ class Sidecar:
                 self._status = dataclasses.replace(self._status, health=self._health)
 
     def _refresh(self, journal: Journal, ingest: Ingest) -> None:
-        try:
-            journal.checkpoint()
-        except sqlite3.Error as exc:
-            if classify(exc) is None:
-                raise  # a full or read-only disk is already in the journal's state; the rest is news
+        failed = False
+        # Moving pages writes WAL too: out of what the headroom leaves, and a few at a time when
+        # the disk is nearly full (the file shrinks at the checkpoint).
+        free, room = shutil.disk_usage(journal.path.parent).free, headroom(journal.path.parent)
+        pages = max(free - room, free // 4) // (2 * journal.page_size)
+        for step in (lambda: journal.release_free_pages(min(1024, pages)), journal.checkpoint):
+            try:
+                step()
+            except sqlite3.Error as exc:
+                if self.journal_health.failed("checkpoint", exc) is None:
+                    raise  # a full or read-only disk is in the journal's state now; the rest is news
+                failed = True
+        if not failed:
+            self.journal_health.ok("checkpoint")
+        self.journal_health.settle()
+        reserve = self.journal_health.reserve
+        if reserve is not None:
+            reserve.restore(2 * headroom(journal.path.parent))  # once space has come back, past ingest's resume
         now = time.time()
         depth = journal.depth()
         dead = journal.count("dead_letters")

@@ -68,6 +68,10 @@ SLEEP_MS = 50              # then sleep on the doorbell, at most this long
 DOORBELL_SECONDS = 0.5     # while busy, stale doorbells are emptied this often
 STOP_DRAIN_SECONDS = 2.0
 RETRY_SECONDS = 1.0  # a batch the journal refused (disk full...) is tried again this often
+SPACE_SECONDS = 0.25  # an allowance of events read from the disk's free space lasts at most this long
+# Journal bytes an event costs beyond its frame: index entries, page slack, the
+# last_error a retry adds (measured 130 to 300 on a batch; 512 leaves a margin).
+ROW_OVERHEAD = 512
 # ZeroMQ's receive queue, in messages. Bounded, so a flood cannot grow the
 # sidecar's memory; when it fills, libzmq stops reading the connection and
 # the producers' own queues (and then the kernel's socket buffers) hold the
@@ -150,7 +154,16 @@ class Ingest:
         self._sequences_stale = False
         self._spool_error: OSError | None = None
         self._headroom = headroom(journal.path.parent)
+        # What the disk allows (`_allowance`): events still to read, when to look again, stopped for room.
+        self._allowed = 0
+        self._space_due = 0.0
+        self._starved = False
+        self._low = False  # under a batch's worth of room: every commit is checkpointed at once
+        self._frame_bytes = 512  # the usual frame, learnt from each batch
         self._page_size = journal.conn.execute("PRAGMA page_size").fetchone()[0]
+        # A journal with incremental auto-vacuum gives its free pages back to the
+        # filesystem (housekeeping), so they are not counted twice; an older one keeps them for reuse.
+        self._reuses_free_pages = journal.conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -277,11 +290,13 @@ class Ingest:
         if self._held is not None:
             if time.monotonic() < self._retry_at:
                 return 0
-            if self._sequences_stale and not self._restore_sequences():
+            if (self._sequences_stale and not self._restore_sequences()) or not self._allowance(time.monotonic()):
                 self._retry_at = time.monotonic() + RETRY_SECONDS
                 return 0
             return self._commit(self._held, self._held_zmq)
-        limit = self.cfg.batch_max
+        limit = min(self.cfg.batch_max, self._allowance(time.monotonic()))
+        if limit <= 0:
+            return 0
         rings = self.rings if rings_too else None
         # Each source is sure of half a batch, so a flood into the socket
         # cannot starve the rings, nor a busy ring the socket.
@@ -292,6 +307,7 @@ class Ingest:
             messages += rings.read(limit - len(messages))
         if not messages:
             return 0
+        self._allowed -= len(messages)
         return self._commit(messages, len(messages) - from_rings)
 
     def _commit(self, messages: list[list[bytes]], from_zmq: int) -> int:
@@ -299,12 +315,15 @@ class Ingest:
         hold it for a retry (module docstring) and return 0."""
         try:
             self.process(messages)
-        except JournalUnavailable:
+        except JournalUnavailable as exc:
             self._held, self._held_zmq = messages, from_zmq
+            self._starved = self._starved or exc.state == FULL  # the retry waits for room (`_allowance`)
             self._retry_at = time.monotonic() + RETRY_SECONDS
             self._restore_sequences()
             return 0
         self._held, self._held_zmq = None, 0
+        if self._low:
+            self._allowed = 0  # look at the disk again, folding this batch into the file while there is room
         if self.rings is not None:
             self.rings.ack()
         return len(messages)
@@ -355,6 +374,9 @@ class Ingest:
                 self._reject(batch, exc.reason, exc.detail, frames)
             except Exception as exc:  # noqa: BLE001 -- a bug on one frame; its traceback is logged with the rejects
                 self._reject(batch, "internal_error", f"{type(exc).__name__}: {exc}"[:500], frames, exc)
+        if batch.rows:
+            avg = sum(len(row.frame) for row in batch.rows) // len(batch.rows)
+            self._frame_bytes = max(avg, (self._frame_bytes * 7 + avg) // 8)
         self._write(batch)
         for kind, n in batch.kinds.items():
             self.metrics.received.labels(kind=kind).inc(n)
@@ -429,7 +451,6 @@ class Ingest:
         try:
             if spool_error is not None:
                 raise spool_error
-            self._check_space(batch)
             clients = {cid: (c.last_seq, c.gaps, c.closed, c.stats) for cid, c in batch.touched.items()}
             unsampled = {reason: t.unsampled for reason, t in batch.tallies.items() if t.unsampled}
             self.journal.write_batch(batch.rows, batch.rejects, clients, unsampled)
@@ -442,43 +463,73 @@ class Ingest:
                 self.journal.health.failed(self.journal.role, exc)  # SQLite's own failures report themselves
             raise JournalUnavailable(state, str(exc)) from None
 
-    def _check_space(self, batch: "_Batch") -> None:
-        """Refuse a batch that would eat the headroom the lanes need (journal_health.headroom).
+    def _allowance(self, now: float) -> int:
+        """Events ingest may still read before it looks at the disk again; 0 while
+        it leaves the rest of the disk to delivery (and says "disk full").
 
-        In WAL mode even a DELETE needs room (its WAL frames, the checkpoint that
-        follows): were ingest to fill the disk to the last byte, delivery could
-        not free anything. So ingest stops at the headroom, and goes on when the
-        disk has room again or the lanes' deletes have left free pages inside
-        the journal file for the batch. One statvfs a batch; the freelist is
-        read only when the disk is that low."""
-        # Each row is written twice (WAL, then the checkpoint into the file) with its two index entries;
-        # what the WAL already holds may still grow the file when it is checkpointed.
-        need = 2 * sum(len(row.frame) + 64 for row in batch.rows) + 65536
-        if self._room() - need >= self._headroom:
-            return
-        # Low: fold the WAL into the file and truncate it, so that `free` is exact.
-        try:
-            self.journal.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except sqlite3.Error:
-            pass
-        free = self._room()
-        if free - need >= self._headroom:
-            return
-        free_pages = self.journal.conn.execute("PRAGMA freelist_count").fetchall()[0][0] * self._page_size
-        if free - self._headroom + free_pages >= need:
-            return
-        error = JournalUnavailable(FULL, f"{free / 1e6:.1f} MB free, {self._headroom / 1e6:.1f} MB kept for delivery")
-        if self.journal.health is not None:
-            self.journal.health.failed(self.journal.role, error)
-        raise error
+        In WAL mode even a DELETE needs room (its WAL frames, and the checkpoint
+        that may grow the file): were ingest to fill the disk to the last byte,
+        delivery could free nothing. So ingest stops at the headroom (twice it
+        before starting again, so it does not flap at the edge), and the
+        reserve's bytes while that file is spent (journal_reserve.py)."""
+        if now < self._space_due and (self._allowed > 0 or self._starved):
+            return self._allowed
+        allowed, note = self._fit()
+        if allowed <= 0:
+            self._starved = True
+            self._space_due = now + RETRY_SECONDS
+            if self.journal.health is not None:
+                self.journal.health.failed(self.journal.role, JournalUnavailable(FULL, note))
+        else:
+            self._space_due = now + SPACE_SECONDS
+            if self._starved:
+                self._starved = False
+                if self.journal.health is not None:
+                    self.journal.health.ok(self.journal.role)
+        self._allowed = max(0, allowed)
+        return self._allowed
 
-    def _room(self) -> int:
-        """Free bytes on the journal's filesystem, less what its WAL may still add to the file."""
+    def _fit(self) -> tuple[int, str]:
+        """How many events of the usual size fit, and a note for `check` if none does.
+
+        Each costs its bytes twice: its WAL frames, then the pages the checkpoint
+        adds to the file, which pages freed by delivery's deletes can absorb
+        (in an older journal; a new one gives them back to the filesystem).
+        The WAL already written counts as growth still to come. One statvfs;
+        when low, the WAL is folded into the file first, so the count is exact."""
+        keep = self._headroom * (2 if self._starved else 1)
+        reserve = self.journal.health.reserve if self.journal.health is not None else None
+        if reserve is not None:
+            keep += reserve.missing  # spent on a full disk: delivery's until housekeeping sets it aside again
+        cost = self._frame_bytes + ROW_OVERHEAD
+        free, wal = self._space()
+        fit = (free - wal - keep) // (2 * cost)
+        self._low = fit < self.cfg.batch_max
+        if self._low:
+            try:
+                self.journal.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                freed = (self.journal.conn.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size
+                         if self._reuses_free_pages else 0)
+            except sqlite3.Error as exc:
+                if self.journal.health is not None:
+                    self.journal.health.failed(self.journal.role, exc)  # a full disk releases the reserve
+                freed = 0
+            free, wal = self._space()
+            spare = free - wal - keep
+            # Half of it: the lanes write their WAL into the same room meanwhile.
+            fit = min(spare // cost, (spare + freed) // (2 * cost)) // 2
+        return fit, f"{free / 1e6:.1f} MB free, {keep / 1e6:.1f} MB kept for delivery"
+
+    def _space(self) -> tuple[int, int]:
+        """Free bytes on the journal's filesystem, and the size of its WAL."""
         try:
             wal = os.path.getsize(f"{self.journal.path}-wal")
         except OSError:
             wal = 0
-        return shutil.disk_usage(self.journal.path.parent).free - wal
+        try:
+            return shutil.disk_usage(self.journal.path.parent).free, wal
+        except OSError:
+            return 0, wal
 
     def _parse(self, frames: list[bytes]) -> tuple[wire.Envelope, list[bytes]]:
         if not frames or len(frames) > 1 + wire.MAX_BLOBS:

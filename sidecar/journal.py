@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 from client import wire
 
 from .errors import CannotStart
+from .journal_health import headroom
 from .secrets import redact
 from .spool import Spool
 
@@ -112,6 +113,7 @@ CREATE TABLE IF NOT EXISTS clients (
 """
 
 REJECT_KEEP_BYTES = 64 * 1024
+RETARGET_CHUNK = 100  # rows a retarget moves per transaction: ~150 KB of WAL on this schema
 BLOB_PATH_SEPARATOR = "\n"
 
 
@@ -282,6 +284,9 @@ class Journal:
         path = d / "journal.db"
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
+            # A new journal gives the pages that deliveries free back to the
+            # filesystem (`release_free_pages`); set before WAL, or it is ignored.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             if check:
                 verdict = [line for (text,) in conn.execute("PRAGMA quick_check(10)") for line in text.splitlines()
@@ -293,8 +298,14 @@ class Journal:
             # 64 MiB of page cache: a backlog's index pages stay in memory, so
             # group commits do not re-read them.
             conn.execute("PRAGMA cache_size=-65536")
-            if not checkpoints:
-                conn.execute("PRAGMA wal_autocheckpoint=0")
+            # A WAL grown by a backlog is cut back to the headroom after each
+            # checkpoint, and the delivery side checkpoints before its WAL eats
+            # an eighth of the headroom: on a small disk a full WAL could never be
+            # checkpointed (see journal_reserve.py).
+            room = headroom(d)
+            conn.execute(f"PRAGMA journal_size_limit={room}")
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA wal_autocheckpoint={max(16, min(1000, room // 8 // page)) if checkpoints else 0}")
             conn.executescript(SCHEMA)
         except (sqlite3.DatabaseError, JournalCorrupt) as exc:
             conn.close()
@@ -303,9 +314,25 @@ class Journal:
             raise
         return cls(conn, path)
 
+    @cached_property
+    def page_size(self) -> int:
+        return self.conn.execute("PRAGMA page_size").fetchone()[0]
+
     def checkpoint(self) -> None:
         """Copy committed WAL pages into the database, without waiting for readers."""
         self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def release_free_pages(self, pages: int = 256) -> int:
+        """Give up to `pages` of the pages deletes have freed back to the filesystem
+        (the file shrinks at the next checkpoint); returns how many were free.
+
+        Without this a drained backlog leaves the file at its largest, so a
+        disk it filled would stay full. Journals created before auto_vacuum
+        was set keep their free pages, which ingest reuses instead."""
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if free and pages > 0 and self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            self.conn.executescript(f"PRAGMA incremental_vacuum({int(pages)})")  # runs every step, unlike execute
+        return free
 
     def close(self) -> None:
         self.conn.close()
@@ -427,11 +454,23 @@ class Journal:
             c.executemany("DELETE FROM events WHERE id=?", [(e.id,) for e in events])
 
     def retarget(self, lane: str, old: str, new: str) -> int:
-        """Move waiting events to another group and make them ready now."""
-        with self._transaction() as c:
-            return c.execute(
-                "UPDATE events SET target=?, not_before=0 WHERE lane=? AND target=?", (new, lane, old)
-            ).rowcount
+        """Move waiting events to another group and make them ready now.
+
+        Oldest first, RETARGET_CHUNK rows a transaction, all before returning:
+        one UPDATE of a backlog's group rewrites most of the file into the WAL,
+        which a full disk can never hold. What moved is always the older part
+        of the group, so its order holds even if a chunk fails."""
+        moved = 0
+        while True:
+            with self._transaction() as c:
+                n = c.execute(
+                    "UPDATE events SET target=?, not_before=0 WHERE id IN"
+                    " (SELECT id FROM events WHERE lane=? AND target=? ORDER BY id LIMIT ?)",
+                    (new, lane, old, RETARGET_CHUNK),
+                ).rowcount
+            moved += n
+            if n < RETARGET_CHUNK:
+                return moved
 
     def ref(self, lane: str, key: str) -> str | None:
         row = self.conn.execute("SELECT target_id FROM refs WHERE lane=? AND key=?", (lane, key)).fetchone()

@@ -10,7 +10,8 @@ failure SQLite names as SQLITE_FULL, SQLITE_READONLY, SQLITE_IOERR or
 SQLITE_BUSY/LOCKED sets that writer's state, its next commit clears it. The
 journal's state is the first writer's that is not ok. Each change of it is
 logged once (not each failed write), so a full disk costs two log lines:
-one when it fills, one when space returns.
+one when it fills, one when space returns; a journal that fills again and
+again (a small disk, a backlog flowing through it) at most one per LOG_EVERY.
 
 What the others do meanwhile: ingest keeps the batch it could not commit
 (ring read positions are not advanced, the ZeroMQ socket is not read), and
@@ -26,11 +27,15 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
+from .journal_reserve import Reserve
 from .metrics import Metrics
 
 log = logging.getLogger("sidecar.journal")
+
+LOG_EVERY = 10.0  # seconds: changes of state closer together than this share one log line
 
 OK = "ok"
 FULL, READ_ONLY, IO_ERROR, LOCKED = "disk full", "read-only", "I/O error", "locked"
@@ -49,8 +54,10 @@ _CONSEQUENCE = {
 
 def headroom(directory: str | os.PathLike[str]) -> int:
     """Free bytes ingest leaves on the journal's filesystem for delivery's own
-    writes: a sixteenth of it, between 192 KiB and 64 MiB."""
-    return min(64 << 20, max(192 << 10, shutil.disk_usage(directory).total // 16))
+    writes: a sixteenth of it, between 512 KiB and 64 MiB. (A lane's
+    transaction on a 100-event group interleaved with others writes up to
+    ~200 KB of WAL; the checkpoint after it needs room too.)"""
+    return min(64 << 20, max(512 << 10, shutil.disk_usage(directory).total // 16))
 
 
 class JournalUnavailable(Exception):
@@ -97,6 +104,9 @@ class JournalHealth:
         self._failing: dict[str, tuple[str, str]] = {}  # writer -> (state, SQLite's message)
         self.state = OK
         self.detail = ""
+        self._logged, self._logged_at, self._unlogged = OK, float("-inf"), 0  # the log's view (`settle`)
+        # Deleted at the first write that finds the disk full (journal_reserve.py).
+        self.reserve: Reserve | None = None
         metrics.journal_state.state(OK)
 
     def ok(self, writer: str) -> None:
@@ -109,11 +119,19 @@ class JournalHealth:
     def failed(self, writer: str, exc: BaseException) -> str | None:
         """Record a failed write; returns its state, or None if it is not a journal fault."""
         state = classify(exc, self.directory)
+        if state == FULL and self.reserve is not None and not isinstance(exc, JournalUnavailable):
+            self.reserve.release()  # a real ENOSPC, not ingest stopping early: delivery needs the room
         if state is not None:
             with self._lock:
                 self._failing[writer] = (state, str(exc))
                 self._update()
         return state
+
+    def settle(self) -> None:
+        """Log the state if it changed since the last line and LOG_EVERY has passed
+        (housekeeping calls this every tick, so the log always ends on the truth)."""
+        with self._lock:
+            self._log(time.monotonic())
 
     def problem(self) -> str | None:
         """One line for `check` and /health, or None while writes commit."""
@@ -128,10 +146,19 @@ class JournalHealth:
             return
         self.state, self.detail = state, detail
         self.metrics.journal_state.state(state)
-        if state == OK:
-            log.warning("journal writable again (%s): ingest and delivery go on", self._free())
+        self._unlogged += 1
+        self._log(time.monotonic())
+
+    def _log(self, now: float) -> None:
+        """One line per change of state; a disk flapping at the edge costs one per LOG_EVERY."""
+        if self.state == self._logged or now < self._logged_at + LOG_EVERY:
+            return
+        also = f" ({self._unlogged - 1} more change(s) since the last such line)" if self._unlogged > 1 else ""
+        self._logged, self._logged_at, self._unlogged = self.state, now, 0
+        if self.state == OK:
+            log.warning("journal writable again (%s): ingest and delivery go on%s", self._free(), also)
         else:
-            log.error("%s", self.problem())
+            log.error("%s%s", self.problem(), also)
 
     def _free(self) -> str:
         try:

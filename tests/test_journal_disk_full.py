@@ -79,8 +79,6 @@ def texts(sim: NotionSimulator, page_id: str) -> list[str]:
     return ["".join(t["plain_text"] for t in b["paragraph"]["rich_text"]) for b in sim.children(page_id)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 1 unfinished: once the disk has filled, the lane's own "
-                   "journal writes keep failing with SQLITE_FULL and delivery does not resume")
 def test_disk_full_holds_events_in_the_ring_and_delivers_each_once_when_space_returns(
         short_tmp: Path, small_fs: Path, fast_notion: NotionSimulator) -> None:
     sim = fast_notion
@@ -122,7 +120,7 @@ def test_disk_full_holds_events_in_the_ring_and_delivers_each_once_when_space_re
             page_ids[p] = wait_until(lambda: sc.query("SELECT target_id FROM refs WHERE key=?", f"p{p}"),
                                      timeout=60, what=f"page p{p} created")[0][0]
         wait_until(lambda: sum(len(sim.children(pid)) for pid in page_ids.values()) >= EVENTS,
-                   timeout=60, interval=0.5, what="every append delivered")
+                   timeout=150, interval=0.5, what="every append delivered")
     except AssertionError:
         raise AssertionError(f"{status(sc)}\n{sc.log_text()[-6000:]}") from None
     for p, pid in page_ids.items():
@@ -133,9 +131,15 @@ def test_disk_full_holds_events_in_the_ring_and_delivers_each_once_when_space_re
     assert sc.query("SELECT last_seq, gaps FROM clients WHERE client_id=?", report["client_id"]) \
         == [(PAGES + EVENTS, 0)]
     wait_until(lambda: sc.cli("check").returncode == 0, timeout=10, what="check healthy again")
-    log = sc.log_text()
-    assert "Traceback" not in log
-    changes = [line for line in log.splitlines() if "journal disk full" in line or "journal writable again" in line]
-    assert 2 <= len(changes) <= 20, changes  # a line per change of state, not one per failed write
+
+    def changes() -> list[str]:
+        return [line for line in sc.log_text().splitlines()
+                if "journal disk full" in line or "journal writable again" in line]
+
+    # The log ends on the state as it is: a journal that filled again and again while the
+    # backlog flowed through it logs its changes at most once per journal_health.LOG_EVERY.
+    wait_until(lambda: "journal writable again" in changes()[-1], timeout=30, what="the log's last word: writable")
+    assert "Traceback" not in sc.log_text()
+    assert 2 <= len(changes()) <= 20, changes()  # a line per change of state, not one per failed write
     assert not list((small_fs / "blobs").iterdir())
     assert sc.stop() == 0
