@@ -24,7 +24,8 @@ import signal
 import sqlite3
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -39,8 +40,8 @@ from .journal import Journal, read_ref
 from .journal_health import JournalHealth, classify
 from .journal_repair import open_checked, unacknowledged
 from .lane import Lane
-from .limiter_redis import RedisStore
 from .limiter import BACKED_OFF, CONFIGURED, LEARNED, Limiter, MemoryStore, Store
+from .limiter_redis import RedisStore
 from .metrics import Metrics, process_snapshot
 from .secrets import read_secret
 from .status import STARTING, Health, IngestStatus, JournalStatus, LaneState, LaneStatus, Status
@@ -173,7 +174,7 @@ class Sidecar:
             while not self._stop.is_set():
                 try:
                     await asyncio.wait_for(self._stop.wait(), tick)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if watchdog:
                     systemd.notify("WATCHDOG=1")  # from the loop itself: a stalled loop misses it
