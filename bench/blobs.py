@@ -22,8 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import bench_sidecar, parse_args, tempdir, write_json  # noqa: E402
-from client import Client  # noqa: E402
+from bench.harness import bench_sidecar, parse_args, tempdir, write_json
+from client import Client
 
 SIZES = (64 * 1024, 1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024)
 

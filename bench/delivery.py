@@ -44,10 +44,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (PROPERTIES, RedisProcess, SidecarProcess, bench_args, bench_sidecar, histogram, tempdir,  # noqa: E402
-                           update_body, write_json)
-from client import Client  # noqa: E402
-from standins.notion import NotionSimulator, property_value  # noqa: E402
+from bench.harness import (
+    PROPERTIES,
+    RedisProcess,
+    SidecarProcess,
+    bench_args,
+    bench_sidecar,
+    histogram,
+    tempdir,
+    update_body,
+    write_json,
+)
+from client import Client
+from standins.notion import NotionSimulator, property_value
 
 SIM_BURST = 3
 HOT_PAGES = 4

@@ -27,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, bench_sidecar, parse_args, tempdir, write_json  # noqa: E402
+from bench.harness import ROOT, bench_sidecar, parse_args, tempdir, write_json
 
 FLOODER = """
 import sys, zmq

@@ -27,14 +27,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import psutil
 from hdrh.histogram import HdrHistogram
 
 from standins.process import SidecarProcess, free_port
-
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -112,7 +112,7 @@ class NotionProcess:
         self.rate, self.burst, self.cpus = rate, burst, cpus
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "NotionProcess":
+    def __enter__(self) -> NotionProcess:
         cmd = [sys.executable, "-m", "standins.notion", "--rate", str(self.rate),
                "--burst", str(self.burst)]
         if self.cpus is not None:
@@ -220,7 +220,7 @@ class RedisProcess:
     def available() -> bool:
         return shutil.which("redis-server") is not None
 
-    def __enter__(self) -> "RedisProcess":
+    def __enter__(self) -> RedisProcess:
         cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--loglevel", "warning"]
         if self.cpus is not None:
@@ -319,7 +319,7 @@ def plot_percentiles(panels: dict[str, dict[str, HdrHistogram]], path: Path, tit
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False, sharey=True)
     ticks = [50.0, 90.0, 99.0, 99.9, 99.99, 99.999]
-    for ax, (panel, hists) in zip(axes[0], panels.items()):
+    for ax, (panel, hists) in zip(axes[0], panels.items(), strict=True):
         for name, h in hists.items():
             if h.get_total_count() == 0:
                 continue

@@ -50,10 +50,25 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (CPUS, LOOP_CPU, OTHER_CPUS, NotionProcess, bench_args, bench_sidecar,  # noqa: E402
-                           histogram, out_dir, percentile_header, percentile_row, plot_percentiles,
-                           set_affinity, summary, tempdir, update_body, write_json)
-from client import Client  # noqa: E402
+from bench.harness import (
+    CPUS,
+    LOOP_CPU,
+    OTHER_CPUS,
+    NotionProcess,
+    bench_args,
+    bench_sidecar,
+    histogram,
+    out_dir,
+    percentile_header,
+    percentile_row,
+    plot_percentiles,
+    set_affinity,
+    summary,
+    tempdir,
+    update_body,
+    write_json,
+)
+from client import Client
 
 LOADS = ("none", "emit", "emit (zmq)", "queue + thread")
 PLACEMENTS = ("pinned", "unpinned")
@@ -109,7 +124,7 @@ class Worker(threading.Thread):
 
 
 def run_block(load: str, seconds: float, rate: int, emits: dict[str, Any], put: Any, bodies: list[dict[str, Any]],
-              samples: "array.array[int]") -> int:
+              samples: array.array[int]) -> int:
     """Run the loop for `seconds`; add its tick-to-tick times to `samples`; return events sent."""
     clock = time.perf_counter_ns
     prices = [1.0 + i * 1e-4 for i in range(PRICES)]

@@ -71,18 +71,35 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (LOOP_CPU, OTHER_CPUS, PERCENTILES, NotionProcess, RedisProcess,  # noqa: E402
-                           bench_args, bench_sidecar, histogram, out_dir, percentile_header, percentile_row,
-                           plot_percentiles, set_affinity, summary, tempdir, update_body, write_json)
-from client import Client  # noqa: E402
+from bench.harness import (
+    LOOP_CPU,
+    OTHER_CPUS,
+    PERCENTILES,
+    NotionProcess,
+    RedisProcess,
+    bench_args,
+    bench_sidecar,
+    histogram,
+    out_dir,
+    percentile_header,
+    percentile_row,
+    plot_percentiles,
+    set_affinity,
+    summary,
+    tempdir,
+    update_body,
+    write_json,
+)
+from client import Client
 
 FULL_SECONDS = {1_000: 60.0, 10_000: 20.0, 100_000: 10.0}
 SMOKE_SECONDS = 0.4
@@ -319,7 +336,7 @@ def run_chunk(methods: list[Method], every: list[int], rate: int, first: int, ti
             bufs[k][counts[k]] = t1 - t0
             counts[k] += 1
     took = max(clock() - start, ticks * interval) / 1e9
-    for m, buf, count in zip(methods, bufs, counts):
+    for m, buf, count in zip(methods, bufs, counts, strict=True):
         m.samples.extend(buf[:count])
     return late, took
 
@@ -347,7 +364,7 @@ def run_burst(methods: list[Method], calls: int) -> dict[str, Any]:
         gc.enable()
     took = (clock() - start) / 1e9
     rows = {}
-    for m, buf in zip(methods, bufs):
+    for m, buf in zip(methods, bufs, strict=True):
         h = histogram()
         for v in buf:
             h.record_value(max(1, v))
@@ -568,7 +585,8 @@ def main() -> int:
               "pip install redis).")
     print(f"emit goes through the {transport} (the default for an ipc:// endpoint; {where}); emit (zmq) "
           "through ZeroMQ. Before each rate and the back-to-back run the sidecar caught up with every event "
-          f"handed over (waits, s: {', '.join(f'{w:.1f}' for w in waits)}). Drops: " + "; ".join(f"{k} {v or 'none'}" for k, v in emit_drops.items())
+          f"handed over (waits, s: {', '.join(f'{w:.1f}' for w in waits)}). Drops: "
+          + "; ".join(f"{k} {v or 'none'}" for k, v in emit_drops.items())
           + f". The sidecar journaled {journaled:,.0f} events while delivering them, coalesced, to the "
           "Notion simulator.\n")
     doc: dict[str, Any] = {"placement": args.placement, "transport": transport, "rings_on_disk": args.rings_on_disk,

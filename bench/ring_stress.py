@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.ring import RingWriter  # noqa: E402
-from client.transport import QueueFull  # noqa: E402
+from client.ring import RingWriter
+from client.transport import QueueFull
 
 RING_BYTES = 1 << 20
 BIG_RING_BYTES = 16 << 20

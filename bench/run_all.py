@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import BENCH, ROOT, machine  # noqa: E402
+from bench.harness import BENCH, ROOT, machine
 
 SCRIPTS = ("latency", "jitter", "throughput", "delivery", "crash", "flood", "wakeup", "blobs", "ring_stress")
 TIMEOUT = 900
@@ -61,8 +61,9 @@ def goals(r: dict[str, dict[str, Any]]) -> list[str]:
     if burst:
         bare, emit = burst["bare send"], burst["emit"]
         p50, p999 = emit["p50"] / bare["p50"], emit["p99.9"] / bare["p99.9"]
+        together = "emit and bare send interleaved" if "pair" in lat else "all hand-offs interleaved"
         rows.append(f"| emit ({lat.get('transport', 'ring')}) ≤ 1.0× bare send at p50, ≤ 0.5× at p99.9 "
-                    f"({emit['count']:,} calls back to back, {'emit and bare send interleaved' if 'pair' in lat else 'all hand-offs interleaved'}) "
+                    f"({emit['count']:,} calls back to back, {together}) "
                     f"| {p50:.2f}× ({emit['p50']:.2f} vs {bare['p50']:.2f} µs), "
                     f"{p999:.2f}× ({emit['p99.9']:.1f} vs {bare['p99.9']:.1f} µs) "
                     f"| {verdict(p50 <= 1.0 and p999 <= 0.5)} |")

@@ -40,8 +40,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (CPUS, LOOP_CPU, OTHER_CPUS, bench_args, bench_sidecar, cpu_seconds, tempdir,  # noqa: E402
-                           update_body, write_json)
+from bench.harness import (
+    CPUS,
+    LOOP_CPU,
+    OTHER_CPUS,
+    bench_args,
+    bench_sidecar,
+    cpu_seconds,
+    tempdir,
+    update_body,
+    write_json,
+)
 
 FULL_EVENTS = 1_000_000
 SMOKE_EVENTS = 20_000
@@ -234,7 +243,7 @@ def profile(events: int, top: int = 12) -> tuple[str, dict[str, float]]:
     total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
     lines = ["| function (own time) | % of process | µs per event |", "|---|---|---|"]
-    for (file, line, func), (_, calls, tottime, _, _) in rows:
+    for (file, line, func), (_, _calls, tottime, _, _) in rows:
         where = f"{Path(file).name}:{line} {func}" if line else func
         lines.append(f"| `{where}` | {100 * tottime / total:.1f}% | {1e6 * tottime / events:.2f} |")
     return "\n".join(lines), timings
@@ -272,10 +281,12 @@ def main() -> int:
     for r in results:
         per_100k = r["cpu"] / max(1, r["rows"]) * 100_000
         busy = ", ".join(f"{name} {100 * share:.0f}%" for name, share in r["threads"][:3])
-        print(f"| {r['placement']} | {r['transport']} | {r['producers']} | {r['rate']:,.0f} | {r['elapsed']:.1f} s | {per_100k:.2f} "
+        print(f"| {r['placement']} | {r['transport']} | {r['producers']} | {r['rate']:,.0f} | {r['elapsed']:.1f} s "
+              f"| {per_100k:.2f} "
               f"| {busy} | {r['rows']:,} | {r['drops'].get('queue_full', 0):,} |")
         doc["runs"][f"{r['placement']}, {r['transport']}, {r['producers']}"] = {
-            "transport": r["transport"], "producers": r["producers"], "rate": r["rate"], "cpu_per_100k": per_100k, "rows": r["rows"], "elapsed": r["elapsed"],
+            "transport": r["transport"], "producers": r["producers"], "rate": r["rate"], "cpu_per_100k": per_100k,
+            "rows": r["rows"], "elapsed": r["elapsed"],
             "busiest_thread": r["threads"][0][1]}
     print("\nIngest in one thread, in-process, on the same frames (µs per event; "
           "events/s if nothing else ran):\n")

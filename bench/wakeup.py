@@ -25,8 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import bench_sidecar, parse_args, tempdir, write_json  # noqa: E402
-from client import Client  # noqa: E402
+from bench.harness import bench_sidecar, parse_args, tempdir, write_json
+from client import Client
 
 
 def delays_us(journal: Path, client_id: str) -> list[float]:

@@ -10,4 +10,4 @@ Importing this package loads pyzmq and orjson only.
 from .core import Client, EmitError
 from .wire import KINDS, default_endpoint
 
-__all__ = ["Client", "EmitError", "KINDS", "default_endpoint"]
+__all__ = ["KINDS", "Client", "EmitError", "default_endpoint"]

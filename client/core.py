@@ -48,12 +48,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
-from . import wire
-from . import ring
+from . import ring, wire
 from .transport import QueueFull, Transport, TransportError, ZmqTransport
 
 log = logging.getLogger("client")
@@ -65,13 +65,13 @@ DEFAULT_LINGER = 5.0
 STATS_INTERVAL_NS = 1_000_000_000
 RETRY_TRANSPORT_NS = 1_000_000_000  # a ring directory that could not be made is tried again this often
 
-Blob = Union[bytes, bytearray, memoryview]
+Blob = bytes | bytearray | memoryview
 _BLOB_TYPES = (bytes, bytearray, memoryview)
 _time_ns = time.time_ns
 _dumps = orjson.dumps
 _KINDS = wire.KINDS
 _VERSION = wire.VERSION
-_live: "set[Client]" = set()
+_live: set[Client] = set()
 
 
 class EmitError(ValueError):
@@ -356,7 +356,7 @@ class Client:
         self._attach(self._connect(in_emit=True))
         return self._transport
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -71,7 +71,7 @@ import socket
 import struct
 import time
 import zlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .transport import QueueFull, TransportError
 
@@ -189,7 +189,7 @@ class RingWriter:
     @classmethod
     def create(cls, directory: str, client_id: str, *, capacity: int = DEFAULT_RING_BYTES,
                checksum: bool = CHECKSUM_BY_DEFAULT, suffix: str = "", prefault: bool = False,
-               allocate: bool = True) -> "RingWriter":
+               allocate: bool = True) -> RingWriter:
         """Make `directory/<client_id><suffix>.ring` and map it.
 
         The file is built under a hidden name and renamed into place, so the
@@ -313,7 +313,7 @@ class RingWriter:
             at += len(table)
             if self._flags:
                 crc = self._crc(table, crc)
-        for part, length in zip(parts, lengths):
+        for part, length in zip(parts, lengths, strict=True):
             mm[at:at + length] = part
             at += length
             if self._flags:

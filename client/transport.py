@@ -11,7 +11,8 @@ shared-memory ring for a sidecar on this host (`ipc://` endpoints), and
 from __future__ import annotations
 
 import time
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import zmq
 

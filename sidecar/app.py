@@ -20,12 +20,13 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import shutil
+import signal
 import sqlite3
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -38,11 +39,11 @@ from .http_api import ApiServer
 from .ingest import Ingest
 from .journal import Journal, read_ref
 from .journal_health import JournalHealth, headroom
-from .journal_reserve import Reserve
 from .journal_repair import open_checked, unacknowledged
+from .journal_reserve import Reserve
 from .lane import Lane
-from .limiter_redis import RedisStore
 from .limiter import BACKED_OFF, CONFIGURED, LEARNED, Limiter, MemoryStore, Store
+from .limiter_redis import RedisStore
 from .metrics import Metrics, process_snapshot
 from .secrets import read_secret
 from .status import STARTING, Health, IngestStatus, JournalStatus, LaneState, LaneStatus, Status
@@ -176,7 +177,7 @@ class Sidecar:
             while not self._stop.is_set():
                 try:
                     await asyncio.wait_for(self._stop.wait(), tick)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if watchdog:
                     systemd.notify("WATCHDOG=1")  # from the loop itself: a stalled loop misses it

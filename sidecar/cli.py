@@ -198,8 +198,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print(f"{'id':>6}  {'lane':<10} {'kind':<22} {'key/ref':<24} {'reason':<18} {'status':>6}  dead at")
             for r in rows:
                 when = datetime.datetime.fromtimestamp(r["dead_at"]).strftime("%Y-%m-%d %H:%M:%S")
-                print(f"{r['id']:>6}  {r['lane']:<10} {r['kind']:<22} {str(r['key'] or r['ref'] or '-'):<24.24} "
-                      f"{r['reason']:<18} {str(r['status'] or '-'):>6}  {when}")
+                print(f"{r['id']:>6}  {r['lane']:<10} {r['kind']:<22} {r['key'] or r['ref'] or '-'!s:<24.24} "
+                      f"{r['reason']:<18} {r['status'] or '-'!s:>6}  {when}")
             print(f"{len(rows)} dead letter(s) shown")
         elif args.action == "show":
             found = [dlq.show_dead(directory, i) for i in args.ids]

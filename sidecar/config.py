@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, get_type_hints
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from client import wire
@@ -97,7 +98,8 @@ class RetryConfig:
     cap: float = setting(60.0, check=POSITIVE)     # largest backoff ceiling, seconds
     max_attempts: int = setting(30, check=AT_LEAST_0)  # then dead-letter as retries_exhausted; 0: never
     ref_wait: float = setting(600.0, check=AT_LEAST_0)  # how long an update may wait for an unknown ref
-    credentials_probe_seconds: float = setting(300.0, check=POSITIVE)  # a lane paused on refused credentials tries again this often
+    # A lane paused on refused credentials tries them again this often.
+    credentials_probe_seconds: float = setting(300.0, check=POSITIVE)
 
 
 @dataclass(frozen=True, kw_only=True)

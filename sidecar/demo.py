@@ -25,8 +25,9 @@ import tempfile
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from client import Client
 
@@ -247,5 +248,5 @@ def _has_report(s3: MotoS3) -> bool:
     try:
         s3.client().head_object(Bucket=s3.bucket, Key="reports/fills.csv")
         return True
-    except Exception:  # botocore's ClientError for 404; anything else means "not yet" too
+    except Exception:  # noqa: BLE001 -- botocore's ClientError for 404; anything else means "not yet" too
         return False

@@ -12,9 +12,10 @@ picks retried events up within a second.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .journal import EventRow, split_blob_paths
 from .spool import Spool
@@ -66,7 +67,7 @@ def list_dead(journal_dir: str, *, lane: str | None = None, limit: int = 50) -> 
     finally:
         conn.close()
     names = ("id", "lane", "kind", "key", "ref", "reason", "status", "attempts", "dead_at")
-    return [dict(zip(names, row)) for row in rows]
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def show_dead(journal_dir: str, dead_id: int) -> dict[str, Any] | None:
@@ -79,7 +80,7 @@ def show_dead(journal_dir: str, dead_id: int) -> dict[str, Any] | None:
         conn.close()
     if row is None:
         return None
-    record = dict(zip(names, row))
+    record = dict(zip(names, row, strict=True))
     record["frame"] = bytes(record["frame"]).decode(errors="replace")
     return record
 

@@ -12,8 +12,9 @@ reads it, so a scrape never touches the journal or the loop.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
@@ -33,7 +34,7 @@ class ApiServer:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 api.answer(self)
 
             def log_message(self, format: str, *args: Any) -> None:

@@ -42,8 +42,8 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import orjson
 import zmq
@@ -56,8 +56,8 @@ from .connectors.base import Connector, Reject
 from .errors import CannotStart
 from .journal import BLOB_PATH_SEPARATOR, EventRow, Journal
 from .journal_health import FULL, JournalUnavailable, classify, headroom
-from .rejects import Sampler, Throttle
 from .metrics import Metrics
+from .rejects import Sampler, Throttle
 from .rings import Rings
 
 log = logging.getLogger("sidecar.ingest")
@@ -92,7 +92,7 @@ class _Batch:
     rows: list[EventRow] = field(default_factory=list)
     rejects: list[tuple[str, str, bytes | None]] = field(default_factory=list)  # the sample kept as rows
     tallies: dict[str, _RejectTally] = field(default_factory=dict)  # every reject, by reason
-    touched: dict[str, "_ClientSeq"] = field(default_factory=dict)
+    touched: dict[str, _ClientSeq] = field(default_factory=dict)
     lanes: set[str] = field(default_factory=set)
     kinds: dict[str, int] = field(default_factory=dict)
     spooled: list[str] = field(default_factory=list)
@@ -410,7 +410,7 @@ class Ingest:
                         "rejected %d frame(s) as %s, the first: %s%s", tally.count, reason, tally.detail[:200],
                         f"; {held} more since the last such line" if held else "", exc_info=tally.error)
 
-    def _one(self, frames: list[bytes], batch: "_Batch") -> None:
+    def _one(self, frames: list[bytes], batch: _Batch) -> None:
         env, blobs = self._parse(frames)
         if env.kind in wire.CONTROL_KINDS:
             self._control(env, batch.touched)
@@ -444,7 +444,7 @@ class Ingest:
                 return connector
         raise Reject("unknown_target", f"no {env.kind} lane is configured for ref {env.ref!r}")
 
-    def _write(self, batch: "_Batch") -> None:
+    def _write(self, batch: _Batch) -> None:
         """Commit the batch, or raise JournalUnavailable (disk full, read-only...)
         having removed the blobs spooled for it. Other errors are bugs: raised."""
         spool_error, self._spool_error = self._spool_error, None

@@ -25,10 +25,11 @@ import os
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from client import wire
 
@@ -260,7 +261,7 @@ class Journal:
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, synchronous: str = "FULL",  # checked by config.py
-             checkpoints: bool = True, check: bool = False) -> "Journal":
+             checkpoints: bool = True, check: bool = False) -> Journal:
         """Open (creating if needed) `directory/journal.db`. Raises JournalError
         with an operator-readable message if the directory is unusable.
 
@@ -522,7 +523,7 @@ class Journal:
                 paths += split_blob_paths(joined)
         return paths
 
-    def _transaction(self) -> "_Tx":
+    def _transaction(self) -> _Tx:
         return _Tx(self.conn, self)
 
 

@@ -34,9 +34,9 @@ import shutil
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import ExitCode
 from .journal import Journal, JournalCorrupt, JournalError
@@ -96,7 +96,7 @@ def open_checked(directory: str | os.PathLike[str], *, synchronous: str, recover
 
 def set_aside(path: Path) -> Path:
     """Rename journal.db and its -wal and -shm to journal.db.corrupt-<UTC time>[-wal|-shm]."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     for suffix in ("-wal", "-shm", ""):  # the database last: a crash in between leaves no lone WAL to replay
         try:
@@ -197,7 +197,7 @@ def _readable_rows(src: sqlite3.Connection, table: str, columns: list[str]) -> I
     except sqlite3.Error:
         pass
     try:
-        for rowid, *row in src.execute(select + " WHERE rowid > ? ORDER BY rowid DESC", (last or 0,)):
+        for _rowid, *row in src.execute(select + " WHERE rowid > ? ORDER BY rowid DESC", (last or 0,)):
             yield tuple(row)
     except sqlite3.Error:
         pass
@@ -242,4 +242,4 @@ def acknowledge(directory: str | os.PathLike[str]) -> list[str]:
 
 
 def _utc(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -25,8 +25,9 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, assert_never
+from typing import Any, assert_never
 
 from .backoff import retry_delay
 from .breaker import Breaker
@@ -214,7 +215,7 @@ class Lane:
         """Sleep, but wake at once when the lane is told to stop."""
         try:
             await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _idle(self, at_most: float = IDLE_POLL_SECONDS) -> None:
@@ -224,7 +225,7 @@ class Lane:
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=max(0.005, horizon))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _pick(self) -> tuple[str, Send[Any]] | None:

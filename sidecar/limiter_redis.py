@@ -41,8 +41,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry

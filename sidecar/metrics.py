@@ -10,7 +10,8 @@ Names use base units and `_total` for counters, as Prometheus asks.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram

@@ -84,7 +84,7 @@ class Ring:
         out: list[list[bytes]] = []
         try:
             self._read_into(out, limit, budget)
-        except Exception as exc:  # struct.error, MemoryError, OverflowError...: all from the file
+        except Exception as exc:  # noqa: BLE001 -- struct.error, MemoryError, OverflowError...: all from the file
             why = str(exc) if isinstance(exc, RingCorrupt) else f"unreadable ({type(exc).__name__}: {exc})"
             if not out:
                 raise RingCorrupt(why) from None
@@ -146,7 +146,7 @@ class Ring:
         i = 0
         n = len(buf)
         while n - i >= HEADER:
-            size, nparts, flags, crc, _ = RECORD.unpack_from(buf, i)
+            size, _nparts, flags, _crc, _ = RECORD.unpack_from(buf, i)
             rec = record_bytes(size)
             if flags & REC_WRAP:  # padding up to the ring's end; may be longer than any record
                 if off + i + rec != cap or not self._trailer_ok(buf, i, rec, pos + i):

@@ -10,13 +10,13 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-from standins.process import SidecarProcess, free_port, kill_leftovers
+from typing import Any
 
 from client import wire
 from sidecar.journal import Event
+from standins.process import SidecarProcess, free_port, kill_leftovers
 
 __all__ = ["ROOT", "FakePlanContext", "RedisServer", "SidecarProcess", "drained", "free_port", "journaled", "kill_leftovers",
            "sidecar_config", "wait_until"]
@@ -97,7 +97,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         server = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.proc = subprocess.Popen([server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--loglevel", "warning"],
@@ -118,7 +118,7 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(10)
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

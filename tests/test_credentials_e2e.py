@@ -13,12 +13,12 @@ from typing import Any
 import bcrypt
 import orjson
 import pytest
-from standins.base import Fault
-from standins.naver import MULTI_UPDATE_PATH, NaverSimulator
-from standins.notion import NotionSimulator, property_value
 
 from client import Client
 from sidecar.connectors.naver import TOKEN_PATH
+from standins.base import Fault
+from standins.naver import MULTI_UPDATE_PATH, NaverSimulator
+from standins.notion import NotionSimulator, property_value
 
 from .support import SidecarProcess, drained, free_port, sidecar_config, wait_until
 

@@ -171,7 +171,7 @@ def test_row_by_row_recovery_skips_only_the_rows_of_a_broken_page(tmp_path: Path
     path = tmp_path / "old" / "journal.db"
     conn = sqlite3.connect(path)
     # A leaf page of the events table in the middle of the file.
-    (first,) = conn.execute("SELECT rowid FROM events WHERE seq=500").fetchone()
+    (_first,) = conn.execute("SELECT rowid FROM events WHERE seq=500").fetchone()
     conn.close()
     with open(path, "r+b") as f:
         data = f.read()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -117,7 +118,7 @@ def test_disk_full_holds_events_in_the_ring_and_delivers_each_once_when_space_re
     page_ids = {}
     try:
         for p in range(PAGES):
-            page_ids[p] = wait_until(lambda: sc.query("SELECT target_id FROM refs WHERE key=?", f"p{p}"),
+            page_ids[p] = wait_until(lambda p=p: sc.query("SELECT target_id FROM refs WHERE key=?", f"p{p}"),
                                      timeout=60, what=f"page p{p} created")[0][0]
         wait_until(lambda: sum(len(sim.children(pid)) for pid in page_ids.values()) >= EVENTS,
                    timeout=150, interval=0.5, what="every append delivered")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -293,7 +293,7 @@ def test_failed_calls_in_a_row_open_the_breaker_and_the_lane_calls_nothing_until
     clock = Clock()
     failures = [Retryable("transport", "connection reset", ambiguous=True) for _ in range(3)]
     connector = Scripted(send_all, results=list(failures))
-    lane, journal = scripted_lane(tmp_path, connector, clock, "a", "b", "c", "d",
+    lane, _journal = scripted_lane(tmp_path, connector, clock, "a", "b", "c", "d",
                                   breaker=BreakerConfig(failures=3, cooldown=30.0))
     for _ in range(3):
         assert once(lane)
@@ -333,7 +333,7 @@ def test_a_connectors_extra_calls_are_paced_by_the_lanes_limiter(tmp_path: Path)
             return await super().send(plan, pace)
 
     connector = Checking(send_all)
-    lane, journal = scripted_lane(tmp_path, connector, Clock(), "a")
+    lane, _journal = scripted_lane(tmp_path, connector, Clock(), "a")
     before = lane.limiter.tokens(1000.0)
     assert once(lane)
     assert connector.sent == [[1]] and lane.limiter.tokens(1000.0) == pytest.approx(before - 2)

@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 import pytest
-from standins.base import Fault
-from standins.naver import IMAGE_UPLOAD_PATH, MULTI_UPDATE_PATH, NaverSimulator
 
 from client import Client, wire
 from sidecar.connectors.naver import image_urls
+from standins.base import Fault
+from standins.naver import IMAGE_UPLOAD_PATH, MULTI_UPDATE_PATH, NaverSimulator
 
 from .support import SidecarProcess, drained, sidecar_config, wait_until
 

@@ -53,7 +53,7 @@ def test_systemd_ready_watchdog_and_stopping(short_tmp: Path, notion_sim: Notion
     while True:
         try:
             rest.append(notify.recv(4096).decode())
-        except socket.timeout:
+        except TimeoutError:
             break
         if rest[-1] == "STOPPING=1":
             break
@@ -146,7 +146,7 @@ def test_client_drops_reach_the_sidecar(short_tmp: Path, notion_sim: NotionSimul
         client.emit("notion.page.update", {"page_id": "x", "properties": {"A": {1, 2}}})
     sample = f'sidecar_client_dropped_total{{client="{client.client_id}",reason="unknown_kind"}} 1.0'
     wait_until(lambda: sample.encode() in sc.get("/metrics")[1], timeout=10, what="the client's drops in a scrape")
-    assert 'reason="unserializable"'.encode() in sc.get("/metrics")[1]
+    assert b'reason="unserializable"' in sc.get("/metrics")[1]
     assert sc.stop() == 0
 
 

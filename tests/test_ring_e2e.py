@@ -108,7 +108,7 @@ def test_a_corrupt_ring_beside_a_good_one_is_quarantined_and_the_good_one_flows(
             c.emit("notion.page.create", {"parent": {"database_id": "db"}, "n": n}, key=f"k{n}")
     wait_until(lambda: len(journaled_seqs(sc, c.client_id)) == 500, timeout=20, what="the good ring journaled")
     wait_until(lambda: os.listdir(rings / "quarantine"), timeout=10, what="the evil ring moved aside")
-    status, body = sc.get("/metrics")
+    _status, body = sc.get("/metrics")
     assert b'sidecar_rings_quarantined_total{reason="corrupt"} 1.0' in body
     assert "quarantined ring evil.ring" in sc.log_text()
     assert sc.stop() == 0

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import botocore.exceptions
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from standins.moto_s3 import MotoS3, moto_s3
-from standins.s3proxy import S3FaultProxy
 
 from client import Client
+from standins.moto_s3 import MotoS3, moto_s3
+from standins.s3proxy import S3FaultProxy
 
 from .support import SidecarProcess, sidecar_config, wait_until
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -203,7 +204,7 @@ def test_three_sidecars_share_one_notion_quota(short_tmp: Path, redis_server: Re
         sidecars = start_sidecars(short_tmp, sim, redis_server.url)
         clients = emit_creates(sidecars, db)
         wait_until(lambda: len(sim.pages()) == 3 * PER_SIDECAR, timeout=150, what="120 pages")
-        for sc, client in zip(sidecars, clients):
+        for sc, client in zip(sidecars, clients, strict=True):
             wait_until(lambda sc=sc, client=client: drained(sc, client), timeout=20, what="every journal to drain")
         lanes = [status(sc)["lanes"]["notion"] for sc in sidecars]
         for sc in sidecars:
@@ -240,7 +241,7 @@ def test_redis_killed_mid_run_loses_nothing_and_sharing_resumes(short_tmp: Path,
             wait_until(lambda sc=sc: status(sc)["lanes"]["notion"]["store"] == "redis", timeout=20,
                        what="each sidecar to share the quota again")
         wait_until(lambda: len(sim.pages()) == 3 * PER_SIDECAR, timeout=150, what="120 pages")
-        for sc, client in zip(sidecars, clients):
+        for sc, client in zip(sidecars, clients, strict=True):
             wait_until(lambda sc=sc, client=client: drained(sc, client), timeout=20, what="every journal to drain")
         assert sidecars[0].cli("check").returncode == 0
         for sc in sidecars:

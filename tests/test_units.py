@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from sidecar.backoff import full_jitter, parse_retry_after, retry_delay
-from sidecar.config import ConfigError, load_config
+from sidecar.config import ConfigError, NotionConfig, load_config
 from sidecar.connectors.base import Dead, Moved, Send, Skip, Wait
 from sidecar.connectors.notion import AppendBlocks, NotionConnector, UpdatePage
-from sidecar.config import NotionConfig
 from sidecar.journal import Event
 from sidecar.limiter import Limiter, MemoryStore, Rule
 from sidecar.rejects import Sampler, Throttle

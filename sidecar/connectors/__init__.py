@@ -8,8 +8,8 @@ and one entry in the list `_builders()` returns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..config import Config
 from ..limiter import Rule

@@ -8,7 +8,8 @@ into the error tree of `sidecar.errors`.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import httpx
 

@@ -37,9 +37,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, assert_never
+from typing import Any, assert_never
 
 import bcrypt
 import httpx
@@ -313,7 +314,7 @@ class NaverConnector(ConnectorBase):
                             status=response.status_code, body=response.text[:4000])
         refs = {}
         start = 0
-        for (key, _), count in zip(batch, counts):  # URLs come back in upload order
+        for (key, _), count in zip(batch, counts, strict=True):  # URLs come back in upload order
             refs[key] = orjson.dumps(urls[start:start + count]).decode()
             start += count
         return Delivered(refs=refs, duplicates=duplicates, told=told_quota(response))

@@ -33,7 +33,7 @@ from ..journal import Event
 from ..limiter import Rule
 from ..secrets import read_secret
 from . import LaneSpec
-from .base import ConnectorBase, Dead, Delivered, Moved, Pace, PlanContext, Plan, Reject, Send, Skip, Wait
+from .base import ConnectorBase, Dead, Delivered, Moved, Pace, Plan, PlanContext, Reject, Send, Skip, Wait
 from .http import json_code, raise_for_status, refuse_credentials, request
 
 CREATE = "notion.page.create"

@@ -80,8 +80,7 @@ from urllib.parse import parse_qs
 import bcrypt
 import orjson
 
-from standins.base import Request, Response, SimError, SimServer
-from standins.base import cli_parser, retry_after_seconds, run_until_signal
+from standins.base import Request, Response, SimError, SimServer, cli_parser, retry_after_seconds, run_until_signal
 
 TOKEN_PATH = "/external/v1/oauth2/token"
 MULTI_UPDATE_PATH = "/external/v1/products/origin-products/multi-update"
@@ -310,7 +309,7 @@ class NaverSimulator(SimServer):
         try:
             body = request.json()
         except orjson.JSONDecodeError:
-            raise _bad("body", "body is not valid JSON")
+            raise _bad("body", "body is not valid JSON") from None
         items = body.get("multiProductUpdateRequestVos") if isinstance(body, dict) else None
         if not isinstance(items, list) or not items:
             raise _bad("multiProductUpdateRequestVos", "a non-empty list is required")
@@ -379,7 +378,7 @@ class NaverSimulator(SimServer):
                 raise _bad(f"imageFiles[{i}]", f"{part.filename or 'file'} is not a JPG, GIF, PNG or BMP image")
             formats.append(fmt)
         stored = []
-        for part, fmt in zip(files, formats):
+        for part, fmt in zip(files, formats, strict=True):
             url = f"https://shop-phinf.pstatic.net/sim/{uuid.uuid4().hex}.{fmt}"
             self._images.append({"url": url, "bytes": part.data, "filename": part.filename, "format": fmt})
             stored.append({"url": url})

@@ -62,8 +62,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from standins.base import Request, Response, SimError, SimServer
-from standins.base import cli_parser, retry_after_seconds, run_until_signal
+from standins.base import Request, Response, SimError, SimServer, cli_parser, retry_after_seconds, run_until_signal
 
 VERSION_2022 = "2022-06-28"
 VERSION_2025 = "2025-09-03"
@@ -149,7 +148,7 @@ def _uuid(raw: str, what: str) -> str:
     try:
         return str(uuid.UUID(hex=raw))
     except ValueError:
-        raise _invalid(f"path failed validation: path.{what} should be a valid uuid, instead was `\"{raw}\"`.")
+        raise _invalid(f"path failed validation: path.{what} should be a valid uuid, instead was `\"{raw}\"`.") from None
 
 
 def _longest_list(value: Any, path: str) -> tuple[str, int] | None:
@@ -231,7 +230,7 @@ def _date(value: Any, path: str) -> dict[str, Any] | None:
             try:
                 datetime.fromisoformat(value[key])
             except (TypeError, ValueError):
-                raise _body_invalid(f"{path}.{key} should be an ISO 8601 date, instead was `{value[key]!r}`.")
+                raise _body_invalid(f"{path}.{key} should be an ISO 8601 date, instead was `{value[key]!r}`.") from None
     return {"start": value["start"], "end": value.get("end"), "time_zone": value.get("time_zone")}
 
 
@@ -484,7 +483,7 @@ class NotionSimulator(SimServer):
         try:
             body = request.json()
         except orjson.JSONDecodeError:
-            raise SimError(400, "invalid_json", "Error parsing JSON body.")
+            raise SimError(400, "invalid_json", "Error parsing JSON body.") from None
         if not isinstance(body, dict):
             raise _body_invalid("body should be an object.")
         too_long = _longest_list(body, "body")

@@ -153,7 +153,7 @@ class SidecarProcess:
         while time.monotonic() < deadline:
             try:
                 message = notify.recv(4096).decode()
-            except socket.timeout:
+            except TimeoutError:
                 if self.proc.poll() is not None:
                     break
                 continue

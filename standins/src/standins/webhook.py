@@ -28,8 +28,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from standins.base import Request, Response, SimError, SimServer
-from standins.base import cli_parser, retry_after_seconds, run_until_signal
+from standins.base import Request, Response, SimError, SimServer, cli_parser, retry_after_seconds, run_until_signal
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class WebhookReceiver(SimServer):
         try:
             body = request.json()
         except orjson.JSONDecodeError:
-            raise SimError(400, "invalid_json", "body is not JSON")
+            raise SimError(400, "invalid_json", "body is not JSON") from None
         self._deliveries.append(Delivery(self.clock(), request.path, dict(request.headers), body))
         return Response(200, {"ok": True})
 
