@@ -22,10 +22,12 @@ wrong").
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,8 +47,9 @@ _BY_CODE = {"SQLITE_FULL": FULL, "SQLITE_READONLY": READ_ONLY, "SQLITE_IOERR": I
 _CONSEQUENCE = {
     FULL: "new events wait in the producers' rings (ZeroMQ senders are not read); lanes keep delivering; "
           "free space and it resumes by itself",
-    READ_ONLY: "new events wait in the producers' rings (ZeroMQ senders are not read); "
-               "remount it read-write (or fix the file's owner) and it resumes by itself",
+    READ_ONLY: "new events wait in the producers' rings (ZeroMQ senders are not read); after a filesystem "
+               "error (ext4 errors=remount-ro) stop the sidecar, unmount, fsck, mount, start it; a ro mount "
+               "or a wrong file owner: fix it and it resumes by itself",
     IO_ERROR: "new events wait in the producers' rings; check the disk (dmesg); it retries every second",
     LOCKED: "another process holds the journal's write lock; it retries every second",
 }
@@ -72,7 +75,7 @@ def classify(exc: BaseException, directory: str | os.PathLike[str] | None = None
     """The journal state an exception means, or None if it is not such a fault.
 
     SQLite reports a write refused by a read-only filesystem as SQLITE_IOERR
-    (EROFS) or SQLITE_READONLY; the filesystem's own flag tells them apart."""
+    (EROFS) or SQLITE_READONLY; the filesystem tells them apart (`_read_only_fs`)."""
     if isinstance(exc, JournalUnavailable):
         return exc.state
     if isinstance(exc, OSError) and exc.errno is not None:
@@ -88,10 +91,15 @@ def classify(exc: BaseException, directory: str | os.PathLike[str] | None = None
 
 
 def _read_only_fs(directory: str | os.PathLike[str]) -> bool:
+    """The mount's flag, or else a file that cannot be made for EROFS: ext4 after an
+    error (errors=remount-ro) refuses writes as "emergency_ro" with its mount still rw."""
     try:
-        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return True
+        with tempfile.TemporaryFile(dir=directory):
+            return False
+    except OSError as exc:
+        return exc.errno == errno.EROFS
 
 
 class JournalHealth:

@@ -19,7 +19,6 @@ import pytest
 from standins.base import Fault
 from standins.notion import NotionSimulator
 
-from .conftest import NOTION_SCHEMA
 from .support import ROOT, SidecarProcess, free_port, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -41,16 +40,6 @@ def small_fs(short_tmp: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-@pytest.fixture
-def fast_notion() -> Iterator[NotionSimulator]:
-    sim = NotionSimulator(rate_per_second=300, burst=100).start()
-    sim.database_id = sim.create_database(title="Trades", properties=NOTION_SCHEMA)  # type: ignore[attr-defined]
-    try:
-        yield sim
-    finally:
-        sim.stop()
 
 
 def producer(endpoint: str, db: str, out: Path) -> subprocess.Popen[bytes]:
