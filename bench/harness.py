@@ -188,11 +188,14 @@ class SidecarProcess:
     rings (`ingest.rings` beside it), to `socket_dir`, by default a directory
     on tmpfs made for this sidecar and removed with it (the unit's /run is
     tmpfs; a ring on a disk-backed file system pays for page writeback).
+    `sections` adds config tables (`{"webhooks.alerts": {"url": ...}}`) and
+    `env` variables (other APIs' credentials).
     """
 
     def __init__(self, workdir: Path, *, notion_url: str = "http://127.0.0.1:9/v1", token: str | None = None,
                  rate: float = 3.0, burst: float = 1.0, cpus: Sequence[int] | None = None,
-                 synchronous: str = "FULL", socket_dir: Path | None = None) -> None:
+                 synchronous: str = "FULL", socket_dir: Path | None = None,
+                 sections: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None) -> None:
         self.dir = workdir
         self._own_socket_dir = runtime_dir() if socket_dir is None else None
         self.socket_dir = socket_dir or self._own_socket_dir or workdir
@@ -207,7 +210,9 @@ class SidecarProcess:
             "metrics": {"address": self.metrics_address},
             "notion": {"base_url": notion_url, "rate_per_second": float(rate), "burst": float(burst)},
             "process": {"cpu_affinity": list(cpus or [])},
+            **(sections or {}),
         }
+        self.env = env or {}
         self.config.write_text("".join(
             f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) for name, table in doc.items()))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -216,6 +221,7 @@ class SidecarProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("NOTION_TOKEN", "CREDENTIALS_DIRECTORY")}
         if self.token:
             env["NOTION_TOKEN"] = self.token
+        env.update(self.env)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sidecar", "run", "--config", str(self.config), "--log-level", "WARNING"],
