@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BENCH, ROOT, machine  # noqa: E402
 
-SCRIPTS = ("latency", "jitter", "throughput", "delivery", "crash", "flood", "wakeup", "blobs", "ring_stress", "soak")
+SCRIPTS = ("latency", "jitter", "throughput", "delivery", "crash", "flood", "wakeup", "blobs", "ring_stress", "frozen",
+           "soak")
 TIMEOUT = 900
 SOAK_MINUTES = 5.0
 
@@ -147,6 +148,15 @@ def goals(r: dict[str, dict[str, Any]]) -> list[str]:
     for name, run in st.items():
         rows.append(f"| ring stress, {name}: every byte checked, reader SIGKILLed midway | {run['records']:,} records, "
                     f"{run['kills']} kills, {run['seconds']:.1f} s | yes |")
+    fz = r["frozen"]["data"]
+    for name, run in fz.get("runs", {}).items():
+        p99 = {phase: run["emit_us"][phase]["p99"] for phase in ("before", "stopped", "after")}
+        ok = run["rows"] == run["distinct"] == run["sent"] and run["gaps"] == 0
+        rows.append(f"| sidecar SIGSTOPped {fz['plan']['stopped']:g} s at {fz['plan']['rate']:,} events/s, {name}: "
+                    f"every event journaled once, emit cost unchanged | {run['sent']:,} sent, {run['rows']:,} "
+                    f"journaled once, dropped {sum(run['dropped'].values()):,}; emit p99 "
+                    f"{p99['before']:.1f} / {p99['stopped']:.1f} / {p99['after']:.1f} µs before / stopped / after "
+                    f"| {verdict(ok and not run['dropped'])} |")
     sk = r["soak"]["data"]
     if sk:
         v, info = sk["verdicts"], sk["info"]

@@ -33,6 +33,7 @@ TABLES = {
     "blobs": "| ring 64 KiB |",
     "ring_stress": "| commit mark |",
     "soak": "| RSS growth from",
+    "frozen": "| default ring (128 MiB) |",
 }
 
 
@@ -63,6 +64,9 @@ def test_benchmark_smoke(script: str, tmp_path: Path) -> None:
             assert "No redis LPUSH row" in proc.stdout
     if script == "jitter":
         assert (tmp_path / "jitter.png").stat().st_size > 0
+    if script == "frozen":
+        for run in json.loads((tmp_path / "frozen.json").read_text())["runs"].values():
+            assert run["rows"] == run["distinct"] == run["sent"] and run["gaps"] == 0, run
     if script == "soak":
         assert (tmp_path / "soak.png").stat().st_size > 0
         assert "| final state of every API = what was emitted |" in proc.stdout
