@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from client import Client
@@ -176,3 +177,32 @@ def test_s3_puts_survive_drip_huge_and_cut_answers(short_tmp: Path, moto: MotoS3
             assert metric(sc, "sidecar_delivery_retries_total", lane="s3", reason=reason) == 1, reason
         assert sc.journal_count("dead_letters") == 0
         assert sc.stop() == 0
+
+
+def test_body_faults_are_set_over_the_control_api_and_misbehave_on_the_wire(hook: WebhookReceiver) -> None:
+    def fault(**fields: Any) -> None:
+        assert httpx.post(hook.url + "/_sim/faults", json=fields).status_code == 200
+
+    with httpx.Client(base_url=hook.url, timeout=httpx.Timeout(1.0)) as http:
+        fault(when="after", status=200, raw="<html>ok</html>")
+        assert http.post("/a", json={"n": 1}).text == "<html>ok</html>"
+        fault(when="after", huge=3_000_000)
+        answer = http.post("/a", json={"n": 2})
+        assert len(answer.content) == 3_000_000 and answer.json() == {"ok": True}
+        fault(when="after", cut=True)
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):  # half a body, then RST
+            http.post("/a", json={"n": 3})
+        fault(status=307, headers={"Location": "http://127.0.0.1:9/x"})
+        assert http.post("/a", json={"n": 4}).headers["Location"] == "http://127.0.0.1:9/x"
+        fault(when="after", drip=0.05)
+        # Bytes keep coming, so a per-read timeout (1 s) never fires: only a deadline ends it.
+        with http.stream("POST", "/a", json={"n": 5}) as dripping:
+            received = b""
+            for chunk in dripping.iter_raw():
+                received += chunk
+                if len(received) > 40:
+                    break
+        assert received.startswith(b'{"ok":true}') and received.endswith(b" ")
+    assert [b["n"] for b in hook.bodies()] == [1, 2, 3, 5]  # applied first, except the redirect's
+    with pytest.raises(ValueError, match="needs a status"):
+        Fault(drip=0.1)
