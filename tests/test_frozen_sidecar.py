@@ -1,4 +1,5 @@
-"""A frozen or slow sidecar, over a real process: SIGSTOP, the systemd watchdog, a lane stuck in a call.
+"""A frozen or slow sidecar, over a real process: SIGSTOP, the systemd watchdog, a lane stuck in a call;
+and a lane working off the backlog a freeze leaves.
 
 No systemd runs here (no PID 1 in this container: `systemctl` answers
 "offline"), so a test binds the notify socket itself, as systemd would, and
@@ -8,6 +9,7 @@ reads the pings; systemd kills a service whose pings stop for `WatchdogSec`
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -20,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from client import Client
+from client import Client, wire
+from client.wire import Envelope
+from sidecar.config import RetryConfig
+from sidecar.connectors.base import Delivered, Plan, PlanContext, Send
+from sidecar.journal import Event, EventRow, Journal
+from sidecar.lane import Lane
+from sidecar.limiter import Limiter, MemoryStore, Rule
+from sidecar.metrics import Metrics
 from sidecar.simulators.base import Fault
 from sidecar.simulators.notion import NotionSimulator
 from sidecar.simulators.webhook import WebhookReceiver
@@ -156,3 +165,60 @@ def test_a_lane_stuck_in_a_call_past_watchdogsec_never_stalls_the_loop(short_tmp
         assert len(sim.pages()) == 1 and page_by_key(sim, "k")
         assert hook.bodies() == [{"n": n} for n in range(5)]
         assert sc.stop() == 0
+
+
+class OneCallPerEvent:
+    """Every event its own group (a Notion create each): a backlog of many groups."""
+
+    lane = "each"
+    kinds = frozenset({"webhook.post"})
+
+    def accepts(self, env: Envelope) -> bool:
+        return True
+
+    def route(self, env: Envelope, blobs: list[bytes]) -> str:
+        return f"t{env.seq}"
+
+    def plan(self, group: list[Event], ctx: PlanContext) -> Plan:
+        return Send(group[:1], None)
+
+    async def send(self, plan: Send) -> Delivered:
+        return Delivered()
+
+    def retargets(self, key: str, created_id: str) -> list[tuple[str, str]]:
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_backlog_of_many_groups_is_worked_off_without_reading_all_of_it_per_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # After a freeze the backlog is large; a lane that scanned all of it for
+    # every call fell further behind the longer it was (bench/soak.py).
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    journal.write_batch([EventRow("each", "webhook.post", f"t{n}", None, None, "c", n, 1, 1,
+                                  wire.encode("c", n, "webhook.post", None, None, 1, {}), None)
+                         for n in range(1, 3001)])
+    whole_backlog_reads = []
+    ready_heads = journal.ready_heads
+
+    def counted(lane: str, now: float, limit: int = 512, *, per_target: bool = False) -> list[tuple[int, str]]:
+        if per_target:
+            whole_backlog_reads.append(now)
+        return ready_heads(lane, now, limit, per_target=per_target)
+
+    monkeypatch.setattr(journal, "ready_heads", counted)
+    lane = Lane(OneCallPerEvent(), journal, Limiter("each", Rule(rate=1e6, burst=1e6), MemoryStore()),
+                RetryConfig(), Metrics())
+
+    async def run() -> None:
+        task = asyncio.create_task(lane.run())
+        while lane.delivered < 3000:
+            await asyncio.sleep(0.01)
+        await lane.stop(5)
+        await task
+
+    asyncio.run(run())
+    assert journal.count("events") == 0
+    assert whole_backlog_reads == []  # the oldest page always had a group ready
