@@ -166,7 +166,8 @@ def runtime_dir() -> Path | None:
 def bench_sidecar(workdir: Path, *, notion_url: str = "http://127.0.0.1:9/v1", token: str | None = None,
                   rate: float = 3.0, burst: float = 1.0, cpus: Sequence[int] | None = None,
                   synchronous: str = "FULL", socket_dir: Path | None = None,
-                  redis_url: str | None = None) -> SidecarProcess:
+                  redis_url: str | None = None, sections: dict[str, dict[str, Any]] | None = None,
+                  env: dict[str, str] | None = None) -> SidecarProcess:
     """The benchmarks' sidecar: one Notion lane, logging warnings only.
 
         with bench_sidecar(workdir, notion_url=sim.api_url, token=sim.token, cpus=[1]) as sc:
@@ -179,6 +180,8 @@ def bench_sidecar(workdir: Path, *, notion_url: str = "http://127.0.0.1:9/v1", t
     rings (`ingest.rings` beside it), to `socket_dir`, by default a directory
     on tmpfs made for this sidecar and removed with it (the unit's /run is
     tmpfs; a ring on a disk-backed file system pays for page writeback).
+    `sections` adds config tables (`{"webhooks.alerts": {"url": ...}}`) and
+    `env` variables (other APIs' credentials).
     """
     own_socket_dir = runtime_dir() if socket_dir is None else None
     socket_dir = socket_dir or own_socket_dir or workdir
@@ -191,7 +194,14 @@ def bench_sidecar(workdir: Path, *, notion_url: str = "http://127.0.0.1:9/v1", t
     }
     if redis_url:
         config["redis"] = {"url": redis_url}
-    return SidecarProcess(workdir, config=config, env={"NOTION_TOKEN": token} if token else None,
+    for name, table in (sections or {}).items():  # "webhooks.alerts" -> config["webhooks"]["alerts"]
+        *parents, last = name.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = table
+    env = {**(env or {}), **({"NOTION_TOKEN": token} if token else {})}
+    return SidecarProcess(workdir, config=config, env=env or None,
                           args=("--log-level", "WARNING"),
                           remove_on_exit=(own_socket_dir,) if own_socket_dir else ())
 

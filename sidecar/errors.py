@@ -25,6 +25,17 @@ it is sent again. Each connector maps HTTP status and body codes here once.
         └── IngestError      (ingest.py)
 
 `sidecar.cli.main` turns any of them into one line on stderr and its exit code.
+
+Reasons for a hostile or broken API (`connectors/http.py` raises them):
+
+    deadline            Retryable, ambiguous: no whole answer within the call's
+                        timeout (a slow drip of bytes, a stall)
+    response_too_large  Retryable, ambiguous: an answer over the size limit
+    bad_response        Retryable, ambiguous: a 2xx that is not JSON or lacks
+                        the fields we read; it was applied, we cannot tell how
+    transport_error     Retryable, ambiguous: a connection reset, also mid-body
+    redirect            Permanent: a 3xx is never followed (it would carry the
+                        body elsewhere); the same request gets the same answer
 """
 
 from __future__ import annotations
@@ -67,6 +78,12 @@ class MissingExtra(StartupError):
         super().__init__(f"{command} needs the [{extra}] extra ({(missing or 'a package').partition('.')[0]} is not installed): "
                          + hint)
         self.extra = extra
+
+
+DEADLINE = "deadline"
+RESPONSE_TOO_LARGE = "response_too_large"
+BAD_RESPONSE = "bad_response"
+REDIRECT = "redirect"
 
 
 class DeliveryError(Exception):

@@ -233,10 +233,17 @@ class Lane:
         now = self.clock()
         seen: set[str] = set()
         heads = self.journal.ready_heads(self.name, now)
-        if len(heads) == READY_SCAN:
+        picked = self._pick_among(heads, seen, now)
+        if picked is None and len(heads) == READY_SCAN:
             # A full page of rows may all belong to a few blocked groups (a
-            # hot page backing off): fall back to one row per group.
-            heads = self.journal.ready_heads(self.name, now, per_target=True)
+            # hot page backing off): fall back to one row per group. Only
+            # then: that query reads the whole backlog, and a lane paying it
+            # on every call fell further behind the longer its backlog grew
+            # (bench/soak.py after a 30 s SIGSTOP: it never caught up).
+            picked = self._pick_among(self.journal.ready_heads(self.name, now, per_target=True), seen, now)
+        return picked
+
+    def _pick_among(self, heads: list[tuple[int, str]], seen: set[str], now: float) -> tuple[str, Send] | None:
         for _, target in heads:
             if target in seen:
                 continue

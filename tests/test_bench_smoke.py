@@ -32,6 +32,8 @@ TABLES = {
     "wakeup": "| lone |",
     "blobs": "| ring 64 KiB |",
     "ring_stress": "| commit mark |",
+    "soak": "| RSS growth from",
+    "frozen": "| default ring (128 MiB) |",
 }
 
 
@@ -62,14 +64,23 @@ def test_benchmark_smoke(script: str, tmp_path: Path) -> None:
             assert "No redis LPUSH row" in proc.stdout
     if script == "jitter":
         assert (tmp_path / "jitter.png").stat().st_size > 0
+    if script == "frozen":
+        for run in json.loads((tmp_path / "frozen.json").read_text())["runs"].values():
+            assert run["rows"] == run["distinct"] == run["sent"] and run["gaps"] == 0, run
+    if script == "soak":
+        assert (tmp_path / "soak.png").stat().st_size > 0
+        assert "| final state of every API = what was emitted |" in proc.stdout
+        info = json.loads((tmp_path / "soak.json").read_text())["info"]
+        assert info["pending_after_drain"] == 0 and info["dead_letters"] == 0
+        assert all(info["final_state"].values()), info["final_state"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(360)
 def test_run_all_smoke(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=280, check=False)
+                          capture_output=True, text=True, cwd=ROOT, timeout=340, check=False)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     results = (tmp_path / "RESULTS.md").read_text()
     for heading in ("## Machine", "## Commands", "## Goals", "## Emit latency", "## Hot-loop jitter",
-                    "## Throughput", "## Delivery", "## Crash safety"):
+                    "## Throughput", "## Delivery", "## Crash safety", "## Soak"):
         assert heading in results

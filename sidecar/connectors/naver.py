@@ -49,13 +49,13 @@ import orjson
 from client.wire import Envelope
 
 from ..config import Config, NaverConfig
-from ..errors import CredentialsRefused, Permanent
+from ..errors import CredentialsRefused
 from ..journal import Event, read_ref
 from ..limiter import NONE, ApiQuota, Rule
 from ..secrets import read_secret
 from . import LaneSpec
 from .base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
-from .http import json_code, raise_for_status, refuse_credentials, request
+from .http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
 
 LANE = "naver"
 API_NAME = "Naver"
@@ -299,7 +299,9 @@ class NaverConnector(ConnectorBase):
         files: list[tuple[str, tuple[str, bytes, str]]] = []
         counts = []
         for _, event in batch:
-            blobs = event.blobs()
+            # Reading spool files (and bcrypt, below) is the lane's only blocking work: off the event
+            # loop, which must stay free to feed the systemd watchdog and the other lanes.
+            blobs = await asyncio.to_thread(event.blobs)
             counts.append(len(blobs))
             for data in blobs:
                 ext, mime = _image_format(data) or ("bin", "application/octet-stream")
@@ -307,11 +309,11 @@ class NaverConnector(ConnectorBase):
         # A lost answer means the images may be stored already; uploading
         # again only leaves unused copies on Naver's image host, so resend.
         response = await self._call("POST", IMAGE_UPLOAD_PATH, files=files)
-        images = response.json().get("images")
-        urls = [image.get("url") for image in images] if isinstance(images, list) else []
+        images = json_object(response).get("images")
+        urls = [image.get("url") if isinstance(image, dict) else None for image in images] \
+            if isinstance(images, list) else []
         if len(urls) != len(files) or not all(isinstance(url, str) for url in urls):
-            raise Permanent("bad_response", f"upload of {len(files)} image(s) answered {len(urls)} URL(s)",
-                            status=response.status_code, body=response.text[:4000])
+            raise bad_response(response, f"upload of {len(files)} image(s) answered {len(urls)} URL(s)")
         refs = {}
         start = 0
         for (key, _), count in zip(batch, counts, strict=True):  # URLs come back in upload order
@@ -327,15 +329,15 @@ class NaverConnector(ConnectorBase):
         `data.results[]` ({originProductNo, success, code, message}); with no
         such list the top-level code decides for every item.
         """
-        doc = response.json()
-        data = doc.get("data") if isinstance(doc, dict) else None
+        doc = json_object(response)  # not JSON: the call went through but how is unknown; resend
+        data = doc.get("data")
         results = data.get("results") if isinstance(data, dict) else None
         failed_products: dict[Any, str] = {}
         if isinstance(results, list):
             for item in results:
                 if isinstance(item, dict) and item.get("success") is False:
                     failed_products[item.get("originProductNo")] = f"{item.get('code', '')}: {item.get('message', '')}"
-        elif isinstance(doc, dict) and doc.get("code") not in (None, "SUCCESS"):
+        elif doc.get("code") not in (None, "SUCCESS"):
             why = f"{doc.get('code')}: {doc.get('message', '')}"
             failed_products = {e.payload["originProductNo"]: why for e in events}
         return {e.id: ("item_failed", failed_products[e.payload["originProductNo"]])
@@ -362,7 +364,8 @@ class NaverConnector(ConnectorBase):
                 return self._token
             timestamp = int(self.wall_clock() * 1000)
             try:
-                sign = client_secret_sign(self.client_id, self._secret, timestamp)
+                # bcrypt's cost comes from the secret: $2a$04$ is ~1 ms, $2a$13$ ~0.7 s of CPU: off the loop.
+                sign = await asyncio.to_thread(client_secret_sign, self.client_id, self._secret, timestamp)
             except ValueError:  # bcrypt's "Invalid salt": never name the value
                 raise CredentialsRefused(API_NAME, "the client secret is not a bcrypt salt ($2a$...)") from None
             form = {
@@ -378,12 +381,11 @@ class NaverConnector(ConnectorBase):
                 # Wrong id or secret, a revoked application, or a clock too far off for the timestamp.
                 refuse_credentials(API_NAME, response, json_code(response))
             _check(response)
-            doc = response.json()
+            doc = json_object(response, keep_body=False)
             token, lifetime = doc.get("access_token"), doc.get("expires_in")
             if not isinstance(token, str) or not token or not isinstance(lifetime, (int, float)):
                 # The body holds the token (if any): never put it in the error.
-                raise Permanent("bad_response", "token answer without access_token/expires_in",
-                                status=response.status_code)
+                raise bad_response(response, "token answer without access_token/expires_in", keep_body=False)
             self._token = token
             # A lifetime shorter than the margin (not Naver's today) would renew on every call.
             self._renew_at = started + max(float(lifetime) - TOKEN_RENEW_BEFORE_EXPIRY, float(lifetime) / 2)

@@ -28,13 +28,12 @@ import orjson
 from client.wire import Envelope
 
 from ..config import Config, NotionConfig
-from ..errors import Permanent
 from ..journal import Event
 from ..limiter import Rule
 from ..secrets import read_secret
 from . import LaneSpec
 from .base import ConnectorBase, Dead, Delivered, Moved, Pace, Plan, PlanContext, Reject, Send, Skip, Wait
-from .http import json_code, raise_for_status, refuse_credentials, request
+from .http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
 
 CREATE = "notion.page.create"
 UPDATE = "notion.page.update"
@@ -291,10 +290,10 @@ class NotionConnector(ConnectorBase):
                     return Delivered(refs={key: existing}, duplicates=duplicates)
         response = await request(self.http, "POST", "pages", json=body)
         _check(response)
-        page_id = response.json().get("id")
+        page_id = json_object(response).get("id")
         if not isinstance(page_id, str):
-            raise Permanent("bad_response", "create answered without a page id", status=response.status_code,
-                            body=response.text[:4000])
+            # The page may exist all the same: the retry queries for the key first.
+            raise bad_response(response, "create answered without a page id")
         return Delivered(refs={key: page_id}, duplicates=duplicates)
 
     async def _find_by_key(self, parent: dict[str, Any], prop: str, key: str, pace: Pace) -> str | None:
@@ -306,8 +305,11 @@ class NotionConnector(ConnectorBase):
         await pace()
         response = await request(self.http, "POST", path, json=query)
         _check(response)
-        results = response.json().get("results") or []
-        return results[0]["id"] if results else None
+        results = json_object(response).get("results") or []
+        found = results[0].get("id") if isinstance(results, list) and results and isinstance(results[0], dict) else None
+        if results and not isinstance(found, str):
+            raise bad_response(response, "query answered a result without an id")
+        return found
 
     async def _children_already_there(self, block_id: str, sent: list[Any], pace: Pace) -> bool:
         """Did an earlier attempt of this append land? Compare the parent's last children."""
@@ -320,7 +322,7 @@ class NotionConnector(ConnectorBase):
             await pace()
             response = await request(self.http, "GET", f"blocks/{block_id}/children", params=params)
             _check(response)
-            doc = response.json()
+            doc = json_object(response)
             existing.extend(doc.get("results") or [])
             cursor = doc.get("next_cursor")
             if not doc.get("has_more") or not cursor:

@@ -24,6 +24,14 @@ is used up after `count` requests:
 - `status` may be combined with `stall`; `code`/`message` fill the simulator's
   own error body, `body` replaces it whole, `headers` adds headers (e.g.
   `{"Retry-After": "2"}`). `method` and `path_prefix` narrow what it hits.
+- A hostile or broken answer (the fault's own with a status, else with
+  `when="after"` the API's real one): `raw="<html>"` sends that body as is
+  (`Fault(when="after", status=200, raw="oops")`: applied, answered 200 with
+  a body that is not JSON; `body={}`: JSON without the fields a client
+  reads); `huge=N` pads the body with JSON whitespace to N bytes;
+  `drip=0.2` sends it chunked, one byte every 0.2 s, and never ends;
+  `cut=True` resets the connection halfway through the body. A redirect is
+  `Fault(status=307, headers={"Location": "http://elsewhere/"})`.
 
 Control API, so a simulator in another process can be driven over HTTP:
 
@@ -42,11 +50,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 import traceback
@@ -165,7 +175,7 @@ class RequestRecord:
 
 _FAULT_FIELDS = {
     "when", "status", "code", "message", "body", "headers",
-    "stall", "reset", "method", "path_prefix", "count",
+    "stall", "reset", "method", "path_prefix", "count", "raw", "huge", "drip", "cut",
 }
 
 
@@ -177,6 +187,7 @@ class Fault:
         Fault(when="after", status=500, path_prefix="/v1/pages", method="POST")
         Fault(when="after", stall=3.0)                     # applied, answered late
         Fault(reset=True, count=2)                         # no answer, socket reset
+        Fault(when="after", drip=0.2)                      # applied, answer never ends
     """
 
     when: Literal["before", "after"] = "before"
@@ -190,16 +201,27 @@ class Fault:
     method: str | None = None
     path_prefix: str | None = None
     count: int = 1
+    raw: str | None = None
+    huge: int = 0
+    drip: float = 0.0
+    cut: bool = False
 
     def __post_init__(self) -> None:
         if self.when not in ("before", "after"):
             raise ValueError("when must be 'before' or 'after'")
-        if self.status is None and not self.reset and self.stall <= 0:
-            raise ValueError("a fault needs status, stall or reset")
-        if self.reset and self.status is not None:
-            raise ValueError("reset and status exclude each other")
-        if self.count < 1 or self.stall < 0:
-            raise ValueError("count must be >= 1 and stall >= 0")
+        if self.status is None and not self.reset and self.stall <= 0 and not self.shapes_body:
+            raise ValueError("a fault needs status, stall, reset, raw, huge, drip or cut")
+        if self.reset and (self.status is not None or self.shapes_body):
+            raise ValueError("reset excludes status and the body faults")
+        if self.shapes_body and self.when == "before" and self.status is None:
+            raise ValueError("a body fault before the request is applied needs a status to answer")
+        if self.count < 1 or self.stall < 0 or self.huge < 0 or self.drip < 0:
+            raise ValueError("count must be >= 1; stall, huge and drip >= 0")
+
+    @property
+    def shapes_body(self) -> bool:
+        """True if the answer's body is mangled (raw, huge, drip or cut)."""
+        return self.raw is not None or self.huge > 0 or self.drip > 0 or self.cut
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fault:
@@ -208,6 +230,14 @@ class Fault:
         if unknown:
             raise ValueError(f"unknown fault fields: {sorted(unknown)}")
         return cls(**data)
+
+    def shape(self, response: Response) -> Response:
+        """`response` with this fault's body faults applied (itself if there are none)."""
+        if not self.shapes_body:
+            return response
+        body = self.raw.encode() if self.raw is not None else response.encode()
+        body += b" " * max(0, self.huge - len(body))  # trailing whitespace keeps JSON valid
+        return Response(response.status, headers=dict(response.headers), body=body, drip=self.drip, cut=self.cut)
 
     def matches(self, method: str, path: str) -> bool:
         """True if this fault applies to a request with `method` and `path`."""
@@ -239,6 +269,8 @@ class Response:
     json_body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
+    drip: float = 0.0  # faults (Fault.shape): a never-ending chunked answer, one byte per `drip` s
+    cut: bool = False  # reset the connection halfway through the body
 
     def encode(self) -> bytes:
         if self.body is not None:
@@ -358,6 +390,11 @@ class _LoopbackHTTPServer(ThreadingHTTPServer, Generic[Owner]):
         self.owner = owner
         super().__init__(address, handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up on an answer (its deadline) resets the connection: not a server bug.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class LoopbackHandler(BaseHTTPRequestHandler, Generic[Owner]):
     """Request handler of a `LoopbackServer`; `self.server.owner` is that server."""
@@ -381,6 +418,35 @@ class LoopbackHandler(BaseHTTPRequestHandler, Generic[Owner]):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # tests read the server's own records instead of stderr noise
+
+    def write_body(self, payload: bytes, *, drip: float = 0.0, cut: bool = False) -> None:
+        """End the headers and send `payload`, or misbehave as `Response.drip`/`cut` say."""
+        if drip > 0:
+            self.close_connection = True
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            # Never ends: the client's give-up (or stop() shutting the socket) ends it with an OSError.
+            for n in itertools.count():
+                self.wfile.write(b"1\r\n" + (payload[n:n + 1] or b" ") + b"\r\n")
+                time.sleep(drip)
+        if cut:
+            payload = payload or b"{}"  # an empty answer (S3's 200 to a PUT) has no middle to cut in
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if cut:
+            self.wfile.write(payload[: len(payload) // 2])
+            self.reset_connection()
+            return
+        self.wfile.write(payload)
+
+    def reset_connection(self) -> None:
+        # SO_LINGER 0 turns close() into a TCP RST, as a crashed peer or a middlebox would.
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
 
 
 class SimServer(LoopbackServer):
@@ -486,13 +552,7 @@ class SimServer(LoopbackServer):
     # -- request pipeline (called from handler threads) -------------------
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
-            for fault in self._faults:
-                if fault.matches(method, path):
-                    fault.count -= 1
-                    if fault.count == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
+            return take_fault(self._faults, method, path)
 
     def _dispatch(self, request: Request) -> Response:
         """Run one request through faults, the subclass and the log."""
@@ -513,12 +573,11 @@ class SimServer(LoopbackServer):
         if fault is not None and fault.when == "before":
             early = self._misbehave(fault)
             if early is not None:
-                return early
+                return fault.shape(early)
         response = self._apply(request)
         if fault is not None and fault.when == "after":
             late = self._misbehave(fault)
-            if late is not None:
-                return late
+            return fault.shape(response if late is None else late)
         return response
 
     def _misbehave(self, fault: Fault) -> Response | None:
@@ -584,6 +643,17 @@ class SimServer(LoopbackServer):
         return extra
 
 
+def take_fault(faults: list[Fault], method: str, path: str) -> Fault | None:
+    """The first fault of `faults` matching the request, counted down (removed when used up)."""
+    for fault in faults:
+        if fault.matches(method, path):
+            fault.count -= 1
+            if fault.count == 0:
+                faults.remove(fault)
+            return fault
+    return None
+
+
 def _max_in_window(times: list[float], window: float) -> int:
     """Most timestamps inside any half-open interval of length `window`."""
     times = sorted(times)
@@ -636,7 +706,7 @@ class _Handler(LoopbackHandler[SimServer]):
         try:
             response = self.server.owner._dispatch(request)
         except _ResetConnection:
-            self._reset()
+            self.reset_connection()
             return
         self._write(response)
 
@@ -647,20 +717,9 @@ class _Handler(LoopbackHandler[SimServer]):
             headers = {"Content-Type": "application/json", **response.headers}
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            self.write_body(payload, drip=response.drip, cut=response.cut)
         except OSError:
             self.close_connection = True  # client went away (e.g. its timeout fired)
-
-    def _reset(self) -> None:
-        # SO_LINGER 0 turns close() into a TCP RST, as a crashed peer or a middlebox would.
-        self.close_connection = True
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

@@ -146,6 +146,17 @@ class SidecarProcess:
                 notify.close()
         return self
 
+    def notified(self, message: str) -> bool:
+        """Read one notify message; True (and the API's address kept) if it is READY=1.
+
+        For a test that binds NOTIFY_SOCKET itself (a watchdog test) and starts
+        with `wait_ready=False`: `wait_until(lambda: any(sc.notified(m) for m in messages))`."""
+        fields = dict(line.partition("=")[::2] for line in message.splitlines())
+        if fields.get("READY") != "1":
+            return False
+        self._api_address = fields.get("X_SIDECAR_METRICS") or None
+        return True
+
     def _wait_ready(self, notify: socket.socket, timeout: float) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
@@ -157,9 +168,7 @@ class SidecarProcess:
                 if self.proc.poll() is not None:
                     break
                 continue
-            fields = dict(line.partition("=")[::2] for line in message.splitlines())
-            if fields.get("READY") == "1":
-                self._api_address = fields.get("X_SIDECAR_METRICS") or None
+            if self.notified(message):
                 return
         raise AssertionError(f"sidecar did not become ready (exit {self.proc.poll()}):\n{self.log_text()[-3000:]}")
 

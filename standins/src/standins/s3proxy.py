@@ -5,6 +5,7 @@ Usage::
     with S3FaultProxy(moto_url) as proxy:       # start() / stop()
         proxy.url                               # "http://127.0.0.1:PORT": point the S3 client here
         proxy.slow_down(3)                      # the next 3 PUTs get 503 SlowDown, not forwarded
+        proxy.inject(Fault(when="after", drip=0.2, method="PUT"))   # base.py's faults, S3-shaped
         proxy.forwarded, proxy.refused          # requests passed upstream / answered by the proxy
         proxy.count("PUT", path="/bucket/key")  # forwarded PUTs of one object
         proxy.records                           # [ProxyRecord(method, path, status, outcome)]
@@ -25,13 +26,14 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
-from standins.base import LoopbackHandler, LoopbackServer
+from standins.base import Fault, LoopbackHandler, LoopbackServer, Response, take_fault
 
 # Per-connection headers (RFC 9110 section 7.6.1): each hop sets its own.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -72,6 +74,7 @@ class S3FaultProxy(LoopbackServer):
         self._lock = threading.Lock()
         self._slow_downs = 0
         self._records: list[ProxyRecord] = []
+        self._faults: list[Fault] = []
 
     # -- faults and counts ----------------------------------------------------
 
@@ -81,6 +84,16 @@ class S3FaultProxy(LoopbackServer):
             raise ValueError("count must be >= 0")
         with self._lock:
             self._slow_downs += count
+
+    def inject(self, fault: Fault) -> None:
+        """Misbehave like a simulator's `Fault`: `when="before"` answers without
+        forwarding (an S3 XML error for a status), `"after"` forwards first."""
+        with self._lock:
+            self._faults.append(fault)
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            return take_fault(self._faults, method, urlsplit(path).path)
 
     @property
     def records(self) -> list[ProxyRecord]:
@@ -125,13 +138,45 @@ class _Handler(LoopbackHandler[S3FaultProxy]):
         if self.command == "PUT" and proxy._take_slow_down():
             self._refuse(503, "SlowDown", "Please reduce your request rate.", "refused")
             return
+        fault = proxy._take_fault(self.command, self.path)
+        if fault is not None and fault.when == "before" and self._misbehave(fault, None):
+            return
         try:
             status, reason, headers, payload = self._forward(body)
         except (OSError, http.client.HTTPException) as exc:
             self._refuse(502, "BadGateway", f"upstream {proxy.upstream} failed: {exc!r}", "failed")
             return
-        self._answer(status, reason, headers, payload)
         proxy._record(ProxyRecord(self.command, self.path, status, "forwarded"))
+        if fault is not None and self._misbehave(fault, (status, headers, payload)):
+            return
+        self._answer(status, reason, headers, payload)
+
+    def _misbehave(self, fault: Fault, upstream: tuple[int, list[tuple[str, str]], bytes] | None) -> bool:
+        """Stall, reset or answer as `fault` says; False: answer normally (nothing was sent)."""
+        time.sleep(fault.stall)
+        if fault.reset:
+            self.reset_connection()
+            return True
+        if fault.status is not None:
+            answer = Response(fault.status, headers={"Content-Type": "application/xml", **fault.headers},
+                              body=s3_error(fault.code or f"Http{fault.status}", fault.message, self.path))
+        elif upstream is not None and fault.shapes_body:
+            status, headers, payload = upstream
+            answer = Response(status, headers=dict(headers), body=payload)
+        else:
+            return False
+        shaped = fault.shape(answer)
+        headers = [(k, v) for k, v in shaped.headers.items() if k.lower() != "content-length"]
+        if upstream is None:
+            self.server.owner._record(ProxyRecord(self.command, self.path, shaped.status, "refused"))
+        try:
+            self.send_response_only(shaped.status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.write_body(shaped.encode(), drip=shaped.drip, cut=shaped.cut)
+        except OSError:
+            self.close_connection = True
+        return True
 
     def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
         # A fresh upstream connection per request: a reused one that the server
