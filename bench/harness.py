@@ -180,7 +180,8 @@ def bench_sidecar(workdir: Path, *, notion_url: str = "http://127.0.0.1:9/v1", t
     rings (`ingest.rings` beside it), to `socket_dir`, by default a directory
     on tmpfs made for this sidecar and removed with it (the unit's /run is
     tmpfs; a ring on a disk-backed file system pays for page writeback).
-    `sections` adds config tables (`{"webhooks.alerts": {"url": ...}}`) and
+    `sections` adds config tables (`{"webhooks.alerts": {"url": ...}}`), or
+    settings to the tables above (`{"journal": {"refs_keep_hours": 0.1}}`), and
     `env` variables (other APIs' credentials).
     """
     own_socket_dir = runtime_dir() if socket_dir is None else None
@@ -199,7 +200,7 @@ def bench_sidecar(workdir: Path, *, notion_url: str = "http://127.0.0.1:9/v1", t
         node = config
         for part in parents:
             node = node.setdefault(part, {})
-        node[last] = table
+        node[last] = {**node.get(last, {}), **table}  # "journal" adds to the journal's table
     env = {**(env or {}), **({"NOTION_TOKEN": token} if token else {})}
     return SidecarProcess(workdir, config=config, env=env or None,
                           args=("--log-level", "WARNING"),

@@ -1,7 +1,7 @@
 """Soak: hours of steady load with faults on; does anything grow?
 
     python bench/soak.py --minutes 60       # the real run (results in bench/RESULTS.md)
-    python bench/soak.py --minutes 0.33 --interval 2   # 20 s; what --smoke runs
+    python bench/soak.py --minutes 0.33 --interval 2 --refs-keep-minutes 0.1   # 20 s; what --smoke runs
 
 A loop emits 5,000 events/s of the demo's mix (each tick a hot-key Notion
 price and a hot-key Naver price/stock; every 100th tick a Notion trade page,
@@ -20,10 +20,18 @@ Prometheus' histogram_quantile does). At the end it stops emitting, waits
 for the journal to drain and checks the final state of every API against
 what was emitted. Writes soak.png and --json; prints a markdown section.
 
+The sidecar keeps refs (what each keyed event created or that it was
+delivered) `--refs-keep-minutes` after their last use, 10 by default, where
+production keeps them a week (`[journal] refs_keep_hours`): the run must
+outlast the window to show where the journal levels off. Its size then is
+the backlog plus a window's refs, about 100 bytes each.
+
 Verdicts (the issue's): RSS growth from minute 5 to the end under 5%; fds
-and threads flat; journal size bounded by the backlog; p99 of every later
-5-minute window within 2× the first 5 minutes'. Runs shorter than 20 minutes
-scale "minute 5" and the window to a quarter of the run.
+and threads flat; journal size bounded (journal.db grows by under 10%, or
+under 1 MB, from a minute after the refs window to the end, and the backlog
+drains); p99 of every later 5-minute window within 2× the first 5 minutes'.
+Runs shorter than 20 minutes scale "minute 5" and the window to a quarter
+of the run.
 """
 
 from __future__ import annotations
@@ -244,13 +252,15 @@ def sample(sidecar: SidecarProcess, t: float, last: dict[float, float], emitted:
     return s, buckets, delivered
 
 
-def run(minutes: float, interval: float) -> tuple[list[Sample], list[dict[float, float]], dict[str, Any]]:
+def run(minutes: float, interval: float,
+        refs_keep_minutes: float) -> tuple[list[Sample], list[dict[float, float]], dict[str, Any]]:
     """Emit for `minutes`, sampling every `interval` s; samples, the latency
     buckets at each sample (cumulative), and the run's totals."""
     duration = minutes * 60
     with ExitStack() as stack:
         apis = Apis(stack)
         sections, env = apis.sections()
+        sections["journal"] = {"refs_keep_hours": refs_keep_minutes / 60}
         d = stack.enter_context(tempdir())
         sidecar = stack.enter_context(bench_sidecar(d, sections=sections, env=env, synchronous="NORMAL"))
         client = Client(sidecar.endpoint)
@@ -276,6 +286,7 @@ def run(minutes: float, interval: float) -> tuple[list[Sample], list[dict[float,
             if loop.tick % 10 == 0:  # pace in steps of 10 ticks
                 time.sleep(max(0.0, t0 + loop.tick / ticks_per_s - time.monotonic()))
         emitted_for = time.monotonic() - t0
+        refs_left, expired = sidecar.journal_count("refs"), sidecar.scrape().get("sidecar_journal_expired_total", 0)
         client.close(5)
         drain_started = time.monotonic()
         while sidecar.journal_count() and time.monotonic() - drain_started < DRAIN_SECONDS:
@@ -288,13 +299,13 @@ def run(minutes: float, interval: float) -> tuple[list[Sample], list[dict[float,
             "dead_letters": sidecar.journal_count("dead_letters"), "final_state": final,
             "api_calls": apis.notion.stats()["requests"] + apis.naver.stats()["requests"]
             + apis.hooks.stats()["requests"] + apis.proxy.count("PUT"), "faults_injected": apis.turn * 4,
-            "load_average": os.getloadavg(),
+            "load_average": os.getloadavg(), "refs_expired": int(expired), "refs_left": refs_left,
         }
     return samples, snapshots, info
 
 
 def verdicts(samples: list[Sample], snapshots: list[dict[float, float]], minutes: float,
-             interval: float) -> dict[str, Any]:
+             interval: float, refs_keep_minutes: float) -> dict[str, Any]:
     """The issue's four checks over the samples."""
     warm = 300.0 if minutes >= 20 else minutes * 60 / 4
     steady = [s for s in samples if s.t >= warm] or samples[-1:]
@@ -304,6 +315,10 @@ def verdicts(samples: list[Sample], snapshots: list[dict[float, float]], minutes
     rss_start = statistics.median(s.rss_mb for s in steady[:per_minute])
     rss_end = statistics.median(s.rss_mb for s in steady[-per_minute:])
     rss_growth = (rss_end - rss_start) / rss_start
+    # The journal levels off once refs start to expire: from a minute after the window, medians as for RSS.
+    settled = [s for s in samples if s.t >= max(warm, refs_keep_minutes * 60 + 60)] or samples[-1:]
+    journal_start = statistics.median(s.journal_mb for s in settled[:per_minute])
+    journal_end = statistics.median(s.journal_mb for s in settled[-per_minute:])
     # p99 of each whole window (bucket counts at its ends), not the worst of its intervals.
     step = max(1, round(warm / interval))
     ends = list(range(0, len(snapshots), step))
@@ -319,6 +334,8 @@ def verdicts(samples: list[Sample], snapshots: list[dict[float, float]], minutes
         "fds_range": (min(s.fds for s in steady), max(s.fds for s in steady)),
         "threads_range": (min(s.threads for s in steady), max(s.threads for s in steady)),
         "journal_mb_max": max(s.journal_mb + s.wal_mb for s in samples),
+        "journal_settled_s": settled[0].t, "journal_mb": (journal_start, journal_end),
+        "journal_bounded": journal_end - journal_start < max(1.0, 0.1 * journal_start),
         "depth_max": max(s.depth for s in samples),
         "p99_first_s": base, "p99_worst_window_s": max(later), "p99_ratio": max(later) / base if base else 0.0,
         "p99_windows_s": windows,
@@ -356,14 +373,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=60.0, help="how long the loop emits (default 60)")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples (default 10)")
+    parser.add_argument("--refs-keep-minutes", type=float, default=10.0,
+                        help="[journal] refs_keep_hours for the run, in minutes (default 10)")
     bench_args(parser)
     args = parser.parse_args()
     if args.smoke:
-        args.minutes, args.interval = 20 / 60, 2.0
+        args.minutes, args.interval, args.refs_keep_minutes = 20 / 60, 2.0, 0.1
     started = time.strftime("%Y-%m-%d %H:%M")
     load_before = os.getloadavg()
-    samples, snapshots, info = run(args.minutes, args.interval)
-    v = verdicts(samples, snapshots, args.minutes, args.interval)
+    samples, snapshots, info = run(args.minutes, args.interval, args.refs_keep_minutes)
+    v = verdicts(samples, snapshots, args.minutes, args.interval, args.refs_keep_minutes)
     out = out_dir(args)
     plot(samples, out / "soak.png", f"soak: {info['events']:,} events at {RATE:,}/s, {args.minutes:g} min")
 
@@ -384,6 +403,10 @@ def main() -> int:
           f"{v['threads_range'][0]}–{v['threads_range'][1]} | "
           f"{yes(v['fds_range'][1] - v['fds_range'][0] <= 5 and v['threads_range'][1] - v['threads_range'][0] <= 3)}"
           f" (flat) |")
+    print(f"| journal.db from {v['journal_settled_s'] / 60:.1f} min (a minute after the refs window of "
+          f"{args.refs_keep_minutes:g} min) to the end (minute medians) | {v['journal_mb'][0]:.2f} → "
+          f"{v['journal_mb'][1]:.2f} MB; {info['refs_expired']:,} refs expired, {info['refs_left']:,} kept at the "
+          f"end | {yes(v['journal_bounded'])} (< 10% or < 1 MB) |")
     print(f"| journal + WAL, largest / queue depth, largest | {v['journal_mb_max']:.1f} MB / {v['depth_max']:,} "
           f"events | {yes(info['pending_after_drain'] == 0)} (drained to 0 in {info['drained_s']:.0f} s) |")
     print(f"| emit→delivery p99, first {warm} / worst later {warm} window | {v['p99_first_s']:.3f} s / "

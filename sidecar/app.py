@@ -119,6 +119,7 @@ class Sidecar:
         connectors = {name: spec.connector for name, spec in specs.items()}
         journal = open_checked(cfg.journal.dir, synchronous=cfg.journal.synchronous, recover=self.recover,
                                metrics=self.metrics)
+        journal.refs_keep = cfg.journal.refs_keep_hours * 3600
         # Ingest never checkpoints; the housekeeping tick does, off its path.
         ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False)
         self.journal_health = JournalHealth(cfg.journal.dir, self.metrics)
@@ -228,13 +229,23 @@ class Sidecar:
             if self._status is not None:
                 self._status = dataclasses.replace(self._status, health=self._health)
 
+    def _expire(self, journal: Journal) -> None:
+        now, hour = time.time(), 3600.0
+        cfg = self.cfg.journal
+        refs, rejects = journal.expire(refs_before=now - journal.refs_keep,
+                                       rejects_before=now - cfg.rejects_keep_hours * hour)
+        self.metrics.expired.labels(table="refs").inc(refs)
+        self.metrics.expired.labels(table="rejects").inc(rejects)
+
     def _refresh(self, journal: Journal, ingest: Ingest) -> None:
         failed = False
         # Moving pages writes WAL too: out of what the headroom leaves, and a few at a time when
         # the disk is nearly full (the file shrinks at the checkpoint).
         free, room = shutil.disk_usage(journal.path.parent).free, headroom(journal.path.parent)
         pages = max(free - room, free // 4) // (2 * journal.page_size)
-        for step in (lambda: journal.release_free_pages(min(1024, pages)), journal.checkpoint):
+        steps = (lambda: self._expire(journal), lambda: journal.release_free_pages(min(1024, pages)),
+                 journal.checkpoint)
+        for step in steps:
             try:
                 step()
             except sqlite3.Error as exc:

@@ -90,6 +90,10 @@ class JournalConfig:
     dir: str = setting(factory=_default_journal_dir, check=NOT_EMPTY)
     # FULL survives power loss; NORMAL survives a killed process only.
     synchronous: str = setting("FULL", check=one_of("FULL", "NORMAL", "EXTRA", any_case=True))
+    # A delivered event's ref (what its create made, or that its key was delivered) answers late
+    # updates with ref=KEY and skips a re-sent duplicate for this long; then it is forgotten.
+    refs_keep_hours: float = setting(168.0, check=POSITIVE)
+    rejects_keep_hours: float = setting(168.0, check=POSITIVE)  # the sample of rejected frames
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -114,6 +114,8 @@ CREATE TABLE IF NOT EXISTS clients (
 """
 
 REJECT_KEEP_BYTES = 64 * 1024
+DEFAULT_REFS_KEEP_SECONDS = 168 * 3600.0  # [journal] refs_keep_hours
+EXPIRE_CHUNK = 2000  # rows `expire` looks at per table and call: a few hundred KB of WAL
 RETARGET_CHUNK = 100  # rows a retarget moves per transaction: ~150 KB of WAL on this schema
 BLOB_PATH_SEPARATOR = "\n"
 
@@ -258,6 +260,9 @@ class Journal:
         # Told of every transaction's outcome (journal_health.py), as this `role`.
         self.health: JournalHealth | None = None
         self.role = "journal"
+        # How long a ref is kept after it was written or last used (the app sets it from
+        # [journal] refs_keep_hours; `expire` forgets older ones, `ref` renews a used one).
+        self.refs_keep = DEFAULT_REFS_KEEP_SECONDS
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, synchronous: str = "FULL",  # checked by config.py
@@ -473,9 +478,49 @@ class Journal:
             if n < RETARGET_CHUNK:
                 return moved
 
+    def expire(self, *, refs_before: float, rejects_before: float, limit: int = EXPIRE_CHUNK) -> tuple[int, int]:
+        """Forget refs and reject samples written before the given times: (refs, rejects) removed.
+
+            journal.expire(refs_before=time.time() - 7 * 86400, rejects_before=time.time() - 86400)
+
+        Both tables are appended in time order (INSERT OR REPLACE gives a
+        replaced ref a new, larger rowid), so the old rows are a prefix in
+        rowid order: each call reads at most `limit` rows from the start and
+        deletes the old ones among them, without an index on the times and
+        without a transaction bigger than `limit` rows. Housekeeping calls it
+        every tick, so a backlog of old rows goes in steps.
+        """
+        removed = []
+        with self._transaction() as c:
+            for table, column, before in (("refs", "created_at", refs_before),
+                                          ("rejects", "received_at", rejects_before)):
+                last = None
+                # The cursor steps row by row: with nothing old, this reads one row.
+                for rowid, at in c.execute(f"SELECT rowid, {column} FROM {table} ORDER BY rowid LIMIT ?", (limit,)):
+                    if at >= before:
+                        break  # rows after a young one wait (a clock stepped back): a later call takes them
+                    last = rowid
+                removed.append(0 if last is None else
+                               c.execute(f"DELETE FROM {table} WHERE rowid <= ?", (last,)).rowcount)
+        return removed[0], removed[1]
+
     def ref(self, lane: str, key: str) -> str | None:
-        row = self.conn.execute("SELECT target_id FROM refs WHERE lane=? AND key=?", (lane, key)).fetchone()
-        return row[0] if row else None
+        """What the delivered event with this key created, renewing it if in use.
+
+        A ref that is still used (a position page updated every tick for
+        months) must not expire: past half its keep it is written again, at
+        the end in rowid order, which costs one write per ref per half-keep.
+        """
+        row = self.conn.execute("SELECT target_id, created_at FROM refs WHERE lane=? AND key=?",
+                                (lane, key)).fetchone()
+        if row is None:
+            return None
+        now = time.time()
+        if row[1] < now - self.refs_keep / 2:
+            with self._transaction() as c:
+                c.execute("INSERT OR REPLACE INTO refs (lane, key, target_id, created_at) VALUES (?,?,?,?)",
+                          (lane, key, row[0], now))
+        return row[0]
 
     def has_target(self, lane: str, target: str) -> bool:
         return self.conn.execute(

@@ -71,6 +71,8 @@ class Metrics:
                                     ["lane", "reason"], registry=r)
         self.breaker_state = Gauge("sidecar_circuit_breaker_state", "0 closed, 1 half-open, 2 open", ["lane"],
                                    registry=r)
+        self.expired = Counter("sidecar_journal_expired", "Refs and reject samples forgotten after their time",
+                               ["table"], registry=r)
         self.rings = Gauge("sidecar_rings", "Shared-memory rings being read", registry=r)
         self.rings_quarantined = Counter("sidecar_rings_quarantined", "Rings moved aside as corrupt or unusable",
                                          ["reason"], registry=r)

@@ -73,6 +73,7 @@ def test_benchmark_smoke(script: str, tmp_path: Path) -> None:
         info = json.loads((tmp_path / "soak.json").read_text())["info"]
         assert info["pending_after_drain"] == 0 and info["dead_letters"] == 0
         assert all(info["final_state"].values()), info["final_state"]
+        assert info["refs_expired"] > 0  # refs unused for the run's 6 s window were forgotten...
 
 
 @pytest.mark.timeout(360)

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.timeout(30)
     ({"drain_timeout": "soon"}, "drain_timeout must be a number, got 'soon'"),
     ({"drain_timeout": -1}, "drain_timeout must be 0 or more, got -1"),
     ({"journal": {"synchronous": "fast"}}, "[journal] synchronous must be FULL, NORMAL or EXTRA, got 'fast'"),
+    ({"journal": {"refs_keep_hours": 0}}, "[journal] refs_keep_hours must be greater than 0, got 0"),
     ({"journal": {"dir": ""}}, "[journal] dir must be a non-empty string"),
     ({"ingest": {"endpoint": "/run/x.sock"}}, "[ingest] endpoint must be an ipc://PATH or tcp://HOST:PORT endpoint"),
     ({"ingest": {"batch_max": 0}}, "[ingest] batch_max must be 1 or more, got 0"),

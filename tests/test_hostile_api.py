@@ -206,3 +206,38 @@ def test_body_faults_are_set_over_the_control_api_and_misbehave_on_the_wire(hook
     assert [b["n"] for b in hook.bodies()] == [1, 2, 3, 5]  # applied first, except the redirect's
     with pytest.raises(ValueError, match="needs a status"):
         Fault(drip=0.1)
+
+
+def test_an_answer_over_the_cap_is_refused_whether_or_not_it_declares_its_length() -> None:
+    import asyncio
+
+    from sidecar.connectors.http import RESPONSE_TOO_LARGE, request
+    from sidecar.errors import Retryable
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        path = (await reader.readuntil(b"\r\n\r\n")).split()[1]
+        if path == b"/declared":  # says 2 MiB, then sends nothing: refused from the header alone
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2097152\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(10)
+        else:  # chunked, no length: refused once the bytes read pass the cap
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(32):
+                writer.write(b"10000\r\n" + b" " * 0x10000 + b"\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+        writer.close()
+
+    async def main() -> list[str]:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reasons = []
+        async with server, httpx.AsyncClient(timeout=5.0) as client:
+            for path in ("/declared", "/chunked"):
+                with pytest.raises(Retryable) as refused:
+                    await request(client, "GET", f"http://127.0.0.1:{port}{path}", max_bytes=1 << 20)
+                reasons.append(refused.value.reason)
+                assert refused.value.ambiguous and "over 1048576 bytes" in str(refused.value)
+        return reasons
+
+    assert asyncio.run(main()) == [RESPONSE_TOO_LARGE] * 2

@@ -6,6 +6,7 @@ import hashlib
 import logging
 from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -91,6 +92,40 @@ def test_a_flood_of_rejects_keeps_a_sample_and_counts_them_all(tmp_path: Path,
     assert metrics.value("sidecar_rejects_unsampled_total", reason="bad_json") == 4_000
     [line] = [r.getMessage() for r in caplog.records]  # one line, not 5,000
     assert line.startswith("rejected 1000 frame(s) as bad_json, the first: ")
+    journal.close()
+
+
+def test_refs_and_reject_samples_are_forgotten_after_their_time_oldest_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sidecar.journal
+    clock = [1000.0]
+    monkeypatch.setattr(sidecar.journal, "time", SimpleNamespace(time=lambda: clock[0]))
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    for n in range(5):  # refs k0..k4 written at 1000..1004, reject samples likewise
+        clock[0] = 1000.0 + n
+        journal.complete([], lane="notion", refs={f"k{n}": f"page-{n}"})
+        journal.write_batch([], rejects=[("bad_json", "d", b"x")])
+    clock[0] = 1010.0
+    journal.complete([], lane="notion", refs={"k0": "page-0b"})  # replaced: young again, last in rowid order
+
+    assert journal.expire(refs_before=1002.5, rejects_before=1000.5) == (2, 1)  # k1, k2 (k0 moved); 1 reject
+    assert [journal.ref("notion", f"k{n}") for n in range(5)] == ["page-0b", None, None, "page-3", "page-4"]
+    assert journal.expire(refs_before=1002.5, rejects_before=1000.5) == (0, 0)  # nothing older left
+    # A step at a time: `limit` rows looked at per call; a young row stops the step.
+    assert journal.expire(refs_before=1005.0, rejects_before=1005.0, limit=1) == (1, 1)
+    assert journal.expire(refs_before=1005.0, rejects_before=1005.0, limit=10) == (1, 3)
+    assert journal.count("refs") == 1 and journal.ref("notion", "k0") == "page-0b"
+    assert journal.count("rejects") == 0 and journal.reject_counts() == {"bad_json": (5, 0)}  # counts stay
+
+    # A ref in use is renewed once past half its keep, so it never expires while used.
+    journal.refs_keep = 10.0
+    written = "SELECT created_at FROM refs WHERE key='k0'"
+    clock[0] = 1014.0
+    assert journal.ref("notion", "k0") == "page-0b" and journal.conn.execute(written).fetchone() == (1010.0,)
+    clock[0] = 1016.0
+    assert journal.ref("notion", "k0") == "page-0b" and journal.conn.execute(written).fetchone() == (1016.0,)
+    assert journal.expire(refs_before=1016.0 - 10.0, rejects_before=0.0) == (0, 0)
+    assert journal.ref("notion", "missing") is None
     journal.close()
 
 

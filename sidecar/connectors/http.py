@@ -66,15 +66,23 @@ async def request(client: httpx.AsyncClient, method: str, url: str, *,
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes and response.headers.get("content-encoding",
+                                                                                   "identity") == "identity":
+        too_large(response, max_bytes)  # said so up front: not worth reading (or holding) any of it
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():  # decoded: a gzip bomb counts at its full size
         size += len(chunk)
         if size > max_bytes:
-            raise Retryable(RESPONSE_TOO_LARGE, f"HTTP {response.status_code} answer over {max_bytes} bytes",
-                            status=response.status_code, ambiguous=True)
+            too_large(response, max_bytes)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def too_large(response: httpx.Response, max_bytes: int) -> NoReturn:
+    raise Retryable(RESPONSE_TOO_LARGE, f"HTTP {response.status_code} answer over {max_bytes} bytes",
+                    status=response.status_code, ambiguous=True)
 
 
 def raise_for_status(

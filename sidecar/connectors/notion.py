@@ -209,7 +209,8 @@ class NotionConnector(ConnectorBase):
             return Dead(group, "ref_failed", f"the create with key {key!r} was dead-lettered ({why})")
         waited = ctx.now - group[0].received_ns / 1e9
         if waited > self.ref_wait:
-            return Dead(group, "unknown_ref", f"no create with key {key!r} arrived within {self.ref_wait:.0f} s")
+            return Dead(group, "unknown_ref", f"no create with key {key!r} arrived within {self.ref_wait:.0f} s"
+                        " (or it was delivered longer ago than [journal] refs_keep_hours)")
         return Wait(REF_RECHECK_SECONDS * 5, "ref_unknown")
 
     def _merge_updates(self, group: list[Event], page_id: str) -> Send[NotionRequest]:
