@@ -120,6 +120,7 @@ class Sidecar:
         journal = open_checked(cfg.journal.dir, synchronous=cfg.journal.synchronous, recover=self.recover,
                                metrics=self.metrics)
         journal.refs_keep = cfg.journal.refs_keep_hours * 3600
+        journal.give_back_free_pages()  # a journal from before auto_vacuum, if small enough to rewrite now
         # Ingest never checkpoints; the housekeeping tick does, off its path.
         ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False)
         self.journal_health = JournalHealth(cfg.journal.dir, self.metrics)

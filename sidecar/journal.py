@@ -21,7 +21,9 @@ HTTP API's threads (`read_ref`) and other processes (the CLI's `dlq`,
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections import Counter
@@ -40,6 +42,8 @@ from .spool import Spool
 
 if TYPE_CHECKING:
     from .journal_health import JournalHealth
+
+log = logging.getLogger("sidecar.journal")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -115,6 +119,7 @@ CREATE TABLE IF NOT EXISTS clients (
 
 REJECT_KEEP_BYTES = 64 * 1024
 DEFAULT_REFS_KEEP_SECONDS = 168 * 3600.0  # [journal] refs_keep_hours
+CONVERT_MAX_BYTES = 256 << 20  # `give_back_free_pages` rewrites a journal up to this size at start
 EXPIRE_CHUNK = 2000  # rows `expire` looks at per table and call: a few hundred KB of WAL
 RETARGET_CHUNK = 100  # rows a retarget moves per transaction: ~150 KB of WAL on this schema
 BLOB_PATH_SEPARATOR = "\n"
@@ -339,6 +344,32 @@ class Journal:
         if free and pages > 0 and self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
             self.conn.executescript(f"PRAGMA incremental_vacuum({int(pages)})")  # runs every step, unlike execute
         return free
+
+    def give_back_free_pages(self, max_bytes: int = CONVERT_MAX_BYTES) -> bool:
+        """Convert a journal made before auto_vacuum (which keeps its freed pages
+        for ever) so that `release_free_pages` works; True if it did.
+
+            journal = Journal.open(directory); journal.give_back_free_pages()   # at start, alone
+
+        SQLite changes auto_vacuum only by rewriting the file (VACUUM): that
+        takes time (the start waits) and twice the file's size free, so a
+        journal larger than `max_bytes`, or on a disk without the room, is left
+        as it is (the README gives the command to run by hand).
+        """
+        if self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            return False
+        size = os.path.getsize(self.path)
+        if size > max_bytes or shutil.disk_usage(self.path.parent).free < 2 * size + headroom(self.path.parent):
+            log.warning("journal %s (%.0f MB) keeps the pages deletes free instead of shrinking; with the "
+                        "sidecar stopped, `sqlite3 journal.db 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM'` "
+                        "converts it", self.path, size / 1e6)
+            return False
+        self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        self.conn.execute("VACUUM")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        log.info("journal %s converted to give freed pages back to the filesystem (%.1f MB)",
+                 self.path, os.path.getsize(self.path) / 1e6)
+        return True
 
     def close(self) -> None:
         self.conn.close()

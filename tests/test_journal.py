@@ -154,3 +154,33 @@ def test_a_bug_on_one_frame_rejects_it_with_one_traceback_a_minute(tmp_path: Pat
     assert record.levelno == logging.ERROR and record.exc_info is not None
     assert record.getMessage() == "rejected 2 frame(s) as internal_error, the first: KeyError: 'oops'"
     journal.close()
+
+
+def test_a_journal_from_before_auto_vacuum_is_converted_at_start_if_small(tmp_path: Path) -> None:
+    import sqlite3
+
+    from sidecar.journal import SCHEMA
+
+    old = sqlite3.connect(tmp_path / "journal.db", isolation_level=None)
+    old.execute("PRAGMA journal_mode=WAL")  # as an older sidecar made it: no auto_vacuum
+    old.executescript(SCHEMA)
+    old.close()
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    journal.write_batch([_row(n) for n in range(2_000)])
+    journal.complete(range(1, 1_001), lane="s3")
+    journal.checkpoint()
+    assert journal.conn.execute("PRAGMA auto_vacuum").fetchone() == (0,)
+    assert journal.release_free_pages() > 0 and journal.conn.execute("PRAGMA freelist_count").fetchone()[0] > 0
+
+    assert not journal.give_back_free_pages(max_bytes=1)  # too big to rewrite at start: left, with a warning
+    assert journal.give_back_free_pages()
+    assert journal.conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)
+    assert journal.count("events") == 1_000 and journal.group("s3", "bkt/k1999")[0].seq == 1999
+    journal.complete(range(1_001, 2_001), lane="s3")
+    journal.checkpoint()
+    before = (tmp_path / "journal.db").stat().st_size
+    journal.release_free_pages(10_000)
+    journal.checkpoint()
+    assert (tmp_path / "journal.db").stat().st_size < before  # now the file shrinks
+    assert not journal.give_back_free_pages()  # once is enough
+    journal.close()
