@@ -233,7 +233,8 @@ class Sidecar:
     def _expire(self, journal: Journal) -> None:
         now, hour = time.time(), 3600.0
         cfg = self.cfg.journal
-        refs, rejects = journal.expire(refs_before=now - journal.refs_keep,
+        # 1.5 keeps: `Journal.ref` renews a used ref past half a keep, so each lives a keep after its last use.
+        refs, rejects = journal.expire(refs_before=now - 1.5 * journal.refs_keep,
                                        rejects_before=now - cfg.rejects_keep_hours * hour)
         self.metrics.expired.labels(table="refs").inc(refs)
         self.metrics.expired.labels(table="rejects").inc(rejects)

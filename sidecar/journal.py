@@ -364,9 +364,14 @@ class Journal:
                         "sidecar stopped, `sqlite3 journal.db 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM'` "
                         "converts it", self.path, size / 1e6)
             return False
-        self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        self.conn.execute("VACUUM")
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.conn.execute("VACUUM")  # its temporary copy goes to SQLite's temp directory
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # locked by a CLI command, no room for the copy: not worth not starting
+            log.warning("journal %s: could not convert it to give freed pages back (%s); it keeps "
+                        "them for reuse instead", self.path, exc)
+            return False
         log.info("journal %s converted to give freed pages back to the filesystem (%.1f MB)",
                  self.path, os.path.getsize(self.path) / 1e6)
         return True
@@ -512,27 +517,31 @@ class Journal:
     def expire(self, *, refs_before: float, rejects_before: float, limit: int = EXPIRE_CHUNK) -> tuple[int, int]:
         """Forget refs and reject samples written before the given times: (refs, rejects) removed.
 
-            journal.expire(refs_before=time.time() - 7 * 86400, rejects_before=time.time() - 86400)
+            journal.expire(refs_before=time.time() - 1.5 * journal.refs_keep, rejects_before=...)
 
         Both tables are appended in time order (INSERT OR REPLACE gives a
         replaced ref a new, larger rowid), so the old rows are a prefix in
         rowid order: each call reads at most `limit` rows from the start and
         deletes the old ones among them, without an index on the times and
         without a transaction bigger than `limit` rows. Housekeeping calls it
-        every tick, so a backlog of old rows goes in steps.
+        every tick, so a backlog of old rows goes in steps; with nothing old it
+        reads one row a table and takes no write lock.
         """
-        removed = []
-        with self._transaction() as c:
-            for table, column, before in (("refs", "created_at", refs_before),
-                                          ("rejects", "received_at", rejects_before)):
+        removed = [0, 0]
+        for i, (table, column, before) in enumerate((("refs", "created_at", refs_before),
+                                                     ("rejects", "received_at", rejects_before))):
+            oldest = self.conn.execute(f"SELECT {column} FROM {table} ORDER BY rowid LIMIT 1").fetchone()
+            if oldest is None or oldest[0] >= before:
+                continue
+            with self._transaction() as c:
                 last = None
-                # The cursor steps row by row: with nothing old, this reads one row.
+                # The cursor steps row by row, stopping at the first young one.
                 for rowid, at in c.execute(f"SELECT rowid, {column} FROM {table} ORDER BY rowid LIMIT ?", (limit,)):
                     if at >= before:
                         break  # rows after a young one wait (a clock stepped back): a later call takes them
                     last = rowid
-                removed.append(0 if last is None else
-                               c.execute(f"DELETE FROM {table} WHERE rowid <= ?", (last,)).rowcount)
+                if last is not None:
+                    removed[i] = c.execute(f"DELETE FROM {table} WHERE rowid <= ?", (last,)).rowcount
         return removed[0], removed[1]
 
     def ref(self, lane: str, key: str) -> str | None:
@@ -541,6 +550,9 @@ class Journal:
         A ref that is still used (a position page updated every tick for
         months) must not expire: past half its keep it is written again, at
         the end in rowid order, which costs one write per ref per half-keep.
+        Housekeeping forgets refs written 1.5 keeps ago, so every ref lives at
+        least `refs_keep` after its last use. (Lookups from outside, `read_ref`,
+        read only.)
         """
         row = self.conn.execute("SELECT target_id, created_at FROM refs WHERE lane=? AND key=?",
                                 (lane, key)).fetchone()
