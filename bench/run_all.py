@@ -172,6 +172,10 @@ def goals(r: dict[str, dict[str, Any]]) -> list[str]:
                     f"{100 * v['rss_growth']:+.1f}% | {verdict(v['rss_growth'] < 0.05)} |")
         rows.append(f"| soak: open fds and threads flat | fds {fds[0]}–{fds[1]}, threads {threads[0]}–{threads[1]} | "
                     f"{verdict(fds[1] - fds[0] <= 5 and threads[1] - threads[0] <= 3)} |")
+        if v.get("journal_judged"):
+            rows.append(f"| soak: journal size bounded by the backlog (and the refs window) | journal.db "
+                        f"{v['journal_mb'][0]:.2f} → {v['journal_mb'][1]:.2f} MB from minute "
+                        f"{v['journal_settled_s'] / 60:.1f} | {verdict(v['journal_bounded'])} |")
         rows.append(f"| soak: p99 emit→delivery within 2× the first window's | {v['p99_ratio']:.2f}× | "
                     f"{verdict(v['p99_ratio'] <= 2.0)} |")
         rows.append(f"| soak: final state of every API exact, journal drained | "
