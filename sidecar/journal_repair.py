@@ -34,7 +34,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,6 +164,10 @@ def _unlink_set(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
 def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, table: str) -> int:
     """Insert every readable row of `table` (the columns both sides have); existing ids win."""
     try:
@@ -174,9 +178,14 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, table: str) -> int:
     if not columns:
         return 0
     insert = f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+    rows: Iterable[tuple[object, ...]] = _readable_rows(src, table, columns)
+    if table == "refs" and "created_at" in columns:
+        # Expiry takes refs oldest first in rowid order; the tail behind a broken page comes back newest first.
+        at = columns.index("created_at")
+        rows = sorted(rows, key=lambda row: _number(row[at]))
     n = 0
     with _transaction(dst):
-        for row in _readable_rows(src, table, columns):
+        for row in rows:
             try:
                 n += dst.execute(insert, row).rowcount
             except sqlite3.Error:  # a recovered row that breaks a constraint: skip it, keep the rest

@@ -187,3 +187,26 @@ def test_row_by_row_recovery_skips_only_the_rows_of_a_broken_page(tmp_path: Path
     # The client's sequence survives in full: a resend of any old number is a replay.
     assert fresh.client_states()["c"].last_seq == 1000
     fresh.close()
+
+
+def test_recovered_refs_keep_their_age_order_so_expiry_takes_the_oldest_first(tmp_path: Path) -> None:
+    from sidecar.journal import Journal
+    from sidecar.journal_repair import recover_into, set_aside
+
+    journal = Journal.open(tmp_path / "old", synchronous="NORMAL")
+    journal.conn.executemany("INSERT INTO refs (lane, key, target_id, created_at) VALUES (?,?,?,?)",
+                             [("notion", f"ref{n:04d}", "p" * 200, float(n)) for n in range(1, 1001)])
+    journal.close()
+    path = tmp_path / "old" / "journal.db"
+    with open(path, "r+b") as f:
+        data = f.read()
+        at = data.index(b"ref0500")  # a leaf page of refs in the middle: the rows behind it are read backwards
+        f.seek(at - at % PAGE)
+        f.write(b"\xa5" * PAGE)
+    aside = set_aside(path)
+    fresh = Journal.open(tmp_path / "old", synchronous="NORMAL")
+    recover_into(aside, fresh)
+    ages = [at for (at,) in fresh.conn.execute("SELECT created_at FROM refs ORDER BY rowid")]
+    assert 900 < len(ages) < 1000 and ages == sorted(ages)
+    assert fresh.expire(refs_before=101.0, rejects_before=0.0) == (100, 0)  # refs 1..100, and only those
+    fresh.close()
