@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BENCH, ROOT, machine
 
-SCRIPTS = ("latency", "jitter", "throughput", "delivery", "crash", "flood", "wakeup", "blobs", "ring_stress", "frozen",
-           "soak")
+SCRIPTS = ("latency", "jitter", "throughput", "floors", "delivery", "crash", "flood", "wakeup", "blobs",
+           "ring_stress", "frozen", "soak")
 TIMEOUT = 900
 SOAK_MINUTES = 5.0
 

@@ -33,6 +33,7 @@ TABLES = {
     "blobs": "| ring 64 KiB |",
     "ring_stress": "| commit mark |",
     "soak": "| RSS growth from",
+    "floors": "| ring write of a ready frame |",
     "frozen": "| default ring (128 MiB) |",
 }
 
