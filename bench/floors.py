@@ -191,7 +191,7 @@ def ingest_parts(d: Path, events: int, repeats: int) -> dict[str, float]:
             conn.execute(f"CREATE TABLE events (id INTEGER PRIMARY KEY, {', '.join(EventRow._fields)})")
             for b in row_batches:
                 conn.execute("BEGIN")
-                conn.executemany(INSERT_EVENT, b)
+                conn.executemany(INSERT_EVENT, map(tuple, b))  # as the journal binds them
                 conn.execute("COMMIT")
             conn.close()
         return run

@@ -396,7 +396,9 @@ class Journal:
         now = time.time()
         with self._transaction() as c:
             if events:
-                c.executemany(INSERT_EVENT, events)
+                # As plain tuples: the sqlite3 module binds a tuple subclass by the slow,
+                # generic sequence path (4.0 vs 3.0 µs a row here, bench/floors.py).
+                c.executemany(INSERT_EVENT, map(tuple, events))
             if rejects:
                 c.executemany(
                     "INSERT INTO rejects (reason, detail, frame, received_at) VALUES (?,?,?,?)",
