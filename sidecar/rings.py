@@ -319,26 +319,40 @@ class Rings:
 
     def read(self, limit: int) -> list[list[bytes]]:
         """Up to `limit` messages (and about BATCH_BYTES) from all rings,
-        fairly: no ring starves the others."""
+        fairly: no ring starves the others.
+
+        Each pass gives every ring still holding records an equal share of
+        what is left; the room a nearly idle ring leaves goes to the busy
+        ones in the next pass, so several producers still fill a batch (a
+        half-empty batch costs a transaction, and its fsync, all the same).
+        """
         out: list[list[bytes]] = []
-        if not self.rings:
-            return out
-        share = max(1, limit // len(self.rings))
-        budget = max(1, BATCH_BYTES // len(self.rings))
-        for r in list(self.rings.values()):
-            if len(out) >= limit:
-                break
-            before = r.pos
-            try:
-                got = r.read(min(share, limit - len(out)), budget)
-            except RingCorrupt as exc:
-                self.quarantine(r, str(exc))
-                continue
-            out += got
-            # Acknowledged even if it only passed a wrap: else a drained ring
-            # would never look drained (pos == acked) and never be removed.
-            if r.pos != before and r not in self._read:
-                self._read.append(r)
+        active = list(self.rings.values())
+        bytes_left = BATCH_BYTES
+        while active and len(out) < limit and bytes_left > 0:
+            share = max(1, (limit - len(out)) // len(active))
+            budget = max(1, bytes_left // len(active))
+            busy = []
+            for r in active:
+                if len(out) >= limit:
+                    break
+                before = r.pos
+                asked = min(share, limit - len(out))
+                try:
+                    got = r.read(asked, budget)
+                except RingCorrupt as exc:
+                    self.quarantine(r, str(exc))
+                    continue
+                out += got
+                size = r.pos - before  # ring bytes, as the ring counts its budget
+                bytes_left -= size
+                # Acknowledged even if it only passed a wrap: else a drained ring
+                # would never look drained (pos == acked) and never be removed.
+                if r.pos != before and r not in self._read:
+                    self._read.append(r)
+                if len(got) >= asked or size >= budget:  # stopped by its share, not for want of records
+                    busy.append(r)
+            active = busy
         return out
 
     def ack(self) -> None:

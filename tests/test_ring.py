@@ -429,3 +429,24 @@ def test_the_quarantine_mark_survives_the_producer_clearing_its_wake_flag(tmp_pa
     assert w.quarantined
     w.forget()
     rings.close()
+
+
+def test_the_room_an_idle_ring_leaves_in_a_batch_goes_to_the_busy_ones(tmp_path: Path) -> None:
+    busy = RingWriter.create(str(tmp_path), "busy")
+    idle = RingWriter.create(str(tmp_path), "idle")
+    for n in range(500):
+        busy.send(b"b%d" % n)
+    for n in range(5):
+        idle.send(b"i%d" % n)
+    rings = reader(tmp_path)
+    rings.maintain(time.monotonic(), force=True)
+    got = [m[0] for m in rings.read(100)]
+    # A full batch: the idle ring's 5, and 95 from the busy one (not just its first share of 50), each in order.
+    assert len(got) == 100 and [m for m in got if m.startswith(b"i")] == [b"i%d" % n for n in range(5)]
+    assert [m for m in got if m.startswith(b"b")] == [b"b%d" % n for n in range(95)]
+    rings.ack()
+    rest = [m[0] for m in rings.read(1_000)]
+    assert rest == [b"b%d" % n for n in range(95, 500)]
+    busy.close()
+    idle.close()
+    rings.close()
