@@ -59,6 +59,7 @@ class Ring:
     empty: bool = False
     frames_read: int = 0
     broken: str | None = None
+    charged: int = 0               # record bytes the last read took from its budget
 
     def __post_init__(self) -> None:
         self.pos = self.acked
@@ -82,6 +83,7 @@ class Ring:
         if self.broken:
             raise RingCorrupt(self.broken)
         out: list[list[bytes]] = []
+        self.charged = 0
         try:
             self._read_into(out, limit, budget)
         except Exception as exc:  # noqa: BLE001 -- struct.error, MemoryError, OverflowError...: all from the file
@@ -127,6 +129,7 @@ class Ring:
                 got = self._parse(second, off, limit - len(out), out)
                 self.pos += got
                 budget -= got
+                self.charged += got  # record bytes: wrap padding is not charged
                 if got < committed or len(out) == before:
                     break  # a record that does not verify yet, or the limit
             if jump:
@@ -344,7 +347,7 @@ class Rings:
                     self.quarantine(r, str(exc))
                     continue
                 out += got
-                size = r.pos - before  # ring bytes, as the ring counts its budget
+                size = r.charged  # the record bytes the ring charged to its budget
                 bytes_left -= size
                 # Acknowledged even if it only passed a wrap: else a drained ring
                 # would never look drained (pos == acked) and never be removed.
