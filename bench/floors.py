@@ -141,9 +141,9 @@ def emit_parts(d: Path, calls: int, repeats: int) -> dict[str, float]:
 def ingest_parts(d: Path, events: int, repeats: int) -> dict[str, float]:
     from sidecar.config import Config
     from sidecar.connectors import build_lanes
-    from sidecar.ingest import Ingest
-    from sidecar.journal import INSERT_EVENT, EventRow, Journal
-    from sidecar.metrics import Metrics
+    from sidecar.ingest.core import Ingest
+    from sidecar.journal.store import INSERT_EVENT, EventRow, Journal
+    from sidecar.ops.metrics import Metrics
 
     frames = [wire.encode("bench-1", n + 1, "notion.page.update", None, None, time.time_ns(),
                           update_body(PAGE_ID, n)) for n in range(events)]

@@ -8,7 +8,7 @@
 The producer writes records whose bytes are a function of their index, of
 varied length (8 to ~600 bytes; every 97th a multi-part record with blobs),
 into a small ring so it wraps thousands of times and is often full. The
-reader (`sidecar.rings.Rings`, in its own process) checks each record byte
+reader (`sidecar.ingest.rings.Rings`, in its own process) checks each record byte
 for byte, "commits" the index it reached to a file and only then acknowledges
 the ring, as ingest does with the journal. Killed with SIGKILL and restarted,
 it reads again from the last acknowledged position: records up to its last
@@ -75,8 +75,8 @@ def produce(directory: str, count: int, checksum: bool, big: bool) -> None:
 
 def consume(directory: str, count: int, commit_file: str, big: bool) -> None:
     """The reader process: verify, commit, acknowledge; exits once `count` are verified."""
-    from sidecar.metrics import Metrics
-    from sidecar.rings import Rings
+    from sidecar.ingest.rings import Rings
+    from sidecar.ops.metrics import Metrics
 
     committed = int(Path(commit_file).read_text()) if os.path.exists(commit_file) else -1
     rings = Rings(directory, Metrics())
@@ -165,7 +165,7 @@ def main() -> int:
                 "CRC-32 (the aarch64 path)": run(5_000_000 // n // (50 if args.smoke else 1), 2, True, False),
                 "1-5 MiB blobs": run(20_000 // (10 if args.smoke else 1), 2, False, True)}
         print("\n## Ring stress\n")
-        print("A producer process and the sidecar's reader (`sidecar.rings`) in another, every record checked "
+        print("A producer process and the sidecar's reader (`sidecar.ingest.rings`) in another, every record checked "
               "byte for byte, the reader SIGKILLed and restarted midway (`python bench/ring_stress.py "
               "--suite`).\n")
         print("| run | records | reader kills | seconds | records/s |\n|---|---|---|---|---|")

@@ -23,7 +23,7 @@ The profile runs `Ingest.process` in this process, under cProfile, on the
 same recorded frames in batches of `batch_max`, against a journal in a
 temporary directory, and times the receive of those frames apart: from a
 ZeroMQ PULL socket, and from a ring with the sidecar's reader
-(`sidecar.rings`, acknowledging after each batch as ingest does).
+(`sidecar.ingest.rings`, acknowledging after each batch as ingest does).
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def ring_receive(directory: Path, frames: list[bytes], batch: int) -> float:
     left out); the producer writes between reads when the ring is full."""
     from client.ring import RingWriter
     from client.transport import QueueFull
-    from sidecar.metrics import Metrics
-    from sidecar.rings import Rings
+    from sidecar.ingest.rings import Rings
+    from sidecar.ops.metrics import Metrics
 
     writer = RingWriter.create(str(directory), "bench-1")
     rings = Rings(str(directory), Metrics())
@@ -183,9 +183,9 @@ def profile(events: int, top: int = 12) -> tuple[str, dict[str, float]]:
     from client import wire
     from sidecar.config import Config, IngestConfig
     from sidecar.connectors import build_lanes
-    from sidecar.ingest import Ingest
-    from sidecar.journal import Journal
-    from sidecar.metrics import Metrics
+    from sidecar.ingest.core import Ingest
+    from sidecar.journal.store import Journal
+    from sidecar.ops.metrics import Metrics
 
     frames = [wire.encode("bench-1", n + 1, "notion.page.update", None, None, time.time_ns(),
                           update_body(PAGE_ID, n)) for n in range(events)]

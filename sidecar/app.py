@@ -30,23 +30,23 @@ from typing import Any
 
 import psutil
 
-from . import systemd
-from .breaker import STATE_VALUES
-from .config import Config
-from .connectors import build_lanes
-from .errors import CannotStart, ExitCode
-from .http_api import ApiServer
-from .ingest import Ingest
-from .journal import Journal, read_ref
-from .journal_health import JournalHealth, headroom
-from .journal_repair import open_checked, unacknowledged
-from .journal_reserve import Reserve
-from .lane import Lane
-from .limiter import BACKED_OFF, CONFIGURED, LEARNED, Limiter, MemoryStore, Store
-from .limiter_redis import RedisStore
-from .metrics import Metrics, process_snapshot
-from .secrets import read_secret
-from .status import STARTING, Health, IngestStatus, JournalStatus, LaneState, LaneStatus, Status
+from sidecar.config import Config
+from sidecar.connectors import build_lanes
+from sidecar.delivery.breaker import STATE_VALUES
+from sidecar.delivery.lane import Lane
+from sidecar.delivery.limiter import BACKED_OFF, CONFIGURED, LEARNED, Limiter, MemoryStore, Store
+from sidecar.delivery.redis_store import RedisStore
+from sidecar.errors import CannotStart, ExitCode
+from sidecar.ingest.core import Ingest
+from sidecar.journal.health import JournalHealth, headroom
+from sidecar.journal.repair import open_checked, unacknowledged
+from sidecar.journal.reserve import Reserve
+from sidecar.journal.store import Journal, read_ref
+from sidecar.ops import systemd
+from sidecar.ops.credentials import read_secret
+from sidecar.ops.http_api import ApiServer
+from sidecar.ops.metrics import Metrics, process_snapshot
+from sidecar.ops.status import STARTING, Health, IngestStatus, JournalStatus, LaneState, LaneStatus, Status
 
 log = logging.getLogger("sidecar")
 

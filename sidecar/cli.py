@@ -26,9 +26,9 @@ from typing import Any, NoReturn
 
 import orjson
 
-from .config import Config, load_config
-from .errors import ExitCode, MissingExtra, StartupError
-from .status import Health, Status
+from sidecar.config import Config, load_config
+from sidecar.errors import ExitCode, MissingExtra, StartupError
+from sidecar.ops.status import Health, Status
 
 log = logging.getLogger("sidecar")
 
@@ -61,10 +61,10 @@ def _import_product(command: str, extra: str = "sidecar", clone: str = "") -> No
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .logs import setup_logging
+    from sidecar.ops.logs import setup_logging
 
     _import_product("run")
-    from .app import Sidecar
+    from sidecar.app import Sidecar
 
     try:
         cfg = _config(args)
@@ -185,7 +185,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from . import dlq
+    from sidecar.journal import dlq
 
     cfg = _config(args)
     directory = cfg.journal.dir
@@ -265,7 +265,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
 
 
 def cmd_refs(args: argparse.Namespace) -> int:
-    from .journal import read_ref
+    from sidecar.journal.store import read_ref
 
     try:
         value = read_ref(_config(args).journal.dir, args.lane, args.key)
@@ -280,7 +280,7 @@ def cmd_refs(args: argparse.Namespace) -> int:
 
 
 def cmd_ack_corrupt_journal(args: argparse.Namespace) -> int:
-    from .journal_repair import acknowledge
+    from sidecar.journal.repair import acknowledge
 
     try:
         seen = acknowledge(_config(args).journal.dir)
@@ -295,7 +295,7 @@ def cmd_ack_corrupt_journal(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from sidecar import demo
 
     _import_product("demo", "demo", demo.FROM_CLONE)
     return demo.main(events=args.events)

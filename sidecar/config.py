@@ -22,8 +22,7 @@ from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from client import wire
-
-from .errors import ExitCode, StartupError
+from sidecar.errors import ExitCode, StartupError
 
 
 def _default_journal_dir() -> str:

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client import Client
-
-from .errors import MissingExtra
+from sidecar.errors import MissingExtra
 
 if TYPE_CHECKING:  # the stand-ins are imported when the demo runs: they are not part of the product
     from standins.moto_s3 import MotoS3

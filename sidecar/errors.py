@@ -43,7 +43,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
-from .limiter import ApiQuota
+from sidecar.delivery.limiter import ApiQuota
 
 
 class ExitCode(IntEnum):

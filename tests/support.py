@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from client import wire
-from sidecar.journal import Event
+from sidecar.journal.store import Event
 from standins.process import SidecarProcess, free_port, kill_leftovers
 
 __all__ = ["ROOT", "FakePlanContext", "RedisServer", "SidecarProcess", "drained", "free_port", "journaled", "kill_leftovers",

@@ -16,8 +16,8 @@ import zmq
 
 from client import Client, EmitError, wire
 from client.ring import MIN_RING_BYTES, ring_dir
-from sidecar.metrics import Metrics
-from sidecar.rings import Rings
+from sidecar.ingest.rings import Rings
+from sidecar.ops.metrics import Metrics
 
 from .support import ROOT
 

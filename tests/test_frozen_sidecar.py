@@ -26,10 +26,10 @@ from client import Client, wire
 from client.wire import Envelope
 from sidecar.config import RetryConfig
 from sidecar.connectors.base import Delivered, Pace, Plan, PlanContext, Send
-from sidecar.journal import Event, EventRow, Journal
-from sidecar.lane import Lane
-from sidecar.limiter import Limiter, MemoryStore, Rule
-from sidecar.metrics import Metrics
+from sidecar.delivery.lane import Lane
+from sidecar.delivery.limiter import Limiter, MemoryStore, Rule
+from sidecar.journal.store import Event, EventRow, Journal
+from sidecar.ops.metrics import Metrics
 from standins.base import Fault
 from standins.notion import NotionSimulator
 from standins.webhook import WebhookReceiver

@@ -12,12 +12,12 @@ import pytest
 
 from client import wire
 from sidecar.config import Config
-from sidecar.dlq import purge_dead, retry_dead
-from sidecar.ingest import Ingest
-from sidecar.journal import EVENT_FIELDS, INSERT_EVENT, Event, EventRow, Journal
-from sidecar.metrics import Metrics
-from sidecar.rejects import SAMPLE_PER_WINDOW
-from sidecar.spool import Spool
+from sidecar.ingest.core import Ingest
+from sidecar.ingest.rejects import SAMPLE_PER_WINDOW
+from sidecar.journal.dlq import purge_dead, retry_dead
+from sidecar.journal.spool import Spool
+from sidecar.journal.store import EVENT_FIELDS, INSERT_EVENT, Event, EventRow, Journal
+from sidecar.ops.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -97,9 +97,9 @@ def test_a_flood_of_rejects_keeps_a_sample_and_counts_them_all(tmp_path: Path,
 
 def test_refs_and_reject_samples_are_forgotten_after_their_time_oldest_first(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sidecar.journal
+    import sidecar.journal.store
     clock = [1000.0]
-    monkeypatch.setattr(sidecar.journal, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(sidecar.journal.store, "time", SimpleNamespace(time=lambda: clock[0]))
     journal = Journal.open(tmp_path, synchronous="NORMAL")
     for n in range(5):  # refs k0..k4 written at 1000..1004, reject samples likewise
         clock[0] = 1000.0 + n
@@ -159,7 +159,7 @@ def test_a_bug_on_one_frame_rejects_it_with_one_traceback_a_minute(tmp_path: Pat
 def test_a_journal_from_before_auto_vacuum_is_converted_at_start_if_small(tmp_path: Path) -> None:
     import sqlite3
 
-    from sidecar.journal import SCHEMA
+    from sidecar.journal.store import SCHEMA
 
     old = sqlite3.connect(tmp_path / "journal.db", isolation_level=None)
     old.execute("PRAGMA journal_mode=WAL")  # as an older sidecar made it: no auto_vacuum

@@ -160,8 +160,8 @@ def test_no_recover_refuses_to_start_and_leaves_the_file_alone(short_tmp: Path,
 
 
 def test_row_by_row_recovery_skips_only_the_rows_of_a_broken_page(tmp_path: Path) -> None:
-    from sidecar.journal import EventRow, Journal
-    from sidecar.journal_repair import recover_into, set_aside
+    from sidecar.journal.repair import recover_into, set_aside
+    from sidecar.journal.store import EventRow, Journal
 
     journal = Journal.open(tmp_path / "old", synchronous="NORMAL")
     journal.write_batch([EventRow("notion", "notion.page.create", f"t{n}", f"k{n}", None, "c", n, 0, 0,
@@ -190,8 +190,8 @@ def test_row_by_row_recovery_skips_only_the_rows_of_a_broken_page(tmp_path: Path
 
 
 def test_recovered_refs_keep_their_age_order_so_expiry_takes_the_oldest_first(tmp_path: Path) -> None:
-    from sidecar.journal import Journal
-    from sidecar.journal_repair import recover_into, set_aside
+    from sidecar.journal.repair import recover_into, set_aside
+    from sidecar.journal.store import Journal
 
     journal = Journal.open(tmp_path / "old", synchronous="NORMAL")
     journal.conn.executemany("INSERT INTO refs (lane, key, target_id, created_at) VALUES (?,?,?,?)",

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import Config
-from sidecar.ingest import ROW_OVERHEAD, SPACE_SECONDS, Ingest
-from sidecar.journal import Journal
-from sidecar.journal_health import FULL, OK, JournalHealth
-from sidecar.journal_reserve import Reserve
-from sidecar.metrics import Metrics
+from sidecar.ingest.core import ROW_OVERHEAD, SPACE_SECONDS, Ingest
+from sidecar.journal.health import FULL, OK, JournalHealth
+from sidecar.journal.reserve import Reserve
+from sidecar.journal.store import Journal
+from sidecar.ops.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(30)
 MB = 1 << 20

@@ -14,11 +14,11 @@ from client import wire
 from client.wire import Envelope
 from sidecar.config import BreakerConfig, RetryConfig
 from sidecar.connectors.base import Dead, Delivered, Moved, Pace, Plan, PlanContext, Send, Skip, Wait
+from sidecar.delivery.lane import Lane
+from sidecar.delivery.limiter import Limiter, MemoryStore, Rule
 from sidecar.errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
-from sidecar.journal import Event, EventRow, Journal
-from sidecar.lane import Lane
-from sidecar.limiter import Limiter, MemoryStore, Rule
-from sidecar.metrics import Metrics
+from sidecar.journal.store import Event, EventRow, Journal
+from sidecar.ops.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -22,7 +22,7 @@ from sidecar.connectors.naver import (
     client_secret_sign,
 )
 from sidecar.errors import CredentialsRefused, RateLimited
-from sidecar.journal import Event
+from sidecar.journal.store import Event
 
 from .support import FakePlanContext, journaled
 

@@ -15,8 +15,8 @@ import pytest
 from client import ring
 from client.ring import FILE_HEADER, MIN_RING_BYTES, OFF_HINT, RingWriter
 from client.transport import QueueFull
-from sidecar.metrics import Metrics
-from sidecar.rings import Rings
+from sidecar.ingest.rings import Rings
+from sidecar.ops.metrics import Metrics
 
 from .support import ROOT
 
@@ -163,7 +163,7 @@ def corrupt_after_two_records(tmp_path: Path, how: str) -> RingWriter:
 @pytest.mark.parametrize("how", ["size", "parts", "garbage", "truncated"])
 def test_a_corrupt_ring_is_quarantined_and_the_others_go_on(tmp_path: Path, how: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sidecar.rings.STALL_SECONDS", 0.0)
+    monkeypatch.setattr("sidecar.ingest.rings.STALL_SECONDS", 0.0)
     good = RingWriter.create(str(tmp_path), "good", capacity=MIN_RING_BYTES)
     bad = corrupt_after_two_records(tmp_path, how)
     rings = reader(tmp_path)
@@ -245,8 +245,8 @@ def test_a_flood_into_the_socket_does_not_starve_the_rings(short_tmp: Path) -> N
     from client import Client
     from sidecar.config import from_dict
     from sidecar.connectors import build_lanes
-    from sidecar.ingest import Ingest
-    from sidecar.journal import Journal
+    from sidecar.ingest.core import Ingest
+    from sidecar.journal.store import Journal
 
     endpoint = f"ipc://{short_tmp}/f.sock"
     cfg = from_dict({"ingest": {"endpoint": endpoint, "batch_max": 1000}, "journal": {"dir": str(short_tmp / "j")}})

@@ -19,8 +19,8 @@ from sidecar.config import Config, S3Config
 from sidecar.connectors.base import Dead, Reject, Send, Skip, unpaced
 from sidecar.connectors.s3 import S3Connector, build
 from sidecar.errors import CredentialsRefused, Permanent, RateLimited, Retryable
-from sidecar.journal import Event
-from sidecar.spool import Spool
+from sidecar.journal.spool import Spool
+from sidecar.journal.store import Event
 
 from .support import journaled
 

@@ -15,8 +15,8 @@ import pytest
 
 from client import Client
 from sidecar.config import ConfigError, RedisConfig, from_dict
-from sidecar.limiter import BEAT, LIMITED, RESERVE, SUCCESS, ApiQuota, Grant, MemoryStore, Op, Rule, quota_key
-from sidecar.limiter_redis import RETRY_SECONDS, RedisStore
+from sidecar.delivery.limiter import BEAT, LIMITED, RESERVE, SUCCESS, ApiQuota, Grant, MemoryStore, Op, Rule, quota_key
+from sidecar.delivery.redis_store import RETRY_SECONDS, RedisStore
 from standins.notion import NotionSimulator
 
 from .support import RedisServer, SidecarProcess, drained, free_port, sidecar_config, wait_until

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from sidecar.cli import render_status
-from sidecar.status import Health, IngestStatus, JournalStatus, LaneStatus, ProcessStatus, Status
+from sidecar.ops.status import Health, IngestStatus, JournalStatus, LaneStatus, ProcessStatus, Status
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.backoff import full_jitter, parse_retry_after, retry_delay
 from sidecar.config import ConfigError, NotionConfig, load_config
 from sidecar.connectors.base import Dead, Moved, Send, Skip, Wait
 from sidecar.connectors.notion import AppendBlocks, NotionConnector, UpdatePage
-from sidecar.journal import Event
-from sidecar.limiter import Limiter, MemoryStore, Rule
-from sidecar.rejects import Sampler, Throttle
+from sidecar.delivery.backoff import full_jitter, parse_retry_after, retry_delay
+from sidecar.delivery.limiter import Limiter, MemoryStore, Rule
+from sidecar.ingest.rejects import Sampler, Throttle
+from sidecar.journal.store import Event
 
 from .support import FakePlanContext, journaled
 

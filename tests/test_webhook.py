@@ -8,7 +8,7 @@ from client import wire
 from sidecar.config import WebhookConfig, from_dict
 from sidecar.connectors.base import Reject, Send, Skip
 from sidecar.connectors.webhook import WebhookConnector, build
-from sidecar.journal import Event
+from sidecar.journal.store import Event
 
 from .support import FakePlanContext, journaled
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..config import Config
-from ..limiter import Rule
-from .base import Connector
+from sidecar.config import Config
+from sidecar.connectors.base import Connector
+from sidecar.delivery.limiter import Rule
 
 
 @dataclass
@@ -28,7 +28,7 @@ class LaneSpec:
 
 
 def _builders() -> list[Callable[[Config], list[LaneSpec]]]:
-    from . import naver, notion, s3, webhook
+    from sidecar.connectors import naver, notion, s3, webhook
 
     return [notion.build, s3.build, naver.build, webhook.build]
 

@@ -25,9 +25,8 @@ from typing import Generic, Protocol, TypeAlias, TypeVar
 import httpx
 
 from client.wire import Envelope
-
-from ..journal import Event
-from ..limiter import ApiQuota
+from sidecar.delivery.limiter import ApiQuota
+from sidecar.journal.store import Event
 
 
 class Reject(ValueError):

@@ -20,9 +20,18 @@ from typing import Any, NoReturn
 
 import httpx
 
-from ..backoff import parse_retry_after
-from ..errors import BAD_RESPONSE, DEADLINE, REDIRECT, RESPONSE_TOO_LARGE, CredentialsRefused, Permanent, RateLimited, Retryable
-from ..limiter import ApiQuota
+from sidecar.delivery.backoff import parse_retry_after
+from sidecar.delivery.limiter import ApiQuota
+from sidecar.errors import (
+    BAD_RESPONSE,
+    DEADLINE,
+    REDIRECT,
+    RESPONSE_TOO_LARGE,
+    CredentialsRefused,
+    Permanent,
+    RateLimited,
+    Retryable,
+)
 
 BODY_KEEP_CHARS = 4000
 # No answer we read comes near this (Notion's 100 children, Naver's results);

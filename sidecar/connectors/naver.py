@@ -47,15 +47,14 @@ import httpx
 import orjson
 
 from client.wire import Envelope
-
-from ..config import Config, NaverConfig
-from ..errors import CredentialsRefused
-from ..journal import Event, read_ref
-from ..limiter import NONE, ApiQuota, Rule
-from ..secrets import read_secret
-from . import LaneSpec
-from .base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
-from .http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
+from sidecar.config import Config, NaverConfig
+from sidecar.connectors import LaneSpec
+from sidecar.connectors.base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
+from sidecar.connectors.http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
+from sidecar.delivery.limiter import NONE, ApiQuota, Rule
+from sidecar.errors import CredentialsRefused
+from sidecar.journal.store import Event, read_ref
+from sidecar.ops.credentials import read_secret
 
 LANE = "naver"
 API_NAME = "Naver"

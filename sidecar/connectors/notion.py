@@ -26,14 +26,13 @@ import httpx
 import orjson
 
 from client.wire import Envelope
-
-from ..config import Config, NotionConfig
-from ..journal import Event
-from ..limiter import Rule
-from ..secrets import read_secret
-from . import LaneSpec
-from .base import ConnectorBase, Dead, Delivered, Moved, Pace, Plan, PlanContext, Reject, Send, Skip, Wait
-from .http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
+from sidecar.config import Config, NotionConfig
+from sidecar.connectors import LaneSpec
+from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Moved, Pace, Plan, PlanContext, Reject, Send, Skip, Wait
+from sidecar.connectors.http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
+from sidecar.delivery.limiter import Rule
+from sidecar.journal.store import Event
+from sidecar.ops.credentials import read_secret
 
 CREATE = "notion.page.create"
 UPDATE = "notion.page.update"

@@ -41,15 +41,14 @@ from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError
 
 from client.wire import Envelope
-
-from ..config import Config, S3Config
-from ..errors import Permanent, Retryable
-from ..journal import Event
-from ..limiter import Rule
-from ..spool import Spool
-from . import LaneSpec
-from .base import ConnectorBase, Dead, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
-from .http import raise_for_status, refuse_credentials, request
+from sidecar.config import Config, S3Config
+from sidecar.connectors import LaneSpec
+from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
+from sidecar.connectors.http import raise_for_status, refuse_credentials, request
+from sidecar.delivery.limiter import Rule
+from sidecar.errors import Permanent, Retryable
+from sidecar.journal.spool import Spool
+from sidecar.journal.store import Event
 
 PUT = "s3.put"
 SUPERSEDED = "superseded"

@@ -20,13 +20,12 @@ import httpx
 import orjson
 
 from client.wire import Envelope
-
-from ..config import Config, WebhookConfig
-from ..journal import Event
-from ..limiter import Rule
-from . import LaneSpec
-from .base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
-from .http import raise_for_status, request
+from sidecar.config import Config, WebhookConfig
+from sidecar.connectors import LaneSpec
+from sidecar.connectors.base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
+from sidecar.connectors.http import raise_for_status, request
+from sidecar.delivery.limiter import Rule
+from sidecar.journal.store import Event
 
 POST = "webhook.post"
 DELIVERED_MARK = "delivered"  # what refs stores for a delivered key

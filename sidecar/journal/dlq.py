@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .journal import EventRow, split_blob_paths
-from .spool import Spool
+from sidecar.journal.spool import Spool
+from sidecar.journal.store import EventRow, split_blob_paths
 
 
 def _connect(journal_dir: str) -> sqlite3.Connection:

@@ -32,8 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from .journal_reserve import Reserve
-from .metrics import Metrics
+from sidecar.journal.reserve import Reserve
+from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.journal")
 

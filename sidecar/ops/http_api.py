@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .status import Health, Status
+from sidecar.ops.status import Health, Status
 
 
 class ApiServer:

@@ -1,6 +1,6 @@
 """Rate limiting: the rule (rate, burst, how to react to a 429, what the API
 says its quota is) apart from where the quota's state lives, so that several
-sidecars can share one quota (`sidecar.limiter_redis.RedisStore`).
+sidecars can share one quota (`sidecar.delivery.redis_store.RedisStore`).
 
     limiter = Limiter("notion", Rule(rate=3, burst=1), MemoryStore(), quota_id=token)
     wait = await limiter.reserve(now)                  # seconds to sleep before the call

@@ -7,7 +7,7 @@ group-commit them to the journal.
     ingest.stop()              # stop reading, journal what was already received
 
 Two sources, one transaction per batch: the shared-memory rings of local
-producers (`sidecar.rings`), whose read positions advance only after the
+producers (`sidecar.ingest.rings`), whose read positions advance only after the
 commit, so a crash re-reads them and the sequence numbers drop what the
 journal already holds; and the ZeroMQ socket, for remote producers and old
 clients. Runs in its own thread so that a journal fsync never delays the
@@ -50,15 +50,14 @@ import zmq
 
 from client import wire
 from client.ring import ring_dir
-
-from .config import IngestConfig
-from .connectors.base import Connector, Reject
-from .errors import CannotStart
-from .journal import BLOB_PATH_SEPARATOR, EventRow, Journal
-from .journal_health import FULL, JournalUnavailable, classify, headroom
-from .metrics import Metrics
-from .rejects import Sampler, Throttle
-from .rings import Rings
+from sidecar.config import IngestConfig
+from sidecar.connectors.base import Connector, Reject
+from sidecar.errors import CannotStart
+from sidecar.ingest.rejects import Sampler, Throttle
+from sidecar.ingest.rings import Rings
+from sidecar.journal.health import FULL, JournalUnavailable, classify, headroom
+from sidecar.journal.store import BLOB_PATH_SEPARATOR, EventRow, Journal
+from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.ingest")
 

@@ -11,7 +11,7 @@ import time
 
 import orjson
 
-from .secrets import redact
+from sidecar.ops.credentials import redact
 
 
 class RedactingFormatter(logging.Formatter):

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .status import ProcessStatus
+from sidecar.ops.status import ProcessStatus
 
 # What the journal's writers last met (journal_health.py); "ok" when writes commit.
 JOURNAL_STATES = ("ok", "disk full", "read-only", "I/O error", "locked")

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 
 from client import ring as layout
 from client.ring import HEADER, REC_CRC, REC_WRAP, RECORD, TRAILER, U64, FileHeader, RingCorrupt, record_bytes
-
-from .metrics import Metrics
+from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.rings")
 

@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from client import wire
-
-from .errors import CannotStart
-from .journal_health import headroom
-from .secrets import redact
-from .spool import Spool
+from sidecar.errors import CannotStart
+from sidecar.journal.health import headroom
+from sidecar.journal.spool import Spool
+from sidecar.ops.credentials import redact
 
 if TYPE_CHECKING:
-    from .journal_health import JournalHealth
+    from sidecar.journal.health import JournalHealth
 
 log = logging.getLogger("sidecar.journal")
 

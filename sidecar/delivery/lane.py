@@ -29,15 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, assert_never
 
-from .backoff import retry_delay
-from .breaker import Breaker
-from .config import BreakerConfig, RetryConfig
-from .connectors.base import Connector, Dead, Moved, Send, Skip, Wait
-from .errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
-from .journal import Event, Journal
-from .journal_health import classify
-from .limiter import Limiter
-from .metrics import Metrics
+from sidecar.config import BreakerConfig, RetryConfig
+from sidecar.connectors.base import Connector, Dead, Moved, Send, Skip, Wait
+from sidecar.delivery.backoff import retry_delay
+from sidecar.delivery.breaker import Breaker
+from sidecar.delivery.limiter import Limiter
+from sidecar.errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
+from sidecar.journal.health import classify
+from sidecar.journal.store import Event, Journal
+from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.lane")
 

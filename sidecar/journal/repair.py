@@ -38,9 +38,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ExitCode
-from .journal import Journal, JournalCorrupt, JournalError
-from .metrics import Metrics
+from sidecar.errors import ExitCode
+from sidecar.journal.store import Journal, JournalCorrupt, JournalError
+from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.journal")
 

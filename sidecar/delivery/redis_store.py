@@ -49,8 +49,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .config import RedisConfig
-from .limiter import BEAT, Grant, MemoryStore, Op, Rule
+from sidecar.config import RedisConfig
+from sidecar.delivery.limiter import BEAT, Grant, MemoryStore, Op, Rule
 
 log = logging.getLogger("sidecar.limiter")
 
