@@ -24,9 +24,9 @@ of the configured rate. An API that states its quota (Naver's
 burst are the starting point and the upper bound. `rate_source` says which
 is in force: `configured`, `learned` or `backed off`.
 
-`QuotaState.apply` is the rule; `limiter_redis.SCRIPT` is the same rule in
-Lua, run atomically inside Redis on Redis's clock. Keep them in step (the
-tests run one table of cases against both).
+`QuotaState.apply` is the rule; `quota.lua`, which `redis_store.RedisStore`
+runs, is the same rule in Lua, run atomically inside Redis on Redis's clock.
+Keep them in step (the tests run one table of cases against both).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def quota_key(api: str, credential: str) -> str:
 
 @dataclass
 class QuotaState:
-    """One quota's state; `apply` is the whole rule (mirrored in limiter_redis.SCRIPT)."""
+    """One quota's state; `apply` is the whole rule (mirrored in quota.lua)."""
 
     tat: float | None = None
     rate: float | None = None           # set only while backed off below the ceiling
@@ -151,7 +151,15 @@ def _source(rule: Rule, learned: float | None, rate: float, ceiling: float) -> s
 
 
 class Store(Protocol):
-    """Where quotas live. `run` applies one Op atomically and says where the quota stands."""
+    """Where quotas live. `run` applies one Op atomically and says where the quota stands.
+
+        store.start()                  # on the running loop: background work (Redis's heartbeats)
+        grant = await store.run(key, rule, now, Op(RESERVE))
+        store.problem()                # None, or one line for /health while the store is degraded
+        await store.aclose()
+    """
+
+    episodes: int  # times a shared store went away (its lanes fell back to a local bucket)
 
     async def run(self, key: str, rule: Rule, now: float, op: Op) -> Grant: ...
 
@@ -159,12 +167,25 @@ class Store(Protocol):
         """memory, redis, or "redis-away ÷N" while the shared store cannot be reached."""
         ...
 
+    def sidecars_sharing(self, key: str) -> int:
+        """Sidecars seen sharing the quota `key` (1: this one alone)."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why the store is not working as configured, in one line; None when it is."""
+        ...
+
+    def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
 
 class MemoryStore:
     """Quotas in this process (one sidecar per quota)."""
 
     def __init__(self) -> None:
         self._state: dict[str, QuotaState] = {}
+        self.episodes = 0  # never away
 
     async def run(self, key: str, rule: Rule, now: float, op: Op) -> Grant:
         return self.apply(key, rule, now, op)
@@ -175,6 +196,18 @@ class MemoryStore:
 
     def mode(self, key: str) -> str:
         return "memory"
+
+    def sidecars_sharing(self, key: str) -> int:
+        return 1
+
+    def problem(self) -> str | None:
+        return None
+
+    def start(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
 
 
 class Limiter:

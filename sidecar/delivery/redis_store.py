@@ -2,9 +2,9 @@
 
     store = RedisStore(RedisConfig(url="redis://10.0.0.5:6379/0"), password=read_secret("REDIS_PASSWORD"))
     limiter = Limiter("notion", rule, store, quota_id=token)
-    beats = asyncio.create_task(store.beat_forever())   # liveness, and noticing Redis is back
+    store.start()          # heartbeats (`beat_forever`): liveness, and noticing Redis is back
     ...
-    beats.cancel(); await store.aclose()
+    await store.aclose()   # stops the heartbeats, closes the connection
 
 Why redis.asyncio rather than the blocking client in a thread: the lanes are
 coroutines on one event loop, so a blocking call would stall every lane and
@@ -22,7 +22,7 @@ What Redis holds, per quota (keys never contain a credential, only a hash):
   its last call on that quota, trimmed to the last minute.
 
 Both expire after `KEY_TTL_SECONDS` without use. Every operation is one
-EVALSHA of SCRIPT (the rule of `limiter.QuotaState.apply`, in Lua), atomic
+EVALSHA of `quota.lua` (the rule of `limiter.QuotaState.apply`, in Lua), atomic
 and timed by Redis's `TIME`, so spacing is global whatever the hosts' clocks.
 
 Redis away (refused, timeout, failover, a script error): the call falls back
@@ -36,6 +36,7 @@ going back to the shared quota on the first answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -43,6 +44,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from importlib import resources
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
@@ -59,64 +61,12 @@ ALIVE_SECONDS = 60       # a sidecar counts in N for this long after its last ca
 RETRY_SECONDS = 1.0      # while away, how often a lane's call tries Redis again
 BEAT_SECONDS = 5.0
 
-# KEYS: quota hash, alive set. ARGV: op, rate, burst, min_fraction, recovery_step,
-# retry_after, told rate, told burst, told remaining (-1: not given), member, ttl, alive seconds.
-# Returns strings (Redis would truncate Lua numbers to integers): wait, rate, source, tokens, burst; then N.
-SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local op = ARGV[1]
-local cfg_rate, cfg_burst = tonumber(ARGV[2]), tonumber(ARGV[3])
-local min_fraction, step = tonumber(ARGV[4]), tonumber(ARGV[5])
-local retry_after = tonumber(ARGV[6])
-local told_rate, told_burst, remaining = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local h = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'learned_rate', 'learned_burst', 'calm_at')
-local tat = tonumber(h[1]) or now
-local learned_rate, learned_burst = tonumber(h[3]), tonumber(h[4])
-local calm_at = tonumber(h[5]) or 0
-local told = op == 'success' or op == 'limited'
-if told and told_rate > 0 then learned_rate = told_rate end
-if told and told_burst >= 1 then learned_burst = told_burst end
-local ceiling = cfg_rate
-if learned_rate and learned_rate < ceiling then ceiling = learned_rate end
-local burst = cfg_burst
-if learned_burst then burst = math.max(1, math.min(cfg_burst, learned_burst)) end
-local rate = ceiling
-if tonumber(h[2]) and tonumber(h[2]) < ceiling then rate = tonumber(h[2]) end
-local wait = 0
-if op == 'reserve' then
-  wait = math.max(0, math.max(tat, now) - now + (1 - burst) / rate)
-  tat = math.max(tat, now) + 1 / rate
-elseif op == 'success' then
-  if rate < ceiling then rate = math.min(ceiling, rate + cfg_rate * step) end
-elseif op == 'limited' then
-  local pause = retry_after
-  if now >= calm_at then
-    rate = math.min(ceiling, math.max(cfg_rate * min_fraction, rate / 2))
-    local calm = pause
-    if calm < 0 then calm = 1 / rate end
-    calm_at = now + math.max(1, calm)
-  end
-  if pause < 0 then pause = 1 / rate end
-  tat = math.max(tat, now + pause + (burst - 1) / rate)
-end
-if told and remaining >= 0 then tat = math.max(tat, now + (burst - remaining) / rate) end
-local fields = {'tat', string.format('%.6f', tat), 'calm_at', string.format('%.6f', calm_at)}
-if learned_rate then table.insert(fields, 'learned_rate'); table.insert(fields, tostring(learned_rate)) end
-if learned_burst then table.insert(fields, 'learned_burst'); table.insert(fields, tostring(learned_burst)) end
-redis.call('HSET', KEYS[1], unpack(fields))
-if rate < ceiling then redis.call('HSET', KEYS[1], 'rate', tostring(rate)) else redis.call('HDEL', KEYS[1], 'rate') end
-local ttl = tonumber(ARGV[11])
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], now, ARGV[10])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[12]))
-redis.call('EXPIRE', KEYS[2], ttl)
-local source = 'configured'
-if rate < ceiling then source = 'backed off'
-elseif learned_rate and learned_rate <= cfg_rate then source = 'learned' end
-local tokens = math.min(burst, burst - (tat - now) * rate)
-return {tostring(wait), tostring(rate), source, tostring(tokens), tostring(burst), redis.call('ZCARD', KEYS[2])}
-"""
+
+@functools.cache
+def script_source() -> str:
+    """The Lua script (quota.lua beside this module, package data in the wheel), read once."""
+    return resources.files("sidecar.delivery").joinpath("quota.lua").read_text(encoding="utf-8")
+
 
 AWAY_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -131,7 +81,7 @@ class RedisStore:
         self.client = redis.Redis.from_url(
             cfg.url, password=password or None, socket_timeout=cfg.timeout, socket_connect_timeout=cfg.timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        self.script = self.client.register_script(SCRIPT)
+        self.script = self.client.register_script(script_source())
         # Unique per process and start: a restarted sidecar is a new member, the old one ages out.
         self.member = member or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.fallback = MemoryStore()
@@ -142,6 +92,7 @@ class RedisStore:
         self.rates: dict[str, float] = {}        # quota key -> rate in force at the last answer
         self._rules: dict[str, Rule] = {}        # quotas to keep alive with beats
         self._next_try = 0.0
+        self._beats: asyncio.Task[None] | None = None
 
     def _redis_keys(self, key: str) -> list[str]:
         base = f"{self.cfg.key_prefix}:quota:{key}"
@@ -189,6 +140,19 @@ class RedisStore:
             return "redis"
         return f"redis-away ÷{max(1, self.sharing.get(key, 1))}"
 
+    def sidecars_sharing(self, key: str) -> int:
+        return self.sharing.get(key, 1)
+
+    def problem(self) -> str | None:
+        if self.away_since is None:
+            return None
+        return (f"limiter: Redis unreachable for {self.clock() - self.away_since:.0f} s ({self.away_reason}); "
+                "lanes go on alone at rate ÷ sidecars sharing")
+
+    def start(self) -> None:
+        """Start the heartbeats on the running event loop; `aclose` stops them."""
+        self._beats = asyncio.create_task(self.beat_forever(), name="limiter-beats")
+
     async def beat_forever(self, interval: float = BEAT_SECONDS) -> None:
         """Say "alive" on every quota in use, so idle sidecars count in N; notice Redis coming back."""
         while True:
@@ -201,4 +165,7 @@ class RedisStore:
                     break
 
     async def aclose(self) -> None:
+        if self._beats is not None:
+            self._beats.cancel()
+            await asyncio.gather(self._beats, return_exceptions=True)
         await self.client.aclose()
