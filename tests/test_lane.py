@@ -83,7 +83,7 @@ def test_a_worker_survives_a_bug_and_delivers_afterwards(tmp_path: Path) -> None
     assert lane.delivered == 3 and journal.count("events") == 0
 
 
-# -- _pick and _deliver, step by step: a scripted connector and a clock the test moves --------
+# -- pick and _deliver, step by step: a scripted connector and a clock the test moves --------
 
 
 class Scripted:
@@ -149,14 +149,14 @@ def scripted_lane(tmp_path: Path, connector: Scripted, clock: Clock, *targets: s
 
 def once(lane: Lane) -> bool:
     """What a worker does with one pick, without the limiter's or the idle waits: False if nothing to call."""
-    picked = lane._pick()
+    picked = lane._groups.pick(lane.clock())
     if picked is None:
         return False
     target, plan = picked
     try:
         asyncio.run(lane._deliver(plan))
     finally:
-        lane._inflight.discard(target)
+        lane._groups.done(target)
     return True
 
 
@@ -364,4 +364,4 @@ def test_a_refused_credential_pauses_the_lane_and_a_refusal_older_than_a_reload_
     # Refused before any reload: the next try waits for the probe interval (or a reload).
     # Refused after a reload was made mid-call: that answer was about the old credential, so try now.
     expected = clock.now if reload_mid_call else clock.now + RetryConfig().credentials_probe_seconds
-    assert lane._probe_at == expected
+    assert lane._pause.probe_at == expected

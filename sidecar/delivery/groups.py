@@ -1,0 +1,129 @@
+"""Which group of events a lane calls next.
+
+    groups = Groups("notion", journal, connector, settler)
+    picked = groups.pick(now)          # (target, Send plan), or None; that group is now in a call
+    groups.done(target)                # its call is over (or was not made)
+    groups.block(target, not_before)   # backing off
+    groups.waits(now)                  # seconds until each blocked group is free again
+
+A group is every event waiting for one target (a page, a product, an
+object). It is never in two calls at once, so per-target order holds with any
+concurrency. Planning settles what needs no call on the way: duplicates
+(Skip), dead ends (Dead), and a group that belongs to another (Moved) is
+merged into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+from sidecar.connectors.base import Connector, Dead, Moved, Send, Skip, Wait
+from sidecar.delivery.settle import Settler
+from sidecar.journal.store import Journal
+
+READY_SCAN = 512
+
+
+@dataclass
+class _Context:
+    """The journal as a connector's plan() may see it."""
+
+    journal: Journal
+    lane: str
+    now: float
+
+    def ref(self, key: str) -> str | None:
+        return self.journal.ref(self.lane, key)
+
+    def has_target(self, target: str) -> bool:
+        return self.journal.has_target(self.lane, target)
+
+    def dead_key(self, kind: str, key: str) -> str | None:
+        return self.journal.dead_key(self.lane, kind, key)
+
+
+class Groups:
+    """One lane's groups: those in a call, those blocked until a time, and the pick of the next."""
+
+    def __init__(self, lane: str, journal: Journal, connector: Connector[Any], settle: Settler) -> None:
+        self.name = lane
+        self.journal = journal
+        self.connector = connector
+        self.settle = settle
+        self._inflight: set[str] = set()
+        self._blocked: dict[str, float] = {}  # target -> not before (waits and backoffs)
+
+    def done(self, target: str) -> None:
+        self._inflight.discard(target)
+
+    def block(self, target: str, not_before: float) -> None:
+        self._blocked[target] = not_before
+
+    def waits(self, now: float) -> list[float]:
+        """Seconds until each blocked group may be picked again (forgetting those already free)."""
+        self._blocked = {t: until for t, until in self._blocked.items() if until > now}
+        return [until - now for until in self._blocked.values()]
+
+    def follow(self, refs: dict[str, str]) -> None:
+        """Objects just created (key -> id): groups waiting for them move to their real targets."""
+        for key, created in refs.items():
+            for old, new in self.connector.retargets(key, created):
+                if self.journal.retarget(self.name, old, new):
+                    self._blocked.pop(old, None)
+
+    def pick(self, now: float) -> tuple[str, Send[Any]] | None:
+        """The next call to make, settling duplicates and dead ends on the way."""
+        seen: set[str] = set()
+        heads = self.journal.ready_heads(self.name, now)
+        picked = self._among(heads, seen, now)
+        if picked is None and len(heads) == READY_SCAN:
+            # A full page of rows may all belong to a few blocked groups (a
+            # hot page backing off): fall back to one row per group. Only
+            # then: that query reads the whole backlog, and a lane paying it
+            # on every call fell further behind the longer its backlog grew
+            # (bench/soak.py after a 30 s SIGSTOP: it never caught up).
+            picked = self._among(self.journal.ready_heads(self.name, now, per_target=True), seen, now)
+        return picked
+
+    def _among(self, heads: list[tuple[int, str]], seen: set[str], now: float) -> tuple[str, Send[Any]] | None:
+        for _, target in heads:
+            if target in seen:
+                continue
+            seen.add(target)
+            while True:
+                if target in self._inflight or self._blocked.get(target, 0) > now:
+                    break
+                group = self.journal.group(self.name, target)
+                if not group:
+                    break
+                if group[0].not_before > now:  # an older event of this group is backing off
+                    self._blocked[target] = group[0].not_before
+                    break
+                plan = self.connector.plan(group, _Context(self.journal, self.name, now))
+                match plan:
+                    case Send():
+                        self._inflight.add(target)
+                        return target, plan
+                    case Moved():
+                        if plan.target == target:
+                            break
+                        # Merge into the group it belongs to, so one page's events
+                        # are never in two groups (two orders, two backoffs).
+                        self.journal.retarget(self.name, target, plan.target)
+                        self._blocked.pop(plan.target, None)
+                        target = plan.target
+                        continue
+                    case Wait():
+                        self._blocked[target] = now + plan.seconds
+                        break
+                    case Skip():
+                        self.settle.skipped(plan)
+                    case Dead():
+                        self.settle.dead(plan.events, plan.reason, None, plan.detail)
+                    case _:
+                        assert_never(plan)
+                if not plan.events or len(plan.events) >= len(group):
+                    break
+                # Part of the group was settled: plan what is left of it now.
+        return None
