@@ -136,14 +136,15 @@ class Clock:
 
 
 def scripted_lane(tmp_path: Path, connector: Scripted, clock: Clock, *targets: str,
-                  breaker: BreakerConfig | None = None) -> tuple[Lane, Journal]:
+                  breaker: BreakerConfig | None = None, paused: str | None = None) -> tuple[Lane, Journal]:
     """A lane over a fresh journal holding one event per target, seq 1, 2, ... in that order."""
     journal = Journal.open(tmp_path, synchronous="NORMAL")
     journal.write_batch([EventRow("scripted", "webhook.post", target, f"key{n}", None, "c", n, 1, 1,
                                   wire.encode("c", n, "webhook.post", f"key{n}", None, 1, {"n": n}), None)
                          for n, target in enumerate(targets, 1)])
     lane = Lane(connector, journal, Limiter("scripted", Rule(rate=1000, burst=10), MemoryStore()),
-                RetryConfig(base=1.0, cap=1.0), Metrics(), breaker=breaker, clock=clock, rng=random.Random(7))
+                RetryConfig(base=1.0, cap=1.0), Metrics(), breaker=breaker, paused=paused, clock=clock,
+                rng=random.Random(7))
     return lane, journal
 
 
@@ -365,3 +366,80 @@ def test_a_refused_credential_pauses_the_lane_and_a_refusal_older_than_a_reload_
     # Refused after a reload was made mid-call: that answer was about the old credential, so try now.
     expected = clock.now if reload_mid_call else clock.now + RetryConfig().credentials_probe_seconds
     assert lane._pause.probe_at == expected
+
+
+# -- pause and resume, with the lane's own tasks running ------------------------------------
+
+
+class CredentialOnReload(Scripted):
+    """Its credential is missing at start and there after the next reload."""
+
+    def refresh_credentials(self) -> bool:
+        return True
+
+
+async def turns(n: int = 20) -> None:
+    """Let the event loop run `n` rounds: enough for an unpaused lane to have made its call."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+def test_a_lane_paused_at_start_calls_nothing_until_a_reload_brings_its_credential(tmp_path: Path) -> None:
+    connector = CredentialOnReload(send_all)
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "a", paused="no token")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(lane.run())
+        lane.notify()
+        await turns()
+        assert connector.sent == [] and not task.done() and lane.paused_reason == "no token"
+        assert lane.reload_credentials()  # changed: the lane resumes on its own
+        await until(lambda: journal.count("events") == 0, "the event to be delivered")
+        assert connector.sent == [[1]] and lane.paused_reason is None and lane.delivered == 1
+        assert await lane.stop(1.0) == 0
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_a_paused_lane_stops_at_once_with_its_events_kept(tmp_path: Path) -> None:
+    connector = CredentialOnReload(send_all)
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "a", paused="no token")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(lane.run())
+        await turns()
+        assert await lane.stop(1.0) == 0
+        await asyncio.wait_for(task, 10)  # the deadline fails a hang; it measures nothing
+
+    asyncio.run(scenario())
+    assert connector.sent == [] and journal.count("events") == 1
+
+
+def test_pause_holds_a_running_lanes_workers_and_resume_lets_them_call(tmp_path: Path) -> None:
+    connector = Scripted(send_all)
+    lane, journal = scripted_lane(tmp_path, connector, Clock(), "a")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(lane.run())
+        await until(lambda: journal.count("events") == 0, "the first event to be delivered")
+        lane.pause("maintenance")
+        journal.write_batch([EventRow("scripted", "webhook.post", "b", "key2", None, "c", 2, 1, 1,
+                                      wire.encode("c", 2, "webhook.post", "key2", None, 1, {"n": 2}), None)])
+        lane.notify()
+        await turns()
+        assert connector.sent == [[1]] and lane.paused_reason == "maintenance"
+        lane.resume()
+        await until(lambda: journal.count("events") == 0, "the second event to be delivered")
+        assert connector.sent == [[1], [2]] and lane.paused_reason is None
+        await lane.stop(1.0)
+        await task
+
+    asyncio.run(scenario())

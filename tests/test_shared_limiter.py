@@ -13,10 +13,23 @@ from typing import Any
 import orjson
 import pytest
 
+import sidecar.delivery
 from client import Client
 from sidecar.config import ConfigError, RedisConfig, from_dict
-from sidecar.delivery.limiter import BEAT, LIMITED, RESERVE, SUCCESS, ApiQuota, Grant, MemoryStore, Op, Rule, quota_key
-from sidecar.delivery.redis_store import RETRY_SECONDS, RedisStore
+from sidecar.delivery.limiter import (
+    BEAT,
+    LIMITED,
+    RESERVE,
+    SUCCESS,
+    ApiQuota,
+    Grant,
+    MemoryStore,
+    Op,
+    Rule,
+    Store,
+    quota_key,
+)
+from sidecar.delivery.redis_store import RETRY_SECONDS, RedisStore, script_source
 from standins.notion import NotionSimulator
 
 from .support import RedisServer, SidecarProcess, drained, free_port, sidecar_config, wait_until
@@ -126,21 +139,48 @@ def test_redis_away_falls_back_to_a_share_of_the_rate_then_comes_back(redis_serv
         for s in (other, store):  # store's last answer counts both
             await s.run(KEY, rule, 0.0, Op(BEAT))
         assert store.sharing[KEY] == 2 and store.mode(KEY) == "redis"
+        assert store.sidecars_sharing(KEY) == 2 and store.problem() is None
         redis_server.kill()
         # A refused connection answers with the local fallback: the deadline fails a hang, it measures nothing.
         waits = [(await asyncio.wait_for(store.run(KEY, rule, 500.0, Op(RESERVE)), 30)).wait for _ in range(3)]
         assert waits == pytest.approx([0.0, 1 / 3, 2 / 3])  # alone at 6 ÷ 2 sidecars
         assert store.mode(KEY) == "redis-away ÷2" and store.episodes == 1
+        problem = store.problem()
+        assert problem is not None and problem.startswith("limiter: Redis unreachable for 0 s (")
+        assert problem.endswith("); lanes go on alone at rate ÷ sidecars sharing")
         redis_server.start()  # same port, empty: the script and the quota come back on first use
         await store.run(KEY, rule, 500.0, Op(RESERVE))
         assert store.mode(KEY) == "redis-away ÷2"  # not tried again within RETRY_SECONDS
         now[0] += RETRY_SECONDS
         grant = await store.run(KEY, rule, 500.0, Op(RESERVE))
         assert store.mode(KEY) == "redis" and grant.wait == 0.0 and store.episodes == 1
+        assert store.problem() is None
         await store.aclose()
         await other.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_either_store_answers_the_whole_protocol_and_aclose_ends_its_background_work(
+        request: pytest.FixtureRequest, kind: str) -> None:
+    async def scenario() -> None:
+        store: Store = MemoryStore() if kind == "memory" else redis_store(request.getfixturevalue("redis_server"))
+        store.start()
+        assert (await store.run(KEY, Rule(rate=5, burst=1), 0.0, Op(RESERVE))).wait == 0.0
+        assert store.mode(KEY) == kind and store.sidecars_sharing(KEY) == 1
+        assert store.problem() is None and store.episodes == 0
+        await store.aclose()
+        # Redis's heartbeats were a task of their own: none is left behind.
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(scenario())
+
+
+def test_the_lua_script_is_package_data_beside_its_store() -> None:
+    # setup.cfg's [options.package_data] puts it in the wheel; the store reads it with importlib.resources.
+    assert script_source() == (Path(sidecar.delivery.__file__).parent / "quota.lua").read_text(encoding="utf-8")
+    assert "redis.call('TIME')" in script_source()
 
 
 def test_redis_config_is_checked_and_keeps_passwords_out_of_the_file() -> None:

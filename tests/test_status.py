@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import orjson
 import pytest
 
+from client import wire
 from sidecar.cli import render_status
+from sidecar.config import from_dict
+from sidecar.connectors import notion
+from sidecar.delivery.lane import Lane
+from sidecar.delivery.limiter import Limiter, MemoryStore
+from sidecar.housekeeping import Housekeeping
+from sidecar.ingest.core import Ingest
+from sidecar.journal.health import JournalHealth
+from sidecar.journal.repair import open_checked
+from sidecar.journal.store import EventRow
+from sidecar.ops.metrics import Metrics
 from sidecar.ops.status import Health, IngestStatus, JournalStatus, LaneStatus, ProcessStatus, Status
 
 pytestmark = pytest.mark.timeout(30)
@@ -60,3 +74,33 @@ def test_an_off_lane_is_one_short_line_and_a_paused_one_a_row_and_a_problem() ->
 def test_health_reads_what_health_answers() -> None:
     assert Health.from_dict({"ok": True, "problems": []}) == Health(ok=True)
     assert Health.from_dict({}) == Health(ok=False)
+
+
+def test_housekeeping_returns_a_snapshot_where_a_lane_without_credential_is_off_until_events_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTION_TOKEN", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    cfg = from_dict({"journal": {"dir": str(tmp_path)}})
+    (spec,) = notion.build(cfg)
+    assert spec.paused is not None
+    metrics, store = Metrics(), MemoryStore()
+    journal = open_checked(tmp_path, synchronous="NORMAL", recover=True, metrics=metrics)
+    lane = Lane(spec.connector, journal, Limiter("notion", spec.rule, store), cfg.retry, metrics, paused=spec.paused)
+    ingest = Ingest(cfg.ingest, journal, {}, metrics)  # never started: not alive
+    house = Housekeeping(cfg, metrics, journal, ingest, {"notion": lane}, store, JournalHealth(tmp_path, metrics),
+                         started=time.time())
+    try:
+        first = house.refresh()
+        assert first.lanes["notion"].state == "off" and first.lanes["notion"].paused == spec.paused
+        assert first.lanes["notion"].store == "memory" and first.lanes["notion"].sidecars_sharing == 1
+        assert first.health.problems == ("ingest thread is not running",)
+        journal.write_batch([EventRow("notion", "notion.page.create", "t", "k1", None, "c", 1, 1, 1,
+                                      wire.encode("c", 1, "notion.page.create", "k1", None, 1, {}), None)])
+        second = house.refresh()
+        assert second.lanes["notion"].state == "paused" and second.journal.pending == 1
+        assert second.health.problems == ("ingest thread is not running",
+                                          f"notion: paused: {spec.paused}; 1 event(s) waiting")
+        assert first.lanes["notion"].state == "off"  # each refresh returns its own snapshot
+    finally:
+        ingest.stop()
+        journal.close()
