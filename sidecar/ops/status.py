@@ -1,6 +1,6 @@
 """The status snapshot: one typed shape, built by the app, served as JSON, rendered by the CLI.
 
-    status = Status(time=..., uptime_seconds=..., ingest=IngestStatus(...), ...)   # app._refresh
+    status = Status(time=..., uptime_seconds=..., ingest=IngestStatus(...), ...)   # Housekeeping.refresh
     body = orjson.dumps(status.to_dict())                                           # GET /status
     status = Status.from_dict(orjson.loads(body))                                   # `sidecar status`
 
