@@ -37,6 +37,7 @@ from sidecar.delivery.limiter import Limiter
 from sidecar.errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
 from sidecar.journal.health import classify
 from sidecar.journal.store import Event, Journal
+from sidecar.ops.credentials import how_to_provide
 from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.lane")
@@ -383,9 +384,9 @@ class Lane:
             self._wake.set()
         self.metrics.retried.labels(lane=self.name, reason=exc.reason).inc()
         if self._refused is None:  # once per pause, not once per probe
-            log.warning("lane %s: paused: %s (%s); its events wait in the journal; fix the credential, then "
-                        "`sidecar reload` (SIGHUP); trying again every %.0f s", self.name, exc.pause_reason,
-                        exc.detail or exc.status, self.retry.credentials_probe_seconds)
+            log.warning("lane %s: paused: %s (%s); its events wait in the journal; to fix it, %s; it is also read "
+                        "again every %.0f s", self.name, exc.pause_reason, exc.detail or exc.status,
+                        how_to_provide(), self.retry.credentials_probe_seconds)
         self._refused = self.paused_reason = exc.pause_reason
 
     def _dead(self, events: list[Event], reason: str, status: int | None, detail: str | None) -> None:
