@@ -24,10 +24,11 @@ from sidecar.connectors import LaneSpec, build_lanes
 from sidecar.connectors.base import Connector, Reject
 
 
-def _lanes(cfg: Config) -> dict[str, LaneSpec]:
-    # A CLI on a host without AWS credentials must not wait a second for the
-    # EC2 metadata service while botocore's chain looks for them.
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+def _lanes(cfg: Config, *, instance_role: bool = True) -> dict[str, LaneSpec]:
+    if not instance_role:
+        # Checking an event needs no credential: on a host without AWS ones, do not
+        # wait a second for the EC2 metadata service while botocore's chain looks.
+        os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     return build_lanes(cfg)
 
 
@@ -55,7 +56,7 @@ def event_verdict(cfg: Config, kind: str, payload: Any, *, key: str | None = Non
     """None if ingest would journal the event, else `reason: detail` as it would count it."""
     blobs = blobs or []
     frame = wire.encode(f"cli-{os.getpid()}", 1, kind, key, ref, time.time_ns(), payload)
-    specs = _lanes(cfg)
+    specs = _lanes(cfg, instance_role=False)
     try:
         if len(frame) > cfg.ingest.max_message_bytes:
             raise Reject("too_large", f"event of {len(frame)} bytes, limit {cfg.ingest.max_message_bytes}")
