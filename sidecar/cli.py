@@ -1,14 +1,17 @@
 """The `sidecar` command: a thin layer over the library.
 
     sidecar run [--config FILE] [--log-json]     run the sidecar (every setting has a default)
+    sidecar validate --config FILE               check a config and the secrets it needs, without starting
     sidecar status [--json]                      lanes, depths, rates, breakers, dead letters, resources
     sidecar check                                exit 0 healthy, 1 degraded (says why), 2 not reachable
     sidecar reload                               read the credentials again (SIGHUP to the running sidecar)
     sidecar dlq list|show ID|retry ID...|purge ID...   inspect and replay dead letters
+    sidecar rejects [--reason R]                 what ingest refused, counted by reason, with samples
     sidecar emit KIND JSON [--key K] [--ref R]   one event from a shell script or git hook
     sidecar refs LANE KEY                        what a delivered event created (e.g. Naver image URLs)
     sidecar ack-corrupt-journal                  clear the degraded `check` after a corrupt journal was set aside
     sidecar demo                                 sidecar + API stand-ins + a synthetic trading loop
+    sidecar --version
 
 Every command but `demo` reads the same --config as `run` (or $SIDECAR_CONFIG).
 """
@@ -209,13 +212,15 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print(orjson.dumps(found if len(found) > 1 else found[0], option=orjson.OPT_INDENT_2).decode())
         elif args.action == "retry":
             if not args.ids and not args.lane and not args.all:
-                print("name dead-letter ids, --lane LANE, or --all", file=sys.stderr)
-                return ExitCode.FAILED
+                print("sidecar dlq retry: name dead-letter ids, --lane LANE, or --all", file=sys.stderr)
+                return ExitCode.USAGE
             print(f"{dlq.retry_dead(directory, ids=args.ids or None, lane=args.lane)} event(s) queued again")
         elif args.action == "purge":
             if not args.ids and not args.lane and not args.all:
-                print("name dead-letter ids, --lane LANE, or --all", file=sys.stderr)
-                return ExitCode.FAILED
+                print("sidecar dlq purge: name dead-letter ids, --lane LANE, or --all", file=sys.stderr)
+                return ExitCode.USAGE
+            if args.all and not args.yes and not _confirmed("purge every dead letter for good"):
+                return ExitCode.USAGE
             print(f"{dlq.purge_dead(directory, ids=args.ids or None, lane=args.lane, all_=args.all)} "
                   "dead letter(s) purged")
     except FileNotFoundError as exc:
@@ -224,12 +229,68 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _confirmed(what: str) -> bool:
+    """Ask on a terminal; refuse (with how to say yes) when stdin is not one."""
+    if not sys.stdin.isatty():
+        print(f"refusing to {what} without a terminal to ask on: add --yes", file=sys.stderr)
+        return False
+    answer = input(f"{what}? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        print("nothing done", file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_rejects(args: argparse.Namespace) -> int:
+    from sidecar.journal.rejects_query import read_rejects
+
+    try:
+        counts, samples = read_rejects(_config(args).journal.dir, reason=args.reason, limit=args.limit)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return ExitCode.FAILED
+    if args.json:
+        print(orjson.dumps({"counts": {r: {"total": t, "unsampled": u} for r, (t, u) in counts.items()},
+                            "samples": samples}, option=orjson.OPT_INDENT_2).decode())
+        return ExitCode.OK
+    if not counts:
+        print("nothing rejected")
+        return ExitCode.OK
+    print(f"{'reason':<20}{'rejected':>10}{'kept':>8}")
+    for reason, (total, unsampled) in counts.items():
+        print(f"{reason:<20}{total:>10}{total - unsampled:>8}")
+    for r in samples:
+        when = datetime.datetime.fromtimestamp(r["received_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        # repr: a frame is whatever a process sent; no newline or escape reaches the terminal as such.
+        print(f"\n#{r['id']} {when} {r['reason']}: {r['detail']!r}\n  frame: {r['frame']!r}")
+    return ExitCode.OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Load the config as `run` does, then build the lanes as `run` does: which can call, by secret name."""
+    _import_product("validate")
+    from sidecar.ops.preflight import secrets_report
+
+    source = args.config or os.environ.get("SIDECAR_CONFIG")
+    cfg = _config(args)  # a ConfigError (78) names the setting; main() prints it
+    print(f"config {source}: every setting is valid" if source else "no config file: the built-in defaults")
+    try:
+        report = list(secrets_report(cfg))
+    except OSError as exc:  # a credential file that exists but cannot be read: `run` would fail alike
+        print(f"a secret cannot be read: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    for line, _ in report:
+        print(line)
+    return ExitCode.OK
+
+
 def cmd_emit(args: argparse.Namespace) -> int:
     """One event, for scripts: exit 0 once the sidecar has it queued, 3 if it is not running."""
     from client import Client, EmitError
     from client.transport import TransportError, ZmqTransport
 
-    endpoint = args.endpoint or _config(args).ingest.endpoint
+    cfg = _config(args)
+    endpoint = args.endpoint or cfg.ingest.endpoint
     try:
         payload = orjson.loads(args.json)
     except orjson.JSONDecodeError as exc:
@@ -239,6 +300,18 @@ def cmd_emit(args: argparse.Namespace) -> int:
     for path in args.blob or []:
         with open(path, "rb") as f:
             blobs.append(f.read())
+    try:
+        _import_product("emit")
+    except MissingExtra:  # a client-only install: ingest still checks it, but only its counters will say
+        print("event not checked before sending (the [sidecar] extra is not installed)", file=sys.stderr)
+    else:
+        from sidecar.ops.preflight import event_verdict
+
+        # Ingest would count it as rejected and nothing would say so: refuse it here, with its reason.
+        refused = event_verdict(cfg, args.kind, payload, key=args.key, ref=args.ref, blobs=blobs)
+        if refused:
+            print(f"event refused: {refused}", file=sys.stderr)
+            return ExitCode.FAILED
     if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://"):]):
         print(f"sidecar not running (no socket at {endpoint}): event not sent", file=sys.stderr)
         return ExitCode.NOT_SENT
@@ -301,6 +374,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(events=args.events)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trading-sidecar")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse's own 2 is `sidecar check`'s "not reachable": usage errors get theirs.
@@ -311,6 +393,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sidecar", description=__doc__, epilog=EXIT_CODES,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     common = _Parser(add_help=False)
     common.add_argument("--config", help="TOML settings file (default: $SIDECAR_CONFIG, else built-in defaults)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -322,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"if the journal is corrupt, exit {ExitCode.JOURNAL_CORRUPT} and leave it as it is "
                           "(default: set it aside, start afresh, recover what it holds)")
     run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", parents=[common],
+                              help="check a config file and the secrets it needs, without starting")
+    validate.set_defaults(func=cmd_validate)
 
     status = sub.add_parser("status", parents=[common], help="lanes, depths, rates, breakers, resources")
     status.add_argument("--json", action="store_true")
@@ -340,7 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--all", action="store_true", help="retry or purge every dead letter")
     dlq.add_argument("--limit", type=int, default=50)
     dlq.add_argument("--json", action="store_true")
+    dlq.add_argument("--yes", action="store_true", help="purge --all without asking")
     dlq.set_defaults(func=cmd_dlq)
+
+    rejects = sub.add_parser("rejects", parents=[common], help="what ingest refused, by reason, with samples")
+    rejects.add_argument("--reason", help="only this reason's samples")
+    rejects.add_argument("--limit", type=int, default=20, help="samples shown, newest first")
+    rejects.add_argument("--json", action="store_true")
+    rejects.set_defaults(func=cmd_rejects)
 
     emit = sub.add_parser("emit", parents=[common], help="send one event (for scripts and git hooks)")
     emit.add_argument("kind")

@@ -26,6 +26,15 @@ done
 sed "s/^Group=trading$/Group=$group/" "$here/systemd/trading-sidecar.service" > /etc/systemd/system/trading-sidecar.service
 systemd-analyze verify /etc/systemd/system/trading-sidecar.service
 systemctl daemon-reload
-systemctl enable --now trading-sidecar
+systemctl enable trading-sidecar
+# An upgrade: the running sidecar still runs the old code; restart it (SIGTERM
+# drains within TimeoutStopSec; the journal and the rings in /run/trading-sidecar
+# are kept and read by the new one). A first install: start it.
+if systemctl is-active --quiet trading-sidecar; then
+    systemctl restart trading-sidecar
+else
+    systemctl start trading-sidecar
+fi
 systemctl --no-pager status trading-sidecar || true
 echo "Put the Notion token in /etc/trading-sidecar/credentials/notion-token, then: systemctl restart trading-sidecar"
+echo "(systemd copies credentials when the service starts: a reload does not see a changed file)"

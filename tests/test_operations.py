@@ -220,7 +220,7 @@ def test_dlq_list_show_retry_purge(short_tmp: Path, notion_sim: NotionSimulator)
     retried = sc.cli("dlq", "retry", str(ids[0]))
     assert retried.returncode == 0 and "1 event(s) queued again" in retried.stdout
     wait_until(lambda: len(sim.pages()) == 1, timeout=10, what="the retried event to be delivered")
-    purged = sc.cli("dlq", "purge", "--all")
+    purged = sc.cli("dlq", "purge", "--all", "--yes")
     assert "1 dead letter(s) purged" in purged.stdout
     assert sc.journal_count("dead_letters") == 0
     assert sc.stop() == 0

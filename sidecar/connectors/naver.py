@@ -54,7 +54,7 @@ from sidecar.connectors.http import bad_response, json_code, json_object, raise_
 from sidecar.delivery.limiter import NONE, ApiQuota, Rule
 from sidecar.errors import CredentialsRefused
 from sidecar.journal.store import Event, read_ref
-from sidecar.ops.credentials import read_secret
+from sidecar.ops.credentials import how_to_provide, read_secret
 
 LANE = "naver"
 API_NAME = "Naver"
@@ -397,8 +397,7 @@ def build(cfg: Config) -> list[LaneSpec]:
     client_id, secret = read_secret(n.client_id_env, redacted=False), read_secret(n.client_secret_env)
     missing = [name for name, value in ((n.client_id_env, client_id), (n.client_secret_env, secret)) if not value]
     paused = None if not missing else (
-        f"no Naver credentials: set {' and '.join('$' + m for m in missing)} "
-        "(or systemd credentials of those names), then `sidecar reload`")
+        f"no Naver credentials: {how_to_provide(*missing)}")
     connector = NaverConnector(n, client_id or "", secret or "")
     # Naver's quota belongs to the application (client id), per API.
     return [LaneSpec(connector, Rule(rate=n.rate_per_second, burst=n.burst), paused=paused,

@@ -32,7 +32,7 @@ from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Moved, Pace,
 from sidecar.connectors.http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
 from sidecar.delivery.limiter import Rule
 from sidecar.journal.store import Event
-from sidecar.ops.credentials import read_secret
+from sidecar.ops.credentials import how_to_provide, read_secret
 
 CREATE = "notion.page.create"
 UPDATE = "notion.page.update"
@@ -336,7 +336,7 @@ class NotionConnector(ConnectorBase):
 def build(cfg: Config) -> list[LaneSpec]:
     token = read_secret(cfg.notion.token_env)
     paused = None if token else (
-        f"no Notion token: set ${cfg.notion.token_env} or a systemd credential of that name, then `sidecar reload`")
+        f"no Notion token: {how_to_provide(cfg.notion.token_env)}")
     connector = NotionConnector(cfg.notion, token or "", ref_wait=cfg.retry.ref_wait)
     return [LaneSpec(connector, Rule(rate=cfg.notion.rate_per_second, burst=cfg.notion.burst), paused=paused,
                      quota_id=token or "")]

@@ -42,6 +42,7 @@ from sidecar.delivery.settle import Settler
 from sidecar.errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
 from sidecar.journal.health import classify
 from sidecar.journal.store import Event, Journal
+from sidecar.ops.credentials import how_to_provide
 from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.lane")
@@ -291,6 +292,6 @@ class Lane:
             self._wake.set()
         self.metrics.retried.labels(lane=self.name, reason=exc.reason).inc()
         if first:  # once per pause, not once per probe
-            log.warning("lane %s: paused: %s (%s); its events wait in the journal; fix the credential, then "
-                        "`sidecar reload` (SIGHUP); trying again every %.0f s", self.name, exc.pause_reason,
-                        exc.detail or exc.status, self.retry.credentials_probe_seconds)
+            log.warning("lane %s: paused: %s (%s); its events wait in the journal; to fix it, %s; it is also read "
+                        "again every %.0f s", self.name, exc.pause_reason, exc.detail or exc.status,
+                        how_to_provide(), self.retry.credentials_probe_seconds)

@@ -60,10 +60,10 @@ def _client(service: str, endpoint: str, region: str, access_key: str, secret_ke
 
 
 @contextmanager
-def moto_s3(*, bucket: str = "sidecar-test", region: str = "us-east-1") -> Iterator[MotoS3]:
+def moto_s3(*, bucket: str = "sidecar-test", region: str = "us-east-1", port: int = 0) -> Iterator[MotoS3]:
     """Start moto with signature checks on, make the IAM key and the bucket; stop on exit."""
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(NO_AUTH_ACTIONS)}
-    proc = subprocess.Popen([sys.executable, "-m", "standins.moto_s3"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "standins.moto_s3", str(port)], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
     try:
@@ -93,7 +93,8 @@ def _serve() -> None:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0  # moto_s3(port=...) passes it
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     print(json.dumps({"port": server.get_host_and_port()[1]}), flush=True)
     sys.stdin.read()  # until the parent closes our stdin (or dies)

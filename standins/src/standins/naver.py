@@ -391,10 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-id", default="sim-client")
     parser.add_argument("--client-secret", default=None, help="a bcrypt salt; generated if omitted")
     parser.add_argument("--max-items", type=int, default=50, help="items per multi-update call")
+    parser.add_argument("--products", default="1001,1002,1003",
+                        help="origin product numbers to seed, comma-separated (price 10000, stock 10)")
     args = parser.parse_args(argv)
     sim = NaverSimulator(client_id=args.client_id, client_secret=args.client_secret, rate_per_second=args.rate or None,
                          burst=args.burst, port=args.port, max_items_per_call=args.max_items)
-    return run_until_signal(sim, {"client_id": sim.client_id, "client_secret": sim.client_secret})
+    products = [int(no) for no in args.products.split(",") if no.strip()]
+    for no in products:
+        sim.add_product(no)
+    return run_until_signal(sim, {"client_id": sim.client_id, "client_secret": sim.client_secret,
+                                  "products": products})
 
 
 if __name__ == "__main__":
