@@ -34,6 +34,7 @@ from sidecar.connectors.base import Connector, Dead, Moved, Send, Skip, Wait
 from sidecar.delivery.backoff import retry_delay
 from sidecar.delivery.breaker import Breaker
 from sidecar.delivery.limiter import Limiter
+from sidecar.delivery.split import bisect, worth_splitting
 from sidecar.errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
 from sidecar.journal.health import classify
 from sidecar.journal.store import Event, Journal
@@ -285,7 +286,8 @@ class Lane:
                 # Part of the group was settled: plan what is left of it now.
         return None
 
-    async def _deliver(self, plan: Send[Any]) -> None:
+    async def _deliver(self, plan: Send[Any]) -> bool:
+        """Make one call and settle it; True if its events are settled (delivered or dead)."""
         events = plan.events
         ids = [e.id for e in events]
         self.journal.start_attempt(ids)
@@ -301,7 +303,7 @@ class Lane:
             self.breaker.record(True, self.clock())  # the API answered: it is up, the credential is not
             # A call sent before a reload was refused the old credential: try the new one at once.
             self._pause_for_credentials(events, exc, retry_now=reloads != self._reloads)
-            return
+            return False
         except DeliveryError as exc:
             status = str(exc.status) if exc.status else exc.reason
             # The API answered with a refusal or a rate limit: it is alive.
@@ -309,8 +311,11 @@ class Lane:
             if isinstance(exc, RateLimited):
                 self.metrics.rate_limited.labels(lane=self.name, reason=exc.limit_reason or "unspecified").inc()
                 await self.limiter.on_rate_limited(exc.retry_after, exc.told, self.clock())
+            if worth_splitting(events, exc):  # split.py: one bad event never sinks the others in the call
+                return await bisect(events, deliver=self._deliver, pace=self._take_token, plan_part=lambda part:
+                                    self.connector.plan(part, _Context(self.journal, self.name, self.clock())))
             self._failed(events, exc)
-            return
+            return isinstance(exc, Permanent)
         except asyncio.CancelledError:
             status = "cancelled"
             self.breaker.release()
@@ -320,7 +325,7 @@ class Lane:
             status = "internal_error"
             self.breaker.record(False, self.clock())
             self._failed(events, Retryable("internal_error", type(exc).__name__))
-            return
+            return False
         finally:
             self.metrics.calls.labels(api=self.name, status=status).inc()
             self.metrics.call_seconds.labels(api=self.name).observe(time.perf_counter() - started)
@@ -356,6 +361,7 @@ class Lane:
             self.metrics.deduplicated.labels(kind=event.kind, reason="duplicate").inc()
         if plan.merged and not result.duplicates:
             self.metrics.coalesced.labels(kind=events[0].kind).inc(plan.merged)
+        return True
 
     def _failed(self, events: list[Event], exc: DeliveryError) -> None:
         now = self.clock()
