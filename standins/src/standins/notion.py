@@ -58,9 +58,10 @@ or the property's own type (number, select, checkbox, date, url); archived and
 trashed pages are left out; results in creation order; `page_size` <= 100;
 `start_cursor` is the `next_cursor` of the previous answer.
 
-Faults beside base.py's: `chaos(errors=0.05, lost=0.05, seed=1)` answers that share
-of API requests 500/503 before applying them, and that share 504 after applying
-them (an unknown outcome); `chaos_counts` says how many of each were sent.
+Faults beside base.py's: `chaos(errors=0.05, lost=0.05)` answers that share of API
+requests 500/503 before applying them (every 20th request at 5%), and that share
+504 after applying them (an unknown outcome), spread evenly so that a short test
+sees each; `chaos_counts` says how many of each were sent.
 
 Python API for tests: `create_database()`, `add_data_source()`, `data_source_id()`, `pages()`,
 `page()`, `children()`, `pages_with_property()`, and `property_value(page, name)`.
@@ -76,7 +77,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import random
 import re
 import sys
 import uuid
@@ -387,7 +387,7 @@ class NotionSimulator(SimServer):
         self._blocks: dict[str, dict[str, Any]] = {}
         self._children: dict[str, list[str]] = {}  # page or block id -> child block ids, in order
         self._chaos = (0.0, 0.0)
-        self._rng = random.Random(0)
+        self._chaos_seen = 0  # API requests counted since chaos() was set
         self.chaos_counts = {"errors": 0, "lost": 0}
         self._routes: list[_Route] = [
             ("POST", re.compile(r"/v1/pages"), self._create_page),
@@ -427,11 +427,16 @@ class NotionSimulator(SimServer):
             self._sources[source] = db.id
             return source
 
-    def chaos(self, *, errors: float = 0.0, lost: float = 0.0, seed: int = 0) -> None:
+    def chaos(self, *, errors: float = 0.0, lost: float = 0.0) -> None:
         """Answer a share `errors` of API requests 500/503 unapplied, and a share `lost` 504 after applying."""
         with self.lock:
             self._chaos = (errors, lost)
-            self._rng = random.Random(seed)
+            self._chaos_seen = 0
+
+    def _chaos_hits(self, share: float, offset: float) -> bool:
+        """Is this request one of the evenly spread `share` of them?"""
+        n = self._chaos_seen + offset
+        return share > 0 and int(n * share) > int((n - 1) * share)
 
     def data_source_id(self, database_id: str) -> str:
         """The single data source of a database (for Notion-Version 2025-09-03)."""
@@ -514,9 +519,10 @@ class NotionSimulator(SimServer):
                 extra={"additional_data": {"rate_limit_reason": self.rate_limit_reason}},
             )
         errors, lost = self._chaos
-        if errors and self._rng.random() < errors:
+        self._chaos_seen += 1
+        if self._chaos_hits(errors, 0):
             self.chaos_counts["errors"] += 1
-            status = self._rng.choice((500, 503))
+            status = (500, 503)[self.chaos_counts["errors"] % 2]
             raise SimError(status, self.fault_codes[status], "chaos: failed before applying")
         for method, pattern, action in self._routes:
             match = pattern.fullmatch(request.path)
@@ -524,7 +530,8 @@ class NotionSimulator(SimServer):
                 # GET handlers receive the query string in place of a body.
                 body = self._body(request) if method != "GET" else {k: v[-1] for k, v in request.query.items()}
                 answer: Response = action(body, version, *match.groups())
-                if lost and method != "GET" and self._rng.random() < lost:
+                # Half a period after the errors, so the two never fall on one request.
+                if method != "GET" and lost and self._chaos_hits(lost, 0.5 / lost):
                     self.chaos_counts["lost"] += 1
                     raise SimError(504, "gateway_timeout", "chaos: applied, answer lost")
                 return answer
