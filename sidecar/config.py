@@ -109,7 +109,9 @@ class RetryConfig:
 class NotionConfig:
     base_url: str = setting("https://api.notion.com/v1", check=HTTP_URL)
     token_env: str = setting("NOTION_TOKEN", check=NOT_EMPTY)
-    version: str = setting("2022-06-28", check=NOT_EMPTY)
+    # As the official SDKs (notion-sdk-js src/Client.ts `defaultNotionVersion`, notion-sdk-py): 2025-09-03.
+    # 2022-06-28 still works for a database with one data source; 2026-03-11 places appends with `position`.
+    version: str = setting("2025-09-03", check=one_of("2022-06-28", "2025-09-03", "2026-03-11"))
     rate_per_second: float = setting(3.0, check=POSITIVE)
     burst: float = setting(1.0, check=AT_LEAST_1)
     idempotency_property: str = setting("Idempotency Key", check=ANY)  # empty: no query before a create

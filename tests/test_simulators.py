@@ -301,6 +301,63 @@ def test_notion_2025_data_sources(notion: tuple[NotionSimulator, str, httpx.Clie
     assert_notion_error(old_form, 400, "validation_error")
 
 
+def test_notion_second_data_source_breaks_the_database_forms(notion: tuple[NotionSimulator, str, httpx.Client]) -> None:
+    sim, db, client_2022 = notion
+    first, second = sim.data_source_id(db), sim.add_data_source(db, "Archive")
+    with notion_http(sim, version="2025-09-03") as client:
+        listed = client.get(f"/databases/{db}").json()["data_sources"]
+        assert [s["id"] for s in listed] == [first, second] and listed[1]["name"] == "Archive"
+        page = client.post("/pages", json={**page_body(db, "k"), "parent": {"data_source_id": second}}).json()
+        assert page["parent"]["data_source_id"] == second
+        query = {"filter": {"property": "Idempotency Key", "rich_text": {"equals": "k"}}}
+        assert client.post(f"/data_sources/{first}/query", json=query).json()["results"] == []
+        assert len(client.post(f"/data_sources/{second}/query", json=query).json()["results"]) == 1
+        assert "data sources" in assert_notion_error(client.post("/pages", json=page_body(db, "j")), 400,
+                                                     "validation_error")["message"]
+    # 2022-06-28: create under the database and query it fail once it has two data sources.
+    assert_notion_error(client_2022.post("/pages", json=page_body(db, "j")), 400, "validation_error")
+    assert_notion_error(client_2022.post(f"/databases/{db}/query", json={}), 400, "validation_error")
+
+
+def test_notion_2026_takes_position_and_refuses_after(notion: tuple[NotionSimulator, str, httpx.Client]) -> None:
+    sim, db, _ = notion
+    with notion_http(sim, version="2026-03-11") as client:
+        page_id = client.post("/pages", json=page_body(db, "k")).json()["id"]
+        first = client.patch(f"/blocks/{page_id}/children", json={"children": [paragraph("a"), paragraph("c")]})
+        a_id = first.json()["results"][0]["id"]
+        assert "position" in assert_notion_error(client.patch(f"/blocks/{page_id}/children", json={
+            "children": [paragraph("b")], "after": a_id}), 400, "validation_error")["message"]
+        placed = client.patch(f"/blocks/{page_id}/children", json={
+            "children": [paragraph("b")], "position": {"type": "after_block", "after_block": {"id": a_id}}})
+        assert placed.status_code == 200
+        client.patch(f"/blocks/{page_id}/children", json={"children": [paragraph("0")], "position": {"type": "start"}})
+        client.patch(f"/blocks/{page_id}/children", json={"children": [paragraph("d")], "position": {"type": "end"}})
+        assert_notion_error(client.patch(f"/pages/{page_id}", json={"archived": True}), 400, "validation_error")
+    texts = ["".join(t["plain_text"] for t in b["paragraph"]["rich_text"]) for b in sim.children(page_id)]
+    assert texts == ["0", "a", "b", "c", "d"]
+
+
+def test_notion_one_item_over_a_limit_refuses_the_whole_request(
+        notion: tuple[NotionSimulator, str, httpx.Client]) -> None:
+    sim, db, client = notion
+    page_id = client.post("/pages", json=page_body(db, "k")).json()["id"]
+    too_deep = paragraph("1", [paragraph("2", [paragraph("3", [paragraph("4")])])])
+    for bad in (paragraph("x" * 2001), too_deep):
+        answer = client.patch(f"/blocks/{page_id}/children", json={"children": [paragraph("ok"), bad]})
+        assert_notion_error(answer, 400, "validation_error")
+    assert sim.children(page_id) == []  # nothing of a refused request is applied
+
+
+def test_notion_chaos_fails_a_share_of_requests_before_and_after_applying() -> None:
+    with NotionSimulator(rate_per_second=None) as sim, notion_http(sim) as client:
+        db = sim.create_database()
+        sim.chaos(errors=0.2, lost=0.2)
+        answers = [client.post("/pages", json=page_body(db, f"k{n}")).status_code for n in range(200)]
+    assert answers.count(504) == sim.chaos_counts["lost"] == 40
+    assert answers.count(500) + answers.count(503) == sim.chaos_counts["errors"] == 40
+    assert len(sim.pages()) == answers.count(200) + answers.count(504)  # a 504 here was applied
+
+
 def test_notion_rate_limit_answers_429_with_retry_after() -> None:
     # A near-zero refill rate makes the outcome independent of how fast the machine is.
     with NotionSimulator(rate_per_second=0.01, burst=2) as sim, notion_http(sim) as client:

@@ -67,7 +67,7 @@ def test_rate_limit_pauses_and_slows_then_recovers() -> None:
 
 def test_config_defaults_and_strict_keys(tmp_path: Path) -> None:
     cfg = load_config(None)
-    assert cfg.notion.version == "2022-06-28"
+    assert cfg.notion.version == "2025-09-03"  # as the official SDKs
     assert cfg.notion.rate_per_second == 3.0
     assert cfg.notion.token_env == "NOTION_TOKEN"
     assert cfg.notion.idempotency_property == "Idempotency Key"

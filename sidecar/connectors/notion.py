@@ -14,7 +14,34 @@ Kinds and how waiting events are combined (all in emit order):
 - ``notion.blocks.append``: body of ``PATCH /v1/blocks/{id}/children``, target
   from ``block_id`` or ``ref``. Appends to one parent go out together, at most
   100 children (and under 500 KB) a request. After an unknown outcome the
-  parent's last children are compared with the batch before resending.
+  children right after the place the batch went to are read (from the last
+  block our appends put there, as Notion's answer named it) and compared with
+  the batch before resending: at most two calls once the sidecar knows that
+  block, a read of every child only the first time after a start.
+
+Versions (`[notion] version`, the `Notion-Version` header):
+
+- ``2022-06-28``: creates under ``parent.database_id``, queries
+  ``POST /v1/databases/{id}/query``; fails once a database holds a second
+  data source (developers.notion.com/docs/upgrade-guide-2025-09-03).
+- ``2025-09-03`` (the default, as in notion-sdk-js ``Client.defaultNotionVersion``):
+  a database holds data sources. A ``database_id`` parent is resolved once
+  through ``GET /v1/databases/{id}`` (``data_sources: [{id, name}]``) and the
+  page is created under ``{"type": "data_source_id", ...}``; a database with
+  several data sources dead-letters the create (``ambiguous_database``): the
+  producer must name the data source. The key lookup before resending a
+  create queries ``POST /v1/data_sources/{id}/query``.
+- ``2026-03-11``: as 2025-09-03, and an append is placed with ``position``
+  (``{"type": "after_block", "after_block": {"id": ...}}``, ``start``, ``end``;
+  notion-sdk-js ``src/api-endpoints/common.ts`` ``ContentPositionSchema``);
+  ``after`` is removed (upgrade-guide-2026-03-11), so the sidecar translates a
+  producer's ``after`` into ``position``, and ``archived`` into ``in_trash``.
+
+Notion refuses a whole request over its size limits (400 `validation_error`,
+developers.notion.com/reference/request-limits), so an event over them is
+refused alone at ingest (`over_limit`) rather than sinking the events it
+would be combined with; anything else Notion refuses in a combined call is
+found by splitting the call (sidecar/delivery/split.py).
 """
 
 from __future__ import annotations
@@ -31,6 +58,7 @@ from sidecar.connectors import LaneSpec
 from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Moved, Pace, Plan, PlanContext, Reject, Send, Skip, Wait
 from sidecar.connectors.http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
 from sidecar.delivery.limiter import Rule
+from sidecar.errors import Permanent
 from sidecar.journal.store import Event
 from sidecar.ops.credentials import how_to_provide, read_secret
 
@@ -40,6 +68,16 @@ APPEND = "notion.blocks.append"
 
 REF_RECHECK_SECONDS = 1.0
 UPDATE_FIELDS = frozenset({"properties", "archived", "in_trash", "icon", "cover"})
+
+V2022, V2025, V2026 = "2022-06-28", "2025-09-03", "2026-03-11"
+
+# developers.notion.com/reference/request-limits, "Size limits" (and reference/patch-block-children
+# for nesting): a request over any of them is refused whole with 400 validation_error.
+MAX_TEXT = 2000  # rich text `text.content`, and `text.link.url`
+MAX_EQUATION = 1000  # `equation.expression`
+MAX_ARRAY = 100  # any array: rich text, multi-select, relation, people, children
+MAX_BLOCKS = 1000  # block elements in one request, nested ones included
+MAX_NESTING = 2  # levels of `children` below a top-level block in one request
 
 
 def _rate_limited(response: httpx.Response) -> bool:
@@ -75,15 +113,89 @@ def _plain_text(block: dict[str, Any]) -> tuple[str, str]:
     return kind, "".join(parts)
 
 
+def _same(blocks: list[Any], sent: list[Any]) -> bool:
+    """Are these the blocks sent, by type and text?"""
+    return len(blocks) == len(sent) and [_plain_text(b) for b in blocks] == [_plain_text(b) for b in sent]
+
+
+def _nested(block: Any) -> list[Any]:
+    """A block's own children, inside its type object (Notion's form)."""
+    inner = block.get(block.get("type", ""), {}) if isinstance(block, dict) else None
+    kids = inner.get("children") if isinstance(inner, dict) else None
+    return kids if isinstance(kids, list) else []
+
+
 def _count_blocks(children: list[Any]) -> int:
-    total = 0
-    for child in children:
-        total += 1
-        if isinstance(child, dict):
-            inner = child.get(child.get("type", ""), {})
-            if isinstance(inner, dict) and isinstance(inner.get("children"), list):
-                total += _count_blocks(inner["children"])
-    return total
+    return sum(1 + _count_blocks(_nested(child)) for child in children)
+
+
+def _depth(children: list[Any]) -> int:
+    """Levels of children below the top-level blocks: 0 for flat blocks."""
+    return max((1 + _depth(_nested(c)) if _nested(c) else 0 for c in children), default=0)
+
+
+def over_limit(value: Any, path: str = "body") -> str | None:
+    """The first of Notion's size limits `value` breaks, said as Notion's message would; else None.
+
+    >>> over_limit({"children": [{"type": "paragraph", "paragraph": {"rich_text": [
+    ...     {"type": "text", "text": {"content": "x" * 2001}}]}}]})
+    'body.children[0].paragraph.rich_text[0].text.content.length should be ≤ 2000, instead was 2001'
+    >>> over_limit({"properties": {"Price": {"number": 1}}}) is None
+    True
+    """
+    if isinstance(value, list):
+        if len(value) > MAX_ARRAY:
+            return f"{path}.length should be ≤ {MAX_ARRAY}, instead was {len(value)}"
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    elif isinstance(value, dict):
+        for field_, limit, text in (("content", MAX_TEXT, value.get("content")), ("url", MAX_TEXT, value.get("url")),
+                                    ("expression", MAX_EQUATION, value.get("expression"))):
+            if isinstance(text, str) and len(text) > limit:
+                return f"{path}.{field_}.length should be ≤ {limit}, instead was {len(text)}"
+        items = [(f"{path}.{k}", v) for k, v in value.items()]
+    else:
+        return None
+    return next((found for sub_path, sub in items if (found := over_limit(sub, sub_path))), None)
+
+
+def _children_over_limit(children: Any) -> str | None:
+    if not isinstance(children, list):
+        return None
+    if _depth(children) > MAX_NESTING:
+        return f"children are nested {_depth(children)} levels deep; Notion takes {MAX_NESTING} in one request"
+    if _count_blocks(children) > MAX_BLOCKS:
+        return f"{_count_blocks(children)} blocks in one request; Notion takes {MAX_BLOCKS}"
+    return None
+
+
+def _placement(body: dict[str, Any], version: str) -> dict[str, Any]:
+    """An append body with its placement in the form `version` takes.
+
+    2026-03-11 removed `after` for `position` (developers.notion.com/docs/upgrade-guide-2026-03-11);
+    older versions take `after`. The documents are silent on whether they take `position` too:
+    `start` is passed on as given, `end` (the default) is left out.
+    """
+    after, position = body.get("after"), body.get("position")
+    rest = {k: v for k, v in body.items() if k not in ("after", "position")}
+    if version >= V2026:
+        if after is not None:
+            return {**rest, "position": {"type": "after_block", "after_block": {"id": after}}}
+        return body
+    if isinstance(position, dict) and position.get("type") == "after_block":
+        return {**rest, "after": (position.get("after_block") or {}).get("id")}
+    if isinstance(position, dict) and position.get("type") == "end":
+        return rest
+    return body
+
+
+def _anchor(body: dict[str, Any]) -> str | None:
+    """The block an append is placed after, if any (`after` or `position.after_block`)."""
+    position = body.get("position")
+    if isinstance(position, dict) and position.get("type") == "after_block":
+        found = (position.get("after_block") or {}).get("id")
+        return found if isinstance(found, str) else None
+    after = body.get("after")
+    return after if isinstance(after, str) else None
 
 
 @dataclass(frozen=True)
@@ -122,6 +234,11 @@ class NotionConnector(ConnectorBase):
         self.cfg = cfg
         self._token = token
         self.ref_wait = ref_wait
+        self.version = cfg.version
+        self._sources: dict[str, str] = {}  # database id -> its one data source (2025-09-03 on)
+        # parent id -> the last block our appends put at its end, as Notion's answer named it:
+        # where to read from when an append's outcome is unknown.
+        self._tails: dict[str, str] = {}
         self.http = httpx.AsyncClient(
             base_url=cfg.base_url.rstrip("/") + "/",
             headers={
@@ -156,10 +273,15 @@ class NotionConnector(ConnectorBase):
                 {"database_id", "data_source_id", "page_id"} & parent.keys()
             ):
                 raise Reject("bad_payload", "notion.page.create needs parent.database_id, data_source_id or page_id")
+            if "data_source_id" in parent and self.version < V2025:
+                raise Reject("bad_payload", f"parent.data_source_id needs [notion] version {V2025} or later "
+                                            f"(this sidecar speaks {self.version})")
+            self._within_limits(body)
             return "create:" + (env.key or f"auto:{env.client_id}:{env.seq}")
         if env.kind == UPDATE:
             if "properties" in body and not isinstance(body["properties"], dict):
                 raise Reject("bad_payload", "properties must be an object")
+            self._within_limits(body)
             return "update:" + self._target_id(env, "page_id")
         children = body.get("children")
         if not isinstance(children, list) or not children:
@@ -167,7 +289,17 @@ class NotionConnector(ConnectorBase):
         if len(children) > self.cfg.max_children_per_request:
             raise Reject("bad_payload", f"{len(children)} children in one append; Notion takes at most "
                                         f"{self.cfg.max_children_per_request}: split it into several emits")
+        self._within_limits(body)
         return "append:" + self._target_id(env, "block_id")
+
+    def _within_limits(self, body: dict[str, Any]) -> None:
+        """Refuse an event over Notion's size limits here, alone: in a combined call it
+        would get every event of that call refused (400 validation_error)."""
+        problem = over_limit(body) or _children_over_limit(body.get("children"))
+        if problem is None and len(orjson.dumps(body)) > self.cfg.max_request_bytes:
+            problem = f"{len(orjson.dumps(body))} bytes; the sidecar sends at most {self.cfg.max_request_bytes}"
+        if problem is not None:
+            raise Reject("over_limit", f"{problem} (developers.notion.com/reference/request-limits)")
 
     @staticmethod
     def _target_id(env: Envelope, field: str) -> str:
@@ -215,15 +347,21 @@ class NotionConnector(ConnectorBase):
     def _merge_updates(self, group: list[Event], page_id: str) -> Send[NotionRequest]:
         body: dict[str, Any] = {}
         properties: dict[str, Any] = {}
+        taken: list[Event] = []
         for event in group:
+            # Each event fits alone (route checked); many distinct properties might not together.
+            if taken and len(orjson.dumps([body, properties, event.payload])) > self.cfg.max_request_bytes:
+                break
+            taken.append(event)
             for name, value in event.payload.items():
                 if name == "properties":
                     properties.update(value)
                 elif name in UPDATE_FIELDS:
-                    body[name] = value
+                    # 2026-03-11 renamed `archived` to `in_trash` (upgrade-guide-2026-03-11).
+                    body["in_trash" if name == "archived" and self.version >= V2026 else name] = value
         if properties:
             body["properties"] = properties
-        return Send(group, UpdatePage(page_id, body), merged=len(group) - 1)
+        return Send(taken, UpdatePage(page_id, body), merged=len(taken) - 1)
 
     def _batch_appends(self, group: list[Event], block_id: str) -> Send[NotionRequest]:
         taken: list[Event] = []
@@ -252,7 +390,8 @@ class NotionConnector(ConnectorBase):
             if positioned:
                 break  # an append placed after a given block goes alone
         extra = {k: v for k, v in taken[0].payload.items() if k in ("after", "position")}
-        return Send(taken, AppendBlocks(block_id, {"children": children, **extra}), merged=len(taken) - 1)
+        body = _placement({"children": children, **extra}, self.version)
+        return Send(taken, AppendBlocks(block_id, body), merged=len(taken) - 1)
 
     # -- calls ----------------------------------------------------------------
 
@@ -266,18 +405,29 @@ class NotionConnector(ConnectorBase):
             case UpdatePage(page_id, body):
                 response = await request(self.http, "PATCH", f"pages/{page_id}", json=body)
             case AppendBlocks(block_id, body):
-                if retried and await self._children_already_there(block_id, body["children"], pace):
+                if retried and await self._children_already_there(block_id, body, pace):
                     return Delivered()
                 response = await request(self.http, "PATCH", f"blocks/{block_id}/children", json=body)
+                _check(response)
+                self._remember_tail(block_id, body, json_object(response).get("results"))
+                return Delivered()
             case _:
                 assert_never(plan.request)
         _check(response)
         return Delivered()
 
+    def _remember_tail(self, block_id: str, body: dict[str, Any], blocks: Any) -> None:
+        """After an append to the end, its last block is where the next one's check starts reading."""
+        placed = body.get("position", {}).get("type", "end") if isinstance(body.get("position"), dict) else "end"
+        if placed == "end" and "after" not in body and isinstance(blocks, list) and blocks:
+            last = blocks[-1].get("id") if isinstance(blocks[-1], dict) else None
+            if isinstance(last, str):
+                self._tails[block_id] = last
+
     async def _create(self, key: str, body: dict[str, Any], retried: bool, pace: Pace,
                       duplicates: int) -> Delivered:
         body = dict(body)
-        parent = body["parent"]
+        parent = body["parent"] = await self._parent(body["parent"], pace)
         prop = self.cfg.idempotency_property
         queryable = bool(prop) and ("database_id" in parent or "data_source_id" in parent)
         if queryable:
@@ -296,6 +446,30 @@ class NotionConnector(ConnectorBase):
             raise bad_response(response, "create answered without a page id")
         return Delivered(refs={key: page_id}, duplicates=duplicates)
 
+    async def _parent(self, parent: dict[str, Any], pace: Pace) -> dict[str, Any]:
+        """The parent to create under: from 2025-09-03 on, a database's one data source.
+
+        `GET /v1/databases/{id}` lists `data_sources: [{id, name}]` (upgrade-guide-2025-09-03,
+        step 1 "add a discovery step"); the answer is kept for the life of the process.
+        """
+        db = parent.get("database_id")
+        if self.version < V2025 or "data_source_id" in parent or not isinstance(db, str):
+            return parent
+        if db not in self._sources:
+            await pace()
+            response = await request(self.http, "GET", f"databases/{db}")
+            _check(response)
+            sources = json_object(response).get("data_sources")
+            if not isinstance(sources, list) or not all(isinstance(s, dict) and isinstance(s.get("id"), str)
+                                                        for s in sources):
+                raise bad_response(response, "database answered without data_sources[].id")
+            if len(sources) != 1:
+                names = ", ".join(f"{s.get('name')!r} ({s['id']})" for s in sources)
+                raise Permanent("ambiguous_database", f"database {db} holds {len(sources)} data sources ({names}): "
+                                "emit the create with parent.data_source_id")
+            self._sources[db] = sources[0]["id"]
+        return {"type": "data_source_id", "data_source_id": self._sources[db]}
+
     async def _find_by_key(self, parent: dict[str, Any], prop: str, key: str, pace: Pace) -> str | None:
         if "data_source_id" in parent:
             path = f"data_sources/{parent['data_source_id']}/query"
@@ -311,26 +485,57 @@ class NotionConnector(ConnectorBase):
             raise bad_response(response, "query answered a result without an id")
         return found
 
-    async def _children_already_there(self, block_id: str, sent: list[Any], pace: Pace) -> bool:
-        """Did an earlier attempt of this append land? Compare the parent's last children."""
+    async def _children_already_there(self, block_id: str, body: dict[str, Any], pace: Pace) -> bool:
+        """Did an earlier attempt of this append land? Read the children where it went.
+
+        Placed after a block (or at the end, after the last block our appends put
+        there): read from that block on, at most two pages, and compare the blocks
+        right after it. Notion's cursors are block ids (a `next_cursor` is the id of
+        the next block; reference/get-block-children calls it opaque), so a cursor
+        it refuses falls back to reading every child and comparing the last ones.
+        """
+        sent = body["children"]
+        position: dict[str, Any] = body["position"] if isinstance(body.get("position"), dict) else {}
+        if position.get("type") == "start":
+            page = await self._children_page(block_id, None, pace)
+            return _same(page.get("results") or [], sent)
+        anchor = _anchor(body) or self._tails.get(block_id)
+        if anchor is not None:
+            try:
+                page = await self._children_page(block_id, anchor, pace)
+            except Permanent:
+                page = {}  # the cursor was refused: read them all
+            found = list(page.get("results") or [])
+            if found and found[0].get("id") == anchor:
+                if len(found) <= len(sent) and page.get("has_more") and page.get("next_cursor"):
+                    found += (await self._children_page(block_id, page["next_cursor"], pace)).get("results") or []
+                landed = _same(found[1:1 + len(sent)], sent)
+                if landed and _anchor(body) is None:
+                    self._tails[block_id] = found[len(sent)]["id"]
+                return landed
+        existing = await self._all_children(block_id, pace)
+        if existing and _anchor(body) is None and position.get("type", "end") == "end":
+            self._tails[block_id] = existing[-1]["id"]
+        return len(existing) >= len(sent) and _same(existing[len(existing) - len(sent):], sent)
+
+    async def _children_page(self, block_id: str, cursor: str | None, pace: Pace) -> dict[str, Any]:
+        params: dict[str, Any] = {"page_size": 100}
+        if cursor:
+            params["start_cursor"] = cursor
+        await pace()
+        response = await request(self.http, "GET", f"blocks/{block_id}/children", params=params)
+        _check(response)
+        return json_object(response)
+
+    async def _all_children(self, block_id: str, pace: Pace) -> list[Any]:
         existing: list[Any] = []
         cursor: str | None = None
         while True:
-            params: dict[str, Any] = {"page_size": 100}
-            if cursor:
-                params["start_cursor"] = cursor
-            await pace()
-            response = await request(self.http, "GET", f"blocks/{block_id}/children", params=params)
-            _check(response)
-            doc = json_object(response)
+            doc = await self._children_page(block_id, cursor, pace)
             existing.extend(doc.get("results") or [])
             cursor = doc.get("next_cursor")
             if not doc.get("has_more") or not cursor:
-                break
-        if len(existing) < len(sent):
-            return False
-        tail = existing[len(existing) - len(sent):]
-        return [_plain_text(b) for b in tail] == [_plain_text(b) for b in sent]
+                return existing
 
 
 def build(cfg: Config) -> list[LaneSpec]:

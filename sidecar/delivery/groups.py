@@ -54,6 +54,10 @@ class Groups:
         self._inflight: set[str] = set()
         self._blocked: dict[str, float] = {}  # target -> not before (waits and backoffs)
 
+    def context(self, now: float) -> _Context:
+        """What a connector's plan() may see of the journal at `now`."""
+        return _Context(self.journal, self.name, now)
+
     def done(self, target: str) -> None:
         self._inflight.discard(target)
 
@@ -100,7 +104,7 @@ class Groups:
                 if group[0].not_before > now:  # an older event of this group is backing off
                     self._blocked[target] = group[0].not_before
                     break
-                plan = self.connector.plan(group, _Context(self.journal, self.name, now))
+                plan = self.connector.plan(group, self.context(now))
                 match plan:
                     case Send():
                         self._inflight.add(target)

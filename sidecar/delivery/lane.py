@@ -39,6 +39,7 @@ from sidecar.delivery.groups import Groups
 from sidecar.delivery.limiter import Limiter
 from sidecar.delivery.pause import Pause
 from sidecar.delivery.settle import Settler
+from sidecar.delivery.split import bisect, worth_splitting
 from sidecar.errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
 from sidecar.journal.health import classify
 from sidecar.journal.store import Event, Journal
@@ -233,7 +234,8 @@ class Lane:
         except TimeoutError:
             pass
 
-    async def _deliver(self, plan: Send[Any]) -> None:
+    async def _deliver(self, plan: Send[Any]) -> bool:
+        """Make one call and settle it; True if its events are settled (delivered or dead)."""
         events = plan.events
         self.journal.start_attempt([e.id for e in events])
         started = time.perf_counter()
@@ -248,7 +250,7 @@ class Lane:
             self.breaker.record(True, self.clock())  # the API answered: it is up, the credential is not
             # A call sent before a reload was refused the old credential: try the new one at once.
             self._pause_for_credentials(events, exc, retry_now=reloads != self._pause.reloads)
-            return
+            return False
         except DeliveryError as exc:
             status = str(exc.status) if exc.status else exc.reason
             # The API answered with a refusal or a rate limit: it is alive.
@@ -256,8 +258,10 @@ class Lane:
             if isinstance(exc, RateLimited):
                 self.metrics.rate_limited.labels(lane=self.name, reason=exc.limit_reason or "unspecified").inc()
                 await self.limiter.on_rate_limited(exc.retry_after, exc.told, self.clock())
-            self._failed(events, exc)
-            return
+            if worth_splitting(events, exc):  # split.py: one bad event never sinks the others in the call
+                return await bisect(events, deliver=self._deliver, pace=self._take_token,
+                                    plan_part=lambda part: self.connector.plan(part, self._groups.context(self.clock())))
+            return self._failed(events, exc)
         except asyncio.CancelledError:
             status = "cancelled"
             self.breaker.release()
@@ -267,7 +271,7 @@ class Lane:
             status = "internal_error"
             self.breaker.record(False, self.clock())
             self._failed(events, Retryable("internal_error", type(exc).__name__))
-            return
+            return False
         finally:
             self.metrics.calls.labels(api=self.name, status=status).inc()
             self.metrics.call_seconds.labels(api=self.name).observe(time.perf_counter() - started)
@@ -278,11 +282,15 @@ class Lane:
         await self.limiter.on_success(result.told, self.clock())
         self._settle.delivered(plan, result)
         self._groups.follow(result.refs)
+        return True
 
-    def _failed(self, events: list[Event], exc: DeliveryError) -> None:
+    def _failed(self, events: list[Event], exc: DeliveryError) -> bool:
+        """Settle a failed call; True if its events were dead-lettered (settled), False if they wait."""
         not_before = self._settle.failed(events, exc, self.clock())
-        if not_before is not None:
-            self._groups.block(events[0].target, not_before)
+        if not_before is None:
+            return True
+        self._groups.block(events[0].target, not_before)
+        return False
 
     def _pause_for_credentials(self, events: list[Event], exc: CredentialsRefused, *, retry_now: bool = False) -> None:
         """Keep the events as they were and pause the lane until the credential changes or the next probe."""

@@ -1,4 +1,4 @@
-"""Notion API simulator on loopback (`/v1`, versions 2022-06-28 and 2025-09-03).
+"""Notion API simulator on loopback (`/v1`, versions 2022-06-28, 2025-09-03 and 2026-03-11).
 
 Usage::
 
@@ -18,11 +18,30 @@ HTTP endpoints: `POST /v1/pages`, `GET|PATCH /v1/pages/{id}`,
 `PATCH /v1/blocks/{id}/children` (optional `after` or `position`),
 `GET /v1/blocks/{id}/children` (`page_size`, `start_cursor` query parameters),
 `GET /v1/databases/{id}`, `POST /v1/databases/{id}/query` (2022-06-28 only),
-`GET /v1/data_sources/{id}`, `POST /v1/data_sources/{id}/query` (2025-09-03 only).
-Create accepts `parent: {database_id}` in both versions and
-`parent: {data_source_id}` in 2025-09-03; pages under a page are not simulated.
+`GET /v1/data_sources/{id}`, `POST /v1/data_sources/{id}/query` (2025-09-03 on).
+Create accepts `parent: {database_id}` in every version (refused once the
+database holds a second data source, `add_data_source()`) and
+`parent: {data_source_id}` from 2025-09-03; pages under a page are not simulated.
 
-Checks, in order: `Authorization: Bearer <token>` (401 `unauthorized`),
+What the versions change, from Notion's documents:
+- 2025-09-03 (developers.notion.com/docs/upgrade-guide-2025-09-03): a database
+  holds data sources; `GET /v1/databases/{id}` lists `data_sources: [{id, name}]`
+  and no longer `properties`; queries go to `POST /v1/data_sources/{id}/query`.
+  On older versions "create page when using the database as the parent" and
+  "database read, write, or query" fail once a database has a second data
+  source: the documents do not give the answer's code, so this stand-in says
+  400 `validation_error`. The retired `POST /v1/databases/{id}/query` answers
+  400 `invalid_request_url` on 2025-09-03 on (the documents call the endpoint
+  replaced, not the answer; this code is what an unknown route gets).
+- 2026-03-11 (developers.notion.com/docs/upgrade-guide-2026-03-11): an append's
+  `after` is removed in favour of `position` (`{"type": "after_block",
+  "after_block": {"id"}}`, `{"type": "start"}`, `{"type": "end"}`: notion-sdk-js
+  `src/api-endpoints/common.ts` `ContentPositionSchema`), and `archived` in
+  favour of `in_trash`: a request still using them is refused (400
+  `validation_error`; the documents say "will break", not how).
+
+Size limits (developers.notion.com/reference/request-limits) refuse the whole
+request, whichever item breaks them, as Notion does. Checks, in order: `Authorization: Bearer <token>` (401 `unauthorized`),
 `Notion-Version` (400 `missing_version`, unknown: 400 `validation_error`),
 rate limit per token across connections (429 `rate_limited` + `Retry-After` whole seconds,
 `additional_data.rate_limit_reason` in the body, `rate_limit_reason=` sets it),
@@ -39,7 +58,12 @@ or the property's own type (number, select, checkbox, date, url); archived and
 trashed pages are left out; results in creation order; `page_size` <= 100;
 `start_cursor` is the `next_cursor` of the previous answer.
 
-Python API for tests: `create_database()`, `data_source_id()`, `pages()`,
+Faults beside base.py's: `chaos(errors=0.05, lost=0.05)` answers that share of API
+requests 500/503 before applying them (every 20th request at 5%), and that share
+504 after applying them (an unknown outcome), spread evenly so that a short test
+sees each; `chaos_counts` says how many of each were sent.
+
+Python API for tests: `create_database()`, `add_data_source()`, `data_source_id()`, `pages()`,
 `page()`, `children()`, `pages_with_property()`, and `property_value(page, name)`.
 Control API (besides base.py's): `POST /_sim/databases {"title", "properties"}`
 answers `{"database_id", "data_source_id"}`.
@@ -52,6 +76,7 @@ database with `DEFAULT_SCHEMA`) and serves until SIGTERM/SIGINT. `--rate 0`: unl
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import sys
 import uuid
@@ -66,7 +91,8 @@ from standins.base import Request, Response, SimError, SimServer, cli_parser, re
 
 VERSION_2022 = "2022-06-28"
 VERSION_2025 = "2025-09-03"
-NOTION_VERSIONS = (VERSION_2022, VERSION_2025)
+VERSION_2026 = "2026-03-11"
+NOTION_VERSIONS = (VERSION_2022, VERSION_2025, VERSION_2026)
 
 MAX_BODY_BYTES = 500_000
 MAX_TEXT = 2000
@@ -317,6 +343,8 @@ class _Database:
     title: str
     schema: dict[str, str]  # property name -> type
     created_time: str
+    # Data sources added beside the first, as (id, name); they share the schema here.
+    more_sources: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def schema_json(self) -> dict[str, Any]:
         return {
@@ -358,6 +386,9 @@ class NotionSimulator(SimServer):
         self._pages: dict[str, dict[str, Any]] = {}
         self._blocks: dict[str, dict[str, Any]] = {}
         self._children: dict[str, list[str]] = {}  # page or block id -> child block ids, in order
+        self._chaos = (0.0, 0.0)
+        self._chaos_seen = 0  # API requests counted since chaos() was set
+        self.chaos_counts = {"errors": 0, "lost": 0}
         self._routes: list[_Route] = [
             ("POST", re.compile(r"/v1/pages"), self._create_page),
             ("GET", re.compile(r"/v1/pages/([^/]+)"), self._get_page),
@@ -386,6 +417,26 @@ class NotionSimulator(SimServer):
             self._databases[db.id] = db
             self._sources[db.data_source_id] = db.id
         return db.id
+
+    def add_data_source(self, database_id: str, name: str = "Second source") -> str:
+        """Give a database another data source (same schema here); return its id."""
+        with self.lock:
+            db = self._databases[database_id]
+            source = str(uuid.uuid4())
+            db.more_sources.append((source, name))
+            self._sources[source] = db.id
+            return source
+
+    def chaos(self, *, errors: float = 0.0, lost: float = 0.0) -> None:
+        """Answer a share `errors` of API requests 500/503 unapplied, and a share `lost` 504 after applying."""
+        with self.lock:
+            self._chaos = (errors, lost)
+            self._chaos_seen = 0
+
+    def _chaos_hits(self, share: float, offset: float) -> bool:
+        """Is this request one of the evenly spread `share` of them?"""
+        n = self._chaos_seen + offset
+        return share > 0 and int(n * share) > int((n - 1) * share)
 
     def data_source_id(self, database_id: str) -> str:
         """The single data source of a database (for Notion-Version 2025-09-03)."""
@@ -467,12 +518,23 @@ class NotionSimulator(SimServer):
                 headers={"Retry-After": str(retry_after_seconds(wait))},
                 extra={"additional_data": {"rate_limit_reason": self.rate_limit_reason}},
             )
+        errors, lost = self._chaos
+        self._chaos_seen += 1
+        if self._chaos_hits(errors, 0):
+            self.chaos_counts["errors"] += 1
+            status = (500, 503)[self.chaos_counts["errors"] % 2]
+            raise SimError(status, self.fault_codes[status], "chaos: failed before applying")
         for method, pattern, action in self._routes:
             match = pattern.fullmatch(request.path)
             if match and method == request.method:
                 # GET handlers receive the query string in place of a body.
                 body = self._body(request) if method != "GET" else {k: v[-1] for k, v in request.query.items()}
-                return action(body, version, *match.groups())
+                answer: Response = action(body, version, *match.groups())
+                # Half a period after the errors, so the two never fall on one request.
+                if method != "GET" and lost and self._chaos_hits(lost, 0.5 / lost):
+                    self.chaos_counts["lost"] += 1
+                    raise SimError(504, "gateway_timeout", "chaos: applied, answer lost")
+                return answer
         raise SimError(400, "invalid_request_url", f"Invalid request URL: {request.method} {request.path}")
 
     def _body(self, request: Request) -> dict[str, Any]:
@@ -505,6 +567,13 @@ class NotionSimulator(SimServer):
         if db_id is None:
             raise _not_found("data source", raw)
         return self._databases[db_id]
+
+    def _single_source(self, db: _Database) -> _Database:
+        """A database used where one data source is meant (a database parent, the old query)."""
+        if db.more_sources:
+            raise _invalid(f"Database {db.id} has {1 + len(db.more_sources)} data sources: use a data_source_id "
+                           "(Notion-Version 2025-09-03 or later).")
+        return db
 
     def _page(self, raw: str) -> dict[str, Any]:
         page = self._pages.get(_uuid(raw, "page_id"))
@@ -542,8 +611,10 @@ class NotionSimulator(SimServer):
             if version == VERSION_2022:
                 raise _invalid("body.parent.data_source_id requires Notion-Version 2025-09-03.")
             db = self._data_source(str(parent["data_source_id"]))
+            source = _uuid(str(parent["data_source_id"]), "data_source_id")
         elif "database_id" in parent:
-            db = self._database(str(parent["database_id"]))
+            db = self._single_source(self._database(str(parent["database_id"])))
+            source = db.data_source_id
         else:
             raise _invalid("body.parent: the simulator supports database_id and data_source_id parents only.")
         properties = self._properties(db, body.get("properties", {}))
@@ -558,7 +629,7 @@ class NotionSimulator(SimServer):
             "object": "page", "id": page_id, "created_time": now, "last_edited_time": now,
             "created_by": {"object": "user", "id": "sim-bot"}, "last_edited_by": {"object": "user", "id": "sim-bot"},
             "cover": body.get("cover"), "icon": body.get("icon"),
-            "parent": {"type": "data_source_id", "data_source_id": db.data_source_id, "database_id": db.id},
+            "parent": {"type": "data_source_id", "data_source_id": source, "database_id": db.id},
             "archived": False, "in_trash": False, "properties": {**empty, **properties},
             "url": f"https://www.notion.so/{page_id.replace('-', '')}", "public_url": None,
         }
@@ -572,6 +643,8 @@ class NotionSimulator(SimServer):
 
     def _update_page(self, body: dict[str, Any], version: str, raw_id: str) -> Response:
         page = self._page(raw_id)
+        if version >= VERSION_2026 and "archived" in body:
+            raise _body_invalid("body.archived is not supported in 2026-03-11: use in_trash.")
         flags = {key: body[key] for key in ("archived", "in_trash") if key in body}
         if any(not isinstance(v, bool) for v in flags.values()):
             raise _body_invalid("body.archived and body.in_trash should be booleans.")
@@ -601,6 +674,8 @@ class NotionSimulator(SimServer):
             raise _not_found("block", raw_id)
         if "children" not in body:
             raise _body_invalid("body.children should be defined, instead was `undefined`.")
+        if version >= VERSION_2026 and "after" in body:
+            raise _body_invalid("body.after is not supported in 2026-03-11: use position.")
         _check_children(body["children"], "body.children")
         index = self._insert_index(parent_id, body)
         blocks = self._store_blocks(parent_id, parent_type, body["children"], index)
@@ -612,6 +687,9 @@ class NotionSimulator(SimServer):
         siblings = self._children.get(parent_id, [])
         position = body.get("position") or {}
         after = body.get("after")
+        if position.get("type") not in (None, "start", "end", "after_block"):
+            raise _body_invalid(f"body.position.type should be start, end or after_block, instead was "
+                                f"`{position.get('type')}`.")
         if position.get("type") == "start":
             return 0
         if position.get("type") == "after_block":
@@ -650,6 +728,8 @@ class NotionSimulator(SimServer):
 
     def _get_database(self, body: dict[str, Any], version: str, raw_id: str) -> Response:
         db = self._database(raw_id)
+        if version == VERSION_2022:
+            self._single_source(db)
         out: dict[str, Any] = {
             "object": "database", "id": db.id, "created_time": db.created_time,
             "title": _rich_text([{"text": {"content": db.title}}], "title"),
@@ -657,14 +737,15 @@ class NotionSimulator(SimServer):
         if version == VERSION_2022:
             out["properties"] = db.schema_json()
         else:
-            out["data_sources"] = [{"id": db.data_source_id, "name": db.title}]
+            out["data_sources"] = [{"id": db.data_source_id, "name": db.title}] + [
+                {"id": source, "name": name} for source, name in db.more_sources]
         return Response(200, out)
 
     def _get_data_source(self, body: dict[str, Any], version: str, raw_id: str) -> Response:
         self._need_2025(version)
         db = self._data_source(raw_id)
         return Response(200, {
-            "object": "data_source", "id": db.data_source_id,
+            "object": "data_source", "id": _uuid(raw_id, "data_source_id"),
             "parent": {"type": "database_id", "database_id": db.id},
             "title": _rich_text([{"text": {"content": db.title}}], "title"), "properties": db.schema_json(),
         })
@@ -673,20 +754,21 @@ class NotionSimulator(SimServer):
         if version != VERSION_2022:
             raise SimError(400, "invalid_request_url",
                            "Databases are queried through POST /v1/data_sources/{id}/query in 2025-09-03.")
-        return self._query(self._database(raw_id), body, version)
+        db = self._single_source(self._database(raw_id))
+        return self._query(db, body, version, db.data_source_id)
 
     def _query_data_source(self, body: dict[str, Any], version: str, raw_id: str) -> Response:
         self._need_2025(version)
-        return self._query(self._data_source(raw_id), body, version)
+        return self._query(self._data_source(raw_id), body, version, _uuid(raw_id, "data_source_id"))
 
     def _need_2025(self, version: str) -> None:
-        if version != VERSION_2025:
+        if version < VERSION_2025:
             raise SimError(400, "invalid_request_url", "Data source endpoints need Notion-Version 2025-09-03.")
 
-    def _query(self, db: _Database, body: dict[str, Any], version: str) -> Response:
+    def _query(self, db: _Database, body: dict[str, Any], version: str, source: str) -> Response:
         keep = self._filter(db, body.get("filter"))
         found = [p for p in self._pages.values()
-                 if p["parent"]["database_id"] == db.id and not (p["archived"] or p["in_trash"]) and keep(p)]
+                 if p["parent"]["data_source_id"] == source and not (p["archived"] or p["in_trash"]) and keep(p)]
         listing = _paginate(found, body.get("page_size", MAX_ARRAY), body.get("start_cursor"), "body")
         listing["results"] = [self._page_json(p, version) for p in listing["results"]]
         return Response(200, {**listing, "type": "page_or_database", "page_or_database": {}})
