@@ -18,7 +18,7 @@ from client.transport import QueueFull
 from sidecar.ingest.rings import Rings
 from sidecar.ops.metrics import Metrics
 
-from .support import ROOT
+from ..support import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 

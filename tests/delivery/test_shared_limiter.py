@@ -19,7 +19,7 @@ from sidecar.delivery.limiter import BEAT, LIMITED, RESERVE, SUCCESS, ApiQuota, 
 from sidecar.delivery.redis_store import RETRY_SECONDS, RedisStore
 from standins.notion import NotionSimulator
 
-from .support import RedisServer, SidecarProcess, drained, free_port, sidecar_config, wait_until
+from ..support import RedisServer, SidecarProcess, drained, free_port, sidecar_config, wait_until
 
 pytestmark = [pytest.mark.timeout(240),
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")]

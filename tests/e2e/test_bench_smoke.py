@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("hdrh", reason="benchmarks need the [bench] extra: pip install -e '.[bench]'")
 pytest.importorskip("matplotlib", reason="benchmarks need the [bench] extra: pip install -e '.[bench]'")
