@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("hdrh", reason="benchmarks need the [bench] extra: pip install -e '.[bench]'")
 pytest.importorskip("matplotlib", reason="benchmarks need the [bench] extra: pip install -e '.[bench]'")
 
+pytestmark = pytest.mark.slow  # each script starts processes and runs for seconds to minutes
+
 # script -> a line of the table it must print
 TABLES = {
     "latency": "| **emit / bare send** |",
