@@ -19,7 +19,9 @@ has no one subject to sit beside; and its files share helpers (`test_frozen_side
 imports `test_notion_e2e.py`'s). Every test under `tests/e2e/` is marked `e2e` by
 `pytest_collection_modifyitems` below. The few e2e tests elsewhere (the Redis half of
 `delivery/test_shared_limiter.py`, which shares its rule table with the memory half) carry
-`@pytest.mark.e2e` themselves.
+`@pytest.mark.e2e` themselves. One test in `e2e/` runs a lane in-process
+(`test_frozen_sidecar.py`'s backlog test): it stays with the frozen-sidecar tests it belongs to,
+and so counts as e2e.
 
 `slow`: a test that takes more than about 10 s on two cores (the ring stress runs, the
 benchmarks' smoke runs); `-m "not slow"` leaves them out.
