@@ -328,7 +328,12 @@ def plot_percentiles(panels: dict[str, dict[str, HdrHistogram]], path: Path, tit
     matplotlib.use("Agg")  # no display in CI
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False, sharey=True)
+    # One colour per name in every panel, so a line is the same method wherever it appears.
+    names = list(dict.fromkeys(name for hists in panels.values() for name in hists))
+    colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    rows = -(-len(names) // 2)  # the legends sit under the panels, two names a row
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5 + 0.25 * rows), squeeze=False,
+                             sharey=True)
     ticks = [50.0, 90.0, 99.0, 99.9, 99.99, 99.999]
     for ax, (panel, hists) in zip(axes[0], panels.items(), strict=True):
         for name, h in hists.items():
@@ -339,7 +344,7 @@ def plot_percentiles(panels: dict[str, dict[str, HdrHistogram]], path: Path, tit
             ps = [p for p in _percentile_grid() if p <= top] + [top]
             xs = [1 / (1 - p / 100) for p in ps] + [1 / (1 - top / 100)]
             ys = [max(h.get_value_at_percentile(p), 1) / 1000 for p in ps] + [h.get_max_value() / 1000]
-            ax.plot(xs, ys, label=name, linewidth=1.4)
+            ax.plot(xs, ys, label=name, color=colour[name], linewidth=1.4)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks([1 / (1 - p / 100) for p in ticks], [f"{p:g}%" for p in ticks])
@@ -347,8 +352,9 @@ def plot_percentiles(panels: dict[str, dict[str, HdrHistogram]], path: Path, tit
         ax.set_title(panel)
         ax.set_xlabel("percentile")
         ax.grid(True, which="major", alpha=0.3)
+        # Every panel names all its lines; below the axes, where no line can be hidden under it.
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     axes[0][0].set_ylabel("µs")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

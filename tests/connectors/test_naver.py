@@ -24,7 +24,7 @@ from sidecar.connectors.naver import (
 from sidecar.errors import CredentialsRefused, RateLimited
 from sidecar.journal.store import Event
 
-from .support import FakePlanContext, journaled
+from ..support import FakePlanContext, journaled
 
 pytestmark = pytest.mark.timeout(120)
 

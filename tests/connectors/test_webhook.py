@@ -10,7 +10,7 @@ from sidecar.connectors.base import Reject, Send, Skip
 from sidecar.connectors.webhook import WebhookConnector, build
 from sidecar.journal.store import Event
 
-from .support import FakePlanContext, journaled
+from ..support import FakePlanContext, journaled
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,7 +13,7 @@ from client import Client
 from standins.base import Fault
 from standins.notion import NotionSimulator, property_value
 
-from .support import drained, wait_until
+from ..support import drained, wait_until
 from .test_notion_e2e import create_body, page_by_key, paragraph, start_sidecar, texts
 
 pytestmark = pytest.mark.timeout(120)

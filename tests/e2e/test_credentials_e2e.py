@@ -20,7 +20,7 @@ from standins.base import Fault
 from standins.naver import MULTI_UPDATE_PATH, NaverSimulator
 from standins.notion import NotionSimulator, property_value
 
-from .support import SidecarProcess, drained, free_port, sidecar_config, wait_until
+from ..support import SidecarProcess, drained, free_port, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

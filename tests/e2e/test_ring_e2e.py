@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import ROOT, SidecarProcess, sidecar_config, wait_until
+from ..support import ROOT, SidecarProcess, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -32,7 +32,7 @@ from sidecar.delivery.limiter import (
 from sidecar.delivery.redis_store import RETRY_SECONDS, RedisStore, script_source
 from standins.notion import NotionSimulator
 
-from .support import RedisServer, SidecarProcess, drained, free_port, sidecar_config, wait_until
+from ..support import RedisServer, SidecarProcess, drained, free_port, sidecar_config, wait_until
 
 pytestmark = [pytest.mark.timeout(240),
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")]
@@ -55,7 +55,7 @@ def redis_store(server: RedisServer, **kwargs: Any) -> RedisStore:
 Run = Callable[[Rule, Op], Grant]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.e2e)])
 def run(request: pytest.FixtureRequest) -> Iterator[Run]:
     """Apply one Op to a fresh quota: in memory at a fixed time, or in a real Redis on its clock."""
     if request.param == "memory":
@@ -102,6 +102,7 @@ def test_a_quota_the_api_states_is_adopted_up_to_the_configured_one(run: Run) ->
 
 # -- Redis itself ------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_two_stores_share_one_quota_and_keys_hold_no_credential(redis_server: RedisServer) -> None:
     import redis
 
@@ -129,6 +130,7 @@ def test_two_stores_share_one_quota_and_keys_hold_no_credential(redis_server: Re
     raw.close()
 
 
+@pytest.mark.e2e
 def test_redis_away_falls_back_to_a_share_of_the_rate_then_comes_back(redis_server: RedisServer) -> None:
     now = [0.0]
     rule = Rule(rate=6, burst=1)
@@ -237,6 +239,7 @@ def status(sc: SidecarProcess) -> dict[str, Any]:
     return dict(orjson.loads(sc.get("/status")[1]))
 
 
+@pytest.mark.e2e
 def test_three_sidecars_share_one_notion_quota(short_tmp: Path, redis_server: RedisServer) -> None:
     with NotionSimulator(rate_per_second=SIM_RATE, burst=SIM_BURST) as sim:
         db = sim.create_database(title="T", properties={"Name": "title", "Idempotency Key": "rich_text"})
@@ -259,6 +262,7 @@ def test_three_sidecars_share_one_notion_quota(short_tmp: Path, redis_server: Re
     assert all(lane["store"] == "redis" and lane["sidecars_sharing"] == 3 for lane in lanes), lanes
 
 
+@pytest.mark.e2e
 def test_redis_killed_mid_run_loses_nothing_and_sharing_resumes(short_tmp: Path, redis_server: RedisServer) -> None:
     with NotionSimulator(rate_per_second=SIM_RATE, burst=SIM_BURST) as sim:
         db = sim.create_database(title="T", properties={"Name": "title", "Idempotency Key": "rich_text"})

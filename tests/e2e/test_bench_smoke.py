@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("hdrh", reason="benchmarks need the [bench] extra: pip install -e '.[bench]'")
 pytest.importorskip("matplotlib", reason="benchmarks need the [bench] extra: pip install -e '.[bench]'")
+
+pytestmark = pytest.mark.slow  # each script starts processes and runs for seconds to minutes
 
 # script -> a line of the table it must print
 TABLES = {

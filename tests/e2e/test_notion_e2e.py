@@ -16,7 +16,7 @@ from client import Client
 from standins.base import Fault
 from standins.notion import NotionSimulator, property_value
 
-from .support import ROOT, SidecarProcess, drained, sidecar_config, wait_until
+from ..support import ROOT, SidecarProcess, drained, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

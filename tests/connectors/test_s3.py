@@ -22,7 +22,7 @@ from sidecar.errors import CredentialsRefused, Permanent, RateLimited, Retryable
 from sidecar.journal.spool import Spool
 from sidecar.journal.store import Event
 
-from .support import journaled
+from ..support import journaled
 
 pytestmark = pytest.mark.timeout(120)
 

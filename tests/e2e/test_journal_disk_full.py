@@ -19,7 +19,7 @@ import pytest
 from standins.base import Fault
 from standins.notion import NotionSimulator
 
-from .support import ROOT, SidecarProcess, free_port, sidecar_config, wait_until
+from ..support import ROOT, SidecarProcess, free_port, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 

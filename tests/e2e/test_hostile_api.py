@@ -25,7 +25,7 @@ from standins.notion import NotionSimulator, property_value
 from standins.s3proxy import S3FaultProxy
 from standins.webhook import WebhookReceiver
 
-from .support import SidecarProcess, drained, sidecar_config, wait_until
+from ..support import SidecarProcess, drained, sidecar_config, wait_until
 from .test_notion_e2e import create_body, page_by_key, paragraph, texts
 from .test_s3_e2e import metric, put
 from .test_s3_e2e import sidecar as s3_sidecar

@@ -11,7 +11,7 @@ from client import Client
 from standins.base import Fault
 from standins.webhook import WebhookReceiver
 
-from .support import SidecarProcess, drained, sidecar_config, wait_until
+from ..support import SidecarProcess, drained, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

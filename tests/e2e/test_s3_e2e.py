@@ -17,7 +17,7 @@ from client import Client
 from standins.moto_s3 import MotoS3, moto_s3
 from standins.s3proxy import S3FaultProxy
 
-from .support import SidecarProcess, sidecar_config, wait_until
+from ..support import SidecarProcess, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,7 +14,7 @@ from sidecar.connectors.naver import image_urls
 from standins.base import Fault
 from standins.naver import IMAGE_UPLOAD_PATH, MULTI_UPDATE_PATH, NaverSimulator
 
-from .support import SidecarProcess, drained, sidecar_config, wait_until
+from ..support import SidecarProcess, drained, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

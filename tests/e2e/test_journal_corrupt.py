@@ -17,7 +17,7 @@ import pytest
 from client import Client
 from standins.notion import NotionSimulator, property_value
 
-from .support import SidecarProcess, free_port, sidecar_config, wait_until
+from ..support import SidecarProcess, free_port, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

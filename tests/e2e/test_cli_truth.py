@@ -22,7 +22,7 @@ from standins.base import Fault
 from standins.notion import NotionSimulator
 from standins.process import SidecarProcess
 
-from .support import ROOT, free_port, sidecar_config, wait_until
+from ..support import ROOT, free_port, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

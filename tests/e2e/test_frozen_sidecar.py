@@ -34,7 +34,7 @@ from standins.base import Fault
 from standins.notion import NotionSimulator
 from standins.webhook import WebhookReceiver
 
-from .support import SidecarProcess, drained, sidecar_config, wait_until
+from ..support import SidecarProcess, drained, sidecar_config, wait_until
 from .test_notion_e2e import create_body, page_by_key, paragraph, texts
 
 pytestmark = pytest.mark.timeout(120)

@@ -19,7 +19,7 @@ from client.ring import MIN_RING_BYTES, ring_dir
 from sidecar.ingest.rings import Rings
 from sidecar.ops.metrics import Metrics
 
-from .support import ROOT
+from ..support import ROOT
 
 pytestmark = pytest.mark.timeout(60)
 

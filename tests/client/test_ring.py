@@ -18,7 +18,7 @@ from client.transport import QueueFull
 from sidecar.ingest.rings import Rings
 from sidecar.ops.metrics import Metrics
 
-from .support import ROOT
+from ..support import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -227,6 +227,7 @@ def test_ring_directory_and_files_are_private_to_the_group(tmp_path: Path) -> No
     w.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--records", "1000000", "--kills", "2"],
                                   ["--records", "300000", "--kills", "1", "--checksum"],
                                   ["--records", "20000", "--kills", "2", "--big"]],
