@@ -36,7 +36,7 @@ from sidecar.delivery.breaker import STATE_VALUES
 from sidecar.delivery.lane import Lane
 from sidecar.delivery.limiter import BACKED_OFF, CONFIGURED, LEARNED, Limiter, MemoryStore, Store
 from sidecar.delivery.redis_store import RedisStore
-from sidecar.errors import CannotStart, ExitCode
+from sidecar.errors import ExitCode, SidecarError
 from sidecar.ingest.core import Ingest
 from sidecar.journal.health import JournalHealth, headroom
 from sidecar.journal.repair import open_checked, unacknowledged
@@ -344,7 +344,3 @@ class Sidecar:
                 except KeyError:
                     pass
         gauge.labels(lane=lane, source=source).set(rate)
-
-
-class SidecarError(CannotStart):
-    pass

@@ -369,7 +369,8 @@ class Lane:
         if not isinstance(exc, RateLimited) and self.retry.max_attempts and attempts >= self.retry.max_attempts:
             self._dead(events, "retries_exhausted", exc.status, f"{attempts} attempts; last: {exc} {exc.body or ''}")
             return
-        delay = retry_delay(attempts, exc.retry_after, base=self.retry.base, cap=self.retry.cap, rng=self.rng)
+        retry_after = exc.retry_after if isinstance(exc, Retryable) else None  # only a Retryable may say how long
+        delay = retry_delay(attempts, retry_after, base=self.retry.base, cap=self.retry.cap, rng=self.rng)
         self.metrics.retried.labels(lane=self.name, reason=exc.reason).inc()
         log.info("lane %s: %s; retry %d in %.2f s", self.name, exc, attempts, delay)
         self.journal.defer([e.id for e in events], now + delay, str(exc), unsure=exc.ambiguous)
