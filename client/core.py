@@ -105,7 +105,7 @@ class Client:
         transport: Transport | str = "auto",
     ) -> None:
         """`transport`: "auto" (a ring for ``ipc://``, ZeroMQ for ``tcp://``),
-        "ring", "zmq", or a Transport of your own (tests). `prefault`: map
+        "ring", "zmq", or a `client.transport.Transport` of your own (tests). `prefault`: map
         the whole ring now (~0.1 s for the default 128 MiB) rather than page
         by page as the first lap writes it: for a long-running trading loop."""
         self.endpoint = endpoint or wire.default_endpoint()
