@@ -23,7 +23,7 @@ command returns) and the two a running sidecar handles itself.
     ├── JournalUnavailable           a journal write failed for a reason outside the sidecar
     │                                (disk full, read-only, I/O error): ingest waits and retries
     └── Reject (also a ValueError)   an event that can never be delivered as sent: counted
-                                     and kept aside at ingest (`Connector.validate` raises it)
+                                     and kept aside at ingest (`Connector.route` raises it)
 
 Every DeliveryError has `reason` (a short word for metrics), `detail`, the
 answer's `status` and `body` (cut short) when there was one, and `ambiguous`:
