@@ -105,7 +105,7 @@ class Client:
         transport: Transport | str = "auto",
     ) -> None:
         """`transport`: "auto" (a ring for ``ipc://``, ZeroMQ for ``tcp://``),
-        "ring", "zmq", or a Transport of your own (tests). `prefault`: map
+        "ring", "zmq", or a `client.transport.Transport` of your own (tests). `prefault`: map
         the whole ring now (~0.1 s for the default 128 MiB) rather than page
         by page as the first lap writes it: for a long-running trading loop."""
         self.endpoint = endpoint or wire.default_endpoint()
@@ -133,7 +133,6 @@ class Client:
         self._next_stats_ns = 0
         self._retry_ns = 0
         self._rings_made = 0
-        self._seq_at_disconnect: int | None = None
         self._max_record = self.max_event_bytes + self.max_blob_bytes
         self._transport: Transport | None = None
         self._attach(self._connect() if isinstance(transport, str) else transport)
@@ -246,7 +245,7 @@ class Client:
     # -- outcomes -------------------------------------------------------------
 
     def _transport_failed(self, transport: Transport) -> bool:
-        if getattr(transport, "quarantined", False):
+        if transport.quarantined:
             log.error("the sidecar set this client's ring aside as corrupt; starting a new one")
             transport.after_fork()  # let go without writing: the sidecar owns the old file now
             self._attach(self._connect(in_emit=True))
@@ -266,15 +265,10 @@ class Client:
         return self._drop(reason)
 
     def _tick(self) -> None:
-        """Once a second, inside an emit: report our counters; over ZeroMQ,
-        note where the sequence stood when the sidecar went away, so that a
-        close() whose linger runs out can count what it drops."""
-        transport = self._transport
-        if isinstance(transport, ZmqTransport):
-            if transport.peer_connected():
-                self._seq_at_disconnect = None
-            elif self._seq_at_disconnect is None:
-                self._seq_at_disconnect = self._seq if transport.ever_connected else 0
+        """Once a second, inside an emit: tell the transport how far the
+        sequence has got, and report our counters."""
+        if self._transport is not None:
+            self._transport.tick(self._seq)
         self._send_control(wire.STATS)
 
     def _send_control(self, kind: str) -> None:
@@ -319,19 +313,13 @@ class Client:
         frame = wire.encode(self.client_id, 0, wire.BYE, None, None, _time_ns(), self.stats())
         try:
             # A ring keeps room for this one, so a full ring still says goodbye.
-            getattr(transport, "send_last", transport.send)(frame)
+            transport.send_last(frame)
         except (QueueFull, TransportError):
             pass  # ZeroMQ's queue is full: the sidecar counts the tail it never saw as gaps
-        if transport.close(self.linger if linger is None else linger):
-            # ZeroMQ dropped its queue with no sidecar connected: every event
-            # since the sidecar was last seen gone (all of them if it never
-            # was connected). Connections are looked at once a second, so a
-            # sidecar that left within the last second is not counted here;
-            # its gap shows in the sidecar's sequence numbers when it returns.
-            assert isinstance(transport, ZmqTransport)
-            since = 0 if not transport.ever_connected else self._seq_at_disconnect
-            if since is not None and self._seq > since:
-                self._dropped["linger_expired"] += self._seq - since
+        # ZeroMQ drops its queue when the linger runs out with no sidecar connected.
+        lost = transport.close(self.linger if linger is None else linger, self._seq)
+        if lost:
+            self._dropped["linger_expired"] += lost
 
     def _after_fork_in_child(self) -> None:
         # The parent's ring or socket stays the parent's. The child gets its
@@ -346,7 +334,6 @@ class Client:
         self._next_stats_ns = 0
         self._retry_ns = 0
         self._rings_made = 0
-        self._seq_at_disconnect = None
 
     def _reopen(self) -> Transport | None:
         """A transport for an emit that has none: after fork, or once a second

@@ -73,7 +73,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 
-from .transport import QueueFull, TransportError
+from .transport import QueueFull, Transport, TransportError
 
 MAGIC = b"TSRING1\n"
 VERSION = 1
@@ -162,7 +162,7 @@ def packer(size: int) -> Callable[..., None]:
     return pack
 
 
-class RingWriter:
+class RingWriter(Transport):
     """The producer's end of one ring. One thread at a time (Client's rule)."""
 
     def __init__(self, path: str, fd: int, mm: mmap.mmap, capacity: int, checksum: bool,
@@ -353,15 +353,15 @@ class RingWriter:
     def quarantined(self) -> bool:
         return self._mm[OFF_QUARANTINED] != 0
 
-    def close(self, linger: float = 0.0) -> bool:
+    def close(self, linger: float = 0.0, sent: int = 0) -> int:
         """Mark the ring closed, ring the doorbell and let go at once: what it
         holds is the sidecar's to drain, now or when it next starts
-        (`linger` is the Transport interface's; a ring never waits)."""
+        (`linger` and `sent` are the Transport interface's; a ring never waits)."""
         self._hint()
         self._mm[OFF_CLOSED] = 1
         self.ring_doorbell()
         self.forget()
-        return False  # nothing dropped: the ring keeps it
+        return 0  # nothing dropped: the ring keeps it
 
     def after_fork(self) -> None:
         self.forget()

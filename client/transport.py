@@ -1,18 +1,28 @@
 """How the client hands a frame to the sidecar, behind one small interface.
 
-A transport has `send(frame)`, `send_blobs(frame, blobs)`, `close(linger)`
-and `after_fork()`. Both sends either queue the message at once or raise
-`QueueFull` (the local queue is at its limit) or `TransportError` (anything
-else); neither blocks. Two implement it: `client.ring.RingWriter`, a
-shared-memory ring for a sidecar on this host (`ipc://` endpoints), and
-`ZmqTransport`, a PUSH socket, for `tcp://` endpoints and old sidecars.
+A `Transport` has `send(frame)`, `send_blobs(frame, blobs)` and
+`close(linger, sent)` of its own; `send_last`, `quarantined`, `tick` and
+`after_fork` have defaults, so `Client` never asks which transport it holds.
+Every send either queues the message at once or raises `QueueFull` (the
+local queue is at its limit) or `TransportError` (anything else); none
+blocks. Two implement it: `client.ring.RingWriter`, a shared-memory ring for
+a sidecar on this host (`ipc://` endpoints), and `ZmqTransport`, a PUSH
+socket, for `tcp://` endpoints and old sidecars.
+
+    class Recorder(Transport):            # a test double: keeps what it is given
+        def __init__(self) -> None: self.frames: list[bytes] = []
+        def send(self, frame: bytes) -> None: self.frames.append(frame)
+        def send_blobs(self, frame, blobs) -> None: self.frames.append(frame)
+        def close(self, linger: float, sent: int = 0) -> int: return 0
+
+    Client(transport=Recorder())
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Protocol
 
 import zmq
 
@@ -32,19 +42,41 @@ class TransportError(Exception):
     """The transport cannot queue the message for another reason (closed, broken)."""
 
 
-class Transport(Protocol):
-    def send(self, frame: bytes) -> None: ...
+class Transport(ABC):
+    """What `Client` asks of a way to the sidecar; see the module docstring."""
 
-    def send_blobs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview]) -> None: ...
+    @abstractmethod
+    def send(self, frame: bytes) -> None:
+        """Queue one single-part message, or raise QueueFull / TransportError."""
 
-    def close(self, linger: float) -> bool | None:
-        """Let go; True if queued messages were dropped when `linger` ran out."""
+    @abstractmethod
+    def send_blobs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Queue the frame and its blobs as one message, or raise QueueFull / TransportError."""
 
-    def after_fork(self) -> None:
+    @abstractmethod
+    def close(self, linger: float, sent: int = 0) -> int:
+        """Let go, waiting at most `linger` seconds for queued messages to leave.
+        Returns how many of the `sent` (the last sequence number) were dropped
+        unsent when it ran out: 0 if none were, or if the transport cannot tell."""
+
+    def send_last(self, frame: bytes) -> None:
+        """The goodbye `Client.close` sends; a transport that keeps room for it uses that room."""
+        self.send(frame)
+
+    @property
+    def quarantined(self) -> bool:
+        """True once the sidecar has set this transport aside: Client lets go of it and makes a new one."""
+        return False
+
+    def tick(self, sent: int) -> None:  # noqa: B027  (a default: most transports need no tick)
+        """Once a second, inside an emit: `sent` is the last sequence number
+        handed over (ZmqTransport notes where it stood when the sidecar left)."""
+
+    def after_fork(self) -> None:  # noqa: B027  (a default, not a forgotten abstract method)
         """In a forked child: let go of the parent's transport without using it."""
 
 
-class ZmqTransport:
+class ZmqTransport(Transport):
     """A PUSH socket connected to the sidecar's PULL socket.
 
     `queue_size` is the send high-water mark in messages: while the sidecar is
@@ -75,6 +107,9 @@ class ZmqTransport:
         self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._connected = False
         self.ever_connected = False
+        # The last sequence number sent when the sidecar was first seen gone
+        # (`tick`); None while it is connected.
+        self._sent_at_disconnect: int | None = None
         # pyzmq's Socket.send is a Python layer (for routing ids and groups,
         # unused here) over the Cython send; calling the latter directly
         # saves about a quarter of a microsecond on every emit.
@@ -105,6 +140,14 @@ class ZmqTransport:
     def after_fork(self) -> None:
         pass  # libzmq's sockets are the parent's: the child must not even close them
 
+    def tick(self, sent: int) -> None:
+        # Where the sequence stood when the sidecar went away, so that a
+        # close() whose linger runs out can count what it drops.
+        if self.peer_connected():
+            self._sent_at_disconnect = None
+        elif self._sent_at_disconnect is None:
+            self._sent_at_disconnect = sent if self.ever_connected else 0
+
     def peer_connected(self) -> bool:
         """Whether a sidecar is connected now (reads libzmq's events; not for the hot path)."""
         while self._monitor.poll(0):
@@ -114,15 +157,23 @@ class ZmqTransport:
             self.ever_connected |= self._connected
         return self._connected
 
-    def close(self, linger: float) -> bool:
+    def close(self, linger: float, sent: int = 0) -> int:
         """Wait at most `linger` seconds for queued messages to leave, then
-        drop them. Returns True if the linger ran out with no sidecar
-        connected: then whatever was queued since it left is gone."""
+        drop them. If the linger ran out with no sidecar connected, whatever
+        was queued since it left is gone: returns how many of `sent` that is."""
         started = time.monotonic()
         self._sock.close(linger=int(linger * 1000))
         connected = self.peer_connected()
         self._monitor.close(0)
         self._ctx.term()
         # libzmq keeps the linger in whole milliseconds: allow for its rounding.
-        return time.monotonic() - started >= linger - 0.005 and not connected
+        if connected or time.monotonic() - started < linger - 0.005:
+            return 0
+        # Every event since the sidecar was last seen gone (all of them if it
+        # never was connected). Connections are looked at once a second
+        # (`tick`), so a sidecar that left within the last second is not
+        # counted here; its gap shows in the sidecar's sequence numbers when
+        # it returns.
+        since = 0 if not self.ever_connected else self._sent_at_disconnect
+        return sent - since if since is not None and sent > since else 0
 

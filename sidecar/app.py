@@ -31,7 +31,7 @@ import psutil
 from sidecar.build import Parts, build
 from sidecar.config import Config
 from sidecar.delivery.lane import Lane
-from sidecar.errors import CannotStart, ExitCode
+from sidecar.errors import ExitCode
 from sidecar.housekeeping import Housekeeping
 from sidecar.ops import systemd
 from sidecar.ops.metrics import Metrics
@@ -178,6 +178,3 @@ class Sidecar:
             if self._status is not None:
                 self._status = dataclasses.replace(self._status, health=self._health)
 
-
-class SidecarError(CannotStart):
-    pass

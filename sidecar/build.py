@@ -24,6 +24,7 @@ from sidecar.connectors.base import Connector
 from sidecar.delivery.lane import Lane
 from sidecar.delivery.limiter import Limiter, MemoryStore, Store
 from sidecar.delivery.redis_store import RedisStore
+from sidecar.errors import SidecarError
 from sidecar.housekeeping import Housekeeping
 from sidecar.ingest.core import Ingest
 from sidecar.journal.health import JournalHealth
@@ -100,8 +101,6 @@ def build(cfg: Config, metrics: Metrics, *, loop: asyncio.AbstractEventLoop, rec
             api = ApiServer(cfg.metrics.address, metrics.registry, status, health,
                             lambda lane, key: read_ref(cfg.journal.dir, lane, key))
         except OSError as exc:
-            from sidecar.app import SidecarError  # defined there; app imports this module
-
             ingest.stop()
             raise SidecarError(f"cannot serve metrics on {cfg.metrics.address} ({exc.strerror}); "
                                "is another sidecar running? set [metrics] address to another port, "

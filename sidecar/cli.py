@@ -24,6 +24,7 @@ import datetime
 import logging
 import os
 import sys
+import textwrap
 import time
 from typing import Any, NoReturn
 
@@ -35,18 +36,17 @@ from sidecar.ops.status import Health, Status
 
 log = logging.getLogger("sidecar")
 
-EXIT_CODES = """exit codes:
-  0   done; check: healthy
-  1   check: degraded (says why); run: ingest failed while running; emit: event refused;
-      reload: not allowed to signal the sidecar;
-      dlq, refs: nothing found
-  2   check, status, reload: no sidecar reachable; run, demo: the extra they need is not installed
-  3   emit: no sidecar listening, the event was not sent
-  4   run --no-recover: the journal is corrupt and was left as it is
-  64  the command line is wrong
-  73  run: the journal, the ingest socket or the metrics port cannot be used
-  78  the config file is missing, not TOML, or has a wrong setting
-"""
+
+
+def exit_codes_help(width: int = 100) -> str:
+    """`sidecar --help`'s list of exit codes, from `ExitCode` (one place says what each means).
+
+        print(exit_codes_help())   # "exit codes:\n  0   done; check: healthy\n  1   check: degraded ..."
+    """
+    lines = ["exit codes:"]
+    for code in ExitCode:
+        lines += textwrap.wrap(code.meaning, width, initial_indent=f"  {code.value:<4}", subsequent_indent=" " * 6)
+    return "\n".join(lines) + "\n"
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -391,7 +391,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sidecar", description=__doc__, epilog=EXIT_CODES,
+    parser = _Parser(prog="sidecar", description=__doc__, epilog=exit_codes_help(),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     common = _Parser(add_help=False)
@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
-    check = sub.add_parser("check", parents=[common], help="exit 0 healthy, 1 degraded, 2 not reachable")
+    check = sub.add_parser("check", parents=[common], help=f"exit {ExitCode.OK} healthy, {ExitCode.FAILED} degraded, "
+                           f"{ExitCode.UNAVAILABLE} not reachable")
     check.set_defaults(func=cmd_check)
 
     reload = sub.add_parser("reload", parents=[common], help="read the credentials again (SIGHUP to the sidecar)")

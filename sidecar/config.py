@@ -22,7 +22,7 @@ from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from client import wire
-from sidecar.errors import ExitCode, StartupError
+from sidecar.errors import ConfigError
 
 
 def _default_journal_dir() -> str:
@@ -204,10 +204,6 @@ class Config:
     process: ProcessConfig = field(default_factory=ProcessConfig)
     log: LogConfig = field(default_factory=LogConfig)
     drain_timeout: float = setting(10.0, check=AT_LEAST_0)  # seconds SIGTERM may spend finishing calls in flight
-
-
-class ConfigError(StartupError, ValueError):
-    exit_code = ExitCode.CONFIG
 
 
 def _value(cls: type, name: str, value: Any, where: str) -> Any:

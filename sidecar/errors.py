@@ -1,30 +1,45 @@
-"""The sidecar's two error trees: delivery (what each branch means for the
-lane) and start-up (which exit code the `sidecar` command returns).
+"""Every exception the sidecar raises, in one place. Three families: delivery
+(what each branch means for a lane), start-up (which exit code the `sidecar`
+command returns) and the two a running sidecar handles itself.
 
-    DeliveryError            something went wrong calling an API
-    ├── Retryable            try again later (backoff, or `retry_after` if longer)
-    │   └── RateLimited      429 / 529: slow the lane down as well
-    ├── Permanent            400/403/404 and other refusals: dead-letter now
-    └── CredentialsRefused   the API refused the credential itself (Notion 401,
-                             Naver's token call 4xx, S3 InvalidAccessKeyId):
-                             pause the lane, keep its events, probe again later
+    Exception
+    ├── DeliveryError                something went wrong calling an API
+    │   ├── Retryable                try again later (backoff, or `retry_after` if longer)
+    │   │   └── RateLimited          429 / 529: slow the lane down as well
+    │   ├── Permanent                400/403/404 and other refusals: dead-letter now
+    │   └── CredentialsRefused       the API refused the credential itself (Notion 401,
+    │                                Naver's token call 4xx, S3 InvalidAccessKeyId):
+    │                                pause the lane, keep its events, probe again later
+    ├── StartupError                 a command cannot start; `exit_code` says why
+    │   ├── ConfigError              (also a ValueError) the config file is missing, not TOML,
+    │   │                            or a setting is wrong: exit 78
+    │   ├── MissingExtra             a package of the extra the command needs is not installed: exit 2
+    │   └── CannotStart              exit 73:
+    │       ├── JournalError         the journal cannot be opened (directory, permissions, disk)
+    │       │   ├── JournalCorrupt   it failed SQLite's own check (`journal.repair` sets it aside)
+    │       │   └── JournalCorruptRefused   ...and `run --no-recover` said leave it: exit 4
+    │       ├── IngestError          the ingest socket or ring directory cannot be used
+    │       └── SidecarError         the metrics port cannot be served
+    ├── JournalUnavailable           a journal write failed for a reason outside the sidecar
+    │                                (disk full, read-only, I/O error): ingest waits and retries
+    └── Reject (also a ValueError)   an event that can never be delivered as sent: counted
+                                     and kept aside at ingest (`Connector.route` raises it)
 
-A RateLimited also carries `limit_reason` (which limit the API says was hit,
-e.g. Notion's `additional_data.rate_limit_reason`, else its error code) and
-`told`, what the API said about its quota on that answer, if anything.
+Every DeliveryError has `reason` (a short word for metrics), `detail`, the
+answer's `status` and `body` (cut short) when there was one, and `ambiguous`:
+the failure came after the request may have been applied (timeout, reset, 5xx
+after the body was sent), so a non-idempotent call is checked before it is
+sent again. Each connector maps HTTP status and body codes here once
+(`sidecar.connectors.http.raise_for_status`).
 
-`ambiguous` marks a failure after the request may have been applied (timeout,
-reset, 5xx after the body was sent): a non-idempotent call is checked before
-it is sent again. Each connector maps HTTP status and body codes here once.
+Only what can ask for a wait carries `retry_after`: a `Retryable`, since a 503
+may say how long the service will be down as well as a 429 (RFC 9110
+§10.2.3), and the lane's backoff takes the longer of its own and the API's.
+Only a `RateLimited` carries the rate-limit fields: `limit_reason` (which limit
+the API says was hit, e.g. Notion's `additional_data.rate_limit_reason`, else
+its error code) and `told`, what the API said about its quota on that answer.
 
-    StartupError             a command cannot start; `exit_code` says why
-    ├── ConfigError          (config.py) the file is missing, not TOML, or a setting is wrong
-    ├── MissingExtra         a package of the extra the command needs is not installed
-    └── CannotStart          the journal, the ingest socket or the metrics port cannot be used
-        ├── JournalError     (journal.py)
-        └── IngestError      (ingest.py)
-
-`sidecar.cli.main` turns any of them into one line on stderr and its exit code.
+`sidecar.cli.main` turns any StartupError into one line on stderr and its exit code.
 
 Reasons for a hostile or broken API (`connectors/http.py` raises them):
 
@@ -36,36 +51,62 @@ Reasons for a hostile or broken API (`connectors/http.py` raises them):
     transport_error     Retryable, ambiguous: a connection reset, also mid-body
     redirect            Permanent: a 3xx is never followed (it would carry the
                         body elsewhere); the same request gets the same answer
+
+This module imports nothing of the sidecar at run time (`config.py` and
+`cli.py` import it, and must work without the sidecar's extras); `ApiQuota`
+is plain data from `sidecar.quota`, named here for the type checker only.
+The client's own exceptions (`client.transport.QueueFull`/`TransportError`,
+`client.EmitError`, `client.wire.WireError`, `client.ring.RingCorrupt`) live
+in `client/`, which imports nothing from the sidecar.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sidecar.delivery.limiter import ApiQuota
+if TYPE_CHECKING:
+    from sidecar.quota import ApiQuota
 
 
 class ExitCode(IntEnum):
-    """What the `sidecar` command returns. 0-3 are documented per command
-    (`sidecar check`'s are for monitors); the start-up failures follow sysexits.h."""
+    """What the `sidecar` command returns, and when (`meaning`: `sidecar --help`
+    lists them from here). 0-3 are documented per command (`sidecar check`'s are
+    for monitors); the start-up failures follow sysexits.h.
 
-    OK = 0
-    FAILED = 1  # check: running but degraded; run: ingest died; emit: event refused; dlq, refs: nothing found
-    UNAVAILABLE = 2  # check, status: no sidecar answers; run, demo: the extra they need is not installed
-    NOT_SENT = 3  # emit: no sidecar is listening, the event was not sent
-    JOURNAL_CORRUPT = 4  # run --no-recover: the journal is corrupt; it was left untouched for a look
-    USAGE = 64  # EX_USAGE: the command line is wrong
-    CANNOT_START = 73  # EX_CANTCREAT: the journal, socket or metrics port cannot be used
-    CONFIG = 78  # EX_CONFIG: the config file is missing, not TOML, or a setting is wrong
+        ExitCode.CONFIG.meaning   # "the config file is missing, not TOML, or has a wrong setting"
+    """
+
+    meaning: str
+
+    def __new__(cls, value: int, meaning: str) -> ExitCode:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+    OK = 0, "done; check: healthy"
+    FAILED = 1, ("check: degraded (says why); run: ingest failed while running; emit: event refused; "
+                 "reload: not allowed to signal the sidecar; dlq, refs: nothing found")
+    UNAVAILABLE = 2, ("check, status, reload: no sidecar reachable; "
+                      "run, demo: the extra they need is not installed")
+    NOT_SENT = 3, "emit: no sidecar listening, the event was not sent"
+    JOURNAL_CORRUPT = 4, "run --no-recover: the journal is corrupt and was left as it is"
+    USAGE = 64, "the command line is wrong"  # EX_USAGE
+    CANNOT_START = 73, "run: the journal, the ingest socket or the metrics port cannot be used"  # EX_CANTCREAT
+    CONFIG = 78, "the config file is missing, not TOML, or has a wrong setting"  # EX_CONFIG
+
+
+# -- start-up ----------------------------------------------------------------
 
 
 class StartupError(Exception):
     exit_code = ExitCode.CANNOT_START
 
 
-class CannotStart(StartupError):
-    pass
+class ConfigError(StartupError, ValueError):
+    exit_code = ExitCode.CONFIG
 
 
 class MissingExtra(StartupError):
@@ -80,6 +121,61 @@ class MissingExtra(StartupError):
         self.extra = extra
 
 
+class CannotStart(StartupError):
+    pass
+
+
+class JournalError(CannotStart):
+    pass
+
+
+class JournalCorrupt(JournalError):
+    """The journal file failed SQLite's own check (or is not a database at all).
+
+    `journal.repair` sets it aside and starts afresh; `detail` is SQLite's word."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"journal {path} is corrupt: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+class JournalCorruptRefused(JournalError):
+    """The journal is corrupt and `--no-recover` asked not to touch it."""
+
+    exit_code = ExitCode.JOURNAL_CORRUPT
+
+
+class IngestError(CannotStart):
+    pass
+
+
+class SidecarError(CannotStart):
+    pass
+
+
+# -- inside a running sidecar --------------------------------------------------
+
+
+class JournalUnavailable(Exception):
+    """A journal write failed for a reason outside the sidecar (`state`): retry later."""
+
+    def __init__(self, state: str, detail: str) -> None:
+        super().__init__(f"journal {state}: {detail}")
+        self.state = state
+
+
+class Reject(ValueError):
+    """An event that can never be delivered as sent: counted and kept aside at ingest."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# -- delivery ----------------------------------------------------------------
+
 DEADLINE = "deadline"
 RESPONSE_TOO_LARGE = "response_too_large"
 BAD_RESPONSE = "bad_response"
@@ -87,6 +183,11 @@ REDIRECT = "redirect"
 
 
 class DeliveryError(Exception):
+    """A failed call: `reason` for metrics, and the answer if there was one.
+
+        raise Permanent("http_404", "object_not_found", status=404, body=response.text)
+    """
+
     def __init__(
         self,
         reason: str,
@@ -94,33 +195,43 @@ class DeliveryError(Exception):
         *,
         status: int | None = None,
         body: str | None = None,
-        retry_after: float | None = None,
         ambiguous: bool = False,
-        limit_reason: str = "",
-        told: ApiQuota | None = None,
     ) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
         self.status = status
         self.body = body
-        self.retry_after = retry_after
         self.ambiguous = ambiguous
+
+
+class Retryable(DeliveryError):
+    """Try again later; not before `retry_after` seconds if the API said so.
+
+        raise Retryable("http_503", "unavailable", status=503, retry_after=2.0, ambiguous=True)
+    """
+
+    def __init__(self, reason: str, detail: str = "", *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(reason, detail, **kwargs)
+        self.retry_after = retry_after
+
+
+class RateLimited(Retryable):
+    """The API said slow down: the lane's limiter backs off as well as the events waiting.
+
+        raise RateLimited("http_429", "rate_limited", status=429, retry_after=1.0,
+                          limit_reason="integration_rate_limit", told=ApiQuota(rate=1.0))
+    """
+
+    def __init__(self, reason: str, detail: str = "", *, limit_reason: str = "", told: ApiQuota | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(reason, detail, **kwargs)
         self.limit_reason = limit_reason
         self.told = told
 
 
-class Retryable(DeliveryError):
-    pass
-
-
-class RateLimited(Retryable):
-    pass
-
-
 class Permanent(DeliveryError):
     pass
-
 
 
 class CredentialsRefused(DeliveryError):

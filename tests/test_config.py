@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import SECTIONS, Config, ConfigError, WebhookConfig, from_dict
+from sidecar.config import SECTIONS, Config, WebhookConfig, from_dict
+from sidecar.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ConfigError, load_config
+from sidecar.config import load_config
+from sidecar.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -25,18 +25,8 @@ from typing import Generic, Protocol, TypeAlias, TypeVar
 import httpx
 
 from client.wire import Envelope
-from sidecar.delivery.limiter import ApiQuota
 from sidecar.journal.store import Event
-
-
-class Reject(ValueError):
-    """An event that can never be delivered as sent: counted and kept aside at ingest."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
+from sidecar.quota import ApiQuota
 
 R = TypeVar("R")  # a connector's request type
 

@@ -21,7 +21,6 @@ from typing import Any, NoReturn
 import httpx
 
 from sidecar.delivery.backoff import parse_retry_after
-from sidecar.delivery.limiter import ApiQuota
 from sidecar.errors import (
     BAD_RESPONSE,
     DEADLINE,
@@ -32,6 +31,7 @@ from sidecar.errors import (
     RateLimited,
     Retryable,
 )
+from sidecar.quota import ApiQuota
 
 BODY_KEEP_CHARS = 4000
 # No answer we read comes near this (Notion's 100 children, Naver's results);

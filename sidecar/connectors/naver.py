@@ -49,12 +49,13 @@ import orjson
 from client.wire import Envelope
 from sidecar.config import Config, NaverConfig
 from sidecar.connectors import LaneSpec
-from sidecar.connectors.base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
+from sidecar.connectors.base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Send, Skip
 from sidecar.connectors.http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
-from sidecar.delivery.limiter import NONE, ApiQuota, Rule
-from sidecar.errors import CredentialsRefused
+from sidecar.delivery.limiter import Rule
+from sidecar.errors import CredentialsRefused, Reject
 from sidecar.journal.store import Event, read_ref
 from sidecar.ops.credentials import how_to_provide, read_secret
+from sidecar.quota import NONE, ApiQuota
 
 LANE = "naver"
 API_NAME = "Naver"

@@ -55,10 +55,10 @@ import orjson
 from client.wire import Envelope
 from sidecar.config import Config, NotionConfig
 from sidecar.connectors import LaneSpec
-from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Moved, Pace, Plan, PlanContext, Reject, Send, Skip, Wait
+from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Moved, Pace, Plan, PlanContext, Send, Skip, Wait
 from sidecar.connectors.http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
 from sidecar.delivery.limiter import Rule
-from sidecar.errors import Permanent
+from sidecar.errors import Permanent, Reject
 from sidecar.journal.store import Event
 from sidecar.ops.credentials import how_to_provide, read_secret
 

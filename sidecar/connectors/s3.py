@@ -43,10 +43,10 @@ from botocore.exceptions import BotoCoreError
 from client.wire import Envelope
 from sidecar.config import Config, S3Config
 from sidecar.connectors import LaneSpec
-from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Pace, Plan, PlanContext, Reject, Send, Skip
+from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Pace, Plan, PlanContext, Send, Skip
 from sidecar.connectors.http import raise_for_status, refuse_credentials, request
 from sidecar.delivery.limiter import Rule
-from sidecar.errors import Permanent, Retryable
+from sidecar.errors import Permanent, Reject, Retryable
 from sidecar.journal.spool import Spool
 from sidecar.journal.store import Event
 

@@ -35,9 +35,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol, TypedDict
 
+from sidecar.quota import NONE, ApiQuota
+
 CONFIGURED, LEARNED, BACKED_OFF = "configured", "learned", "backed off"
 RESERVE, SUCCESS, LIMITED, BEAT = "reserve", "success", "limited", "beat"
-NONE = -1.0  # "not given" in an Op (the Lua script takes plain numbers)
 
 
 class LimiterView(TypedDict):
@@ -55,15 +56,6 @@ class Rule:
     burst: float = 1.0     # requests allowed back to back after a quiet spell
     min_fraction: float = 0.1
     recovery_step: float = 0.02  # fraction of `rate` regained per success
-
-
-@dataclass(frozen=True)
-class ApiQuota:
-    """What an API said about its own quota on an answer; NONE where it said nothing."""
-
-    rate: float = NONE
-    burst: float = NONE
-    remaining: float = NONE
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 from sidecar.config import RetryConfig
 from sidecar.connectors.base import Delivered, Send, Skip
 from sidecar.delivery.backoff import retry_delay
-from sidecar.errors import DeliveryError, Permanent, RateLimited
+from sidecar.errors import DeliveryError, Permanent, RateLimited, Retryable
 from sidecar.journal.store import Event, Journal
 from sidecar.ops.metrics import Metrics
 
@@ -73,7 +73,8 @@ class Settler:
         if not isinstance(exc, RateLimited) and self.retry.max_attempts and attempts >= self.retry.max_attempts:
             self.dead(events, "retries_exhausted", exc.status, f"{attempts} attempts; last: {exc} {exc.body or ''}")
             return None
-        delay = retry_delay(attempts, exc.retry_after, base=self.retry.base, cap=self.retry.cap, rng=self.rng)
+        retry_after = exc.retry_after if isinstance(exc, Retryable) else None  # only a Retryable may say how long
+        delay = retry_delay(attempts, retry_after, base=self.retry.base, cap=self.retry.cap, rng=self.rng)
         self.metrics.retried.labels(lane=self.lane, reason=exc.reason).inc()
         log.info("lane %s: %s; retry %d in %.2f s", self.lane, exc, attempts, delay)
         self.journal.defer([e.id for e in events], now + delay, str(exc), unsure=exc.ambiguous)

@@ -51,11 +51,11 @@ import zmq
 from client import wire
 from client.ring import ring_dir
 from sidecar.config import IngestConfig
-from sidecar.connectors.base import Connector, Reject
-from sidecar.errors import CannotStart
+from sidecar.connectors.base import Connector
+from sidecar.errors import IngestError, JournalUnavailable, Reject
 from sidecar.ingest.rejects import Sampler, Throttle
 from sidecar.ingest.rings import Rings
-from sidecar.journal.health import FULL, JournalUnavailable, classify, headroom
+from sidecar.journal.health import FULL, classify, headroom
 from sidecar.journal.store import BLOB_PATH_SEPARATOR, EventRow, Journal
 from sidecar.ops.metrics import Metrics
 
@@ -77,10 +77,6 @@ ROW_OVERHEAD = 512
 # rest: back-pressure, not loss. A closing producer's tail is read once the
 # queue has room, as long as it lingers (see the README).
 RCVHWM = 10_000
-
-
-class IngestError(CannotStart):
-    pass
 
 
 @dataclass

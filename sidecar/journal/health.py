@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+from sidecar.errors import JournalUnavailable
 from sidecar.journal.reserve import Reserve
 from sidecar.ops.metrics import Metrics
 
@@ -61,14 +62,6 @@ def headroom(directory: str | os.PathLike[str]) -> int:
     transaction on a 100-event group interleaved with others writes up to
     ~200 KB of WAL; the checkpoint after it needs room too.)"""
     return min(64 << 20, max(512 << 10, shutil.disk_usage(directory).total // 16))
-
-
-class JournalUnavailable(Exception):
-    """A journal write failed for a reason outside the sidecar (`state`): retry later."""
-
-    def __init__(self, state: str, detail: str) -> None:
-        super().__init__(f"journal {state}: {detail}")
-        self.state = state
 
 
 def classify(exc: BaseException, directory: str | os.PathLike[str] | None = None) -> str | None:

@@ -38,8 +38,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sidecar.errors import ExitCode
-from sidecar.journal.store import Journal, JournalCorrupt, JournalError
+from sidecar.errors import JournalCorrupt, JournalCorruptRefused
+from sidecar.journal.store import Journal
 from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.journal")
@@ -57,12 +57,6 @@ CREATE TABLE IF NOT EXISTS journal_incidents (
 # Copied from the old file in this order, each with the columns both schemas have.
 TABLES = ("events", "dead_letters", "refs", "clients", "reject_counts")
 RECOVER_TIMEOUT = 600.0
-
-
-class JournalCorruptRefused(JournalError):
-    """The journal is corrupt and `--no-recover` asked not to touch it."""
-
-    exit_code = ExitCode.JOURNAL_CORRUPT
 
 
 def open_checked(directory: str | os.PathLike[str], *, synchronous: str, recover: bool,

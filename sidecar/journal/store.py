@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from client import wire
-from sidecar.errors import CannotStart
+from sidecar.errors import JournalCorrupt, JournalError
 from sidecar.journal.health import headroom
 from sidecar.journal.spool import Spool
 from sidecar.ops.credentials import redact
@@ -212,21 +212,6 @@ class Event:
 class ClientState:
     last_seq: int
     gaps: int
-
-
-class JournalError(CannotStart):
-    pass
-
-
-class JournalCorrupt(JournalError):
-    """The journal file failed SQLite's own check (or is not a database at all).
-
-    `journal_repair` sets it aside and starts afresh; `detail` is SQLite's word."""
-
-    def __init__(self, path: Path, detail: str) -> None:
-        super().__init__(f"journal {path} is corrupt: {detail}")
-        self.path = path
-        self.detail = detail
 
 
 def is_corruption(exc: sqlite3.Error) -> bool:

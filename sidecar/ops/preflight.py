@@ -21,7 +21,8 @@ from typing import Any
 from client import wire
 from sidecar.config import Config
 from sidecar.connectors import LaneSpec, build_lanes
-from sidecar.connectors.base import Connector, Reject
+from sidecar.connectors.base import Connector
+from sidecar.errors import Reject
 
 
 def _lanes(cfg: Config, *, instance_role: bool = True) -> dict[str, LaneSpec]:

@@ -16,10 +16,11 @@ import zmq
 
 from client import Client, EmitError, wire
 from client.ring import MIN_RING_BYTES, ring_dir
+from client.transport import Transport, TransportError, ZmqTransport
 from sidecar.ingest.rings import Rings
 from sidecar.ops.metrics import Metrics
 
-from ..support import ROOT
+from ..support import ROOT, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -160,6 +161,60 @@ def test_zmq_close_lingers_only_for_the_bounded_time(short_tmp: Path) -> None:
     assert done.wait(10), "close() did not return"
     # No sidecar ever connected: all ten were still queued, and are counted.
     assert c.stats()["dropped"] == {"linger_expired": 10}
+
+
+def test_zmq_close_counts_only_what_was_sent_after_the_sidecar_left(short_tmp: Path) -> None:
+    endpoint = f"ipc://{short_tmp}/left.sock"
+    rx = Receiver(endpoint, "zmq")
+    t = ZmqTransport(endpoint, queue_size=100)
+    frames = [wire.encode("c", n, "webhook.post", None, None, 0, {"n": n}) for n in range(1, 16)]
+    for frame in frames[:10]:
+        t.send(frame)
+    assert [e.seq for e in rx.events(10)] == list(range(1, 11))
+    wait_until(t.peer_connected, timeout=10, what="the transport to see the sidecar")
+    t.tick(10)
+    rx.close()  # the sidecar goes away
+    wait_until(lambda: not t.peer_connected(), timeout=10, what="the transport to see the sidecar leave")
+    t.tick(10)  # the emit after it left: the sequence stood at 10
+    for frame in frames[10:]:
+        t.send(frame)  # queued for nobody
+    assert t.close(0.1, 15) == 5
+
+
+class Recorder(Transport):
+    """A transport of one's own: only what Transport leaves abstract."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.broken = False
+        self.closed_with: tuple[float, int] | None = None
+
+    def send(self, frame: bytes) -> None:
+        if self.broken:
+            raise TransportError("broken")
+        self.frames.append(frame)
+
+    def send_blobs(self, frame: bytes, blobs: object) -> None:
+        self.send(frame)
+
+    def close(self, linger: float, sent: int = 0) -> int:
+        self.closed_with = (linger, sent)
+        return 0
+
+
+def test_a_transport_of_ones_own_needs_only_send_send_blobs_and_close(short_tmp: Path) -> None:
+    t = Recorder()
+    c = Client(f"ipc://{short_tmp}/own.sock", transport=t, linger=0.5)
+    assert c.emit("webhook.post", {"n": 1})
+    t.broken = True
+    assert not c.emit("webhook.post", {"n": 2})  # not quarantined (the default): a transport_error drop
+    t.broken = False
+    assert c.emit("s3.put", {"bucket": "b", "key": "k"}, blob=b"body")
+    c.close()
+    kinds = [wire.decode(f).kind for f in t.frames]
+    assert kinds == ["webhook.post", wire.STATS, "s3.put", wire.BYE]  # the goodbye through the default send_last
+    assert t.closed_with == (0.5, 2)
+    assert c.stats()["dropped"] == {"transport_error": 1}
 
 
 def test_ring_close_leaves_the_tail_for_a_sidecar_that_comes_later(short_tmp: Path) -> None:

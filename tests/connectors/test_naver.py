@@ -13,7 +13,7 @@ import pytest
 
 from client import wire
 from sidecar.config import NaverConfig
-from sidecar.connectors.base import Reject, Send, Skip, unpaced
+from sidecar.connectors.base import Send, Skip, unpaced
 from sidecar.connectors.naver import (
     NaverConnector,
     NaverRequest,
@@ -21,7 +21,7 @@ from sidecar.connectors.naver import (
     UploadImages,
     client_secret_sign,
 )
-from sidecar.errors import CredentialsRefused, RateLimited
+from sidecar.errors import CredentialsRefused, RateLimited, Reject
 from sidecar.journal.store import Event
 
 from ..support import FakePlanContext, journaled

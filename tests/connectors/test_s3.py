@@ -16,9 +16,9 @@ from botocore.credentials import Credentials
 
 from client import wire
 from sidecar.config import Config, S3Config
-from sidecar.connectors.base import Dead, Reject, Send, Skip, unpaced
+from sidecar.connectors.base import Dead, Send, Skip, unpaced
 from sidecar.connectors.s3 import S3Connector, build
-from sidecar.errors import CredentialsRefused, Permanent, RateLimited, Retryable
+from sidecar.errors import CredentialsRefused, Permanent, RateLimited, Reject, Retryable
 from sidecar.journal.spool import Spool
 from sidecar.journal.store import Event
 

@@ -6,8 +6,9 @@ import pytest
 
 from client import wire
 from sidecar.config import WebhookConfig, from_dict
-from sidecar.connectors.base import Reject, Send, Skip
+from sidecar.connectors.base import Send, Skip
 from sidecar.connectors.webhook import WebhookConnector, build
+from sidecar.errors import Reject
 from sidecar.journal.store import Event
 
 from ..support import FakePlanContext, journaled

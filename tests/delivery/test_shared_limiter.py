@@ -15,7 +15,7 @@ import pytest
 
 import sidecar.delivery
 from client import Client
-from sidecar.config import ConfigError, RedisConfig, from_dict
+from sidecar.config import RedisConfig, from_dict
 from sidecar.delivery.limiter import (
     BEAT,
     LIMITED,
@@ -30,6 +30,7 @@ from sidecar.delivery.limiter import (
     quota_key,
 )
 from sidecar.delivery.redis_store import RETRY_SECONDS, RedisStore, script_source
+from sidecar.errors import ConfigError
 from standins.notion import NotionSimulator
 
 from ..support import RedisServer, SidecarProcess, drained, free_port, sidecar_config, wait_until

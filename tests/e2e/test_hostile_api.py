@@ -241,3 +241,27 @@ def test_an_answer_over_the_cap_is_refused_whether_or_not_it_declares_its_length
         return reasons
 
     assert asyncio.run(main()) == [RESPONSE_TOO_LARGE] * 2
+
+
+def test_each_refusal_maps_to_one_error_that_carries_only_its_own_fields() -> None:
+    from sidecar.connectors.http import json_code, raise_for_status
+    from sidecar.errors import DeliveryError, Permanent, RateLimited, Retryable
+    from sidecar.quota import ApiQuota
+
+    told = ApiQuota(rate=1.0, burst=1.0, remaining=0.0)
+
+    def refused(status: int, headers: dict[str, str]) -> DeliveryError:
+        answer = httpx.Response(status, headers=headers, json={"code": "slow_down"})
+        with pytest.raises(DeliveryError) as failed:
+            raise_for_status(answer, code_of=json_code, told_of=lambda r: told)
+        return failed.value
+
+    limited = refused(429, {"Retry-After": "2"})
+    assert type(limited) is RateLimited and limited.status == 429
+    assert (limited.retry_after, limited.limit_reason, limited.told) == (2.0, "slow_down", told)
+    busy = refused(503, {})
+    assert type(busy) is Retryable and busy.ambiguous and busy.retry_after is None
+    assert not hasattr(busy, "told") and not hasattr(busy, "limit_reason")  # only a rate limit has them
+    gone = refused(404, {"Retry-After": "2"})
+    assert type(gone) is Permanent and gone.detail == "slow_down"
+    assert not hasattr(gone, "retry_after") and not hasattr(gone, "told")  # nothing to wait for

@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from client import Client
+from sidecar.cli import build_parser
 from sidecar.errors import ExitCode
 from standins.base import Fault
 from standins.notion import NotionSimulator
@@ -275,6 +276,15 @@ def test_a_config_error_a_usage_error_and_not_reachable_have_their_own_exit_code
     unreachable.write_text(f'[metrics]\naddress = "127.0.0.1:{free_port()}"\n')
     check = subprocess.run([*sidecar, "check", "--config", str(unreachable)], capture_output=True, text=True, cwd=ROOT)
     assert check.returncode == ExitCode.UNAVAILABLE == 2 and "not reachable" in check.stdout
+
+
+def test_help_lists_every_exit_code_with_its_meaning() -> None:
+    listing = build_parser().format_help().split("exit codes:\n", 1)[1]
+    codes = [int(line.split()[0]) for line in listing.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert codes == [int(code) for code in ExitCode]  # each once, in order
+    flat = " ".join(listing.split())  # as wrapped for the terminal
+    for code in ExitCode:
+        assert f"{code.value} {code.meaning}" in flat
 
 
 @pytest.mark.parametrize("command, extra", [("run", "sidecar"), ("demo", "demo")])
