@@ -20,7 +20,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import sqlite3
 import sys
@@ -38,9 +37,9 @@ from sidecar.delivery.limiter import BACKED_OFF, CONFIGURED, LEARNED, Limiter, M
 from sidecar.delivery.redis_store import RedisStore
 from sidecar.errors import CannotStart, ExitCode
 from sidecar.ingest.core import Ingest
-from sidecar.journal.health import JournalHealth, headroom
+from sidecar.journal.health import JournalHealth
 from sidecar.journal.repair import open_checked, unacknowledged
-from sidecar.journal.reserve import Reserve
+from sidecar.journal.space import Space
 from sidecar.journal.store import Journal, read_ref
 from sidecar.ops import systemd
 from sidecar.ops.credentials import read_secret
@@ -117,16 +116,14 @@ class Sidecar:
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         specs = build_lanes(cfg)
         connectors = {name: spec.connector for name, spec in specs.items()}
+        self.journal_health = JournalHealth(cfg.journal.dir, self.metrics, space=Space(cfg.journal.dir, reserve=True))
         journal = open_checked(cfg.journal.dir, synchronous=cfg.journal.synchronous, recover=self.recover,
-                               metrics=self.metrics)
+                               metrics=self.metrics, health=self.journal_health, role="delivery")
         journal.refs_keep = cfg.journal.refs_keep_hours * 3600
         journal.give_back_free_pages()  # a journal from before auto_vacuum, if small enough to rewrite now
         # Ingest never checkpoints; the housekeeping tick does, off its path.
-        ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False)
-        self.journal_health = JournalHealth(cfg.journal.dir, self.metrics)
-        journal.health, journal.role = self.journal_health, "delivery"
-        ingest_journal.health, ingest_journal.role = self.journal_health, "ingest"
-        self.journal_health.reserve = Reserve.beside(cfg.journal.dir)  # allocated by housekeeping
+        ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False,
+                                      health=self.journal_health, role="ingest")
         store, beats = self._limiter_store()
         for name, spec in specs.items():
             lane = Lane(spec.connector, journal, Limiter(name, spec.rule, store, quota_id=spec.quota_id), cfg.retry,
@@ -241,11 +238,8 @@ class Sidecar:
 
     def _refresh(self, journal: Journal, ingest: Ingest) -> None:
         failed = False
-        # Moving pages writes WAL too: out of what the headroom leaves, and a few at a time when
-        # the disk is nearly full (the file shrinks at the checkpoint).
-        free, room = shutil.disk_usage(journal.path.parent).free, headroom(journal.path.parent)
-        pages = max(free - room, free // 4) // (2 * journal.page_size)
-        steps = (lambda: self._expire(journal), lambda: journal.release_free_pages(min(1024, pages)),
+        pages = journal.space.pages_to_release(journal.page_size)  # the file shrinks at the checkpoint
+        steps = (lambda: self._expire(journal), lambda: journal.release_free_pages(pages),
                  journal.checkpoint)
         for step in steps:
             try:
@@ -257,9 +251,7 @@ class Sidecar:
         if not failed:
             self.journal_health.ok("checkpoint")
         self.journal_health.settle()
-        reserve = self.journal_health.reserve
-        if reserve is not None:
-            reserve.restore(2 * headroom(journal.path.parent))  # once space has come back, past ingest's resume
+        journal.space.restore_reserve()  # once space has come back, past ingest's resume
         now = time.time()
         depth = journal.depth()
         dead = journal.count("dead_letters")
