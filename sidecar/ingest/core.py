@@ -18,12 +18,15 @@ producer emitting steadily never needs to wake it), then asks the rings'
 producers for a doorbell and sleeps on it and on the socket, at most
 SLEEP_MS (the bound for the rare crossing of the doorbell flag and a record). Anything that is
 not a valid event is counted by reason and kept in `rejects`, and the rest
-of its batch is journaled as usual. Sequence numbers are tracked per client:
-a jump is a gap (events lost in between), and the client's closing message
-announces its last number so a lost tail counts too.
+of its batch is journaled as usual.
+
+Ingest is the loop; each other job is a collaborator's: what the disk
+allows (`Admission`, admission.py, under the policy of journal/space.py),
+client sequences (`Sequences`, sequences.py), rejected frames (`Rejects`,
+rejects.py), and the journal's writes (`Journal`).
 
 A journal that cannot be written (disk full, read-only, I/O error: see
-`journal_health`) never stops ingest and never loses an event. The batch
+journal/health.py) never stops ingest and never loses an event. The batch
 that failed is held (one batch, so memory stays bounded) and retried every
 RETRY_SECONDS; until it commits nothing new is read. The rings' read
 positions stay where the journal has them, so producers keep emitting into
