@@ -289,8 +289,8 @@ class Journal:
                 "set [journal] dir to a writable directory or fix its owner"
             ) from None
         path = journal_file(d)
-        space = health.space if health is not None else NoHealth(d).space
-        conn = _connect(path, space, synchronous=synchronous, checkpoints=checkpoints, check=check)
+        health = health if health is not None else NoHealth(d)
+        conn = _connect(path, health.space, synchronous=synchronous, checkpoints=checkpoints, check=check)
         return cls(conn, path, health=health, role=role)
 
     @cached_property
