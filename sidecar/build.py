@@ -29,7 +29,7 @@ from sidecar.housekeeping import Housekeeping
 from sidecar.ingest.core import Ingest
 from sidecar.journal.health import JournalHealth
 from sidecar.journal.repair import open_checked
-from sidecar.journal.reserve import Reserve
+from sidecar.journal.space import Space
 from sidecar.journal.store import Journal, read_ref
 from sidecar.ops.credentials import read_secret
 from sidecar.ops.http_api import ApiServer
@@ -70,16 +70,14 @@ def build(cfg: Config, metrics: Metrics, *, loop: asyncio.AbstractEventLoop, rec
     """Every part, connected; `status`/`health` are what the API server answers with."""
     specs = build_lanes(cfg)
     connectors = {name: spec.connector for name, spec in specs.items()}
+    journal_health = JournalHealth(cfg.journal.dir, metrics, space=Space(cfg.journal.dir, reserve=True))
     journal = open_checked(cfg.journal.dir, synchronous=cfg.journal.synchronous, recover=recover,
-                           metrics=metrics)
+                           metrics=metrics, health=journal_health, role="delivery")
     journal.refs_keep = cfg.journal.refs_keep_hours * 3600
     journal.give_back_free_pages()  # a journal from before auto_vacuum, if small enough to rewrite now
     # Ingest never checkpoints; the housekeeping tick does, off its path.
-    ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False)
-    journal_health = JournalHealth(cfg.journal.dir, metrics)
-    journal.health, journal.role = journal_health, "delivery"
-    ingest_journal.health, ingest_journal.role = journal_health, "ingest"
-    journal_health.reserve = Reserve.beside(cfg.journal.dir)  # allocated by housekeeping
+    ingest_journal = Journal.open(cfg.journal.dir, synchronous=cfg.journal.synchronous, checkpoints=False,
+                                  health=journal_health, role="ingest")
     store = limiter_store(cfg)
     lanes = {name: Lane(spec.connector, journal, Limiter(name, spec.rule, store, quota_id=spec.quota_id), cfg.retry,
                         metrics, concurrency=spec.concurrency, breaker=cfg.breaker, paused=spec.paused)

@@ -14,7 +14,6 @@ to log.
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import time
 from typing import Any
@@ -24,7 +23,7 @@ from sidecar.delivery.breaker import STATE_VALUES
 from sidecar.delivery.lane import Lane
 from sidecar.delivery.limiter import BACKED_OFF, CONFIGURED, LEARNED, Store
 from sidecar.ingest.core import Ingest
-from sidecar.journal.health import JournalHealth, headroom
+from sidecar.journal.health import JournalHealth
 from sidecar.journal.repair import unacknowledged
 from sidecar.journal.store import Journal
 from sidecar.ops.metrics import Metrics, process_snapshot
@@ -75,11 +74,8 @@ class Housekeeping:
     def _upkeep(self) -> None:
         journal = self.journal
         failed = False
-        # Moving pages writes WAL too: out of what the headroom leaves, and a few at a time when
-        # the disk is nearly full (the file shrinks at the checkpoint).
-        free, room = shutil.disk_usage(journal.path.parent).free, headroom(journal.path.parent)
-        pages = max(free - room, free // 4) // (2 * journal.page_size)
-        steps = (self._expire, lambda: journal.release_free_pages(min(1024, pages)), journal.checkpoint)
+        pages = journal.space.pages_to_release(journal.page_size)  # the file shrinks at the checkpoint
+        steps = (self._expire, lambda: journal.release_free_pages(pages), journal.checkpoint)
         for step in steps:
             try:
                 step()
@@ -90,9 +86,7 @@ class Housekeeping:
         if not failed:
             self.journal_health.ok("checkpoint")
         self.journal_health.settle()
-        reserve = self.journal_health.reserve
-        if reserve is not None:
-            reserve.restore(2 * headroom(journal.path.parent))  # once space has come back, past ingest's resume
+        journal.space.restore_reserve()  # once space has come back, past ingest's resume
 
     def _expire(self) -> None:
         now, hour = time.time(), 3600.0

@@ -18,12 +18,15 @@ producer emitting steadily never needs to wake it), then asks the rings'
 producers for a doorbell and sleeps on it and on the socket, at most
 SLEEP_MS (the bound for the rare crossing of the doorbell flag and a record). Anything that is
 not a valid event is counted by reason and kept in `rejects`, and the rest
-of its batch is journaled as usual. Sequence numbers are tracked per client:
-a jump is a gap (events lost in between), and the client's closing message
-announces its last number so a lost tail counts too.
+of its batch is journaled as usual.
+
+Ingest is the loop; each other job is a collaborator's: what the disk
+allows (`Admission`, admission.py, under the policy of journal/space.py),
+client sequences (`Sequences`, sequences.py), rejected frames (`Rejects`,
+rejects.py), and the journal's writes (`Journal`).
 
 A journal that cannot be written (disk full, read-only, I/O error: see
-`journal_health`) never stops ingest and never loses an event. The batch
+journal/health.py) never stops ingest and never loses an event. The batch
 that failed is held (one batch, so memory stays bounded) and retried every
 RETRY_SECONDS; until it commits nothing new is read. The rings' read
 positions stay where the journal has them, so producers keep emitting into
@@ -37,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import sqlite3
 import threading
@@ -45,7 +47,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import orjson
 import zmq
 
 from client import wire
@@ -53,9 +54,11 @@ from client.ring import ring_dir
 from sidecar.config import IngestConfig
 from sidecar.connectors.base import Connector
 from sidecar.errors import IngestError, JournalUnavailable, Reject
-from sidecar.ingest.rejects import Sampler, Throttle
+from sidecar.ingest.admission import RETRY_SECONDS, Admission
+from sidecar.ingest.rejects import Rejects, RejectTally
 from sidecar.ingest.rings import Rings
-from sidecar.journal.health import FULL, classify, headroom
+from sidecar.ingest.sequences import ClientSeq, Sequences
+from sidecar.journal.health import classify
 from sidecar.journal.store import BLOB_PATH_SEPARATOR, EventRow, Journal
 from sidecar.ops.metrics import Metrics
 
@@ -66,11 +69,6 @@ SPIN_SECONDS = 0.25        # ...for this long after the last one
 SLEEP_MS = 50              # then sleep on the doorbell, at most this long
 DOORBELL_SECONDS = 0.5     # while busy, stale doorbells are emptied this often
 STOP_DRAIN_SECONDS = 2.0
-RETRY_SECONDS = 1.0  # a batch the journal refused (disk full...) is tried again this often
-SPACE_SECONDS = 0.25  # an allowance of events read from the disk's free space lasts at most this long
-# Journal bytes an event costs beyond its frame: index entries, page slack, the
-# last_error a retry adds (measured 130 to 300 on a batch; 512 leaves a margin).
-ROW_OVERHEAD = 512
 # ZeroMQ's receive queue, in messages. Bounded, so a flood cannot grow the
 # sidecar's memory; when it fills, libzmq stops reading the connection and
 # the producers' own queues (and then the kernel's socket buffers) hold the
@@ -86,29 +84,11 @@ class _Batch:
     now_ns: int
     rows: list[EventRow] = field(default_factory=list)
     rejects: list[tuple[str, str, bytes | None]] = field(default_factory=list)  # the sample kept as rows
-    tallies: dict[str, _RejectTally] = field(default_factory=dict)  # every reject, by reason
-    touched: dict[str, _ClientSeq] = field(default_factory=dict)
+    tallies: dict[str, RejectTally] = field(default_factory=dict)  # every reject, by reason
+    touched: dict[str, ClientSeq] = field(default_factory=dict)
     lanes: set[str] = field(default_factory=set)
     kinds: dict[str, int] = field(default_factory=dict)
     spooled: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _RejectTally:
-    """One reason's rejects in a batch: for the counters and the (throttled) log line."""
-
-    detail: str  # the first one's, as an example
-    error: BaseException | None = None  # internal_error: the first one's traceback
-    count: int = 0
-    unsampled: int = 0  # counted but not kept: the hour's sample of this reason is full
-
-
-@dataclass
-class _ClientSeq:
-    last_seq: int
-    gaps: int
-    closed: bool = False
-    stats: bytes | None = None
 
 
 class Ingest:
@@ -131,11 +111,9 @@ class Ingest:
         self.only_connector = {kind: cs[0] for kind, cs in self.by_kind.items() if len(cs) == 1}
         self.metrics = metrics
         self.on_written = on_written
-        self._reject_sample = Sampler()
-        self._reject_log = Throttle()
-        self.clients: dict[str, _ClientSeq] = {
-            cid: _ClientSeq(s.last_seq, s.gaps) for cid, s in journal.client_states().items()
-        }
+        self.rejects = Rejects(metrics)
+        self.sequences = Sequences(journal, metrics)
+        self.admission = Admission(journal, batch_max=cfg.batch_max)
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
         self.rings: Rings | None = None
@@ -146,58 +124,13 @@ class Ingest:
         self._held: list[list[bytes]] | None = None
         self._held_zmq = 0
         self._retry_at = 0.0
-        self._sequences_stale = False
         self._spool_error: OSError | None = None
-        self._headroom = headroom(journal.path.parent)
-        # What the disk allows (`_allowance`): events still to read, when to look again, stopped for room.
-        self._allowed = 0
-        self._space_due = 0.0
-        self._starved = False
-        self._low = False  # under a batch's worth of room: every commit is checkpointed at once
-        self._frame_bytes = 512  # the usual frame, learnt from each batch
-        self._page_size = journal.conn.execute("PRAGMA page_size").fetchone()[0]
-        # A journal with incremental auto-vacuum gives its free pages back to the
-        # filesystem (housekeeping), so they are not counted twice; an older one keeps them for reuse.
-        self._reuses_free_pages = journal.conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2
 
     # -- lifecycle ------------------------------------------------------------
 
     def bind(self) -> None:
-        endpoint = self.cfg.endpoint
-        if endpoint.startswith("ipc://"):
-            _clear_stale_ipc(self._ctx, endpoint[len("ipc://"):])
-        sock = self._ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.RCVHWM, RCVHWM)
-        # One frame larger than any valid one closes that connection, before
-        # libzmq buffers it.
-        sock.setsockopt(zmq.MAXMSGSIZE, max(self.cfg.max_message_bytes, self.cfg.max_blob_bytes) + 1024)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise IngestError(f"cannot bind ingest endpoint {endpoint}: {exc}; "
-                              "is another sidecar running, or is [ingest] endpoint wrong?") from None
-        if endpoint.startswith("ipc://"):
-            # The unit's RuntimeDirectory= decides who may reach the socket;
-            # the socket itself is writable by the group (the trading user's).
-            try:
-                os.chmod(endpoint[len("ipc://"):], 0o660)
-            except OSError:
-                pass
-        directory = ring_dir(endpoint)
-        if directory is not None:
-            # The longest record a valid event makes: the frame, its blobs and their table.
-            largest = self.cfg.max_message_bytes + self.cfg.max_blob_bytes + 4 * (1 + wire.MAX_BLOBS)
-            rings = Rings(directory, self.metrics, max_record=largest)
-            try:
-                rings.open()
-            except OSError as exc:
-                sock.close(0)
-                rings.close()
-                raise IngestError(f"cannot use the ring directory {directory}: {exc}") from None
-            self.rings = rings
-        self._sock = sock
+        """Bind the ZeroMQ socket and open the ring directory; IngestError if either is unusable."""
+        self._sock, self.rings = _bind(self.cfg, self._ctx, self.metrics)
 
     def start(self) -> None:
         assert self._sock is not None, "bind() first"
@@ -285,11 +218,11 @@ class Ingest:
         if self._held is not None:
             if time.monotonic() < self._retry_at:
                 return 0
-            if (self._sequences_stale and not self._restore_sequences()) or not self._allowance(time.monotonic()):
+            if (self.sequences.stale and not self.sequences.restore()) or not self.admission.allowance(time.monotonic()):
                 self._retry_at = time.monotonic() + RETRY_SECONDS
                 return 0
             return self._commit(self._held, self._held_zmq)
-        limit = min(self.cfg.batch_max, self._allowance(time.monotonic()))
+        limit = min(self.cfg.batch_max, self.admission.allowance(time.monotonic()))
         if limit <= 0:
             return 0
         rings = self.rings if rings_too else None
@@ -302,7 +235,7 @@ class Ingest:
             messages += rings.read(limit - len(messages))
         if not messages:
             return 0
-        self._allowed -= len(messages)
+        self.admission.take(len(messages))
         return self._commit(messages, len(messages) - from_rings)
 
     def _commit(self, messages: list[list[bytes]], from_zmq: int) -> int:
@@ -312,29 +245,15 @@ class Ingest:
             self.process(messages)
         except JournalUnavailable as exc:
             self._held, self._held_zmq = messages, from_zmq
-            self._starved = self._starved or exc.state == FULL  # the retry waits for room (`_allowance`)
+            self.admission.refused(exc.state)
             self._retry_at = time.monotonic() + RETRY_SECONDS
-            self._restore_sequences()
+            self.sequences.restore()
             return 0
         self._held, self._held_zmq = None, 0
-        if self._low:
-            self._allowed = 0  # look at the disk again, folding this batch into the file while there is room
+        self.admission.committed()
         if self.rings is not None:
             self.rings.ack()
         return len(messages)
-
-    def _restore_sequences(self) -> bool:
-        """Each client's sequence as the journal has it: the failed batch advanced
-        them in memory, and its retry must not count its own events as replays.
-        False if the journal cannot be read either; the retry waits until it can."""
-        try:
-            states = self.journal.client_states()
-        except sqlite3.Error:
-            self._sequences_stale = True
-            return False
-        self.clients = {cid: _ClientSeq(st.last_seq, st.gaps) for cid, st in states.items()}
-        self._sequences_stale = False
-        return True
 
     def _drain(self, sock: zmq.Socket, limit: int) -> list[list[bytes]]:
         """Read what is waiting, up to `limit` messages, without blocking."""
@@ -363,56 +282,32 @@ class Ingest:
         """
         batch = _Batch(now_ns=time.time_ns())
         for frames in messages:
+            error: BaseException | None = None
             try:
                 self._one(frames, batch)
+                continue
             except Reject as exc:
-                self._reject(batch, exc.reason, exc.detail, frames)
+                reason, detail = exc.reason, exc.detail
             except Exception as exc:  # noqa: BLE001 -- a bug on one frame; its traceback is logged with the rejects
-                self._reject(batch, "internal_error", f"{type(exc).__name__}: {exc}"[:500], frames, exc)
-        if batch.rows:
-            avg = sum(len(row.frame) for row in batch.rows) // len(batch.rows)
-            self._frame_bytes = max(avg, (self._frame_bytes * 7 + avg) // 8)
+                reason, detail, error = "internal_error", f"{type(exc).__name__}: {exc}"[:500], exc
+            self.rejects.add(batch.tallies, batch.rejects, reason, detail, frames[0] if frames else None, error)
+        self.admission.learn(batch.rows)
         self._write(batch)
         for kind, n in batch.kinds.items():
             self.metrics.received.labels(kind=kind).inc(n)
             self.metrics.journaled.labels(kind=kind).inc(n)
-        self._report_rejects(batch)
+        self.rejects.report(batch.tallies)
         if batch.lanes:
             self.on_written(batch.lanes)
-
-    def _reject(self, batch: _Batch, reason: str, detail: str, frames: list[bytes],
-                error: BaseException | None = None) -> None:
-        """Count a refused frame; keep it as a row while its reason's hourly sample has room."""
-        tally = batch.tallies.get(reason)
-        if tally is None:
-            tally = batch.tallies[reason] = _RejectTally(detail, error)
-        tally.count += 1
-        if self._reject_sample.keep(reason, time.monotonic()):
-            batch.rejects.append((reason, detail, frames[0] if frames else None))
-        else:
-            tally.unsampled += 1
-
-    def _report_rejects(self, batch: _Batch) -> None:
-        """Count every reject; log a reason at most once a minute, however many arrive."""
-        now = time.monotonic()
-        for reason, tally in batch.tallies.items():
-            self.metrics.rejected.labels(reason=reason).inc(tally.count)
-            if tally.unsampled:
-                self.metrics.rejects_unsampled.labels(reason=reason).inc(tally.unsampled)
-            held = self._reject_log.due(reason, now, tally.count)
-            if held is not None:
-                log.log(logging.ERROR if tally.error else logging.WARNING,
-                        "rejected %d frame(s) as %s, the first: %s%s", tally.count, reason, tally.detail[:200],
-                        f"; {held} more since the last such line" if held else "", exc_info=tally.error)
 
     def _one(self, frames: list[bytes], batch: _Batch) -> None:
         env, blobs = self._parse(frames)
         if env.kind in wire.CONTROL_KINDS:
-            self._control(env, batch.touched)
+            self.sequences.control(env, batch.touched)
             return
         # The sequence counts every event that arrived, accepted or not: a
         # rejected event is not a lost one.
-        if not self._sequence(env.client_id, env.seq, batch.touched):
+        if not self.sequences.accept(env.client_id, env.seq, batch.touched):
             return
         connector = self.only_connector.get(env.kind) or self._choose(env)
         try:
@@ -454,77 +349,9 @@ class Ingest:
             state = classify(exc, self.journal.path.parent)
             if state is None:
                 raise
-            if self.journal.health is not None and isinstance(exc, OSError):
+            if isinstance(exc, OSError):
                 self.journal.health.failed(self.journal.role, exc)  # SQLite's own failures report themselves
             raise JournalUnavailable(state, str(exc)) from None
-
-    def _allowance(self, now: float) -> int:
-        """Events ingest may still read before it looks at the disk again; 0 while
-        it leaves the rest of the disk to delivery (and says "disk full").
-
-        In WAL mode even a DELETE needs room (its WAL frames, and the checkpoint
-        that may grow the file): were ingest to fill the disk to the last byte,
-        delivery could free nothing. So ingest stops at the headroom (twice it
-        before starting again, so it does not flap at the edge), and the
-        reserve's bytes while that file is spent (journal_reserve.py)."""
-        if now < self._space_due and (self._allowed > 0 or self._starved):
-            return self._allowed
-        allowed, note = self._fit()
-        if allowed <= 0:
-            self._starved = True
-            self._space_due = now + RETRY_SECONDS
-            if self.journal.health is not None:
-                self.journal.health.failed(self.journal.role, JournalUnavailable(FULL, note))
-        else:
-            self._space_due = now + SPACE_SECONDS
-            if self._starved:
-                self._starved = False
-                if self.journal.health is not None:
-                    self.journal.health.ok(self.journal.role)
-        self._allowed = max(0, allowed)
-        return self._allowed
-
-    def _fit(self) -> tuple[int, str]:
-        """How many events of the usual size fit, and a note for `check` if none does.
-
-        Each costs its bytes twice: its WAL frames, then the pages the checkpoint
-        adds to the file, which pages freed by delivery's deletes can absorb
-        (in an older journal; a new one gives them back to the filesystem).
-        The WAL already written counts as growth still to come. One statvfs;
-        when low, the WAL is folded into the file first, so the count is exact."""
-        keep = self._headroom * (2 if self._starved else 1)
-        reserve = self.journal.health.reserve if self.journal.health is not None else None
-        if reserve is not None:
-            keep += reserve.missing  # spent on a full disk: delivery's until housekeeping sets it aside again
-        cost = self._frame_bytes + ROW_OVERHEAD
-        free, wal = self._space()
-        fit = (free - wal - keep) // (2 * cost)
-        self._low = fit < self.cfg.batch_max
-        if self._low:
-            try:
-                self.journal.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-                freed = (self.journal.conn.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size
-                         if self._reuses_free_pages else 0)
-            except sqlite3.Error as exc:
-                if self.journal.health is not None:
-                    self.journal.health.failed(self.journal.role, exc)  # a full disk releases the reserve
-                freed = 0
-            free, wal = self._space()
-            spare = free - wal - keep
-            # Half of it: the lanes write their WAL into the same room meanwhile.
-            fit = min(spare // cost, (spare + freed) // (2 * cost)) // 2
-        return fit, f"{free / 1e6:.1f} MB free, {keep / 1e6:.1f} MB kept for delivery"
-
-    def _space(self) -> tuple[int, int]:
-        """Free bytes on the journal's filesystem, and the size of its WAL."""
-        try:
-            wal = os.path.getsize(f"{self.journal.path}-wal")
-        except OSError:
-            wal = 0
-        try:
-            return shutil.disk_usage(self.journal.path.parent).free, wal
-        except OSError:
-            return 0, wal
 
     def _parse(self, frames: list[bytes]) -> tuple[wire.Envelope, list[bytes]]:
         if not frames or len(frames) > 1 + wire.MAX_BLOBS:
@@ -541,41 +368,6 @@ class Ingest:
         except wire.WireError as exc:
             raise Reject(exc.reason, str(exc)) from None
 
-    def _sequence(self, client_id: str, seq: int, touched: dict) -> bool:
-        """Track the client's sequence; False for a replay of a number already seen."""
-        state = self.clients.get(client_id)
-        if state is None:
-            state = self.clients[client_id] = _ClientSeq(0, 0)
-        if seq <= state.last_seq:
-            self.metrics.deduplicated.labels(kind="any", reason="replayed_seq").inc()
-            return False
-        if seq > state.last_seq + 1:
-            missing = seq - state.last_seq - 1
-            state.gaps += missing
-            self.metrics.gaps.labels(client=client_id).inc(missing)
-            log.warning("client %s: %d event(s) lost before seq %d", client_id, missing, seq)
-        state.last_seq = seq
-        touched[client_id] = state  # written to the journal once per batch
-        return True
-
-    def _control(self, env: wire.Envelope, touched: dict) -> None:
-        stats = _clean_stats(env.payload)
-        self.metrics.clients.update(env.client_id, stats)
-        state = self.clients.setdefault(env.client_id, _ClientSeq(0, 0))
-        state.stats = orjson.dumps(stats)
-        announced = stats.get("sent")
-        if env.kind == wire.BYE and isinstance(announced, int) and announced > state.last_seq:
-            missing = announced - state.last_seq
-            state.gaps += missing
-            state.last_seq = announced
-            self.metrics.gaps.labels(client=env.client_id).inc(missing)
-            log.warning("client %s closed: its last %d event(s) never arrived", env.client_id, missing)
-        if env.kind == wire.BYE:
-            state.closed = True
-        touched[env.client_id] = state
-        if state.closed:
-            del self.clients[env.client_id]  # persisted; no need to keep it in memory
-
     def _spool(self, blob: bytes) -> str:
         """Write a blob beside the journal; the event row refers to the file.
 
@@ -590,21 +382,43 @@ class Ingest:
             return ""
 
 
-def _clean_stats(payload: object) -> dict[str, object]:
-    """A client's own counters, kept only if well-formed: they end up in metrics."""
-    if not isinstance(payload, dict):
-        raise Reject("bad_payload", "client stats must be an object")
-
-    def count(value: object) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= wire.MAX_INT
-
-    stats: dict[str, object] = {}
-    if count(payload.get("sent")):
-        stats["sent"] = payload["sent"]
-    dropped = payload.get("dropped")
-    if isinstance(dropped, dict):
-        stats["dropped"] = {str(k)[:64]: v for k, v in list(dropped.items())[:32] if count(v)}
-    return stats
+def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics) -> tuple[zmq.Socket, Rings | None]:
+    """The PULL socket, bound, and the rings beside an ipc:// endpoint (if it has them)."""
+    endpoint = cfg.endpoint
+    if endpoint.startswith("ipc://"):
+        _clear_stale_ipc(ctx, endpoint[len("ipc://"):])
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, RCVHWM)
+    # One frame larger than any valid one closes that connection, before
+    # libzmq buffers it.
+    sock.setsockopt(zmq.MAXMSGSIZE, max(cfg.max_message_bytes, cfg.max_blob_bytes) + 1024)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise IngestError(f"cannot bind ingest endpoint {endpoint}: {exc}; "
+                          "is another sidecar running, or is [ingest] endpoint wrong?") from None
+    if endpoint.startswith("ipc://"):
+        # The unit's RuntimeDirectory= decides who may reach the socket;
+        # the socket itself is writable by the group (the trading user's).
+        try:
+            os.chmod(endpoint[len("ipc://"):], 0o660)
+        except OSError:
+            pass
+    directory = ring_dir(endpoint)
+    if directory is not None:
+        # The longest record a valid event makes: the frame, its blobs and their table.
+        largest = cfg.max_message_bytes + cfg.max_blob_bytes + 4 * (1 + wire.MAX_BLOBS)
+        rings = Rings(directory, metrics, max_record=largest)
+        try:
+            rings.open()
+        except OSError as exc:
+            sock.close(0)
+            rings.close()
+            raise IngestError(f"cannot use the ring directory {directory}: {exc}") from None
+        return sock, rings
+    return sock, None
 
 
 def _clear_stale_ipc(ctx: zmq.Context, path: str) -> None:

@@ -11,6 +11,10 @@
     if held is not None:
         log.warning("rejected 37 frame(s) as bad_json; %d more since the last line", held)
 
+    rejects = Rejects(metrics)                # both, for ingest's batches
+    rejects.add(tallies, sample, "bad_json", detail, frame)   # per refused frame
+    rejects.report(tallies)                   # after the batch's commit: counters and log lines
+
 A flood of garbage (a misconfigured client, a port scan on a TCP endpoint)
 must not grow the journal or the log without bound; the counters in the
 journal's `reject_counts` and in metrics still see every frame. Both take
@@ -19,7 +23,14 @@ the clock as an argument, so their tests never sleep.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
+from dataclasses import dataclass
+
+from sidecar.ops.metrics import Metrics
+
+log = logging.getLogger("sidecar.ingest")
 
 SAMPLE_PER_WINDOW = 1_000  # reject rows kept per reason...
 SAMPLE_WINDOW_SECONDS = 3600.0  # ...in any hour
@@ -66,3 +77,47 @@ class Throttle:
             return None
         self._last[key] = now
         return self._held.pop(key, 0)
+
+
+@dataclass
+class RejectTally:
+    """One reason's rejects in a batch: for the counters and the (throttled) log line."""
+
+    detail: str  # the first one's, as an example
+    error: BaseException | None = None  # internal_error: the first one's traceback
+    count: int = 0
+    unsampled: int = 0  # counted but not kept: the hour's sample of this reason is full
+
+
+class Rejects:
+    """Ingest's rejected frames: every one counted, a sample kept as rows, a log line per reason a minute."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._sample = Sampler()
+        self._log = Throttle()
+
+    def add(self, tallies: dict[str, RejectTally], sample: list[tuple[str, str, bytes | None]], reason: str,
+            detail: str, frame: bytes | None, error: BaseException | None = None) -> None:
+        """Count a refused frame in `tallies`; keep it in `sample` while its reason's hourly sample has room."""
+        tally = tallies.get(reason)
+        if tally is None:
+            tally = tallies[reason] = RejectTally(detail, error)
+        tally.count += 1
+        if self._sample.keep(reason, time.monotonic()):
+            sample.append((reason, detail, frame))
+        else:
+            tally.unsampled += 1
+
+    def report(self, tallies: dict[str, RejectTally]) -> None:
+        """Count every reject; log a reason at most once a minute, however many arrive."""
+        now = time.monotonic()
+        for reason, tally in tallies.items():
+            self.metrics.rejected.labels(reason=reason).inc(tally.count)
+            if tally.unsampled:
+                self.metrics.rejects_unsampled.labels(reason=reason).inc(tally.unsampled)
+            held = self._log.due(reason, now, tally.count)
+            if held is not None:
+                log.log(logging.ERROR if tally.error else logging.WARNING,
+                        "rejected %d frame(s) as %s, the first: %s%s", tally.count, reason, tally.detail[:200],
+                        f"; {held} more since the last such line" if held else "", exc_info=tally.error)

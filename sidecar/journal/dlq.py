@@ -11,38 +11,12 @@ picks retried events up within a second.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import closing
 from typing import Any
 
+from sidecar.journal.access import connect_tool, tool_transaction
 from sidecar.journal.spool import Spool
 from sidecar.journal.store import EventRow, split_blob_paths
-
-
-def _connect(journal_dir: str) -> sqlite3.Connection:
-    path = Path(journal_dir) / "journal.db"
-    if not path.exists():
-        raise FileNotFoundError(f"no journal at {path}: is [journal] dir right?")
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-    conn.execute("PRAGMA busy_timeout=10000")
-    return conn
-
-
-@contextmanager
-def _transaction(journal_dir: str) -> Iterator[sqlite3.Connection]:
-    """One write transaction on its own connection: committed, or rolled back on error."""
-    conn = _connect(journal_dir)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
 
 
 def _where(ids: list[int] | None, lane: str | None) -> tuple[str, list[Any]]:
@@ -59,25 +33,19 @@ def _where(ids: list[int] | None, lane: str | None) -> tuple[str, list[Any]]:
 
 def list_dead(journal_dir: str, *, lane: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     where, args = _where(None, lane)
-    conn = _connect(journal_dir)
-    try:
+    with closing(connect_tool(journal_dir)) as conn:
         rows = conn.execute(
             f"SELECT id, lane, kind, key, ref, reason, status, attempts, dead_at FROM dead_letters{where}"
             " ORDER BY id DESC LIMIT ?", [*args, limit]).fetchall()
-    finally:
-        conn.close()
     names = ("id", "lane", "kind", "key", "ref", "reason", "status", "attempts", "dead_at")
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def show_dead(journal_dir: str, dead_id: int) -> dict[str, Any] | None:
-    conn = _connect(journal_dir)
-    try:
+    with closing(connect_tool(journal_dir)) as conn:
         cur = conn.execute("SELECT * FROM dead_letters WHERE id = ?", (dead_id,))
         row = cur.fetchone()
         names = [d[0] for d in cur.description]
-    finally:
-        conn.close()
     if row is None:
         return None
     record = dict(zip(names, row, strict=True))
@@ -89,7 +57,7 @@ def retry_dead(journal_dir: str, *, ids: list[int] | None = None, lane: str | No
     """Move dead letters back to the queue with a fresh attempt count; returns how many."""
     where, args = _where(ids, lane)
     columns = ", ".join(EventRow._fields)  # a dead letter keeps the whole row it was journaled with
-    with _transaction(journal_dir) as conn:
+    with tool_transaction(journal_dir) as conn:
         moved = conn.execute(
             f"INSERT INTO events ({columns}) SELECT {columns} FROM dead_letters{where} ORDER BY event_id",
             args).rowcount
@@ -103,7 +71,7 @@ def purge_dead(journal_dir: str, *, ids: list[int] | None = None, lane: str | No
     if not ids and not lane and not all_:
         raise ValueError("name ids, a lane, or all")
     where, args = _where(ids, lane)
-    with _transaction(journal_dir) as conn:
+    with tool_transaction(journal_dir) as conn:
         paths = [p for (joined,) in conn.execute(
             f"SELECT blob_path FROM dead_letters{where}{' AND' if where else ' WHERE'} blob_path IS NOT NULL", args)
             for p in split_blob_paths(joined)]

@@ -1,7 +1,7 @@
 """Whether the journal takes writes: one state for status, check, /health and metrics.
 
-    health = JournalHealth(journal_dir, metrics)
-    journal.health, journal.role = health, "ingest"   # every transaction reports here
+    health = JournalHealth(journal_dir, metrics, space=Space(journal_dir, reserve=True))
+    journal = Journal.open(journal_dir, health=health, role="ingest")   # every transaction reports here
     health.state          # "ok", "disk full", "read-only", "I/O error" or "locked"
     health.problem()      # one line for `sidecar check`, or None
 
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from sidecar.errors import JournalUnavailable
-from sidecar.journal.reserve import Reserve
+from sidecar.journal.space import Space
 from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.journal")
@@ -56,12 +56,6 @@ _CONSEQUENCE = {
 }
 
 
-def headroom(directory: str | os.PathLike[str]) -> int:
-    """Free bytes ingest leaves on the journal's filesystem for delivery's own
-    writes: a sixteenth of it, between 512 KiB and 64 MiB. (A lane's
-    transaction on a 100-event group interleaved with others writes up to
-    ~200 KB of WAL; the checkpoint after it needs room too.)"""
-    return min(64 << 20, max(512 << 10, shutil.disk_usage(directory).total // 16))
 
 
 def classify(exc: BaseException, directory: str | os.PathLike[str] | None = None) -> str | None:
@@ -95,19 +89,33 @@ def _read_only_fs(directory: str | os.PathLike[str]) -> bool:
         return exc.errno == errno.EROFS
 
 
-class JournalHealth:
-    """The journal's state, reported by every writer, thread-safe."""
+class NoHealth:
+    """For a journal nobody watches (tools, tests, benchmarks): reports go nowhere.
 
-    def __init__(self, directory: str | os.PathLike[str], metrics: Metrics) -> None:
+    It still carries the directory's space policy (without a reserve), which `Journal.open` follows."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.space = Space(directory)
+
+    def ok(self, writer: str) -> None:
+        pass
+
+    def failed(self, writer: str, exc: BaseException) -> str | None:
+        return None
+
+
+class JournalHealth:
+    """The journal's state, reported by every writer, thread-safe; with the directory's space policy."""
+
+    def __init__(self, directory: str | os.PathLike[str], metrics: Metrics, *, space: Space | None = None) -> None:
         self.directory = Path(directory)
+        self.space = space or Space(directory)
         self.metrics = metrics
         self._lock = threading.Lock()
         self._failing: dict[str, tuple[str, str]] = {}  # writer -> (state, SQLite's message)
         self.state = OK
         self.detail = ""
         self._logged, self._logged_at, self._unlogged = OK, float("-inf"), 0  # the log's view (`settle`)
-        # Deleted at the first write that finds the disk full (journal_reserve.py).
-        self.reserve: Reserve | None = None
         metrics.journal_state.state(OK)
 
     def ok(self, writer: str) -> None:
@@ -120,8 +128,8 @@ class JournalHealth:
     def failed(self, writer: str, exc: BaseException) -> str | None:
         """Record a failed write; returns its state, or None if it is not a journal fault."""
         state = classify(exc, self.directory)
-        if state == FULL and self.reserve is not None and not isinstance(exc, JournalUnavailable):
-            self.reserve.release()  # a real ENOSPC, not ingest stopping early: delivery needs the room
+        if state == FULL and not isinstance(exc, JournalUnavailable):
+            self.space.spend_reserve()  # a real ENOSPC, not ingest stopping early
         if state is not None:
             with self._lock:
                 self._failing[writer] = (state, str(exc))
@@ -167,3 +175,7 @@ class JournalHealth:
         except OSError:
             return "free space unknown"
         return f"{free / 1e6:.1f} MB free in {self.directory}"
+
+
+# What a journal reports its transactions to.
+AnyHealth = JournalHealth | NoHealth

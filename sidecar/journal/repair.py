@@ -35,10 +35,12 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing
 from pathlib import Path
 
 from sidecar.errors import JournalCorrupt, JournalCorruptRefused
+from sidecar.journal.access import Transaction, connect_tool
+from sidecar.journal.health import AnyHealth
 from sidecar.journal.store import Journal
 from sidecar.ops.metrics import Metrics
 
@@ -60,11 +62,12 @@ RECOVER_TIMEOUT = 600.0
 
 
 def open_checked(directory: str | os.PathLike[str], *, synchronous: str, recover: bool,
-                 metrics: Metrics) -> Journal:
+                 metrics: Metrics, health: AnyHealth | None = None, role: str = "journal") -> Journal:
     """Open the journal after SQLite's check; on failure set it aside and recover
-    (or, with `recover=False`, raise JournalCorruptRefused and touch nothing)."""
+    (or, with `recover=False`, raise JournalCorruptRefused and touch nothing).
+    `health` and `role` as for `Journal.open`."""
     try:
-        journal = Journal.open(directory, synchronous=synchronous, check=True)
+        journal = Journal.open(directory, synchronous=synchronous, check=True, health=health, role=role)
     except JournalCorrupt as exc:
         if not recover:
             raise JournalCorruptRefused(
@@ -73,7 +76,7 @@ def open_checked(directory: str | os.PathLike[str], *, synchronous: str, recover
         aside = set_aside(exc.path)
         log.error("%s; moved aside to %s, starting a fresh journal and recovering what it holds", exc, aside.name)
         metrics.journal_corrupt.inc()
-        journal = Journal.open(directory, synchronous=synchronous)
+        journal = Journal.open(directory, synchronous=synchronous, health=health, role=role)
         journal.conn.executescript(INCIDENTS)
         incident = journal.conn.execute(
             "INSERT INTO journal_incidents (set_aside, detail, detected_at) VALUES (?,?,?)",
@@ -119,7 +122,7 @@ def recover_into(aside: Path, journal: Journal) -> tuple[int, str]:
     finally:
         conn.close()
         _unlink_set(scratch)
-    with _transaction(journal.conn):
+    with journal.transaction():
         # A client's sequence must cover every event of it that came back, so none is journaled twice.
         for table in ("events", "dead_letters"):
             journal.conn.execute(
@@ -178,7 +181,7 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, table: str) -> int:
         at = columns.index("created_at")
         rows = sorted(rows, key=lambda row: _number(row[at]))
     n = 0
-    with _transaction(dst):
+    with Transaction(dst):
         for row in rows:
             try:
                 n += dst.execute(insert, row).rowcount
@@ -206,18 +209,6 @@ def _readable_rows(src: sqlite3.Connection, table: str, columns: list[str]) -> I
         pass
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One transaction on an autocommit connection (one fsync, not one a row)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 def unacknowledged(journal: Journal) -> list[str]:
     """One problem line per corrupt journal nobody has acknowledged yet."""
     rows = journal.conn.execute(
@@ -229,18 +220,12 @@ def unacknowledged(journal: Journal) -> list[str]:
 
 def acknowledge(directory: str | os.PathLike[str]) -> list[str]:
     """Mark every corrupt-journal incident seen; returns the set-aside files it named."""
-    path = Path(directory) / "journal.db"
-    if not path.exists():
-        raise FileNotFoundError(f"no journal at {path}: is [journal] dir right?")
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-    try:
+    with closing(connect_tool(directory)) as conn:
         conn.executescript(INCIDENTS)
-        with _transaction(conn):
+        with Transaction(conn):
             rows = conn.execute("SELECT id, set_aside FROM journal_incidents WHERE acknowledged_at IS NULL").fetchall()
             conn.executemany("UPDATE journal_incidents SET acknowledged_at=? WHERE id=?",
                              [(time.time(), i) for i, _ in rows])
-    finally:
-        conn.close()
     return [aside for _, aside in rows]
 
 

@@ -1,6 +1,6 @@
 """Disk space set aside for the journal's delivery side: spent only when the disk is full.
 
-    reserve = Reserve.beside(journal_dir)
+    reserve = Reserve(journal_dir / "journal.reserve", size)   # sized by the policy (space.py)
     reserve.restore(headroom)   # housekeeping: (re)create the file when there is room for it
     reserve.release()           # a write failed with "disk full": give its space to delivery
     reserve.missing             # bytes ingest leaves free while the file is spent
@@ -8,7 +8,7 @@
 In WAL mode even a DELETE needs disk space (its WAL frames, then a checkpoint
 that may grow the database file): on a disk filled to the last byte, delivery
 could free nothing and the journal would stay full for ever. Ingest stops
-early for that (`Ingest`), but something else may fill the filesystem, or a
+early for that (space.py), but something else may fill the filesystem, or a
 batch may cost more than ingest guessed. Then the file `journal.reserve`,
 allocated at start, is deleted: its bytes let the lanes' transactions and the
 checkpoint go on, and ingest leaves them free (`missing`) until housekeeping
@@ -25,9 +25,6 @@ from pathlib import Path
 
 log = logging.getLogger("sidecar.journal")
 
-NAME = "journal.reserve"
-MAX_BYTES = 64 << 20
-
 
 class Reserve:
     def __init__(self, path: Path, size: int) -> None:
@@ -35,11 +32,9 @@ class Reserve:
         self.size = size
         self._warned = False  # a failure to allocate is logged once, not every housekeeping tick
 
-    @classmethod
-    def beside(cls, directory: str | os.PathLike[str]) -> Reserve:
-        """An eighth of the journal's filesystem, at most 64 MiB."""
-        d = Path(directory)
-        return cls(d / NAME, min(MAX_BYTES, shutil.disk_usage(d).total // 8))
+    @property
+    def _tmp(self) -> Path:
+        return self.path.with_name(self.path.name + ".tmp")
 
     @property
     def held(self) -> bool:
@@ -58,7 +53,7 @@ class Reserve:
         try:
             if shutil.disk_usage(self.path.parent).free < self.size + headroom:
                 return False
-            tmp = self.path.with_name(NAME + ".tmp")
+            tmp = self._tmp
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 _allocate(fd, self.size)
@@ -67,7 +62,7 @@ class Reserve:
             os.replace(tmp, self.path)
             self._warned = False
         except OSError as exc:
-            _unlink(self.path.with_name(NAME + ".tmp"))
+            _unlink(self._tmp)
             if self._warned:
                 return False
             self._warned = True

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sqlite3
 import time
 from collections import Counter
@@ -31,16 +30,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from client import wire
 from sidecar.errors import JournalCorrupt, JournalError
-from sidecar.journal.health import headroom
+from sidecar.journal import upkeep
+from sidecar.journal.access import Transaction, connect_tool, journal_file
+from sidecar.journal.health import AnyHealth, NoHealth
+from sidecar.journal.space import Space
 from sidecar.journal.spool import Spool
 from sidecar.ops.credentials import redact
-
-if TYPE_CHECKING:
-    from sidecar.journal.health import JournalHealth
 
 log = logging.getLogger("sidecar.journal")
 
@@ -118,8 +117,6 @@ CREATE TABLE IF NOT EXISTS clients (
 
 REJECT_KEEP_BYTES = 64 * 1024
 DEFAULT_REFS_KEEP_SECONDS = 168 * 3600.0  # [journal] refs_keep_hours
-CONVERT_MAX_BYTES = 256 << 20  # `give_back_free_pages` rewrites a journal up to this size at start
-EXPIRE_CHUNK = 2000  # rows `expire` looks at per table and call: a few hundred KB of WAL
 RETARGET_CHUNK = 100  # rows a retarget moves per transaction: ~150 KB of WAL on this schema
 BLOB_PATH_SEPARATOR = "\n"
 
@@ -228,12 +225,7 @@ def read_ref(journal: str | os.PathLike[str], lane: str, key: str) -> str | None
 
     `journal` is the journal directory or its journal.db.
     """
-    path = Path(journal)
-    if path.is_dir():
-        path = path / "journal.db"
-    if not path.is_file():
-        raise FileNotFoundError(f"no journal at {path}: is [journal] dir right?")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    conn = connect_tool(journal, read_only=True)
     try:
         row = conn.execute("SELECT target_id FROM refs WHERE lane=? AND key=?", (lane, key)).fetchone()
     finally:
@@ -242,22 +234,27 @@ def read_ref(journal: str | os.PathLike[str], lane: str, key: str) -> str | None
 
 
 class Journal:
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, health: AnyHealth | None = None,
+                 role: str = "journal") -> None:
         self.conn = conn
         self.path = path
         self.spool = Spool(path.parent)  # blob files beside journal.db; rows name them
-        # Told of every transaction's outcome (journal_health.py), as this `role`.
-        self.health: JournalHealth | None = None
-        self.role = "journal"
+        # Told of every transaction's outcome (health.py), as this `role`; nobody if not given.
+        self.health = health if health is not None else NoHealth(path.parent)
+        self.role = role
+        self.space = self.health.space  # the disk-full policy (space.py)
         # How long a ref is kept after it was written or last used (the app sets it from
         # [journal] refs_keep_hours; `expire` forgets older ones, `ref` renews a used one).
         self.refs_keep = DEFAULT_REFS_KEEP_SECONDS
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, synchronous: str = "FULL",  # checked by config.py
-             checkpoints: bool = True, check: bool = False) -> Journal:
+             checkpoints: bool = True, check: bool = False, health: AnyHealth | None = None,
+             role: str = "journal") -> Journal:
         """Open (creating if needed) `directory/journal.db`. Raises JournalError
         with an operator-readable message if the directory is unusable.
+
+        `health` hears of every transaction, as `role` ("ingest", "delivery").
 
         `checkpoints=False` leaves WAL checkpoints to another connection's
         `checkpoint()`: ingest's commits then never pay for copying the WAL.
@@ -276,38 +273,10 @@ class Journal:
                 f"journal directory {d} is not writable ({exc.strerror}); "
                 "set [journal] dir to a writable directory or fix its owner"
             ) from None
-        path = d / "journal.db"
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        try:
-            # A new journal gives the pages that deliveries free back to the
-            # filesystem (`release_free_pages`); set before WAL, or it is ignored.
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            conn.execute("PRAGMA journal_mode=WAL")
-            if check:
-                verdict = [line for (text,) in conn.execute("PRAGMA quick_check(10)") for line in text.splitlines()
-                           if not line.startswith("***")]
-                if verdict != ["ok"]:
-                    raise JournalCorrupt(path, "quick_check: " + "; ".join(verdict[:3]))
-            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            conn.execute("PRAGMA busy_timeout=5000")
-            # 64 MiB of page cache: a backlog's index pages stay in memory, so
-            # group commits do not re-read them.
-            conn.execute("PRAGMA cache_size=-65536")
-            # A WAL grown by a backlog is cut back to the headroom after each
-            # checkpoint, and the delivery side checkpoints before its WAL eats
-            # an eighth of the headroom: on a small disk a full WAL could never be
-            # checkpointed (see journal_reserve.py).
-            room = headroom(d)
-            conn.execute(f"PRAGMA journal_size_limit={room}")
-            page = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA wal_autocheckpoint={max(16, min(1000, room // 8 // page)) if checkpoints else 0}")
-            conn.executescript(SCHEMA)
-        except (sqlite3.DatabaseError, JournalCorrupt) as exc:
-            conn.close()
-            if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):
-                raise JournalCorrupt(path, str(exc)) from None
-            raise
-        return cls(conn, path)
+        path = journal_file(d)
+        health = health if health is not None else NoHealth(d)
+        conn = _connect(path, health.space, synchronous=synchronous, checkpoints=checkpoints, check=check)
+        return cls(conn, path, health=health, role=role)
 
     @cached_property
     def page_size(self) -> int:
@@ -317,48 +286,40 @@ class Journal:
         """Copy committed WAL pages into the database, without waiting for readers."""
         self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def release_free_pages(self, pages: int = 256) -> int:
-        """Give up to `pages` of the pages deletes have freed back to the filesystem
-        (the file shrinks at the next checkpoint); returns how many were free.
+    def fold_wal(self) -> None:
+        """Copy the whole WAL into the database and truncate it (waits for readers)."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
-        Without this a drained backlog leaves the file at its largest, so a
-        disk it filled would stay full. Journals created before auto_vacuum
-        was set keep their free pages, which ingest reuses instead."""
-        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
-        if free and pages > 0 and self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
-            self.conn.executescript(f"PRAGMA incremental_vacuum({int(pages)})")  # runs every step, unlike execute
-        return free
-
-    def give_back_free_pages(self, max_bytes: int = CONVERT_MAX_BYTES) -> bool:
-        """Convert a journal made before auto_vacuum (which keeps its freed pages
-        for ever) so that `release_free_pages` works; True if it did.
-
-            journal = Journal.open(directory); journal.give_back_free_pages()   # at start, alone
-
-        SQLite changes auto_vacuum only by rewriting the file (VACUUM): that
-        takes time (the start waits) and twice the file's size free, so a
-        journal larger than `max_bytes`, or on a disk without the room, is left
-        as it is (the README gives the command to run by hand).
-        """
-        if self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
-            return False
-        size = os.path.getsize(self.path)
-        if size > max_bytes or shutil.disk_usage(self.path.parent).free < 2 * size + headroom(self.path.parent):
-            log.warning("journal %s (%.0f MB) keeps the pages deletes free instead of shrinking; with the "
-                        "sidecar stopped, `sqlite3 journal.db 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM'` "
-                        "converts it", self.path, size / 1e6)
-            return False
+    def wal_bytes(self) -> int:
+        """The WAL file's size: growth of the database still to come at the next checkpoint."""
         try:
-            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            self.conn.execute("VACUUM")  # its temporary copy goes to SQLite's temp directory
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:  # locked by a CLI command, no room for the copy: not worth not starting
-            log.warning("journal %s: could not convert it to give freed pages back (%s); it keeps "
-                        "them for reuse instead", self.path, exc)
-            return False
-        log.info("journal %s converted to give freed pages back to the filesystem (%.1f MB)",
-                 self.path, os.path.getsize(self.path) / 1e6)
-        return True
+            return os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return 0
+
+    def free_pages(self) -> int:
+        """Pages deletes have freed and the file still holds."""
+        return self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+
+    def gives_back_free_pages(self) -> bool:
+        """Incremental auto-vacuum: freed pages go back to the filesystem (`release_free_pages`);
+        a journal from before it keeps them for reuse instead."""
+        return self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+
+    # Housekeeping (upkeep.py), here so that the journal stays the one interface.
+
+    def release_free_pages(self, pages: int = 256) -> int:
+        """Give up to `pages` freed pages back to the filesystem; how many were free."""
+        return upkeep.release_free_pages(self, pages)
+
+    def give_back_free_pages(self, max_bytes: int = upkeep.CONVERT_MAX_BYTES) -> bool:
+        """Convert a journal from before auto_vacuum, if small enough (at start, alone)."""
+        return upkeep.give_back_free_pages(self, max_bytes)
+
+    def expire(self, *, refs_before: float, rejects_before: float,
+               limit: int = upkeep.EXPIRE_CHUNK) -> tuple[int, int]:
+        """Forget refs and reject samples written before the given times: (refs, rejects) removed."""
+        return upkeep.expire(self, refs_before=refs_before, rejects_before=rejects_before, limit=limit)
 
     def close(self) -> None:
         self.conn.close()
@@ -378,7 +339,7 @@ class Journal:
         counts, by reason, those only counted. Both add to `reject_counts`.
         """
         now = time.time()
-        with self._transaction() as c:
+        with self.transaction() as c:
             if events:
                 # As plain tuples: the sqlite3 module binds a tuple subclass by the slow,
                 # generic sequence path (4.0 vs 3.0 µs a row here, bench/floors.py).
@@ -437,12 +398,12 @@ class Journal:
     def start_attempt(self, ids: Iterable[int]) -> None:
         """Count the attempt before the call, and mark it unsure until its
         outcome is known: after a crash mid-call it is checked before resending."""
-        with self._transaction() as c:
+        with self.transaction() as c:
             c.executemany("UPDATE events SET attempts=attempts+1, unsure=1 WHERE id=?", [(i,) for i in ids])
 
     def defer(self, ids: Iterable[int], not_before: float, error: str | None, *, unsure: bool) -> None:
         """Retry later; `unsure` says whether the failed attempt may have been applied."""
-        with self._transaction() as c:
+        with self.transaction() as c:
             c.executemany(
                 "UPDATE events SET not_before=?, last_error=?, unsure=? WHERE id=?",
                 [(not_before, redact(error) if error else error, int(unsure), i) for i in ids],
@@ -451,7 +412,7 @@ class Journal:
     def uncount_attempt(self, events: Sequence[Event], error: str) -> None:
         """The call was refused before anything applied (the credential): take its attempt back,
         leaving each event as sure or unsure as it was before (`Event.unsure`, read before the call)."""
-        with self._transaction() as c:
+        with self.transaction() as c:
             c.executemany("UPDATE events SET attempts=MAX(attempts-1, 0), unsure=?, last_error=? WHERE id=?",
                           [(e.unsure, redact(error), e.id) for e in events])
 
@@ -459,7 +420,7 @@ class Journal:
         """Delivered: forget the events and their spooled blobs, remember created ids."""
         ids = list(ids)
         now = time.time()
-        with self._transaction() as c:
+        with self.transaction() as c:
             paths = self._blob_paths(c, ids)
             c.executemany("DELETE FROM events WHERE id=?", [(i,) for i in ids])
             if refs:
@@ -473,7 +434,7 @@ class Journal:
     def dead_letter(self, events: Sequence[Event], reason: str, *, status: int | None = None,
                     detail: str | None = None) -> None:
         now = time.time()
-        with self._transaction() as c:
+        with self.transaction() as c:
             c.executemany(
                 INSERT_DEAD,
                 [(e.id, *e.row, e.attempts, reason, status, redact(detail) if detail else detail, now)
@@ -490,7 +451,7 @@ class Journal:
         of the group, so its order holds even if a chunk fails."""
         moved = 0
         while True:
-            with self._transaction() as c:
+            with self.transaction() as c:
                 n = c.execute(
                     "UPDATE events SET target=?, not_before=0 WHERE id IN"
                     " (SELECT id FROM events WHERE lane=? AND target=? ORDER BY id LIMIT ?)",
@@ -499,36 +460,6 @@ class Journal:
             moved += n
             if n < RETARGET_CHUNK:
                 return moved
-
-    def expire(self, *, refs_before: float, rejects_before: float, limit: int = EXPIRE_CHUNK) -> tuple[int, int]:
-        """Forget refs and reject samples written before the given times: (refs, rejects) removed.
-
-            journal.expire(refs_before=time.time() - 1.5 * journal.refs_keep, rejects_before=...)
-
-        Both tables are appended in time order (INSERT OR REPLACE gives a
-        replaced ref a new, larger rowid), so the old rows are a prefix in
-        rowid order: each call reads at most `limit` rows from the start and
-        deletes the old ones among them, without an index on the times and
-        without a transaction bigger than `limit` rows. Housekeeping calls it
-        every tick, so a backlog of old rows goes in steps; with nothing old it
-        reads one row a table and takes no write lock.
-        """
-        removed = [0, 0]
-        for i, (table, column, before) in enumerate((("refs", "created_at", refs_before),
-                                                     ("rejects", "received_at", rejects_before))):
-            oldest = self.conn.execute(f"SELECT {column} FROM {table} ORDER BY rowid LIMIT 1").fetchone()
-            if oldest is None or oldest[0] >= before:
-                continue
-            with self._transaction() as c:
-                last = None
-                # The cursor steps row by row, stopping at the first young one.
-                for rowid, at in c.execute(f"SELECT rowid, {column} FROM {table} ORDER BY rowid LIMIT ?", (limit,)):
-                    if at >= before:
-                        break  # rows after a young one wait (a clock stepped back): a later call takes them
-                    last = rowid
-                if last is not None:
-                    removed[i] = c.execute(f"DELETE FROM {table} WHERE rowid <= ?", (last,)).rowcount
-        return removed[0], removed[1]
 
     def ref(self, lane: str, key: str) -> str | None:
         """What the delivered event with this key created, renewing it if in use.
@@ -546,7 +477,7 @@ class Journal:
             return None
         now = time.time()
         if row[1] < now - self.refs_keep / 2:
-            with self._transaction() as c:
+            with self.transaction() as c:
                 c.execute("INSERT OR REPLACE INTO refs (lane, key, target_id, created_at) VALUES (?,?,?,?)",
                           (lane, key, row[0], now))
         return row[0]
@@ -597,50 +528,39 @@ class Journal:
                 paths += split_blob_paths(joined)
         return paths
 
-    def _transaction(self) -> _Tx:
-        return _Tx(self.conn, self)
+    def transaction(self) -> Transaction:
+        return Transaction(self.conn, self.health, self.role)
 
 
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; the outcome goes to the journal's health.
-
-    A full disk can fail the COMMIT itself, and SQLite may already have
-    rolled back (SQLITE_FULL does): the ROLLBACK is then skipped, so the
-    caller sees the disk's error, not "no transaction is active"."""
-
-    def __init__(self, conn: sqlite3.Connection, journal: Journal) -> None:
-        self.conn = conn
-        self.journal = journal
-
-    def __enter__(self) -> sqlite3.Connection:
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._report(exc)
-            raise
-        return self.conn
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
-            try:
-                self.conn.execute("COMMIT")
-            except sqlite3.Error as failed:
-                self._rollback()
-                self._report(failed)
-                raise
-            if self.journal.health is not None:
-                self.journal.health.ok(self.journal.role)
-            return
-        self._rollback()
-        self._report(exc)
-
-    def _rollback(self) -> None:
-        if self.conn.in_transaction:
-            try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the connection rolls back on its next BEGIN or close
-
-    def _report(self, exc: BaseException) -> None:
-        if self.journal.health is not None:
-            self.journal.health.failed(self.journal.role, exc)
+def _connect(path: Path, space: Space, *, synchronous: str, checkpoints: bool, check: bool) -> sqlite3.Connection:
+    """The journal's connection, its PRAGMAs set and its schema made (`Journal.open`)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        # A new journal gives the pages that deliveries free back to the
+        # filesystem (`release_free_pages`); set before WAL, or it is ignored.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("PRAGMA journal_mode=WAL")
+        if check:
+            verdict = [line for (text,) in conn.execute("PRAGMA quick_check(10)") for line in text.splitlines()
+                       if not line.startswith("***")]
+            if verdict != ["ok"]:
+                raise JournalCorrupt(path, "quick_check: " + "; ".join(verdict[:3]))
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        # 64 MiB of page cache: a backlog's index pages stay in memory, so
+        # group commits do not re-read them.
+        conn.execute("PRAGMA cache_size=-65536")
+        # A WAL grown by a backlog is cut back to the headroom after each
+        # checkpoint, and the delivery side checkpoints before its WAL eats
+        # an eighth of the headroom: on a small disk a full WAL could never be
+        # checkpointed (space.py).
+        conn.execute(f"PRAGMA journal_size_limit={space.headroom}")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute(f"PRAGMA wal_autocheckpoint={space.wal_autocheckpoint(page) if checkpoints else 0}")
+        conn.executescript(SCHEMA)
+    except (sqlite3.DatabaseError, JournalCorrupt) as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):
+            raise JournalCorrupt(path, str(exc)) from None
+        raise
+    return conn

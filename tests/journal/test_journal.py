@@ -14,9 +14,11 @@ from client import wire
 from sidecar.config import Config
 from sidecar.ingest.core import Ingest
 from sidecar.ingest.rejects import SAMPLE_PER_WINDOW
-from sidecar.journal.dlq import purge_dead, retry_dead
+from sidecar.journal.dlq import list_dead, purge_dead, retry_dead
+from sidecar.journal.health import FULL, OK, JournalHealth, JournalUnavailable
+from sidecar.journal.repair import acknowledge
 from sidecar.journal.spool import Spool
-from sidecar.journal.store import EVENT_FIELDS, INSERT_EVENT, Event, EventRow, Journal
+from sidecar.journal.store import EVENT_FIELDS, INSERT_EVENT, Event, EventRow, Journal, read_ref
 from sidecar.ops.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(30)
@@ -71,6 +73,33 @@ def test_purging_a_dead_letter_removes_its_blob(tmp_path: Path) -> None:
     journal.dead_letter(journal.group("s3", "bkt/k1"), "http_404")
     assert purge_dead(str(tmp_path), all_=True) == 1
     assert not Path(path).exists() and journal.count("dead_letters") == 0
+    journal.close()
+
+
+def test_every_tool_names_a_missing_journal_the_same_way(tmp_path: Path) -> None:
+    nowhere = tmp_path / "nowhere"
+    message = rf"^no journal at {nowhere / 'journal.db'}: is \[journal\] dir right\?$"
+    for tool in (lambda: list_dead(str(nowhere)), lambda: retry_dead(str(nowhere), ids=[1]),
+                 lambda: read_ref(nowhere, "naver", "sku-1"), lambda: acknowledge(nowhere)):
+        with pytest.raises(FileNotFoundError, match=message):
+            tool()
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    journal.complete([], lane="naver", refs={"sku-1": "https://img/1"})
+    journal.close()
+    # The directory or the file itself.
+    assert read_ref(tmp_path, "naver", "sku-1") == read_ref(tmp_path / "journal.db", "naver", "sku-1") == "https://img/1"
+
+
+def test_a_failed_transaction_is_rolled_back_and_told_to_the_health_as_its_writer(tmp_path: Path) -> None:
+    health = JournalHealth(tmp_path, Metrics())
+    journal = Journal.open(tmp_path, synchronous="NORMAL", health=health, role="delivery")
+    with pytest.raises(JournalUnavailable), journal.transaction() as c:
+        c.execute("INSERT INTO refs (lane, key, target_id, created_at) VALUES ('notion', 'k', 'page', 0)")
+        raise JournalUnavailable(FULL, "no room")
+    assert journal.ref("notion", "k") is None and health.state == FULL
+    assert "no room" in (health.problem() or "")
+    journal.complete([], lane="notion", refs={"k": "page"})  # the delivery writer's next commit clears it
+    assert journal.ref("notion", "k") == "page" and health.state == OK
     journal.close()
 
 
