@@ -141,3 +141,24 @@ class CredentialsRefused(DeliveryError):
     @property
     def pause_reason(self) -> str:
         return f"credentials refused by {self.api}"
+
+
+class EndpointNotFound(CredentialsRefused):
+    """The API answered 404 where an endpoint must be: a URL setting is wrong, not the credential.
+
+        raise EndpointNotFound("Naver", "https://api.commerce.naver.com/v1/oauth2/token", "[naver] base_url")
+
+    Handled as a refused credential (the lane pauses, its events wait in the
+    journal, one call is tried every probe), but it names the URL and the
+    setting to fix; the fix takes a restart.
+    """
+
+    def __init__(self, api: str, url: str, setting: str, **kwargs: Any) -> None:
+        DeliveryError.__init__(self, "endpoint_not_found", f"HTTP 404 at {url}: is {setting} right?", **kwargs)
+        self.api = api
+        self.url = url
+        self.setting = setting
+
+    @property
+    def pause_reason(self) -> str:
+        return f"{self.api} has no endpoint at {self.url}: check {self.setting}"
