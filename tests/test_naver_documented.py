@@ -9,7 +9,7 @@ import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -17,7 +17,7 @@ import pytest
 
 from client import wire
 from sidecar.config import NaverConfig, RetryConfig
-from sidecar.connectors.base import Dead, Send, unpaced
+from sidecar.connectors.base import Dead, Delivered, Pace, Send, unpaced
 from sidecar.connectors.naver import REFUSED_ALONE, NaverConnector, UpdateProducts, quota_reset_in
 from sidecar.delivery.lane import Lane
 from sidecar.delivery.limiter import Limiter, MemoryStore, Rule
@@ -34,6 +34,7 @@ pytestmark = pytest.mark.timeout(60)
 
 UPDATE = "naver.product.update"
 HOUR = 3600.0
+E = TypeVar("E", bound=BaseException)
 START = 1_800_000_000.0 + 3000.0  # 50 minutes into an hour (1_800_000_000 is a whole hour)
 
 
@@ -61,6 +62,22 @@ def updates(*products: int) -> Send[UpdateProducts]:
     return Send(events, UpdateProducts({"multiProductUpdateRequestVos": items}))
 
 
+def send(conn: NaverConnector, plan: Send[UpdateProducts], pace: Pace = unpaced) -> Delivered:
+    """One `send` on its own event loop; the connector is closed after it."""
+    async def go() -> Delivered:
+        try:
+            return await conn.send(plan, pace)
+        finally:
+            await conn.aclose()
+    return asyncio.run(go())
+
+
+def send_refused(conn: NaverConnector, plan: Send[UpdateProducts], expected: type[E], pace: Pace = unpaced) -> E:
+    with pytest.raises(expected) as caught:
+        send(conn, plan, pace)
+    return caught.value
+
+
 def calls(sim: NaverSimulator, path: str, status: int | None = None) -> int:
     return sum(1 for r in sim.requests if r.path == path and (status is None or r.status == status))
 
@@ -72,15 +89,7 @@ def test_the_documented_200_with_empty_data_applies_every_product() -> None:
     with NaverSimulator(rate_per_second=None) as sim:
         for no in (1, 2, 3):
             sim.add_product(no, stock=0)
-        conn = connector(sim)
-
-        async def go() -> Any:
-            try:
-                return await conn.send(updates(1, 2, 3), unpaced)
-            finally:
-                await conn.aclose()
-
-        delivered = asyncio.run(go())
+        delivered = send(connector(sim), updates(1, 2, 3))
         answer = sim.requests[-1]
         assert answer.path == MULTI_UPDATE_PATH and answer.status == 200
         assert delivered.failed == {}
@@ -101,14 +110,7 @@ def test_one_unknown_product_among_50_is_found_by_halving_and_dies_alone_with_na
             paced.append(calls(sim, MULTI_UPDATE_PATH))
 
         plan = updates(*products)
-
-        async def go() -> Any:
-            try:
-                return await conn.send(plan, pace)
-            finally:
-                await conn.aclose()
-
-        delivered = asyncio.run(go())
+        delivered = send(conn, plan, pace)
         culprit = plan.events[37]
         assert list(delivered.failed) == [culprit.id]
         reason, detail = delivered.failed[culprit.id]
@@ -138,15 +140,7 @@ def test_a_split_cut_short_by_a_failure_dead_letters_what_it_found_at_the_next_p
             if paced == 4:
                 sim.inject(Fault(status=503, path_prefix=MULTI_UPDATE_PATH))
 
-        async def go() -> Retryable:
-            try:
-                with pytest.raises(Retryable) as failed:
-                    await conn.send(plan, pace)
-                return failed.value
-            finally:
-                await conn.aclose()
-
-        assert asyncio.run(go()).status == 503
+        assert send_refused(conn, plan, Retryable, pace).status == 503
         again = conn.plan(plan.events, _Ctx())
         assert isinstance(again, Dead) and again.events == [plan.events[2]] and again.reason == REFUSED_ALONE
         assert orjson.loads(again.detail)["code"] == "NOT_FOUND"
@@ -203,17 +197,7 @@ def test_a_308_to_another_host_is_not_followed() -> None:
     with NaverSimulator(rate_per_second=None) as sim, WebhookReceiver() as elsewhere:
         sim.add_product(7)
         sim.inject(Fault(status=308, headers={"Location": elsewhere.url + "/steal"}, path_prefix=MULTI_UPDATE_PATH))
-        conn = connector(sim)
-
-        async def go() -> Permanent:
-            try:
-                with pytest.raises(Permanent) as refused:
-                    await conn.send(updates(7), unpaced)
-                return refused.value
-            finally:
-                await conn.aclose()
-
-        refused = asyncio.run(go())
+        refused = send_refused(connector(sim), updates(7), Permanent)
         assert refused.reason == "redirect" and elsewhere.url in refused.detail
         assert elsewhere.requests == []
 
@@ -224,16 +208,7 @@ def test_a_308_to_another_host_is_not_followed() -> None:
 def test_a_base_url_without_external_is_reported_as_a_wrong_url_not_refused_credentials() -> None:
     with NaverSimulator(rate_per_second=None) as sim:
         conn = NaverConnector(NaverConfig(base_url=sim.url, timeout=5.0), sim.client_id, sim.client_secret)
-
-        async def go() -> EndpointNotFound:
-            try:
-                with pytest.raises(EndpointNotFound) as wrong:
-                    await conn.send(updates(7), unpaced)
-                return wrong.value
-            finally:
-                await conn.aclose()
-
-        wrong = asyncio.run(go())
+        wrong = send_refused(conn, updates(7), EndpointNotFound)
         assert wrong.pause_reason == f"Naver has no endpoint at {sim.url}/v1/oauth2/token: check [naver] base_url"
         assert "credentials" not in wrong.pause_reason and wrong.status == 404
 

@@ -396,7 +396,7 @@ class NaverConnector(ConnectorBase):
         """Send `items`; on a whole-call 400/404, each half in order, down to single products.
 
         Naver documents the 200 answer as ``{code, message, data: {}}``, no
-        per-item results: a 200 applied every item, whatever its `code`.
+        per-item results: a 200 with a JSON object applied every item, whatever its `code`.
         """
         if not first:
             await pace()  # every extra call within the lane's rate
@@ -411,6 +411,9 @@ class NaverConnector(ConnectorBase):
             half = (len(items) + 1) // 2
             told = await self._update_part(items[:half], pace, refused)
             return await self._update_part(items[half:], pace, refused) or told
+        # Not even a JSON object (a page from something in between): applied or not, we cannot
+        # tell; Retryable bad_response, and resending absolute values is safe.
+        json_object(response)
         return told_quota(response)
 
     def _check(self, response: httpx.Response) -> None:
