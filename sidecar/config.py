@@ -138,9 +138,15 @@ class NaverConfig:
     client_secret_env: str = setting("NAVER_CLIENT_SECRET", check=NOT_EMPTY)
     rate_per_second: float = setting(2.0, check=POSITIVE)
     burst: float = setting(1.0, check=AT_LEAST_1)
-    # Per-call maximum of multi-update (unconfirmed by Naver's docs).
+    # Per-call maximum of multi-update: the Commerce API center's page for PATCH
+    # /v1/products/origin-products/multi-update gives none (nor does API_FACTS.md's
+    # source); 50 is ours. A call over the real maximum is refused whole (400) and
+    # split in halves until the parts pass, so a value too high costs calls, never events.
     max_products_per_request: int = setting(50, check=AT_LEAST_1)
     timeout: float = setting(30.0, check=POSITIVE)
+    # How long the lane waits on a 429 GW.QUOTA_LIMIT whose GNCP-GW-Quota-Period is not a
+    # clock period (ROUND: a subscription round) or is missing; the documents give no reset time.
+    quota_wait_seconds: float = setting(3600.0, check=POSITIVE)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,8 +8,10 @@ command returns) and the two a running sidecar handles itself.
     │   │   └── RateLimited          429 / 529: slow the lane down as well
     │   ├── Permanent                400/403/404 and other refusals: dead-letter now
     │   └── CredentialsRefused       the API refused the credential itself (Notion 401,
-    │                                Naver's token call 4xx, S3 InvalidAccessKeyId):
-    │                                pause the lane, keep its events, probe again later
+    │       │                        Naver's token call 4xx, S3 InvalidAccessKeyId):
+    │       │                        pause the lane, keep its events, probe again later
+    │       └── EndpointNotFound     a 404 where an endpoint must be: a URL setting is wrong
+    │                                (paused the same way; the fix is the setting and a restart)
     ├── StartupError                 a command cannot start; `exit_code` says why
     │   ├── ConfigError              (also a ValueError) the config file is missing, not TOML,
     │   │                            or a setting is wrong: exit 78
@@ -252,3 +254,24 @@ class CredentialsRefused(DeliveryError):
     @property
     def pause_reason(self) -> str:
         return f"credentials refused by {self.api}"
+
+
+class EndpointNotFound(CredentialsRefused):
+    """The API answered 404 where an endpoint must be: a URL setting is wrong, not the credential.
+
+        raise EndpointNotFound("Naver", "https://api.commerce.naver.com/v1/oauth2/token", "[naver] base_url")
+
+    Handled as a refused credential (the lane pauses, its events wait in the
+    journal, one call is tried every probe), but it names the URL and the
+    setting to fix; the fix takes a restart.
+    """
+
+    def __init__(self, api: str, url: str, setting: str, **kwargs: Any) -> None:
+        DeliveryError.__init__(self, "endpoint_not_found", f"HTTP 404 at {url}: is {setting} right?", **kwargs)
+        self.api = api
+        self.url = url
+        self.setting = setting
+
+    @property
+    def pause_reason(self) -> str:
+        return f"{self.api} has no endpoint at {self.url}: check {self.setting}"

@@ -8,12 +8,16 @@ into the error tree of `sidecar.errors`.
 A hostile or broken API cannot hold a lane: the client's timeout bounds the
 whole call, not each read (an answer that drips a byte a second never trips a
 per-read timeout), answers are read up to `MAX_RESPONSE_BYTES`, and redirects
-are never followed.
+are not followed, except a 308 for a connector that passes `redirects=`
+(`Redirects`: Naver documents 308 PERMANENT_REDIRECT on its endpoints): that
+one is resent once, with the same method and body, to a `Location` on the same
+host, and the move is remembered for the life of the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -33,6 +37,8 @@ from sidecar.errors import (
 )
 from sidecar.quota import ApiQuota
 
+log = logging.getLogger("sidecar.http")
+
 BODY_KEEP_CHARS = 4000
 # No answer we read comes near this (Notion's 100 children, Naver's results);
 # a larger one is a broken or hostile server, not data.
@@ -47,17 +53,69 @@ def call_deadline(client: httpx.AsyncClient) -> float | None:
     return max((v for v in (t.connect, t.read, t.write, t.pool) if v is not None), default=None)
 
 
+class Redirects:
+    """The 308 moves an API announced, kept for the life of the process (one per connector).
+
+        moved = Redirects("Naver", "[naver] base_url")
+        response = await request(client, "PATCH", "v1/products/...", redirects=moved, json=body)
+        moved.where(client.build_request("PATCH", "v1/products/...").url)   # the new URL once moved
+
+    Only 308 (the method and body stay: RFC 9110 section 15.4.9) to the same
+    host and port is followed, once: another would receive the request's token,
+    so that stays a Permanent `redirect` naming `Location` and `setting`.
+    """
+
+    def __init__(self, api: str, setting: str) -> None:
+        self.api = api
+        self.setting = setting
+        self._moved: dict[str, httpx.URL] = {}
+
+    def where(self, url: httpx.URL) -> httpx.URL:
+        """Where `url` lives now (itself, unless a 308 moved it)."""
+        return self._moved.get(str(url), url)
+
+    def follow(self, response: httpx.Response) -> httpx.URL | None:
+        """The URL to resend `response`'s request to (remembered, logged once), or None: not ours to follow."""
+        location = response.headers.get("Location")
+        if response.status_code != 308 or not location:
+            return None
+        old = response.request.url
+        new = old.join(location)
+        if (new.host, new.port) != (old.host, old.port) or new.scheme not in (old.scheme, "https"):
+            return None
+        if str(old) not in self._moved:
+            log.warning("%s moved %s to %s (308 PERMANENT_REDIRECT): following it from now on; "
+                        "update %s to match", self.api, old, new, self.setting)
+        self._moved[str(old)] = new
+        return new
+
+
 async def request(client: httpx.AsyncClient, method: str, url: str, *,
-                  max_bytes: int = MAX_RESPONSE_BYTES, **kwargs: Any) -> httpx.Response:
+                  max_bytes: int = MAX_RESPONSE_BYTES, redirects: Redirects | None = None,
+                  **kwargs: Any) -> httpx.Response:
     """Send one request and read its answer whole; failures become Retryable errors.
 
     A failure before the connection was made cannot have been applied; any
     later one (timeout, reset, an answer too slow or too large) leaves the
-    outcome unknown.
+    outcome unknown. With `redirects`, a URL moved before goes straight to
+    its new place, and a 308 is followed once (see `Redirects`).
     """
+    built = client.build_request(method, url, **kwargs)
+    if redirects is None:
+        return await _send(client, built, max_bytes)
+    target = redirects.where(built.url)
+    response = await _send(client, built if target == built.url else client.build_request(method, target, **kwargs),
+                           max_bytes)
+    moved = redirects.follow(response)
+    if moved is None:
+        return response
+    return await _send(client, client.build_request(method, moved, **kwargs), max_bytes)
+
+
+async def _send(client: httpx.AsyncClient, built: httpx.Request, max_bytes: int) -> httpx.Response:
     try:
         async with asyncio.timeout(call_deadline(client)):
-            response = await client.send(client.build_request(method, url, **kwargs), stream=True)
+            response = await client.send(built, stream=True)
             try:
                 body = await _read_capped(response, max_bytes)
             finally:
@@ -102,10 +160,12 @@ def raise_for_status(
     code_of: Callable[[httpx.Response], str] = lambda r: "",
     limit_reason_of: Callable[[httpx.Response], str] | None = None,
     told_of: Callable[[httpx.Response], ApiQuota | None] = lambda r: None,
+    retry_after_of: Callable[[httpx.Response], float | None] | None = None,
 ) -> None:
     """Map a non-2xx answer to RateLimited, Retryable or Permanent (with the body).
 
-    A rate limit's reason is `limit_reason_of(response)`, else the body's code.
+    A rate limit's reason is `limit_reason_of(response)`, else the body's code;
+    its wait is `retry_after_of(response)`, else the Retry-After header.
     """
     status = response.status_code
     if 200 <= status < 300:
@@ -114,18 +174,24 @@ def raise_for_status(
     code = code_of(response)
     reason = f"http_{status}"
     if 300 <= status < 400:
-        # Never followed: it would carry the body (and maybe the token) to
-        # wherever Location points. An API that moved is a configuration error.
+        # Not followed here: it would carry the body (and maybe the token) to
+        # wherever Location points. An API that moved is a configuration error
+        # (a 308 on the same host is followed before this: `Redirects`).
         raise Permanent(REDIRECT, f"HTTP {status} to {response.headers.get('Location', '?')}",
                         status=status, body=body)
     if rate_limited(response):
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+        retry_after = retry_after_of(response) if retry_after_of else header_retry_after(response)
         limit_reason = (limit_reason_of(response) if limit_reason_of else "") or code
         raise RateLimited(reason, code, status=status, body=body, retry_after=retry_after,
                           limit_reason=limit_reason, told=told_of(response))
     if status >= 500 or status in retryable_4xx:
         raise Retryable(reason, code, status=status, body=body, ambiguous=status >= 500)
     raise Permanent(reason, code, status=status, body=body)
+
+
+def header_retry_after(response: httpx.Response) -> float | None:
+    """The answer's Retry-After in seconds (whole seconds or an HTTP date), None without one."""
+    return parse_retry_after(response.headers.get("Retry-After"), now=time.time())
 
 
 def refuse_credentials(api: str, response: httpx.Response, code: str = "") -> NoReturn:

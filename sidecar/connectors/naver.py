@@ -9,9 +9,13 @@ Kinds (client side)::
 - ``naver.product.update``: every update waits in one group ("products"), so
   a plan sees them all: they are folded per product (later values win per
   field, in emit order) and sent as ``PATCH /v1/products/origin-products/
-  multi-update``, at most `max_products_per_request` products a call. An
-  item Naver refuses (an unknown product) is dead-lettered on its own; the
-  rest of the call counts as delivered.
+  multi-update``, at most `max_products_per_request` products a call. Naver
+  documents the answer as 200 ``{code, message, data: {}}`` with no per-item
+  results: a 200 applied every product. A 400 or 404 refuses the whole call
+  (one unknown product is enough): the call is split in halves, each sent
+  after a token of the lane's limiter, down to single products; the parts
+  Naver accepts are applied, and only a product refused on its own is
+  dead-lettered (``product_refused``, with Naver's answer).
 - ``naver.images.upload``: 1 to 10 JPG/GIF/PNG/BMP blobs an event. Every
   upload waits in one group ("images"), so images of different events (keys)
   share a ``POST /v1/product-images/upload``, up to 10 a call, in emit
@@ -23,6 +27,15 @@ Kinds (client side)::
 Every answer's ``GNCP-GW-RateLimit-Replenish-Rate``, ``-Burst-Capacity`` and
 ``-Remaining`` headers go back to the lane's limiter (`Delivered.told`, or
 `RateLimited.told` on a 429), which adopts them up to the configured rate.
+A 429 ``GW.QUOTA_LIMIT`` is the hourly quota beside that rate: it pauses
+the lane until the quota's next window, which ``GNCP-GW-Quota-Period`` names
+(`quota_reset_in`), rather than retrying into it every few seconds.
+
+Both endpoints document ``308 PERMANENT_REDIRECT``: one on the same host is
+followed once with the same method and remembered for the life of the
+process (`connectors.http.Redirects`, logged once). A 404 from the token call,
+or a 404 without Naver's error body, means `base_url` is wrong: the lane
+pauses with that message (EndpointNotFound) instead of blaming the credentials.
 
 The access token comes from ``POST /v1/oauth2/token`` (a bcrypt-signed
 client credential), is kept until 30 minutes before it expires, and is
@@ -49,10 +62,20 @@ import orjson
 from client.wire import Envelope
 from sidecar.config import Config, NaverConfig
 from sidecar.connectors import LaneSpec
-from sidecar.connectors.base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Send, Skip
-from sidecar.connectors.http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
+from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Pace, Plan, PlanContext, Send, Skip
+from sidecar.connectors.http import (
+    BODY_KEEP_CHARS,
+    Redirects,
+    bad_response,
+    header_retry_after,
+    json_code,
+    json_object,
+    raise_for_status,
+    refuse_credentials,
+    request,
+)
 from sidecar.delivery.limiter import Rule
-from sidecar.errors import CredentialsRefused, Reject
+from sidecar.errors import CredentialsRefused, DeliveryError, EndpointNotFound, Permanent, Reject
 from sidecar.journal.store import Event, read_ref
 from sidecar.ops.credentials import how_to_provide, read_secret
 from sidecar.quota import NONE, ApiQuota
@@ -72,6 +95,17 @@ MULTI_UPDATE_PATH = "v1/products/origin-products/multi-update"
 IMAGE_UPLOAD_PATH = "v1/product-images/upload"
 
 MAX_IMAGES_PER_CALL = 10
+REFUSED_ALONE = "product_refused"  # dead-letter reason: Naver refused the product in a call of its own
+# A multi-update refused whole for one bad product (documented 400 and 404): split to find it.
+WHOLE_CALL_REFUSALS = frozenset({400, 404})
+QUOTA_CODE = "GW.QUOTA_LIMIT"
+QUOTA_PERIOD_HEADER = "GNCP-GW-Quota-Period"
+# GNCP-GW-Quota-Period values that are clock periods, in seconds. The documents name SECONDS and
+# ROUND (a subscription round, no clock); applications were answered HOURS in 2026-08 ("할당된 시간당
+# 요청량을 초과하였습니다", commerce-api-naver discussions #3737, #3738). No reset time is sent, nor is
+# it documented where a window starts: we take whole periods of the clock (KST, UTC+9, for days).
+QUOTA_PERIODS = {"SECONDS": 1.0, "MINUTES": 60.0, "HOURS": 3600.0, "DAYS": 86_400.0}
+KST_OFFSET = 9 * 3600.0
 # Naver hands out the same token while more than 30 minutes remain; renewing
 # at that point gets a fresh one instead of a token about to lapse mid-call.
 TOKEN_RENEW_BEFORE_EXPIRY = 1800.0
@@ -129,9 +163,23 @@ def told_quota(response: httpx.Response) -> ApiQuota | None:
     return None if values == [NONE] * 3 else ApiQuota(*values)
 
 
-def _check(response: httpx.Response) -> None:
-    # Any 429 (GW.RATE_LIMIT, GW.QUOTA_LIMIT) was not applied: RateLimited, safe to resend.
-    raise_for_status(response, retryable_4xx=frozenset(), code_of=json_code, told_of=told_quota)
+def quota_reset_in(response: httpx.Response, now: float) -> float | None:
+    """Seconds from `now` (Unix time) to the next window of the quota named by GNCP-GW-Quota-Period.
+
+        quota_reset_in(httpx.Response(429, headers={"GNCP-GW-Quota-Period": "HOURS"}), 7200.0 + 1500)  # 2100.0
+
+    None when the period is not a clock period (ROUND) or is missing.
+    """
+    period = QUOTA_PERIODS.get(response.headers.get(QUOTA_PERIOD_HEADER, "").strip().upper())
+    if period is None:
+        return None
+    offset = KST_OFFSET if period >= QUOTA_PERIODS["DAYS"] else 0.0
+    return period - (now + offset) % period
+
+
+def _wrong_url(response: httpx.Response) -> EndpointNotFound:
+    return EndpointNotFound(API_NAME, str(response.request.url), "[naver] base_url", status=404,
+                            body=response.text[:BODY_KEEP_CHARS])
 
 
 def _merge_products(events: list[Event]) -> dict[int, dict[str, Any]]:
@@ -194,6 +242,10 @@ class NaverConnector(ConnectorBase):
         self._token: str | None = None
         self._renew_at = 0.0
         self._token_lock = asyncio.Lock()
+        self.redirects = Redirects(API_NAME, "[naver] base_url")
+        # Events whose product Naver refused alone in a split that a later failure cut short:
+        # the retry dead-letters them at planning instead of splitting again. Event id -> Naver's answer.
+        self._refused: dict[int, str] = {}
 
     def refresh_credentials(self) -> bool:
         """Read the client id and secret again; True (and the cached token dropped) if either changed."""
@@ -248,6 +300,13 @@ class NaverConnector(ConnectorBase):
     def plan(self, group: list[Event], ctx: PlanContext) -> Plan[NaverRequest]:
         if group[0].kind == IMAGES:
             return self._plan_images(group, ctx)
+        refused = [e for e in group if e.id in self._refused]
+        if refused:
+            detail = self._refused[refused[0].id]
+            dead = [e for e in refused if self._refused[e.id] == detail]
+            for event in dead:
+                del self._refused[event.id]
+            return Dead(dead, REFUSED_ALONE, detail)
         merged = _merge_products(group)
         chosen = list(merged)[: self.cfg.max_products_per_request]
         taken = set(chosen)
@@ -290,8 +349,7 @@ class NaverConnector(ConnectorBase):
             case UploadImages(batch, duplicates):
                 return await self._upload(batch, duplicates)
             case UpdateProducts(body):
-                response = await self._call("PATCH", MULTI_UPDATE_PATH, json=body)
-                return Delivered(failed=self._item_failures(plan.events, response), told=told_quota(response))
+                return await self._update(plan.events, body["multiProductUpdateRequestVos"], pace)
             case _:
                 assert_never(plan.request)
 
@@ -321,40 +379,73 @@ class NaverConnector(ConnectorBase):
             start += count
         return Delivered(refs=refs, duplicates=duplicates, told=told_quota(response))
 
-    @staticmethod
-    def _item_failures(events: list[Event], response: httpx.Response) -> dict[int, tuple[str, str]]:
-        """Events whose product's item failed, with why (an answer 200 may still refuse items).
+    async def _update(self, events: list[Event], items: list[dict[str, Any]], pace: Pace) -> Delivered:
+        """The multi-update, split on a whole-call refusal; events of products refused alone fail alone."""
+        refused: dict[int, str] = {}  # originProductNo -> Naver's answer to it alone
+        try:
+            told = await self._update_part(items, pace, refused, first=True)
+        except DeliveryError:
+            # The parts already accepted are resent with the rest: absolute values, same end state.
+            self._refused.update((e.id, refused[e.payload["originProductNo"]])
+                                 for e in events if e.payload["originProductNo"] in refused)
+            raise
+        return Delivered(failed={e.id: (REFUSED_ALONE, refused[e.payload["originProductNo"]])
+                                 for e in events if e.payload["originProductNo"] in refused}, told=told)
 
-        The shape of per-item results is unconfirmed by Naver's docs: read
-        `data.results[]` ({originProductNo, success, code, message}); with no
-        such list the top-level code decides for every item.
+    async def _update_part(self, items: list[dict[str, Any]], pace: Pace, refused: dict[int, str], *,
+                           first: bool = False) -> ApiQuota | None:
+        """Send `items`; on a whole-call 400/404, each half in order, down to single products.
+
+        Naver documents the 200 answer as ``{code, message, data: {}}``, no
+        per-item results: a 200 with a JSON object applied every item, whatever its `code`.
         """
-        doc = json_object(response)  # not JSON: the call went through but how is unknown; resend
-        data = doc.get("data")
-        results = data.get("results") if isinstance(data, dict) else None
-        failed_products: dict[Any, str] = {}
-        if isinstance(results, list):
-            for item in results:
-                if isinstance(item, dict) and item.get("success") is False:
-                    failed_products[item.get("originProductNo")] = f"{item.get('code', '')}: {item.get('message', '')}"
-        elif doc.get("code") not in (None, "SUCCESS"):
-            why = f"{doc.get('code')}: {doc.get('message', '')}"
-            failed_products = {e.payload["originProductNo"]: why for e in events}
-        return {e.id: ("item_failed", failed_products[e.payload["originProductNo"]])
-                for e in events if e.payload["originProductNo"] in failed_products}
+        if not first:
+            await pace()  # every extra call within the lane's rate
+        try:
+            response = await self._call("PATCH", MULTI_UPDATE_PATH, json={"multiProductUpdateRequestVos": items})
+        except Permanent as exc:
+            if exc.status not in WHOLE_CALL_REFUSALS:
+                raise
+            if len(items) == 1:
+                refused[items[0]["originProductNo"]] = exc.body or str(exc)
+                return None
+            half = (len(items) + 1) // 2
+            told = await self._update_part(items[:half], pace, refused)
+            return await self._update_part(items[half:], pace, refused) or told
+        # Not even a JSON object (a page from something in between): applied or not, we cannot
+        # tell; Retryable bad_response, and resending absolute values is safe.
+        json_object(response)
+        return told_quota(response)
+
+    def _check(self, response: httpx.Response) -> None:
+        if response.status_code == 404 and not json_code(response):
+            # Naver's own 404s carry its error body; a bare one is a path that does not exist.
+            raise _wrong_url(response)
+        # Any 429 (GW.RATE_LIMIT, GW.QUOTA_LIMIT) was not applied: RateLimited, safe to resend.
+        raise_for_status(response, retryable_4xx=frozenset(), code_of=json_code, told_of=told_quota,
+                         retry_after_of=self._retry_after)
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        """Retry-After, or for the hourly quota at least until its next window."""
+        header = header_retry_after(response)
+        if json_code(response) != QUOTA_CODE:
+            return header
+        reset = quota_reset_in(response, self.wall_clock())
+        return max(header or 0.0, self.cfg.quota_wait_seconds if reset is None else reset)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One API call with the bearer token; a 401 renews the token and retries once."""
         token = await self._access_token()
-        response = await request(self.http, method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+        response = await request(self.http, method, path, headers={"Authorization": f"Bearer {token}"},
+                                 redirects=self.redirects, **kwargs)
         if response.status_code == 401:
             # Tokens can be revoked before their time (a new one issued elsewhere).
             token = await self._access_token(stale=token)
             response = await request(self.http, method, path, headers={"Authorization": f"Bearer {token}"},
-                                     **kwargs)
+                                     redirects=self.redirects, **kwargs)
             if response.status_code == 401:  # a token issued a moment ago: the application is refused
                 refuse_credentials(API_NAME, response, json_code(response))
-        _check(response)
+        self._check(response)
         return response
 
     async def _access_token(self, stale: str | None = None) -> str:
@@ -376,11 +467,13 @@ class NaverConnector(ConnectorBase):
                 "client_secret_sign": sign,
             }
             started = self.clock()
-            response = await request(self.http, "POST", TOKEN_PATH, data=form)
+            response = await request(self.http, "POST", TOKEN_PATH, data=form, redirects=self.redirects)
+            if response.status_code == 404:  # e.g. base_url without /external: not the credentials' fault
+                raise _wrong_url(response)
             if 400 <= response.status_code < 500 and response.status_code != 429:
                 # Wrong id or secret, a revoked application, or a clock too far off for the timestamp.
                 refuse_credentials(API_NAME, response, json_code(response))
-            _check(response)
+            self._check(response)
             doc = json_object(response, keep_body=False)
             token, lifetime = doc.get("access_token"), doc.get("expires_in")
             if not isinstance(token, str) or not token or not isinstance(lifetime, (int, float)):

@@ -14,6 +14,14 @@ Requests are signed by botocore's SigV4 signer with credentials from
 botocore's standard chain (environment, shared config and credentials
 files, container or instance role); with none, the lane is paused.
 
+A bucket in another region than `[s3] region` answers 301 PermanentRedirect
+(or 400 AuthorizationHeaderMalformed when signed for the wrong region). Its
+region is read where botocore's S3RegionRedirector reads it (the
+``x-amz-bucket-region`` header, else the XML body's ``<Region>``, else a
+regional ``<Endpoint>``); the put is signed for that region and sent there
+once more (AWS's endpoint for it, or the same `endpoint_url`), and the
+bucket's region is remembered for the life of the process (logged once).
+
 Errors: 503 SlowDown slows the lane down (RateLimited); other 5xx and
 transport errors are retried (a PUT is idempotent, so resending after an
 unknown outcome is harmless); a 403 that refuses the credential itself
@@ -28,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +47,8 @@ import httpx
 import orjson
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.exceptions import BotoCoreError
+from botocore.exceptions import BotoCoreError, InvalidRegionError
+from botocore.utils import validate_region_name
 
 from client.wire import Envelope
 from sidecar.config import Config, S3Config
@@ -49,6 +59,8 @@ from sidecar.delivery.limiter import Rule
 from sidecar.errors import Permanent, Reject, Retryable
 from sidecar.journal.spool import Spool
 from sidecar.journal.store import Event
+
+log = logging.getLogger("sidecar.s3")
 
 PUT = "s3.put"
 SUPERSEDED = "superseded"
@@ -64,6 +76,11 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
+_XML_REGION = re.compile(r"<Region>([^<]*)</Region>")
+# A regional endpoint in a PermanentRedirect body: bucket.s3.eu-west-1.amazonaws.com, s3-ap-southeast-2...
+_ENDPOINT_REGION = re.compile(r"<Endpoint>(?:[^<]*\.)?s3[.-](?:dualstack\.)?([a-z0-9-]+)\.amazonaws\.com</Endpoint>")
+# Answers that name the bucket's region (botocore.utils.S3RegionRedirectorv2.redirect_from_error).
+WRONG_REGION = {301: "PermanentRedirect", 400: "AuthorizationHeaderMalformed"}
 # 403 codes about the key pair or session token, whatever the object: every put would fail alike.
 CREDENTIAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"})
 
@@ -126,6 +143,23 @@ def xml_code(response: httpx.Response) -> str:
     return found.group(1) if found else ""
 
 
+def bucket_region(response: httpx.Response) -> str | None:
+    """The region S3 says the bucket is in, on an answer refusing the region used; None otherwise.
+
+        bucket_region(httpx.Response(301, headers={"x-amz-bucket-region": "eu-west-1"}))  # "eu-west-1"
+    """
+    code = xml_code(response)
+    if response.status_code not in WRONG_REGION or code not in ("", WRONG_REGION[response.status_code]):
+        return None
+    found = _XML_REGION.search(response.text) or _ENDPOINT_REGION.search(response.text)
+    region = response.headers.get("x-amz-bucket-region") or (found.group(1) if found else None)
+    try:
+        validate_region_name(region)  # it goes into a host name and the signature's scope
+    except InvalidRegionError:
+        return None
+    return region
+
+
 def _check(response: httpx.Response) -> None:
     if response.status_code == 403 and xml_code(response) in CREDENTIAL_CODES:
         refuse_credentials("S3", response, xml_code(response))
@@ -150,9 +184,14 @@ class S3Connector(ConnectorBase):
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         """`credentials`: botocore Credentials (refreshable or not), None if the chain found none."""
         self.region = cfg.region
-        self.endpoint = cfg.endpoint_url.rstrip("/") or f"https://s3.{cfg.region}.amazonaws.com"
+        self.endpoint_url = cfg.endpoint_url.rstrip("/")
         self.credentials = credentials
         self.http = httpx.AsyncClient(timeout=cfg.timeout, transport=transport)
+        self.bucket_regions: dict[str, str] = {}  # buckets S3 said live outside `region`
+
+    def endpoint(self, region: str) -> str:
+        """The configured endpoint, else AWS's for `region`."""
+        return self.endpoint_url or f"https://s3.{region}.amazonaws.com"
 
     def refresh_credentials(self) -> bool:
         """Run botocore's chain again (a rewritten shared credentials file); True if the keys changed.
@@ -192,14 +231,26 @@ class S3Connector(ConnectorBase):
     # -- calls ----------------------------------------------------------------
 
     async def send(self, plan: Send[PutObject], pace: Pace) -> Delivered:
-        put, path, sha256 = plan.request.put, plan.request.path, plan.request.sha256
-        # Reading the spool, hashing and a credential refresh may all block: off the loop.
-        url, headers, body = await asyncio.to_thread(self._signed, put, path, sha256)
-        response = await request(self.http, "PUT", url, headers=headers, content=body)
+        put = plan.request.put
+        region = self.bucket_regions.get(put.bucket, self.region)
+        response = await self._put(plan.request, region)
+        moved = bucket_region(response)
+        if moved is not None and moved != region:
+            if self.bucket_regions.get(put.bucket) != moved:
+                log.warning("S3 bucket %s is in %s, not %s: signing its puts for %s from now on "
+                            "(set [s3] region to avoid the first redirect)", put.bucket, moved, region, moved)
+            self.bucket_regions[put.bucket] = moved
+            await pace()  # once, within the lane's rate
+            response = await self._put(plan.request, moved)
         _check(response)
-        return Delivered(refs={put.target: sha256, HEADERS_REF + put.target: put.headers_digest()})
+        return Delivered(refs={put.target: plan.request.sha256, HEADERS_REF + put.target: put.headers_digest()})
 
-    def _signed(self, put: ObjectPut, path: str, sha256: str) -> tuple[str, dict[str, str], bytes]:
+    async def _put(self, put: PutObject, region: str) -> httpx.Response:
+        # Reading the spool, hashing and a credential refresh may all block: off the loop.
+        url, headers, body = await asyncio.to_thread(self._signed, put.put, put.path, put.sha256, region)
+        return await request(self.http, "PUT", url, headers=headers, content=body)
+
+    def _signed(self, put: ObjectPut, path: str, sha256: str, region: str) -> tuple[str, dict[str, str], bytes]:
         if self.credentials is None:
             raise Retryable("no_credentials", NO_CREDENTIALS)
         try:
@@ -207,7 +258,7 @@ class S3Connector(ConnectorBase):
         except BotoCoreError as exc:
             raise Retryable("credentials", str(exc)) from None
         body = Spool.read(path)
-        url = f"{self.endpoint}/{put.bucket}/{quote(put.key, safe='/')}"
+        url = f"{self.endpoint(region)}/{put.bucket}/{quote(put.key, safe='/')}"
         headers = {
             "Content-Type": put.content_type,
             "Content-MD5": base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
@@ -215,7 +266,7 @@ class S3Connector(ConnectorBase):
             **{f"x-amz-meta-{name}": value for name, value in put.metadata.items()},
         }
         aws = AWSRequest(method="PUT", url=url, data=body, headers=headers)
-        S3SigV4Auth(credentials, "s3", self.region).add_auth(aws)
+        S3SigV4Auth(credentials, "s3", region).add_auth(aws)
         # The signer hashes the body itself; a different hash means the spool file changed since ingest.
         if aws.headers["X-Amz-Content-SHA256"] != sha256:
             raise Permanent("blob_corrupt", f"spool file {path} no longer matches the SHA-256 it was received with")

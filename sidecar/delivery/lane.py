@@ -40,7 +40,7 @@ from sidecar.delivery.limiter import Limiter
 from sidecar.delivery.pause import Pause
 from sidecar.delivery.settle import Settler
 from sidecar.delivery.split import bisect, worth_splitting
-from sidecar.errors import CredentialsRefused, DeliveryError, Permanent, RateLimited, Retryable
+from sidecar.errors import CredentialsRefused, DeliveryError, EndpointNotFound, Permanent, RateLimited, Retryable
 from sidecar.journal.health import classify
 from sidecar.journal.store import Event, Journal
 from sidecar.ops.credentials import how_to_provide
@@ -300,6 +300,8 @@ class Lane:
             self._wake.set()
         self.metrics.retried.labels(lane=self.name, reason=exc.reason).inc()
         if first:  # once per pause, not once per probe
-            log.warning("lane %s: paused: %s (%s); its events wait in the journal; to fix it, %s; it is also read "
+            fix = (f"correct {exc.setting} and restart the sidecar" if isinstance(exc, EndpointNotFound)
+                   else how_to_provide())
+            log.warning("lane %s: paused: %s (%s); its events wait in the journal; to fix it, %s; one call is tried "
                         "again every %.0f s", self.name, exc.pause_reason, exc.detail or exc.status,
-                        how_to_provide(), self.retry.credentials_probe_seconds)
+                        fix, self.retry.credentials_probe_seconds)

@@ -466,7 +466,7 @@ def test_naver_bearer_required_and_expiry(naver: tuple[NaverSimulator, httpx.Cli
     assert sim.product(1001)["updates"] == 1
 
 
-def test_naver_multi_update_partial_failure(naver: tuple[NaverSimulator, httpx.Client]) -> None:
+def test_naver_multi_update_answers_as_documented(naver: tuple[NaverSimulator, httpx.Client]) -> None:
     sim, client = naver
     items = [
         {"originProductNo": 1001, "multiUpdateTypes": ["SALE_PRICE", "STOCK"],
@@ -474,11 +474,13 @@ def test_naver_multi_update_partial_failure(naver: tuple[NaverSimulator, httpx.C
         stock_item(4040, 1),
         {"originProductNo": 1002, "multiUpdateTypes": ["PRODUCT_STATUS_SUSPENSION"]},
     ]
+    # One unknown product refuses the whole call; nothing is applied.
+    refused = client.patch("/products/origin-products/multi-update", json={"multiProductUpdateRequestVos": items})
+    assert refused.status_code == 404 and refused.json()["code"] == "NOT_FOUND" and "4040" in refused.json()["message"]
+    assert sim.product(1001)["updates"] == 0 and sim.product(1002)["statusType"] == "SALE"
+    del items[1]
     answer = client.patch("/products/origin-products/multi-update", json={"multiProductUpdateRequestVos": items})
-    assert answer.status_code == 200
-    body = answer.json()
-    assert body["code"] == "PARTIAL_SUCCESS" and body["data"]["failCount"] == 1
-    assert [r["success"] for r in body["data"]["results"]] == [True, False, True]
+    assert answer.status_code == 200 and answer.json()["data"] == {} and answer.json()["code"] == "SUCCESS"
     assert (sim.product(1001)["salePrice"], sim.product(1001)["stockQuantity"]) == (14000, 3)
     assert sim.product(1002)["statusType"] == "SUSPENSION"
 

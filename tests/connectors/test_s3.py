@@ -17,7 +17,7 @@ from botocore.credentials import Credentials
 from client import wire
 from sidecar.config import Config, S3Config
 from sidecar.connectors.base import Dead, Send, Skip, unpaced
-from sidecar.connectors.s3 import S3Connector, build
+from sidecar.connectors.s3 import S3Connector, bucket_region, build
 from sidecar.errors import CredentialsRefused, Permanent, RateLimited, Reject, Retryable
 from sidecar.journal.spool import Spool
 from sidecar.journal.store import Event
@@ -167,3 +167,22 @@ def test_s3_lane_pauses_without_credentials_naming_the_chain(monkeypatch: pytest
     [spec] = build(Config())
     asyncio.run(spec.connector.aclose())
     assert spec.paused is None and spec.concurrency == 4 and spec.rule.rate == 100.0
+
+
+REDIRECT_BODY = ("<Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be "
+                 "addressed using the specified endpoint.</Message><Bucket>bkt</Bucket><Endpoint>{}</Endpoint></Error>")
+
+
+@pytest.mark.parametrize("status, headers, body, region", [
+    (301, {"x-amz-bucket-region": "eu-west-1"}, REDIRECT_BODY.format("bkt.s3.amazonaws.com"), "eu-west-1"),
+    (301, {}, REDIRECT_BODY.format("bkt.s3.ap-northeast-2.amazonaws.com"), "ap-northeast-2"),
+    (301, {}, REDIRECT_BODY.format("bkt.s3-ap-southeast-2.amazonaws.com"), "ap-southeast-2"),
+    (301, {}, REDIRECT_BODY.format("bkt.s3.amazonaws.com"), None),  # no region anywhere: stays a refusal
+    (400, {}, "<Error><Code>AuthorizationHeaderMalformed</Code><Region>eu-central-1</Region></Error>", "eu-central-1"),
+    (400, {"x-amz-bucket-region": "eu-west-1"}, "<Error><Code>BadDigest</Code></Error>", None),
+    (301, {"x-amz-bucket-region": "evil.example.com/x"}, "", None),  # never into a host name or a signature
+    (200, {"x-amz-bucket-region": "eu-west-1"}, "", None),
+])
+def test_bucket_region_is_read_where_botocore_reads_it(status: int, headers: dict[str, str], body: str,
+                                                       region: str | None) -> None:
+    assert bucket_region(httpx.Response(status, headers=headers, text=body)) == region

@@ -12,7 +12,7 @@ import pytest
 from client import Client, wire
 from sidecar.connectors.naver import image_urls
 from standins.base import Fault
-from standins.naver import IMAGE_UPLOAD_PATH, MULTI_UPDATE_PATH, NaverSimulator
+from standins.naver import IMAGE_UPLOAD_PATH, MULTI_UPDATE_PATH, TOKEN_PATH, NaverSimulator
 
 from ..support import SidecarProcess, drained, sidecar_config, wait_until
 
@@ -103,9 +103,11 @@ def test_missing_product_dies_alone_and_token_is_reused_then_renewed(short_tmp: 
 
         sc = SidecarProcess(short_tmp, config=cfg, env=credentials(sim)).start()
         wait_until(lambda: sc.journal_count("events") == 0, timeout=20, what="the queued updates")
-        assert calls(sim, MULTI_UPDATE_PATH) == 1
+        # One unknown product refuses the whole call (404): the halves [1001, 9999] (404 again, so
+        # 1001 alone, then 9999 alone) and [1002, 1003] go on their own.
+        assert [r.status for r in sim.requests if r.path == MULTI_UPDATE_PATH] == [404, 404, 200, 404, 200]
         rows = dead_letters(sc)
-        assert [(kind, reason, status) for kind, reason, status, _ in rows] == [(UPDATE, "item_failed", None)] * 2
+        assert [(kind, reason, status) for kind, reason, status, _ in rows] == [(UPDATE, "product_refused", None)] * 2
         assert all("NOT_FOUND" in detail and "9999" in detail for *_, detail in rows)
         frames = sc.query("SELECT frame FROM dead_letters ORDER BY id")
         assert [wire.decode(frame).payload["originProductNo"] for (frame,) in frames] == [9999, 9999]
@@ -127,6 +129,63 @@ def test_missing_product_dies_alone_and_token_is_reused_then_renewed(short_tmp: 
         assert calls(sim, MULTI_UPDATE_PATH, 401) == 1
         assert len(dead_letters(sc)) == 2
         assert sc.stop() == 0
+
+
+def test_one_missing_product_among_50_dies_alone_with_navers_message_and_the_49_are_applied(
+        short_tmp: Path) -> None:
+    with NaverSimulator(rate_per_second=50, burst=50) as sim:
+        products = list(range(5001, 5051))
+        missing = 5031
+        for no in products:
+            if no != missing:
+                sim.add_product(no, sale_price=100, stock=0)
+        cfg = naver_config(short_tmp, sim, rate_per_second=10.0, burst=2.0, max_products_per_request=50)
+        # Paused first, so that the 50 updates wait together and go out as one call.
+        paused = SidecarProcess(short_tmp, config=cfg, env=NO_CREDENTIALS).start()
+        with Client(paused.endpoint, strict=True) as client:
+            for no in products:
+                client.emit(UPDATE, {"originProductNo": no, "salePrice": no, "stockQuantity": no % 7})
+        wait_until(lambda: paused.journal_count("events") == 50, timeout=20, what="50 journaled updates")
+        assert paused.stop() == 0
+        sc = SidecarProcess(short_tmp, config=cfg, env=credentials(sim)).start()
+        wait_until(lambda: sc.journal_count("events") == 0, timeout=60, what="the split to settle every update")
+        scrape = sc.get("/metrics")[1].decode()
+        assert sc.stop() == 0
+        rows = dead_letters(sc)
+        assert [(kind, reason, status) for kind, reason, status, _ in rows] == [(UPDATE, "product_refused", None)]
+        answer = orjson.loads(rows[0][3])  # Naver's answer to that product alone
+        assert answer["code"] == "NOT_FOUND" and str(missing) in answer["message"]
+        (frame,) = sc.query("SELECT frame FROM dead_letters")[0]
+        assert wire.decode(frame).payload["originProductNo"] == missing
+        applied = sim.products()
+        assert [(p["originProductNo"], p["salePrice"], p["stockQuantity"]) for p in applied] == \
+            [(no, no, no % 7) for no in products if no != missing]
+        assert all(p["updates"] >= 1 for p in applied)  # a part resent after a 429 is applied again: same values
+        statuses = [r.status for r in sim.requests if r.path == MULTI_UPDATE_PATH]
+        assert statuses[0] == 404 and statuses.count(404) >= 6  # halved down to the product alone
+        assert 'sidecar_events_delivered_total{kind="naver.product.update"} 49.0' in scrape
+
+
+def test_a_308_on_the_token_and_the_update_endpoint_is_followed(short_tmp: Path) -> None:
+    with NaverSimulator(rate_per_second=50, burst=50) as sim:
+        sim.add_product(6001, stock=0)
+        new_token, new_update = "/external/v2/oauth2/token", "/external/v2/products/origin-products/multi-update"
+        sim.move(TOKEN_PATH, new_token)
+        sim.move(MULTI_UPDATE_PATH, new_update)
+        sc = SidecarProcess(short_tmp, config=naver_config(short_tmp, sim), env=credentials(sim)).start()
+        with Client(sc.endpoint, strict=True) as client:
+            client.emit(UPDATE, {"originProductNo": 6001, "stockQuantity": 1})
+            wait_until(lambda: drained(sc, client) and sim.product(6001)["stockQuantity"] == 1, timeout=20,
+                       what="the first update, through both moves")
+            client.emit(UPDATE, {"originProductNo": 6001, "stockQuantity": 2})
+            wait_until(lambda: drained(sc, client) and sim.product(6001)["stockQuantity"] == 2, timeout=20,
+                       what="the second update, straight to the new place")
+        log = sc.log_text()
+        assert sc.stop() == 0
+        assert dead_letters(sc) == []
+        assert [(r.path, r.status) for r in sim.requests] == [
+            (TOKEN_PATH, 308), (new_token, 200), (MULTI_UPDATE_PATH, 308), (new_update, 200), (new_update, 200)]
+        assert log.count("(308 PERMANENT_REDIRECT)") == 2
 
 
 def test_rate_limited_calls_are_resent_with_no_loss(short_tmp: Path) -> None:

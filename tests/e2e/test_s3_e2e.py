@@ -3,6 +3,9 @@ which checks every SigV4 signature (planning and signing without network: test_s
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import hashlib
 import os
 import signal
 from collections.abc import Iterator
@@ -11,9 +14,14 @@ from typing import Any
 
 import botocore.exceptions
 import pytest
+from botocore.credentials import Credentials
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import Client
+from sidecar.config import S3Config
+from sidecar.connectors.base import Send, unpaced
+from sidecar.connectors.s3 import ObjectPut, PutObject, S3Connector
+from sidecar.journal.spool import Spool
 from standins.moto_s3 import MotoS3, moto_s3
 from standins.s3proxy import S3FaultProxy
 
@@ -183,3 +191,60 @@ def test_wrong_credentials_pause_the_lane_until_the_credentials_file_is_fixed(
     assert sc.journal_count("dead_letters") == 0 and spooled(sc) == []
     assert "not-the-secret" not in sc.log_text()
     assert sc.stop() == 0
+
+
+# -- a bucket in another region (S3 answers 301 PermanentRedirect; moto does not: the proxy does) --
+
+
+def bucket_elsewhere(moto: MotoS3, proxy: S3FaultProxy, name: str, region: str = "eu-west-1", *,
+                     header: bool = True) -> MotoS3:
+    """Make `name` in `region` (moto keeps it), and have the proxy answer for S3's regions."""
+    there = dataclasses.replace(moto, region=region, bucket=name)
+    there.client().create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
+    proxy.bucket_in(name, region, header=header)
+    return there
+
+
+def test_a_put_to_a_bucket_in_another_region_lands_and_the_region_is_remembered(
+        short_tmp: Path, moto: MotoS3, proxy: S3FaultProxy) -> None:
+    eu = bucket_elsewhere(moto, proxy, "sidecar-eu")
+    sc = sidecar(short_tmp, proxy, moto)  # [s3] region us-east-1
+    with Client(sc.endpoint, strict=True) as client:
+        client.emit("s3.put", put(eu.bucket, "first.csv"), blob=b"a,b\n1,2\n")
+        wait_until(lambda: drained(sc, client), timeout=30, what="the put after the redirect")
+        client.emit("s3.put", put(eu.bucket, "second.csv"), blob=b"a,b\n3,4\n")
+        client.emit("s3.put", put(moto.bucket, "home.csv"), blob=b"home")
+        wait_until(lambda: drained(sc, client), timeout=30, what="the later puts")
+    log = sc.log_text()
+    assert sc.stop() == 0
+    assert sc.query("SELECT COUNT(*) FROM dead_letters") == [(0,)]
+    assert eu.read("first.csv")[0] == b"a,b\n1,2\n" and eu.read("second.csv")[0] == b"a,b\n3,4\n"
+    assert moto.read("home.csv")[0] == b"home"
+    # One 301, then straight to the bucket's region: the second put was signed for eu-west-1 at once.
+    puts = [(r.path, r.status, r.outcome) for r in proxy.records if r.method == "PUT"]
+    assert puts[:2] == [(f"/{eu.bucket}/first.csv", 301, "refused"), (f"/{eu.bucket}/first.csv", 200, "forwarded")]
+    assert sorted(puts[2:]) == [(f"/{eu.bucket}/second.csv", 200, "forwarded"),
+                                (f"/{moto.bucket}/home.csv", 200, "forwarded")]  # the lane's 4 workers: any order
+    assert log.count("is in eu-west-1, not us-east-1") == 1
+
+
+def test_the_region_is_read_from_the_redirects_body_without_the_header(tmp_path: Path, moto: MotoS3,
+                                                                       proxy: S3FaultProxy) -> None:
+    eu = bucket_elsewhere(moto, proxy, "sidecar-eu-body", header=False)
+    body = b"only the body says where"
+    spool = Spool(tmp_path)
+    spool.create()
+    path = spool.put(body)
+    conn = S3Connector(S3Config(endpoint_url=proxy.url, region=moto.region),
+                       Credentials(moto.access_key, moto.secret_key))
+    request = PutObject(ObjectPut(eu.bucket, "k", "text/plain", {}), path, hashlib.sha256(body).hexdigest())
+
+    async def go() -> None:
+        try:
+            await conn.send(Send([], request), unpaced)
+        finally:
+            await conn.aclose()
+
+    asyncio.run(go())
+    assert eu.read("k")[0] == body and conn.bucket_regions == {eu.bucket: "eu-west-1"}
+    assert [(r.status, r.outcome) for r in proxy.records] == [(301, "refused"), (200, "forwarded")]

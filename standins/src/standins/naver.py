@@ -29,17 +29,19 @@ field in `invalidInputs`. Older tokens stay valid until they expire.
 `productSalePrice.salePrice` int > 0, STOCK needs `stockQuantity` int >= 0,
 IMMEDIATE_DISCOUNT needs an `immediateDiscountPolicy` object, which is stored
 as given; PRODUCT_STATUS_SALE / PRODUCT_STATUS_SUSPENSION set `statusType`).
-A malformed item, or more than `max_items_per_call` items, refuses the whole
-call (400 `BadRequest`, nothing applied). An unknown product fails only its
-item. Every accepted call answers 200 (this `data` shape is the simulator's own;
-the real field names are unconfirmed)::
+A malformed item, more than `max_items_per_call` items, or an item naming a
+product that does not exist refuses the whole call and applies nothing (400
+`BAD_REQUEST`; 404 `NOT_FOUND` for the unknown product, named in `message` and
+`invalidInputs`). An accepted call answers as documented, with no per-item
+results (Commerce API center, "원상품 멀티 수정" `PATCH /v1/products/origin-
+products/multi-update`; the documents' error codes, e.g. `BAD_REQUEST`,
+`PERMANENT_REDIRECT`: https://apicenter.commerce.naver.com/docs/commerce-api/
+2.49.0/upload-product)::
 
-    {"code": "SUCCESS" | "PARTIAL_SUCCESS" | "FAIL", "message": "...",
-     "data": {"successCount": 1, "failCount": 1, "results": [
-         {"originProductNo": 1001, "success": true},
-         {"originProductNo": 9999, "success": false, "code": "NOT_FOUND", "message": "..."}]}}
+    {"code": "SUCCESS", "message": "...", "data": {}}
 
-A repeated call applies again (`product(no)["updates"]` counts applications).
+Whether the real API applies part of a call it refuses is not documented;
+the simulator applies none of it. A repeated call applies again (`product(no)["updates"]` counts applications).
 
 `POST /external/v1/product-images/upload`: multipart field `imageFiles`, 1 to
 `max_images_per_call` (10) files, each JPG/GIF/PNG/BMP by its magic bytes, else
@@ -52,8 +54,17 @@ token bucket per API, for the one application; over it 429 `GW.RATE_LIMIT` with
 The token endpoint is not rate limited. Error body: `{code, message,
 invalidInputs: [{name, type, message}], timestamp}`.
 
+Both endpoints document `308 PERMANENT_REDIRECT`: `move(path, to)` makes
+`path` answer 308 with `Location: <url><to>` (and that error body) while `to`
+serves the endpoint. `set_quota(limit, "HOURS")` adds the hourly quota that
+sits beside the per-second rate: every API answer carries
+`GNCP-GW-Quota-Period`, `-Limit` and `-Remaining`, and the call after `limit`
+in one window is answered 429 `GW.QUOTA_LIMIT` with them. Windows are whole
+periods of `clock` (hours start on the hour); the documents say neither when a
+window starts nor send a reset time.
+
 Python API: `add_product()`, `product()`, `products()`, `images()`,
-`token_issues`, `token_requests`, `expire_token()`. Control API (besides
+`token_issues`, `token_requests`, `expire_token()`, `move()`, `set_quota()`. Control API (besides
 base.py's): `POST /_sim/products {"originProductNo", "salePrice",
 "stockQuantity", "statusType"}`, `POST /_sim/expire_token`.
 
@@ -86,6 +97,13 @@ TOKEN_PATH = "/external/v1/oauth2/token"
 MULTI_UPDATE_PATH = "/external/v1/products/origin-products/multi-update"
 IMAGE_UPLOAD_PATH = "/external/v1/product-images/upload"
 
+# GNCP-GW-Quota-Period values and their windows in seconds. The documents name SECONDS and ROUND
+# (a subscription round); HOURS is what applications were answered in 2026-08 (commerce-api-naver
+# discussions #3737, #3738: "gncp-gw-quota-period: HOURS"). Where a window starts is not documented:
+# here at whole periods of the clock (KST is UTC+9, so hours start at the same instants).
+QUOTA_PERIODS = {"SECONDS": 1.0, "MINUTES": 60.0, "HOURS": 3600.0, "DAYS": 86_400.0}
+KST_OFFSET = 9 * 3600.0
+
 TOKEN_LIFETIME = 10_800.0
 TOKEN_REUSE_MIN_REMAINING = 1_800.0
 TIMESTAMP_TOLERANCE_MS = 5 * 60 * 1000
@@ -102,7 +120,7 @@ def client_secret_sign(client_id: str, client_secret: str, timestamp_ms: int) ->
     return base64.b64encode(hashed).decode()
 
 
-def _bad(name: str, message: str, status: int = 400, code: str = "BadRequest") -> SimError:
+def _bad(name: str, message: str, status: int = 400, code: str = "BAD_REQUEST") -> SimError:
     invalid = [{"name": name, "type": "Invalid", "message": message}]
     return SimError(status, code, message, extra={"invalidInputs": invalid})
 
@@ -157,7 +175,7 @@ class NaverSimulator(SimServer):
     """
 
     fault_codes: ClassVar[dict[int, str]] = {
-        400: "BadRequest", 401: "GW.AUTHN", 403: "GW.AUTHZ", 404: "NotFound", 429: "GW.RATE_LIMIT",
+        400: "BAD_REQUEST", 401: "GW.AUTHN", 403: "GW.AUTHZ", 404: "NOT_FOUND", 429: "GW.RATE_LIMIT",
         500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout",
     }
 
@@ -180,6 +198,10 @@ class NaverSimulator(SimServer):
         self._current: str | None = None
         self._products: dict[int, dict[str, Any]] = {}
         self._images: list[dict[str, Any]] = []
+        self._moved: dict[str, str] = {}  # old path -> new path (answered 308)
+        self._served_as: dict[str, str] = {}  # new path -> the endpoint it serves
+        self._quota: tuple[int, str] | None = None  # (limit, period)
+        self._quota_used: dict[tuple[str, int], int] = {}  # (API, window) -> calls counted
 
     # -- Python API for tests ----------------------------------------------
     def add_product(self, no: int, *, sale_price: int = 10_000, stock: int = 10, status: str = "SALE") -> None:
@@ -203,6 +225,20 @@ class NaverSimulator(SimServer):
         """Uploaded images in order: `{"url", "bytes", "filename", "format"}`."""
         with self.lock:
             return [dict(image) for image in self._images]
+
+    def move(self, path: str, to: str) -> None:
+        """Answer requests to `path` with 308 PERMANENT_REDIRECT to `to`, which serves that endpoint from now on."""
+        with self.lock:
+            self._moved[path] = to
+            self._served_as[to] = self._served_as.pop(path, path)
+
+    def set_quota(self, limit: int | None, period: str = "HOURS") -> None:
+        """An hourly (or per-`period`) quota per API: `limit` calls a window, then 429 GW.QUOTA_LIMIT; None: off."""
+        if period not in QUOTA_PERIODS:
+            raise ValueError(f"period must be one of {sorted(QUOTA_PERIODS)}")
+        with self.lock:
+            self._quota = None if limit is None else (limit, period)
+            self._quota_used.clear()
 
     def expire_token(self) -> None:
         """Invalidate every issued token now; the next token call mints a new one."""
@@ -239,17 +275,41 @@ class NaverSimulator(SimServer):
         })
 
     def handle(self, request: Request) -> Response:
-        if (request.method, request.path) == ("POST", TOKEN_PATH):
+        moved = self._moved.get(request.path)
+        if moved is not None:
+            # Documented for every endpoint: 308 PERMANENT_REDIRECT, to be resent with the same method.
+            return Response(308, self.error(SimError(308, "PERMANENT_REDIRECT", f"moved to {moved}")).json_body,
+                            headers={"Location": self.url + moved})
+        path = self._served_as.get(request.path, request.path)
+        if (request.method, path) == ("POST", TOKEN_PATH):
             return self._issue_token(request)
         routes = {("PATCH", MULTI_UPDATE_PATH): self._multi_update, ("POST", IMAGE_UPLOAD_PATH): self._upload}
-        action = routes.get((request.method, request.path))
+        action = routes.get((request.method, path))
         if action is None:
-            raise SimError(404, "NotFound", f"no such API: {request.method} {request.path}")
+            raise SimError(404, "NOT_FOUND", f"no such API: {request.method} {request.path}")
         self._authenticate(request)
-        headers = self._rate_limit(request.path)
+        headers = self._rate_limit(path)
+        headers.update(self._count_quota(path, headers))
         response = action(request)
         response.headers.update(headers)
         return response
+
+    def _count_quota(self, api: str, headers: dict[str, str]) -> dict[str, str]:
+        """Count a call against the quota; return its GNCP-GW-Quota-* headers (raise 429 GW.QUOTA_LIMIT if spent)."""
+        if self._quota is None:
+            return {}
+        limit, period = self._quota
+        offset = KST_OFFSET if period == "DAYS" else 0.0
+        window = int((self.wall_clock() + offset) // QUOTA_PERIODS[period])
+        used = self._quota_used.get((api, window), 0)
+        quota = {"GNCP-GW-Quota-Period": period, "GNCP-GW-Quota-Limit": str(limit),
+                 "GNCP-GW-Quota-Remaining": str(max(0, limit - used - 1))}
+        if used >= limit:
+            # The message real applications got (commerce-api-naver discussion #3737).
+            raise SimError(429, "GW.QUOTA_LIMIT", "할당된 시간당 요청량을 초과하였습니다.",
+                           headers={**headers, **quota})
+        self._quota_used[(api, window)] = used + 1
+        return quota
 
     def _authenticate(self, request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -317,14 +377,14 @@ class NaverSimulator(SimServer):
             raise _bad("multiProductUpdateRequestVos",
                        f"at most {self.max_items_per_call} items per call, got {len(items)}")
         for i, item in enumerate(items):
-            self._check_item(item, f"multiProductUpdateRequestVos[{i}]")
-        results = [self._apply_item(item) for item in items]
-        failed = sum(not r["success"] for r in results)
-        code = "SUCCESS" if not failed else "FAIL" if failed == len(results) else "PARTIAL_SUCCESS"
-        return Response(200, {
-            "code": code, "message": f"{len(results) - failed} applied, {failed} failed",
-            "data": {"successCount": len(results) - failed, "failCount": failed, "results": results},
-        })
+            where = f"multiProductUpdateRequestVos[{i}]"
+            self._check_item(item, where)
+            if item["originProductNo"] not in self._products:
+                raise _bad(f"{where}.originProductNo", f"origin product {item['originProductNo']} does not exist",
+                           404, "NOT_FOUND")
+        for item in items:
+            self._apply_item(item)
+        return Response(200, {"code": "SUCCESS", "message": f"{len(items)} product(s) updated", "data": {}})
 
     def _check_item(self, item: Any, where: str) -> None:
         """Refuse the whole call on a malformed item, before anything is applied."""
@@ -345,12 +405,8 @@ class NaverSimulator(SimServer):
         if "IMMEDIATE_DISCOUNT" in types and not isinstance(item.get("immediateDiscountPolicy"), dict):
             raise _bad(f"{where}.immediateDiscountPolicy", "an object is required for IMMEDIATE_DISCOUNT")
 
-    def _apply_item(self, item: dict[str, Any]) -> dict[str, Any]:
-        no = item["originProductNo"]
-        product = self._products.get(no)
-        if product is None:
-            return {"originProductNo": no, "success": False, "code": "NOT_FOUND",
-                    "message": f"origin product {no} does not exist"}
+    def _apply_item(self, item: dict[str, Any]) -> None:
+        product = self._products[item["originProductNo"]]
         types = item["multiUpdateTypes"]
         if "SALE_PRICE" in types:
             product["salePrice"] = item["productSalePrice"]["salePrice"]
@@ -363,7 +419,6 @@ class NaverSimulator(SimServer):
         if "PRODUCT_STATUS_SUSPENSION" in types:
             product["statusType"] = "SUSPENSION"
         product["updates"] += 1
-        return {"originProductNo": no, "success": True}
 
     def _upload(self, request: Request) -> Response:
         files = [p for p in _multipart(request.body, request.headers.get("content-type", "")) if p.name == "imageFiles"]

@@ -9,12 +9,21 @@ Usage::
         proxy.forwarded, proxy.refused          # requests passed upstream / answered by the proxy
         proxy.count("PUT", path="/bucket/key")  # forwarded PUTs of one object
         proxy.records                           # [ProxyRecord(method, path, status, outcome)]
+        proxy.bucket_in("eu-bucket", "eu-west-1")   # requests signed for another region: 301 PermanentRedirect
 
 Every other request goes upstream unchanged: method, raw path and query,
 headers (Host and Authorization included, so a SigV4 signature made for the
 proxy's address verifies upstream) and body; the answer comes back the same
 way. Only hop-by-hop headers (Connection, Keep-Alive, ...) stay on their own
 connection. A request whose upstream cannot be reached is answered 502.
+
+moto in server mode keeps every bucket in one place and takes a request
+signed for any region (checked with moto 5.2), so the proxy answers for S3's
+regions: a request to a bucket placed with `bucket_in` whose SigV4 scope names
+another region gets 301 `PermanentRedirect` (S3's error codes: "must be
+addressed using the specified endpoint"), with the `x-amz-bucket-region`
+header (left out with `header=False`) and `<Bucket>`/`<Endpoint>` in the
+body, as S3 answers; it is not forwarded.
 
 Not a `SimServer`: those parse the query string, run handlers one at a time
 under a lock and answer JSON, while a proxy passes raw requests through
@@ -25,6 +34,7 @@ connections cut on stop).
 from __future__ import annotations
 
 import http.client
+import re
 import threading
 import time
 import uuid
@@ -39,6 +49,7 @@ from standins.base import Fault, LoopbackHandler, LoopbackServer, Response, take
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade"})
 UPSTREAM_TIMEOUT = 60.0
+_SCOPE_REGION = re.compile(r"Credential=[^/,]+/\d{8}/([^/,]+)/s3/aws4_request")
 
 Outcome = Literal["forwarded", "refused", "failed"]
 
@@ -54,14 +65,15 @@ class ProxyRecord:
     outcome: Outcome
 
 
-def s3_error(code: str, message: str, resource: str) -> bytes:
-    """An S3 XML error body::
+def s3_error(code: str, message: str, resource: str, *, extra: dict[str, str] | None = None) -> bytes:
+    """An S3 XML error body (`extra`: more elements, e.g. a redirect's Bucket and Endpoint)::
 
         s3_error("SlowDown", "Please reduce your request rate.", "/bucket/key")
     """
     request_id = uuid.uuid4().hex[:16].upper()
+    more = "".join(f"<{name}>{escape(value)}</{name}>" for name, value in (extra or {}).items())
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{escape(message)}</Message>'
-            f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId></Error>").encode()
+            f"<Resource>{escape(resource)}</Resource>{more}<RequestId>{request_id}</RequestId></Error>").encode()
 
 
 class S3FaultProxy(LoopbackServer):
@@ -75,6 +87,7 @@ class S3FaultProxy(LoopbackServer):
         self._slow_downs = 0
         self._records: list[ProxyRecord] = []
         self._faults: list[Fault] = []
+        self._regions: dict[str, tuple[str, bool]] = {}  # bucket -> (its region, send x-amz-bucket-region)
 
     # -- faults and counts ----------------------------------------------------
 
@@ -90,6 +103,21 @@ class S3FaultProxy(LoopbackServer):
         forwarding (an S3 XML error for a status), `"after"` forwards first."""
         with self._lock:
             self._faults.append(fault)
+
+    def bucket_in(self, bucket: str, region: str, *, header: bool = True) -> None:
+        """Place `bucket` in `region`: a request signed for another region is answered 301 PermanentRedirect."""
+        with self._lock:
+            self._regions[bucket] = (region, header)
+
+    def _wrong_region(self, path: str, authorization: str) -> tuple[str, str, bool] | None:
+        """(bucket, its region, header?) if the request is signed for another region than its bucket's."""
+        bucket = urlsplit(path).path.lstrip("/").split("/", 1)[0]
+        scope = _SCOPE_REGION.search(authorization)
+        with self._lock:
+            placed = self._regions.get(bucket)
+        if placed is None or scope is None or scope.group(1) == placed[0]:
+            return None
+        return bucket, *placed
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -135,6 +163,10 @@ class _Handler(LoopbackHandler[S3FaultProxy]):
             self._refuse(411, "MissingContentLength", "You must provide the Content-Length HTTP header.", "failed")
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        moved = proxy._wrong_region(self.path, self.headers.get("Authorization", ""))
+        if moved is not None:
+            self._redirect(*moved)
+            return
         if self.command == "PUT" and proxy._take_slow_down():
             self._refuse(503, "SlowDown", "Please reduce your request rate.", "refused")
             return
@@ -194,6 +226,15 @@ class _Handler(LoopbackHandler[S3FaultProxy]):
             return response.status, response.reason, headers, payload
         finally:
             conn.close()
+
+    def _redirect(self, bucket: str, region: str, header: bool) -> None:
+        endpoint = f"{bucket}.s3.{region}.amazonaws.com"
+        body = s3_error("PermanentRedirect", "The bucket you are attempting to access must be addressed using the "
+                        "specified endpoint. Please send all future requests to this endpoint.",
+                        self.path.split("?")[0], extra={"Bucket": bucket, "Endpoint": endpoint})
+        headers = [("Content-Type", "application/xml")] + ([("x-amz-bucket-region", region)] if header else [])
+        self._answer(301, None, headers, body)
+        self.server.owner._record(ProxyRecord(self.command, self.path, 301, "refused"))
 
     def _refuse(self, status: int, code: str, message: str, outcome: Outcome) -> None:
         body = s3_error(code, message, self.path.split("?")[0])
