@@ -28,7 +28,7 @@ from standins.base import Fault
 from standins.naver import MULTI_UPDATE_PATH, TOKEN_PATH, NaverSimulator
 from standins.webhook import WebhookReceiver
 
-from .support import journaled
+from ..support import journaled
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -246,13 +246,13 @@ def test_an_hourly_quota_answer_pauses_the_lane_until_the_reset_the_headers_give
                 "c", seq, UPDATE, None, None, 1, {"originProductNo": 1, "stockQuantity": stock}), None)])
 
         async def once() -> bool:
-            picked = lane._pick()
+            picked = lane._groups.pick(clock.now)
             if picked is None:
                 return False
             try:
                 await lane._deliver(picked[1])
             finally:
-                lane._inflight.discard(picked[0])
+                lane._groups.done(picked[0])
             return True
 
         async def go() -> None:
