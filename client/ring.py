@@ -22,7 +22,7 @@ Each producer makes its own ring file, 0640: only its owner writes it (no
 other process of the group can truncate it, which would kill the producer
 with SIGBUS, or scribble into it); the sidecar and the group read it.
 Everything the sidecar writes lives in its own file, ``acks/<ring name>``,
-in a subdirectory only the sidecar writes (0750; the file 0640), which the
+in a subdirectory only the sidecar writes (2750, so its files are the group's; each 0640), which the
 producer maps read-only. Nothing else in the directory belongs to a
 producer: ``doorbell`` (the sidecar's socket), ``acks/`` and
 ``quarantine/`` (0700) are the sidecar's.
@@ -171,7 +171,7 @@ LOOK_NS = 1_000_000                # an unadopted ring looks for its ack file th
 
 RING_DIR_MODE = 0o3770             # setgid (the group's), sticky (nobody removes another's ring)
 RING_FILE_MODE = 0o640             # only its producer writes a ring
-ACKS_DIR_MODE = 0o750              # only the sidecar writes acknowledgements; the group reads them
+ACKS_DIR_MODE = 0o2750             # only the sidecar writes acks; the group reads them (setgid: the files are its)
 ACK_FILE_MODE = 0o640
 
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; Python 3.11 lacks the name

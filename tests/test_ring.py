@@ -295,7 +295,7 @@ def test_ring_directory_and_files_keep_their_modes_whatever_the_umask(tmp_path: 
         return os.stat(os.path.join(tmp_path, "p", *p)).st_mode & 0o7777
     assert mode() == 0o3770                    # the group's, sticky: nobody removes another's ring
     assert mode("c.ring") == 0o640             # only its producer writes it
-    assert mode("acks") == 0o750 and mode("acks", "c.ring") == 0o640  # only the sidecar writes these
+    assert mode("acks") == 0o2750 and mode("acks", "c.ring") == 0o640  # only the sidecar writes these
     assert mode("quarantine") == 0o700 and mode("acks", ".lock") == 0o600
     w.close()
     rings.close()
@@ -403,6 +403,7 @@ def test_a_ring_quarantined_while_full_sends_its_client_to_a_new_ring(tmp_path: 
     while c.emit("webhook.post", {"pad": "x" * 100}):
         pass                                   # full: nobody reads
     rings.maintain(time.monotonic(), force=True)
+    assert c._transport is not None and c._transport.adopted  # type: ignore[attr-defined]  # (within 1 ms anyway)
     rings.quarantine(next(iter(rings.rings.values())), "test")
     assert c.emit("webhook.post", {"n": 1}) is False   # learnt on the full path: counted...
     assert c.emit("webhook.post", {"n": 2}) is True    # ...and a new ring takes the next one

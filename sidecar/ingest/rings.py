@@ -470,7 +470,7 @@ class Rings:
     _probe_all: bool = True        # the next read looks at every ring, empty or not
     _turn: int = 0                 # which ring a batch starts with: each gets to go first
     _now: float = 0.0
-    _quarantined_since_clean: int = 0
+    _in_quarantine: int = 0        # entries in quarantine/ (counted at the last tidy, plus those added since)
     _deferred_logged: float = float("-inf")
 
     def open(self) -> None:
@@ -681,6 +681,9 @@ class Rings:
                         # Looked at once more: it may have written between our last read and its end.
                         if r.has_record():
                             r.empty = False
+                        elif r.hint() > r.pos:  # it said it wrote more, and nobody is left to finish it
+                            self.quarantine(r, f"no producer, and no readable record at {r.pos} of the "
+                                               f"{r.hint()} bytes it wrote", reason="unreadable")
                         else:
                             self._remove(r)
                     elif now - r.progress_at >= GRACE_SECONDS:
@@ -865,15 +868,15 @@ class Rings:
         dest = os.path.join(self.directory, QUARANTINE, f"{os.path.basename(path)}.{stamp}.{time.time_ns() % 10**9}")
         try:
             os.rename(path, dest)
+            self._in_quarantine += 1
         except OSError as exc:
             dest = f"(could not move it: {exc.strerror}; ignoring it from now on)"
             self.ignored.add(path)
         self._count(reason)
         log.error("quarantined ring %r of client %s (pid %s): %s; moved to %s", os.path.basename(path), client,
                   pid if pid is not None else "unknown", why, dest)
-        self._quarantined_since_clean += 1
-        if self._quarantined_since_clean >= QUARANTINE_FILES:  # a flood of them: keep quarantine/ bounded now
-            self._clean(self._now)
+        if self._in_quarantine > QUARANTINE_FILES:  # a flood of them: keep quarantine/ bounded now
+            self._clean_quarantine()
 
     def _count(self, reason: str) -> None:
         self.metrics.rings_quarantined.labels(reason=reason).inc()
@@ -891,7 +894,6 @@ class Rings:
         """Keep quarantine/ bounded (oldest out first), and remove what was moved
         aside, half-made rings of dead producers and ack files of rings gone."""
         self._last_clean = now
-        self._quarantined_since_clean = 0
         try:
             self._clean_quarantine()
             self._clean_top()
@@ -900,6 +902,7 @@ class Rings:
             log.warning("tidying the ring directory %s: %s", self.directory, exc)
 
     def _clean_quarantine(self) -> None:
+        """Oldest out first (by the time they were moved in) until within both bounds."""
         try:
             entries = list(os.scandir(os.path.join(self.directory, QUARANTINE)))
         except FileNotFoundError:
@@ -917,6 +920,7 @@ class Rings:
             _, path, size, is_dir = held.pop(0)
             _delete(path, is_dir)
             total -= size
+        self._in_quarantine = len(held)
 
     def _clean_top(self) -> None:
         for e in os.scandir(self.directory):
