@@ -279,7 +279,7 @@ def test_two_thousand_closed_rings_do_not_keep_a_live_producer_out(tmp_path: Pat
     if budget:
         assert got["short"] > 0                       # the descriptors really ran out, and it went on
     else:
-        assert got["budget"] == 128 and got["short"] == 0 and got["over_budget"] > 0
+        assert got["budget"] == 64 and got["short"] == 0 and got["over_budget"] > 0
     assert not [n for n in os.listdir(d) if n.startswith("closed")]
 
 

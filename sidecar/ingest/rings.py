@@ -22,9 +22,10 @@ at most QUARANTINE_FILES entries and QUARANTINE_BYTES, oldest out first.
 Another sidecar using the same directory (``ipc://X`` and ``ipc://X.sock``
 share one) is refused by a lock (`sidecar.ops.lock`), which `open()` takes.
 
-Descriptors are budgeted: at most `fd_budget` rings are held open (half of
-RLIMIT_NOFILE by default, the rest for the journal, sockets and HTTP), rings
-whose producer is alive first; an fd shortage defers a ring (counted in
+Descriptors are budgeted: at most `fd_budget` rings are held open (by
+default half of RLIMIT_NOFILE at two descriptors a ring; the rest is for the
+journal, sockets and HTTP), rings whose producer is alive first (one read of
+/proc/locks tells which); an fd shortage defers a ring (counted in
 `sidecar_rings_deferred_total`), never quarantines it. Rings with no
 producer are drained and removed, which makes room for the next. A ring
 found empty is looked at again only every IDLE_PROBE_SECONDS, or at once
@@ -69,6 +70,7 @@ QUARANTINE_BYTES = 1 << 30     # ...and bytes (tmpfs: memory), oldest out first
 TOMBSTONE_SECONDS = 3600.0     # a quarantined ring's ack file stays this long for its producer to see
 HALF_MADE_SECONDS = 60.0       # a hidden .tmp ring nobody holds, older than this, is a dead producer's
 FD_RESERVE = 128               # descriptors never given to rings: journal, sockets, HTTP, metrics
+FDS_PER_RING = 2               # the ring's own, and the dup that mmap keeps of its ack file's
 QUARANTINE = "quarantine"
 LOCK = ".lock"                 # in acks/, which only the sidecar writes
 OWN = (layout.ACKS, QUARANTINE, layout.DOORBELL)
@@ -415,12 +417,13 @@ def _unlink(path: str) -> None:
 
 
 def fd_budget() -> int:
-    """How many rings may be held open: half the soft RLIMIT_NOFILE, and
-    FD_RESERVE left for everything else, but at least 8."""
+    """How many rings may be held open: half the soft RLIMIT_NOFILE, with
+    FD_RESERVE left for everything else, at two descriptors a ring (its
+    file, and its mapped ack file: Python's mmap keeps a dup), but at least 8."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    return max(8, min(soft - FD_RESERVE, soft // 2))
+    return max(8, min(soft - FD_RESERVE, soft // 2) // FDS_PER_RING)
 
 
 def flocked_inodes() -> set[int] | None:
@@ -719,7 +722,7 @@ class Rings:
                 continue
             waiting.append(entry)
         room = self.fd_budget - len(self.rings)
-        if len(waiting) > room:
+        if len(waiting) > min(room, 8):  # more than a few: descriptors may run out before the budget does
             live = flocked_inodes()
             if live:
                 waiting.sort(key=lambda e: e.inode() not in live)  # stable: live producers' rings first
