@@ -90,6 +90,11 @@ def test_identity_comes_from_the_ring_and_its_name(tmp_path: Path) -> None:
     assert sorted(r.client_id for r in rings.rings.values()) == ["alice", "alice"]
     assert rings.metrics.total("sidecar_rings_quarantined_total") == 1
     assert [n.split(".ring")[0] for n in os.listdir(tmp_path / "quarantine")] == ["bob"]
+    # Each message comes with the ring it was read from: ingest checks the id its frame claims against it.
+    good.send(b"from alice")
+    again.send(b"from alice's second ring")
+    got = {(r.name, r.client_id): [m[0] for m in ms] for r, ms in rings.read_by_ring(100)}
+    assert got == {("alice.ring", "alice"): [b"from alice"], ("alice.2.ring", "alice"): [b"from alice's second ring"]}
     good.close()
     again.close()
     rings.close()

@@ -2,7 +2,7 @@
 
     rings = Rings("/run/trading-sidecar/ingest.rings", metrics)
     rings.open()                         # lock and tidy the directory, bind the doorbell, adopt rings
-    batch = rings.read(limit=4096)       # [(ring, frames), ...], not yet acknowledged
+    batch = rings.read(limit=4096)       # [frames, ...], not yet acknowledged (read_by_ring: with their rings)
     ...journal commits...
     rings.ack()                          # only now may the producers reuse that space
     rings.maintain(now)                  # adopt new rings, remove finished ones, set aside stuck ones
@@ -579,8 +579,13 @@ class Rings:
     # -- the ingest thread's calls --------------------------------------------
 
     def read(self, limit: int) -> list[list[bytes]]:
-        """Up to `limit` messages from all rings, fairly: no ring starves the others;
-        `batch_bytes` at most in all, and one record more.
+        """`read_by_ring`'s messages, one list (each ring's in its order)."""
+        return [m for _ring, messages in self.read_by_ring(limit) for m in messages]
+
+    def read_by_ring(self, limit: int) -> list[tuple[Ring, list[list[bytes]]]]:
+        """Up to `limit` messages from all rings, with the ring each came from
+        (`ring.client_id` is the identity its frames must claim), fairly: no
+        ring starves the others; `batch_bytes` at most in all, and one record more.
 
         Each pass gives every ring still holding records an equal share of
         what is left; the room a nearly idle ring leaves goes to the busy
@@ -590,6 +595,7 @@ class Rings:
         after a doorbell.
         """
         out: list[list[bytes]] = []
+        by_ring: dict[str, tuple[Ring, list[list[bytes]]]] = {}
         now = self.clock()
         probe_all, self._probe_all = self._probe_all, False
         order = list(self.rings.values())
@@ -618,6 +624,7 @@ class Rings:
                 out += got
                 bytes_left -= r.charged
                 if got:
+                    by_ring.setdefault(r.path, (r, []))[1].extend(got)
                     r.progress_at = self._now
                 elif r.empty:
                     r.next_probe = now + IDLE_PROBE_SECONDS
@@ -628,7 +635,7 @@ class Rings:
                 if len(got) >= asked or r.charged >= budget:  # stopped by its share, not for want of records
                     busy.append(r)
             active = busy
-        return out
+        return list(by_ring.values())
 
     def ack(self) -> None:
         """After the journal committed what every `read` since the last ack returned."""
