@@ -422,9 +422,11 @@ class RingWriter:
         skip = self.capacity - off if off + rec > self.capacity else 0
         usable = usable or self._usable
         if pos + skip + rec - self._read > usable:
-            self._read = self.acknowledged
+            if isinstance(self._ack, bytearray):
+                self._look()  # not adopted yet: a failed open costs a syscall, so at most once a millisecond
+            self._read = U64.unpack_from(self._ack, ACK_READ)[0]
             if pos + skip + rec - self._read > usable:
-                if self.quarantined:  # full because nobody reads it any more
+                if self._ack[ACK_QUARANTINED]:  # full because nobody reads it any more
                     raise TransportError("the sidecar quarantined this ring")
                 self._hint()
                 raise QueueFull
@@ -459,13 +461,17 @@ class RingWriter:
     def _hint(self) -> None:
         U64.pack_into(self._mm, OFF_HINT, self._pos)
 
+    def _look(self) -> bool:
+        """`_map_ack`, at most once every LOOK_NS."""
+        now = time.monotonic_ns()
+        if now < self._next_look:
+            return False
+        self._next_look = now + LOOK_NS
+        return self._map_ack()
+
     def _wake(self) -> None:
         if isinstance(self._ack, bytearray):  # not adopted yet: look for the ack file now and then
-            now = time.monotonic_ns()
-            if now < self._next_look:
-                return
-            self._next_look = now + LOOK_NS
-            if not self._map_ack():
+            if not self._look():
                 if not self._rang_unadopted:  # the first record: tell the sidecar of the new ring
                     self._rang_unadopted = True
                     self._hint()
