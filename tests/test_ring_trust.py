@@ -479,3 +479,28 @@ def test_a_producer_running_as_another_user_cannot_harm_a_ring(two_users: tuple[
         rings.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_tidying_removes_dead_producers_half_made_rings_and_stale_ack_files(tmp_path: Path) -> None:
+    rings = reader(tmp_path)
+    old = time.time() - rings_mod.HALF_MADE_SECONDS - rings_mod.TOMBSTONE_SECONDS - 10
+    (tmp_path / ".dead.ring.tmp").write_bytes(b"killed while making it")
+    os.utime(tmp_path / ".dead.ring.tmp", (old, old))
+    (tmp_path / ".young.ring.tmp").write_bytes(b"being made now")
+    orphan = tmp_path / "acks" / "gone.ring"           # a removal interrupted between its two unlinks
+    orphan.write_bytes(ring.ACK_MAGIC + bytes(ring.ACK_BYTES - 8))
+    w = RingWriter.create(str(tmp_path), "set-aside", capacity=MIN_RING_BYTES, make_dir=False)
+    w.send(b"x")
+    read_all(rings)
+    rings.quarantine(next(iter(rings.rings.values())), "test")
+    tombstone = tmp_path / "acks" / "set-aside.ring"
+    later = time.monotonic() + rings_mod.CLEAN_SECONDS + 1
+    rings.maintain(later)
+    assert not orphan.exists() and not (tmp_path / ".dead.ring.tmp").exists()
+    assert (tmp_path / ".young.ring.tmp").exists()
+    assert tombstone.exists() and w.quarantined      # kept while its producer may still look
+    os.utime(tombstone, (old, old))
+    rings.maintain(later + rings_mod.CLEAN_SECONDS + 1)
+    assert not tombstone.exists()
+    w.forget()
+    rings.close()

@@ -938,7 +938,7 @@ class Rings:
                 _delete(e.path, e.is_dir(follow_symlinks=False))
             elif e.name.startswith(".") and e.name.endswith(layout.RING_SUFFIX + ".tmp"):
                 st = e.stat(follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode) and time.time() - st.st_ctime > HALF_MADE_SECONDS \
+                if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > HALF_MADE_SECONDS \
                         and not _held_by_other(e.path):
                     _unlink(e.path)  # a producer died making it; nobody else removes it
 
