@@ -1,28 +1,56 @@
 """The same-host hand-off: one single-producer ring of events per `Client`, in a
 file of shared memory that outlives both the producer and the sidecar.
 
-    ring = RingWriter.create(ring_dir("ipc:///run/trading-sidecar/ingest.sock"), client_id)
+    ring = RingWriter.create(ring_dir("ipc:///run/trading-sidecar/ingest.sock"), client_id, make_dir=False)
     ring.send(frame)               # copy into mapped memory: no syscall; QueueFull when full
     ring.close()                   # returns at once; the sidecar drains the tail when it can
 
 Where: `ring_dir(endpoint)` is the ingest socket's path with ``.sock``
 replaced by ``.rings`` (``/run/trading-sidecar/ingest.rings`` under the
 systemd unit, whose /run is tmpfs: memory, never written to a disk). Client
-and sidecar derive it from the one endpoint, so neither is configured. The
-directory and its files are 0770/0660: the trading group and the sidecar
-only.
+and sidecar derive it from the one endpoint, so neither is configured (and
+``ipc://X`` and ``ipc://X.sock`` name the same directory: the sidecar locks
+it, `sidecar.ops.lock`, so two sidecars never share one).
 
-File layout (little-endian)::
+Who makes what (format version 2). The SIDECAR owns and makes the ring
+directory, 3770 (setgid, so rings belong to the trading group; sticky, so no
+member of the group can rename or delete another's ring). A Client does not
+create a missing directory (`create(..., make_dir=False)` raises
+`NoRingDirectory`): a missing one means a mistyped endpoint or a sidecar
+that never started, and a ring made there would hold events nobody reads.
+Each producer makes its own ring file, 0640: only its owner writes it (no
+other process of the group can truncate it, which would kill the producer
+with SIGBUS, or scribble into it); the sidecar and the group read it.
+Everything the sidecar writes lives in its own file, ``acks/<ring name>``,
+in a subdirectory only the sidecar writes (2750, so its files are the group's; each 0640), which the
+producer maps read-only. Nothing else in the directory belongs to a
+producer: ``doorbell`` (the sidecar's socket), ``acks/`` and
+``quarantine/`` (0700) are the sidecar's.
 
-    0     magic b"TSRING1\\n", u32 version, u32 flags (bit 0: records carry a CRC-32)
+Ring file, version 2 (little-endian; the producer writes all of it)::
+
+    0     magic b"TSRING2\\n", u32 version (2), u32 flags (bit 0: records carry a CRC-32)
     16    u64 capacity (a power of two), u32 producer pid, u32 0, u64 created_ns
-    64    client id, 64 bytes, NUL-padded
-    128   u64 read_pos    written by the sidecar once the journal has committed up to it
-    192   u8  wake        sidecar: 1 "look at me": ring the doorbell (and check byte 200)
-    200   u8  quarantined sidecar: 1 "this ring is set aside, make a new one" (never cleared)
+    64    client id, 64 bytes, NUL-padded: 1 to 64 of [A-Za-z0-9._-]; the file's name
+          is ``<client id>.ring`` or ``<client id>.<n>.ring`` (n: its n-th ring, after
+          a quarantine), else the ring is corrupt. Identity comes from the ring:
+          the sidecar checks every frame's claimed id against it.
     256   u64 write_hint  producer: its position, written on the slow paths only (doorbell, full, close)
     264   u8  closed      producer: no more records will follow
     4096  data: `capacity` bytes of records
+
+Acknowledgement file ``acks/<ring name>``, version 2 (the sidecar writes it,
+the producer maps it read-only once it exists; 64 bytes)::
+
+    0     magic b"TSACK2\\n\\0", u32 version (2), u32 0
+    16    u64 read_pos     the journal has committed everything before it
+    24    u8  wake         a generation: bumped by the sidecar when it goes to sleep
+    25    u8  quarantined  1: "this ring is set aside, make a new one" (never cleared)
+    32    u64 adopted_ns   when the sidecar adopted the ring (its wall clock)
+
+Until the sidecar has adopted a ring (no ack file yet) its producer reads
+position 0 and rings the doorbell on its first record, as in version 1, and
+looks for the ack file again at most once a millisecond while it emits.
 
 Positions are byte counts since the ring was made (never reset); a record
 at position p lives at offset ``p % capacity`` and never straddles the
@@ -31,6 +59,16 @@ one, nothing) fills the rest. A record is a 16-byte header, the body,
 padding to 8 bytes, and a u64 trailer::
 
     u32 size, u16 nparts, u16 flags, u32 crc32, u32 0 | size bytes of body | pad | u64 end
+
+Record flags: bit 0 wrap (padding to the lap's end), bit 1 CRC-32 present,
+bits 2-3 reserved (0), bits 4-7 the body's format (`REC_FORMAT`):
+0 JSON frames (below); 1 binary v1, reserved for issue 20's fixed header
+(client seq, emitted_ns, kind, key/ref lengths) before the payload; others
+refused. Bit 8 (`REC_PART_REFS`) says the part table is followed by one u8
+per part, 0 for bytes held inline and 1 for a reference to a spool file
+(issue 19's blobs that live outside the ring; the part then holds the
+reference). A reader refuses a flag it does not know as corrupt, so those
+formats need no new version, only their readers. This version writes and reads format 0 only.
 
 The body is the event's frame alone (nparts = 1) or a table of nparts u32
 lengths followed by the frame and its blobs. One `struct.pack_into` writes
@@ -52,13 +90,26 @@ means "not visible yet, read again", becoming corruption only if it lasts. The C
 about 0.2 µs an emit, so x86-64 skips it; `RingWriter(checksum=True)` forces it.
 
 Wake-up. While events flow the sidecar polls every millisecond; after a
-quarter of a second with none it sets `wake` in every ring and sleeps on a
-Unix datagram socket in the ring directory (`doorbell`). The producer reads
-`wake` after each record (a load from memory it already maps, ~20 ns) and only
-when it is set clears it and sends one datagram. So a busy sidecar costs the
-producer nothing, and an idle one hears of a lone event in about 0.4 ms
-(bench/wakeup.py). (Set-flag-then-check and write-then-check-flag can still
-cross on any CPU; the sidecar's sleep is bounded by 50 ms for that case.)
+quarter of a second with none it bumps `wake` in every ring's ack file and
+sleeps on a Unix datagram socket in the ring directory (`doorbell`). The
+producer compares `wake` with the last generation it answered after each
+record (a byte load from memory it already maps, ~20 ns, and no write to
+the sidecar's file) and only when they differ answers and sends one
+datagram. So a busy sidecar costs the producer nothing, and an idle one
+hears of a lone event in about 0.4 ms (bench/wakeup.py). (Set-flag-then-check
+and write-then-check-flag can still cross on any CPU; the sidecar's sleep is
+bounded by 50 ms for that case.) The sidecar bumps a ring's generation only
+once until that ring yields a record again, so it is never more than a few
+ahead of the producer's answer and one byte compares exactly.
+
+Version 1 (still read). A version-1 ring (magic b"TSRING1\\n", written by
+producers still running the previous client) has the same header and
+records, but the sidecar writes into the producer's own file: u64 read_pos
+at 128, u8 wake at 192 (1: ring the doorbell; the producer clears it) and
+u8 quarantined at 200; the file and directory are 0660/2770. The sidecar
+reads such rings as before, writing those fields where version-1
+producers look for them, so an upgrade never quarantines a live ring;
+new rings are version 2.
 """
 
 from __future__ import annotations
@@ -67,7 +118,9 @@ import fcntl
 import mmap
 import os
 import platform
+import re
 import socket
+import stat
 import struct
 import time
 import zlib
@@ -75,26 +128,51 @@ from collections.abc import Callable, Sequence
 
 from .transport import QueueFull, Transport, TransportError
 
-MAGIC = b"TSRING1\n"
-VERSION = 1
+MAGIC = b"TSRING2\n"
+VERSION = 2
+MAGIC_V1 = b"TSRING1\n"
+VERSION_V1 = 1
 FILE_HEADER = 4096
 OFF_CLIENT_ID = 64
-OFF_READ = 128
-OFF_WAKE = 192
-OFF_QUARANTINED = 200
+CLIENT_ID_BYTES = 64
 OFF_HINT = 256
 OFF_CLOSED = 264
 FILE_CHECKSUM = 1
+# Version 1 only: the fields the sidecar writes into the producer's own file.
+OFF_READ = 128
+OFF_WAKE = 192
+OFF_QUARANTINED = 200
 
 RECORD = struct.Struct("<IHHII")   # size, nparts, flags, crc32, 0; the u64 trailer `end` follows the body
 TRAILER = 8
 HEADER = RECORD.size + TRAILER     # 24: a record's bytes beyond its body, before padding
 REC_WRAP = 1
 REC_CRC = 2
+REC_FORMAT = 0xF0                  # the body's format, in bits 4-7 (module docstring)
+FORMAT_JSON = 0x00
+FORMAT_BINARY_V1 = 0x10            # reserved: issue 20's binary record header
+REC_PART_REFS = 0x100              # reserved: parts that refer to spool files (issue 19)
+REC_KNOWN = REC_WRAP | REC_CRC     # what this version reads; any other bit is corruption
 MAX_PARTS = 17                     # the frame and at most wire.MAX_BLOBS blobs
 
 WAKE_NONE = 0
 WAKE_RING = 1
+
+# The sidecar's acknowledgement file, acks/<ring name> (version 2).
+ACKS = "acks"
+ACK_MAGIC = b"TSACK2\n\0"
+ACK_BYTES = 64
+ACK_READ = 16
+ACK_WAKE = 24
+ACK_QUARANTINED = 25
+ACK_ADOPTED = 32
+_ACK = struct.Struct("<8sII")      # magic, version, 0
+LOOK_NS = 1_000_000                # an unadopted ring looks for its ack file this often, at most
+
+RING_DIR_MODE = 0o3770             # setgid (the group's), sticky (nobody removes another's ring)
+RING_FILE_MODE = 0o640             # only its producer writes a ring
+ACKS_DIR_MODE = 0o2750             # only the sidecar writes acks; the group reads them (setgid: the files are its)
+ACK_FILE_MODE = 0o640
 
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; Python 3.11 lacks the name
 _FILE = struct.Struct("<8sIIQIIQ")  # magic, version, flags, capacity, pid, 0, created_ns
@@ -109,6 +187,12 @@ MIN_RING_BYTES = 64 * 1024
 MAX_RING_BYTES = 1 << 34
 # x86-64's total store order makes the commit mark enough; elsewhere, check.
 CHECKSUM_BY_DEFAULT = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+
+
+class NoRingDirectory(TransportError):
+    """The ring directory does not exist: no sidecar made it (a mistyped
+    endpoint, or none ever started). A Client does not make one."""
 
 
 def ring_dir(endpoint: str) -> str | None:
@@ -127,6 +211,30 @@ def ring_dir(endpoint: str) -> str | None:
     return path + ".rings"
 
 
+def valid_client_id(client_id: str) -> bool:
+    """1 to 64 of [A-Za-z0-9._-]: safe in a file name, a log line and a label.
+
+    >>> valid_client_id("4242-0a1b2c3d4e5f"), valid_client_id("a/b"), valid_client_id("x" * 65)
+    (True, False, False)
+    """
+    return _CLIENT_ID.match(client_id) is not None
+
+
+def name_matches(name: str, client_id: str) -> bool:
+    """Whether a ring file's name belongs to `client_id`: ``<id>.ring`` or ``<id>.<n>.ring``.
+
+    >>> name_matches("c1.ring", "c1"), name_matches("c1.2.ring", "c1"), name_matches("c2.ring", "c1")
+    (True, True, False)
+    """
+    if not name.endswith(RING_SUFFIX):
+        return False
+    stem = name[: -len(RING_SUFFIX)]
+    if stem == client_id:
+        return True
+    rest = stem[len(client_id) + 1:]
+    return stem.startswith(client_id + ".") and rest.isascii() and rest.isdigit()
+
+
 def record_bytes(size: int) -> int:
     """Bytes a record with a body of `size` takes in the ring (header, padding)."""
     return (size + HEADER + 7) & ~7
@@ -138,13 +246,13 @@ def max_record_body(capacity: int) -> int:
     return capacity // 2 - HEADER
 
 
-def make_private_dir(path: str) -> None:
-    """Create the ring directory, 2770 (group-shared, nobody else), if missing."""
+def make_ring_dir(path: str) -> None:
+    """Create the ring directory, 3770, if missing (the sidecar's job; tests)."""
     try:
-        os.mkdir(path, 0o2770)
+        os.mkdir(path, RING_DIR_MODE)
     except FileExistsError:
         return
-    os.chmod(path, 0o2770)  # mkdir's mode is filtered by the umask
+    os.chmod(path, RING_DIR_MODE)  # mkdir's mode is filtered by the umask
 
 
 _packers: dict[int, Callable[..., None]] = {}
@@ -162,11 +270,19 @@ def packer(size: int) -> Callable[..., None]:
     return pack
 
 
+def _unadopted() -> bytearray:
+    """The stand-in for an ack file not made yet: position 0, and a wake
+    generation the producer has not answered, so its first record rings."""
+    ack = bytearray(ACK_BYTES)
+    ack[ACK_WAKE] = WAKE_RING
+    return ack
+
+
 class RingWriter(Transport):
     """The producer's end of one ring. One thread at a time (Client's rule)."""
 
     def __init__(self, path: str, fd: int, mm: mmap.mmap, capacity: int, checksum: bool,
-                 doorbell: str) -> None:
+                 directory: str, sidecar_uid: int) -> None:
         self.path = path
         self.capacity = capacity
         self.checksum = checksum
@@ -182,14 +298,20 @@ class RingWriter(Transport):
         self._mask = capacity - 1
         self._pos = 0
         self._read = 0           # the sidecar's read_pos, as last looked at (it only grows)
-        self._doorbell = doorbell
+        self._doorbell = os.path.join(directory, DOORBELL)
+        self._ack_path = os.path.join(directory, ACKS, os.path.basename(path))
+        self._sidecar_uid = sidecar_uid
+        self._ack: mmap.mmap | bytearray = _unadopted()
+        self._answered = WAKE_NONE   # the last wake generation answered with a doorbell
+        self._next_look = 0          # monotonic ns: when to look for the ack file again
+        self._rang_unadopted = False
         self._bell: socket.socket | None = None
         self.doorbells = 0
 
     @classmethod
     def create(cls, directory: str, client_id: str, *, capacity: int = DEFAULT_RING_BYTES,
                checksum: bool = CHECKSUM_BY_DEFAULT, suffix: str = "", prefault: bool = False,
-               allocate: bool = True) -> RingWriter:
+               allocate: bool = True, make_dir: bool = True) -> RingWriter:
         """Make `directory/<client_id><suffix>.ring` and map it.
 
         The file is built under a hidden name and renamed into place, so the
@@ -202,20 +324,32 @@ class RingWriter(Transport):
         `prefault` also maps them into this process (another ~1 ms per MiB),
         so that no emit of the first lap pays a page fault (about 2 µs, once
         per 4 KiB written); for long-running loops.
-        Raises TransportError if the directory is unusable.
+        `make_dir=False` (a Client's way) raises NoRingDirectory rather than
+        make a directory no sidecar made; `suffix` is ``.<n>`` or empty.
+        Raises TransportError if the directory is unusable, ValueError for
+        a client id that `valid_client_id` refuses.
         """
         if capacity < MIN_RING_BYTES or capacity > MAX_RING_BYTES or capacity & (capacity - 1):
             raise ValueError(f"ring capacity must be a power of two from {MIN_RING_BYTES} to {MAX_RING_BYTES}")
+        if not valid_client_id(client_id):
+            raise ValueError(f"client id {client_id!r} is not 1 to 64 of [A-Za-z0-9._-]")
         name = f"{client_id}{suffix}{RING_SUFFIX}"
+        if not name_matches(name, client_id):
+            raise ValueError(f"ring suffix {suffix!r} is not '.<n>'")
         path = os.path.join(directory, name)
         tmp = os.path.join(directory, f".{name}.tmp")
         try:
-            make_private_dir(directory)
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
+            if make_dir:
+                make_ring_dir(directory)
+            sidecar_uid = os.stat(directory).st_uid
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, RING_FILE_MODE)
+        except FileNotFoundError:
+            raise NoRingDirectory(f"no ring directory {directory}: is the sidecar running, and is the "
+                                  "endpoint spelled as in its configuration?") from None
         except OSError as exc:
             raise TransportError(f"cannot create a ring in {directory}: {exc.strerror}") from None
         try:
-            os.fchmod(fd, 0o660)
+            os.fchmod(fd, RING_FILE_MODE)
             os.ftruncate(fd, FILE_HEADER + capacity)
             # On a full tmpfs a write into a sparse mapping kills the process
             # with SIGBUS: allocate every page now, or at least see that they fit.
@@ -228,9 +362,7 @@ class RingWriter(Transport):
             header = _FILE.pack(MAGIC, VERSION, FILE_CHECKSUM if checksum else 0, capacity, os.getpid(), 0,
                                 time.time_ns())
             os.pwrite(fd, header, 0)
-            os.pwrite(fd, client_id.encode()[:64], OFF_CLIENT_ID)
-            # Ring the doorbell on the first record: the sidecar learns of the new ring at once.
-            os.pwrite(fd, bytes([WAKE_RING]), OFF_WAKE)
+            os.pwrite(fd, client_id.encode(), OFF_CLIENT_ID)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             mm = mmap.mmap(fd, FILE_HEADER + capacity)
             if prefault:
@@ -243,7 +375,7 @@ class RingWriter(Transport):
             os.close(fd)
             _unlink(tmp)
             raise TransportError(f"cannot create ring {path}: {exc.strerror}") from None
-        return cls(path, fd, mm, capacity, checksum, os.path.join(directory, DOORBELL))
+        return cls(path, fd, mm, capacity, checksum, directory, sidecar_uid)
 
     # -- the hot path ---------------------------------------------------------
 
@@ -259,11 +391,11 @@ class RingWriter(Transport):
         if off + rec > self.capacity or end - self._read > self._usable:
             return self._send_slow([frame])
         # Everything in one C call (header, body, trailer last), then the
-        # wake flag: a byte of memory this process maps anyway.
+        # wake generation: a byte of memory this process maps anyway.
         (_packers.get(n) or packer(n))(self._mm, FILE_HEADER + off, n, 1, self._flags,
                                         self._crc(frame, end & 0xFFFFFFFF) if self._flags else 0, 0, frame, end)
         self._pos = end
-        if self._mm[OFF_WAKE]:
+        if self._ack[ACK_WAKE] != self._answered:
             self._wake()
 
     def send_blobs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview]) -> None:
@@ -290,9 +422,11 @@ class RingWriter(Transport):
         skip = self.capacity - off if off + rec > self.capacity else 0
         usable = usable or self._usable
         if pos + skip + rec - self._read > usable:
-            self._read = U64.unpack_from(self._mm, OFF_READ)[0]
+            if isinstance(self._ack, bytearray):
+                self._look()  # not adopted yet: a failed open costs a syscall, so at most once a millisecond
+            self._read = U64.unpack_from(self._ack, ACK_READ)[0]
             if pos + skip + rec - self._read > usable:
-                if self.quarantined:  # full because nobody reads it any more
+                if self._ack[ACK_QUARANTINED]:  # full because nobody reads it any more
                     raise TransportError("the sidecar quarantined this ring")
                 self._hint()
                 raise QueueFull
@@ -321,20 +455,61 @@ class RingWriter(Transport):
         RECORD.pack_into(mm, start, n, nparts, self._flags, crc if self._flags else 0, 0)
         U64.pack_into(mm, start + rec - TRAILER, pos + rec)  # the commit mark, last
         self._pos = pos + rec
-        if mm[OFF_WAKE]:
+        if self._ack[ACK_WAKE] != self._answered:
             self._wake()
 
     def _hint(self) -> None:
         U64.pack_into(self._mm, OFF_HINT, self._pos)
 
+    def _look(self) -> bool:
+        """`_map_ack`, at most once every LOOK_NS."""
+        now = time.monotonic_ns()
+        if now < self._next_look:
+            return False
+        self._next_look = now + LOOK_NS
+        return self._map_ack()
+
     def _wake(self) -> None:
-        # Cleared first, then the quarantine byte read: the sidecar sets that
-        # byte before `wake`, so either order of the two writers is seen.
-        self._mm[OFF_WAKE] = WAKE_NONE
-        if self.quarantined:
+        if isinstance(self._ack, bytearray):  # not adopted yet: look for the ack file now and then
+            if not self._look():
+                if not self._rang_unadopted:  # the first record: tell the sidecar of the new ring
+                    self._rang_unadopted = True
+                    self._hint()
+                    self.ring_doorbell()
+                return
+            if self._ack[ACK_WAKE] == self._answered and not self._ack[ACK_QUARANTINED]:
+                return
+        # The generation first, then the quarantine byte: the sidecar sets
+        # that byte before it bumps the generation, so either order is seen.
+        self._answered = self._ack[ACK_WAKE]
+        if self._ack[ACK_QUARANTINED]:
             raise TransportError("the sidecar quarantined this ring")
         self._hint()
         self.ring_doorbell()
+
+    def _map_ack(self) -> bool:
+        """Map the sidecar's ack file read-only, once it exists; False until then.
+
+        Only a file of the directory's owner (the sidecar) is mapped: one
+        that another member of the group could truncate would be a SIGBUS."""
+        try:
+            fd = os.open(self._ack_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != self._sidecar_uid or st.st_size < ACK_BYTES:
+                return False
+            mm = mmap.mmap(fd, ACK_BYTES, prot=mmap.PROT_READ)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        if mm[:len(ACK_MAGIC)] != ACK_MAGIC:
+            mm.close()
+            return False
+        self._ack = mm
+        return True
 
     def ring_doorbell(self) -> None:
         """One datagram to the sidecar's doorbell; nobody listening is fine."""
@@ -347,11 +522,32 @@ class RingWriter(Transport):
         except OSError:
             pass  # no sidecar (it reads the ring when it starts), or its queue is full (it is awake)
 
-    # -- lifecycle ------------------------------------------------------------
+    # -- what the sidecar said -------------------------------------------------
+
+    @property
+    def adopted(self) -> bool:
+        """Whether a sidecar has adopted this ring (its ack file exists)."""
+        return not isinstance(self._ack, bytearray) or self._map_ack()
+
+    @property
+    def acknowledged(self) -> int:
+        """The position up to which the sidecar's journal holds this ring (0 until adopted)."""
+        if isinstance(self._ack, bytearray):
+            self._map_ack()
+        return int(U64.unpack_from(self._ack, ACK_READ)[0])
+
+    @property
+    def unacknowledged(self) -> int:
+        """Bytes written that the sidecar has not yet journaled (records, padding)."""
+        return self._pos - self.acknowledged
 
     @property
     def quarantined(self) -> bool:
-        return self._mm[OFF_QUARANTINED] != 0
+        if isinstance(self._ack, bytearray):
+            self._map_ack()
+        return self._ack[ACK_QUARANTINED] != 0
+
+    # -- lifecycle ------------------------------------------------------------
 
     def close(self, linger: float = 0.0, sent: int = 0) -> int:
         """Mark the ring closed, ring the doorbell and let go at once: what it
@@ -370,6 +566,9 @@ class RingWriter(Transport):
         """Unmap and release the ring without writing (a forked child's copy:
         the flock the child inherited must not keep the parent's ring alive)."""
         self._mm.close()
+        if isinstance(self._ack, mmap.mmap):
+            self._ack.close()
+        self._ack = _unadopted()
         os.close(self._fd)
         if self._bell is not None:
             self._bell.close()
@@ -390,20 +589,28 @@ class RingCorrupt(Exception):
 
 
 class FileHeader:
-    """A ring file's fixed header, checked: every field of an untrusted file is bounded."""
+    """A ring file's fixed header, checked: every field of an untrusted file is bounded.
 
-    def __init__(self, raw: bytes, file_size: int) -> None:
+    `name` (the file's name) must belong to the client id the header holds."""
+
+    def __init__(self, raw: bytes, file_size: int, name: str | None = None) -> None:
         if len(raw) < 128:
             raise RingCorrupt(f"file of {file_size} bytes is shorter than a ring header")
         magic, version, flags, capacity, pid, _, created_ns = _FILE.unpack_from(raw, 0)
-        if magic != MAGIC or version != VERSION:
-            raise RingCorrupt("not a ring file of this version (bad magic)")
+        if (magic, version) not in ((MAGIC, VERSION), (MAGIC_V1, VERSION_V1)):
+            raise RingCorrupt("not a ring file of a version this sidecar reads (bad magic)")
         if capacity < MIN_RING_BYTES or capacity > MAX_RING_BYTES or capacity & (capacity - 1):
             raise RingCorrupt(f"capacity {capacity} is not a power of two in range")
         if file_size != FILE_HEADER + capacity:
             raise RingCorrupt(f"file is {file_size} bytes, the header says {FILE_HEADER + capacity}")
+        client_id = raw[OFF_CLIENT_ID:OFF_CLIENT_ID + CLIENT_ID_BYTES].rstrip(b"\0").decode("ascii", "replace")
+        if not valid_client_id(client_id):
+            raise RingCorrupt("the client id in its header is not 1 to 64 of [A-Za-z0-9._-]")
+        if name is not None and not name_matches(name, client_id):
+            raise RingCorrupt(f"its name does not belong to the client id {client_id!r} in its header")
+        self.version: int = version
         self.capacity: int = capacity
         self.checksum = bool(flags & FILE_CHECKSUM)
         self.pid: int = pid
         self.created_ns: int = created_ns
-        self.client_id = raw[OFF_CLIENT_ID:OFF_READ].rstrip(b"\0").decode("utf-8", "replace")
+        self.client_id = client_id

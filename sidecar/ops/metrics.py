@@ -78,6 +78,8 @@ class Metrics:
                                          ["reason"], registry=r)
         self.ring_doorbells = Counter("sidecar_ring_doorbells", "Wake-ups rung by producers while ingest slept",
                                       registry=r)
+        self.rings_deferred = Counter("sidecar_rings_deferred", "Ring adoptions put off (no fd to spare), by reason",
+                                      ["reason"], registry=r)
         self.journal_bytes = Gauge("sidecar_journal_size_bytes", "Journal files on disk", registry=r)
         self.journal_state = Enum("sidecar_journal_state", "Whether the journal takes writes",
                                   states=list(JOURNAL_STATES), registry=r)

@@ -3,7 +3,9 @@ producer and the real reader in separate processes, and untrusted rings."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -14,13 +16,62 @@ import pytest
 
 from client import ring
 from client.ring import FILE_HEADER, MIN_RING_BYTES, OFF_HINT, RingWriter
-from client.transport import QueueFull
+from client.transport import QueueFull, TransportError
 from sidecar.ingest.rings import Rings
 from sidecar.ops.metrics import Metrics
 
 from ..support import ROOT
 
 pytestmark = pytest.mark.timeout(120)
+
+
+class V1Writer:
+    """A version-1 producer as the previous client wrote its ring: the sidecar's
+    read position, wake and quarantine bytes in the producer's own file.
+    Minimal: one lap, single-part records."""
+
+    def __init__(self, directory: Path, client_id: str, capacity: int = MIN_RING_BYTES) -> None:
+        self.path = str(directory / f"{client_id}.ring")
+        self.doorbell = str(directory / ring.DOORBELL)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o660)
+        os.ftruncate(self.fd, FILE_HEADER + capacity)
+        os.pwrite(self.fd, struct.pack("<8sIIQIIQ", ring.MAGIC_V1, 1, 0, capacity, os.getpid(), 0, time.time_ns()), 0)
+        os.pwrite(self.fd, client_id.encode(), ring.OFF_CLIENT_ID)
+        os.pwrite(self.fd, b"\1", ring.OFF_WAKE)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.capacity = capacity
+        self.pos = 0
+        self.doorbells = 0
+
+    def send(self, frame: bytes) -> None:
+        rec = ring.record_bytes(len(frame))
+        assert self.pos + rec <= self.capacity, "V1Writer writes one lap only"
+        buf = bytearray(rec)
+        ring.packer(len(frame))(buf, 0, len(frame), 1, 0, 0, 0, frame, self.pos + rec)
+        os.pwrite(self.fd, bytes(buf), FILE_HEADER + self.pos)
+        self.pos += rec
+        if os.pread(self.fd, 1, ring.OFF_WAKE) == b"\1":  # as v1 did: clear, check, ring
+            os.pwrite(self.fd, b"\0", ring.OFF_WAKE)
+            os.pwrite(self.fd, struct.pack("<Q", self.pos), ring.OFF_HINT)
+            self.doorbells += 1
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                try:
+                    s.sendto(b"\1", self.doorbell)
+                except OSError:
+                    pass
+
+    @property
+    def read_pos(self) -> int:
+        return int(struct.unpack("<Q", os.pread(self.fd, 8, ring.OFF_READ))[0])
+
+    @property
+    def quarantined(self) -> bool:
+        return os.pread(self.fd, 1, ring.OFF_QUARANTINED) == b"\1"
+
+    def close(self) -> None:
+        os.pwrite(self.fd, struct.pack("<Q", self.pos), ring.OFF_HINT)
+        os.pwrite(self.fd, b"\1", ring.OFF_CLOSED)
+        os.close(self.fd)
 
 
 def reader(directory: Path) -> Rings:
@@ -91,18 +142,25 @@ def test_a_full_ring_refuses_without_blocking_and_takes_again_once_acknowledged(
 
 def test_the_producer_rings_the_doorbell_only_when_the_reader_asked(tmp_path: Path) -> None:
     w = RingWriter.create(str(tmp_path), "c1", capacity=MIN_RING_BYTES)
+    w.send(b"first")             # a ring no sidecar adopted yet rings on its first record...
+    w.send(b"second")            # ...and only then
+    assert w.doorbells == 1 and not w.adopted
     rings = reader(tmp_path)
-    w.send(b"first")             # a new ring asks for a doorbell on its first record
-    assert w.doorbells == 1
+    assert w.adopted             # the reader made its ack file
     for _ in range(100):
         w.send(b"busy")          # the reader is awake: no syscalls
     assert w.doorbells == 1
-    assert len(read_all(rings)) == 101
+    assert len(read_all(rings)) == 102
     rings.arm()                  # the reader goes to sleep
+    rings.arm()                  # (again: the generation moves once until the ring yields a record)
     w.send(b"wake up")
     w.send(b"again")
     assert w.doorbells == 2
-    assert rings.drain_doorbell() == 2  # the first record's ring and this one
+    assert rings.drain_doorbell() == 1
+    assert len(read_all(rings)) == 2
+    rings.arm()                  # asleep again after reading: a new generation to answer
+    w.send(b"once more")
+    assert w.doorbells == 3
     w.close()
     rings.close()
 
@@ -207,6 +265,9 @@ def test_a_client_whose_ring_was_quarantined_starts_a_new_one_and_continues_its_
     c = Client(endpoint, ring_bytes=MIN_RING_BYTES)
     assert c.emit("webhook.post", {"n": 1})
     read_all(rings)
+    # A producer maps its ack file within a millisecond of adoption, as it
+    # emits; here at once, so that the next emit surely hears of the quarantine.
+    assert c._transport is not None and c._transport.adopted  # type: ignore[attr-defined]
     first = next(iter(rings.rings.values()))
     rings.quarantine(first, "test")
     assert c.emit("webhook.post", {"n": 2}) is False   # learnt on this emit; counted
@@ -220,11 +281,24 @@ def test_a_client_whose_ring_was_quarantined_starts_a_new_one_and_continues_its_
     rings.close()
 
 
-def test_ring_directory_and_files_are_private_to_the_group(tmp_path: Path) -> None:
-    w = RingWriter.create(str(tmp_path / "p"), "c", capacity=MIN_RING_BYTES)
-    assert os.stat(tmp_path / "p").st_mode & 0o777 == 0o770
-    assert os.stat(w.path).st_mode & 0o777 == 0o660
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_ring_directory_and_files_keep_their_modes_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        rings = reader(tmp_path / "p")
+        w = RingWriter.create(str(tmp_path / "p"), "c", capacity=MIN_RING_BYTES, make_dir=False)
+        w.send(b"x")
+        read_all(rings)
+    finally:
+        os.umask(old)
+    def mode(*p: str) -> int:
+        return os.stat(os.path.join(tmp_path, "p", *p)).st_mode & 0o7777
+    assert mode() == 0o3770                    # the group's, sticky: nobody removes another's ring
+    assert mode("c.ring") == 0o640             # only its producer writes it
+    assert mode("acks") == 0o2750 and mode("acks", "c.ring") == 0o640  # only the sidecar writes these
+    assert mode("quarantine") == 0o700 and mode("acks", ".lock") == 0o600
     w.close()
+    rings.close()
 
 
 @pytest.mark.slow
@@ -330,6 +404,7 @@ def test_a_ring_quarantined_while_full_sends_its_client_to_a_new_ring(tmp_path: 
     while c.emit("webhook.post", {"pad": "x" * 100}):
         pass                                   # full: nobody reads
     rings.maintain(time.monotonic(), force=True)
+    assert c._transport is not None and c._transport.adopted  # type: ignore[attr-defined]  # (within 1 ms anyway)
     rings.quarantine(next(iter(rings.rings.values())), "test")
     assert c.emit("webhook.post", {"n": 1}) is False   # learnt on the full path: counted...
     assert c.emit("webhook.post", {"n": 2}) is True    # ...and a new ring takes the next one
@@ -365,9 +440,10 @@ def test_a_ring_passed_only_by_a_wrap_is_acknowledged_and_removed_when_its_produ
 def test_hostile_positions_and_sizes_quarantine_the_ring_and_never_escape(tmp_path: Path) -> None:
     # A read position at the very end of the u64 range, and a record longer
     # than ingest's limits with a valid trailer: both set aside, no exception.
-    near_end = RingWriter.create(str(tmp_path), "near-end", capacity=MIN_RING_BYTES)
+    # (A version-2 ring's read position is the sidecar's own; a version-1 ring holds it.)
+    near_end = V1Writer(tmp_path, "near-end")
     huge = RingWriter.create(str(tmp_path), "huge", capacity=1 << 22)
-    near_end.forget()
+    near_end.close()
     huge.forget()
     with open(tmp_path / "near-end.ring", "r+b") as f:
         f.seek(ring.OFF_READ)
@@ -420,14 +496,15 @@ def test_a_file_that_cannot_be_moved_aside_is_left_alone_without_leaking(tmp_pat
     rings.close()
 
 
-def test_the_quarantine_mark_survives_the_producer_clearing_its_wake_flag(tmp_path: Path) -> None:
+def test_the_quarantine_mark_reaches_the_producer_through_the_sidecars_file(tmp_path: Path) -> None:
     w = RingWriter.create(str(tmp_path), "sticky", capacity=MIN_RING_BYTES)
     rings = reader(tmp_path)
     w.send(b"one")
     read_all(rings)
     rings.quarantine(next(iter(rings.rings.values())), "test")
-    w._mm[ring.OFF_WAKE] = 0                  # as if the producer cleared it just before
-    assert w.quarantined
+    assert w.quarantined                      # read from acks/sticky.ring, which stays as a tombstone
+    with pytest.raises(TransportError, match="quarantined"):
+        w.send(b"two")                        # the bumped generation sends it to look
     w.forget()
     rings.close()
 
