@@ -27,8 +27,8 @@ from sidecar.ingest.rings import Rings
 from sidecar.ops import lock
 from sidecar.ops.metrics import Metrics
 
-from .support import ROOT
-from .test_ring import V1Writer, read_all, reader
+from ..client.test_ring import V1Writer, read_all, reader
+from ..support import ROOT
 
 pytestmark = pytest.mark.timeout(300)
 
