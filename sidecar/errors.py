@@ -32,7 +32,7 @@ answer's `status` and `body` (cut short) when there was one, and `ambiguous`:
 the failure came after the request may have been applied (timeout, reset, 5xx
 after the body was sent), so a non-idempotent call is checked before it is
 sent again. Each connector maps HTTP status and body codes here once
-(`sidecar.connectors.http.raise_for_status`).
+(`sidecar.connectors.http_calls.raise_for_status`).
 
 Only what can ask for a wait carries `retry_after`: a `Retryable`, since a 503
 may say how long the service will be down as well as a 429 (RFC 9110
@@ -43,7 +43,7 @@ its error code) and `told`, what the API said about its quota on that answer.
 
 `sidecar.cli.main` turns any StartupError into one line on stderr and its exit code.
 
-Reasons for a hostile or broken API (`connectors/http.py` raises them):
+Reasons for a hostile or broken API (`connectors/http_calls.py` raises them):
 
     deadline            Retryable, ambiguous: no whole answer within the call's
                         timeout (a slow drip of bytes, a stall)

@@ -33,7 +33,7 @@ the lane until the quota's next window, which ``GNCP-GW-Quota-Period`` names
 
 Both endpoints document ``308 PERMANENT_REDIRECT``: one on the same host is
 followed once with the same method and remembered for the life of the
-process (`connectors.http.Redirects`, logged once). A 404 from the token call,
+process (`connectors.http_calls.Redirects`, logged once). A 404 from the token call,
 or a 404 without Naver's error body, means `base_url` is wrong: the lane
 pauses with that message (EndpointNotFound) instead of blaming the credentials.
 
@@ -63,7 +63,7 @@ from client.wire import Envelope
 from sidecar.config import Config, NaverConfig
 from sidecar.connectors import LaneSpec
 from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Pace, Plan, PlanContext, Send, Skip
-from sidecar.connectors.http import (
+from sidecar.connectors.http_calls import (
     BODY_KEEP_CHARS,
     Redirects,
     bad_response,

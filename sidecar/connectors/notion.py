@@ -56,7 +56,7 @@ from client.wire import Envelope
 from sidecar.config import Config, NotionConfig
 from sidecar.connectors import LaneSpec
 from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Moved, Pace, Plan, PlanContext, Send, Skip, Wait
-from sidecar.connectors.http import bad_response, json_object, request
+from sidecar.connectors.http_calls import bad_response, json_object, request
 from sidecar.connectors.notion_reads import V2025, V2026, NotionReads, check
 from sidecar.delivery.limiter import Rule
 from sidecar.errors import Reject

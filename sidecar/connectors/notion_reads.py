@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from sidecar.connectors.base import Pace
-from sidecar.connectors.http import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
+from sidecar.connectors.http_calls import bad_response, json_code, json_object, raise_for_status, refuse_credentials, request
 from sidecar.errors import Permanent
 
 V2022, V2025, V2026 = "2022-06-28", "2025-09-03", "2026-03-11"

@@ -54,7 +54,7 @@ from client.wire import Envelope
 from sidecar.config import Config, S3Config
 from sidecar.connectors import LaneSpec
 from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Pace, Plan, PlanContext, Send, Skip
-from sidecar.connectors.http import raise_for_status, refuse_credentials, request
+from sidecar.connectors.http_calls import raise_for_status, refuse_credentials, request
 from sidecar.delivery.limiter import Rule
 from sidecar.errors import Permanent, Reject, Retryable
 from sidecar.journal.spool import Spool

@@ -23,7 +23,7 @@ from client.wire import Envelope
 from sidecar.config import Config, WebhookConfig
 from sidecar.connectors import LaneSpec
 from sidecar.connectors.base import ConnectorBase, Delivered, Pace, Plan, PlanContext, Send, Skip
-from sidecar.connectors.http import raise_for_status, request
+from sidecar.connectors.http_calls import raise_for_status, request
 from sidecar.delivery.limiter import Rule
 from sidecar.errors import Reject
 from sidecar.journal.store import Event

@@ -211,7 +211,7 @@ def test_body_faults_are_set_over_the_control_api_and_misbehave_on_the_wire(hook
 def test_an_answer_over_the_cap_is_refused_whether_or_not_it_declares_its_length() -> None:
     import asyncio
 
-    from sidecar.connectors.http import RESPONSE_TOO_LARGE, request
+    from sidecar.connectors.http_calls import RESPONSE_TOO_LARGE, request
     from sidecar.errors import Retryable
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -244,7 +244,7 @@ def test_an_answer_over_the_cap_is_refused_whether_or_not_it_declares_its_length
 
 
 def test_each_refusal_maps_to_one_error_that_carries_only_its_own_fields() -> None:
-    from sidecar.connectors.http import json_code, raise_for_status
+    from sidecar.connectors.http_calls import json_code, raise_for_status
     from sidecar.errors import DeliveryError, Permanent, RateLimited, Retryable
     from sidecar.quota import ApiQuota
 
