@@ -44,6 +44,8 @@ class Housekeeping:
         self.journal_health = journal_health
         self.started = started
         self._reported: dict[str, int] = {}  # counters read from lanes and the store, already added
+        self.restart_needed: tuple[str, ...] = ()  # settings a reload found changed that wait for a restart
+        self.reload_refused: str | None = None  # why the last reload kept the running configuration
 
     def refresh(self) -> Status:
         self._upkeep()
@@ -69,6 +71,8 @@ class Housekeeping:
             lanes=lanes,
             process=process_snapshot(),
             health=health,
+            restart_needed=self.restart_needed,
+            reload_refused=self.reload_refused,
         )
 
     def _upkeep(self) -> None:
@@ -135,9 +139,13 @@ class Housekeeping:
         if breaker.state != "closed":
             problems.append(f"{name}: circuit breaker {breaker.state} after {breaker.failures} "
                             f"failures; probing again in {breaker.reopens_in(now):.0f} s")
+        failing = lane.recent.failing(name, self.cfg.health, now)
+        if failing:
+            problems.append(failing)
+        calls, failed = lane.recent.recent(self.cfg.health, now)
         return LaneStatus(state=state, depth=depth, **limiter.view(now), sidecars_sharing=sharing,
                           configured_rate=limiter.rule.rate, breaker=breaker.state, paused=lane.paused_reason,
-                          delivered=lane.delivered)
+                          delivered=lane.delivered, recent_calls=calls, recent_failed=failed)
 
     def _add(self, counter: Any, name: str, total: int) -> None:
         """Bring a counter up to a total kept elsewhere (a lane's or the store's own count)."""
