@@ -7,9 +7,10 @@ Each tick expires old refs and rejects, gives free pages back to the disk (a
 few at a time when it is nearly full), checkpoints the WAL, lets the
 journal's health settle and brings its reserve back once space returns; then
 it reads the lanes, the limiter's store and ingest into gauges and a
-`Status`. A journal write refused for want of disk (or a read-only one) is
-the journal's state, shown in status; anything else raised is the caller's
-to log.
+`Status`. A lane is a problem while paused, its breaker open, or its recent
+calls mostly refused or dead-lettered (`[health]`, `delivery/outcomes.py`).
+A journal write refused for want of disk (or a read-only one) is the
+journal's state, shown in status; anything else raised is the caller's to log.
 """
 
 from __future__ import annotations
