@@ -1,7 +1,7 @@
 """The sidecar process: ingest thread, delivery lanes, health, orderly shutdown.
 
     cfg = load_config("sidecar.toml")
-    exit_code = asyncio.run(Sidecar(cfg).run())
+    exit_code = asyncio.run(Sidecar(cfg, config_path="sidecar.toml").run())
 
 Start-up: place the process on its CPUs, build the parts (`build.py`: open
 the journal, bind the ingest socket and the metrics server, make the lanes),
@@ -11,8 +11,10 @@ systemd watchdog, so a stalled loop is restarted.
 On SIGTERM or SIGINT it stops reading, journals what it already received,
 lets calls in flight finish for up to `drain_timeout` seconds, says how many
 events remain in the journal for next time, and returns 0. On SIGHUP
-(`sidecar reload`, systemd's ExecReload=) it reads the APIs' credentials
-again: a lane paused on a refused or missing credential tries again at once.
+(`sidecar reload`, systemd's ExecReload=) it reads its configuration file
+again and applies what can change live, naming what needs a restart
+(`reload.py`), then reads the APIs' credentials again: a lane paused on a
+refused or missing credential tries again at once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 
@@ -36,6 +39,7 @@ from sidecar.housekeeping import Housekeeping
 from sidecar.ops import systemd
 from sidecar.ops.metrics import Metrics
 from sidecar.ops.status import STARTING, Health, Status
+from sidecar.reload import reload_config
 
 log = logging.getLogger("sidecar")
 
@@ -55,8 +59,11 @@ def place_process(cpus: tuple[int, ...], nice: int) -> None:
 class Sidecar:
     """The process's lifecycle over the parts `build.build` wires: start, tick, reload, stop."""
 
-    def __init__(self, cfg: Config, *, on_ready: Callable[[], None] | None = None, recover: bool = True) -> None:
+    def __init__(self, cfg: Config, *, config_path: str | os.PathLike[str] | None = None,
+                 on_ready: Callable[[], None] | None = None, recover: bool = True) -> None:
         self.cfg = cfg
+        # Absolute: a reload reads the same file whatever the working directory has become.
+        self.config_path = Path(config_path).absolute() if config_path else None
         self.recover = recover  # False: a corrupt journal stops the start (journal/repair.py)
         self.metrics = Metrics()
         self.on_ready = on_ready
@@ -65,16 +72,23 @@ class Sidecar:
         self._status: Status | None = None  # None until the first housekeeping tick
         self._health = STARTING
         self._stop: asyncio.Event | None = None
+        self._parts: Parts | None = None  # None while starting
+        self._reload_pending = False
 
     def request_stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
 
     def reload(self) -> None:
-        """SIGHUP: read every lane's credential again; never logs a value.
+        """SIGHUP: read the configuration file again (`reload.py`), then every lane's credential.
 
-        A lane paused for want of a credential that is there now resumes on its own.
+        Never logs a credential's value. A lane paused for want of a credential that
+        is there now resumes on its own.
         """
+        if self._parts is None:
+            self._reload_pending = True  # done once the parts exist: the file may have changed since it was read
+            return
+        self.cfg = reload_config(self.config_path, self.cfg, self._parts)
         changed = [name for name, lane in self.lanes.items() if lane.reload_credentials()]
         log.info("reload: credentials read again; changed for: %s", ", ".join(changed) or "none")
 
@@ -99,6 +113,9 @@ class Sidecar:
                       status=self.status, health=self.health)
         self.lanes = parts.lanes
         tasks = self._start(parts)
+        self._parts = parts
+        if self._reload_pending:
+            self.reload()
         exit_code = ExitCode.OK
         try:
             exit_code = await self._tick(parts, self._stop)

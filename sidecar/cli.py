@@ -4,7 +4,7 @@
     sidecar validate --config FILE               check a config and the secrets it needs, without starting
     sidecar status [--json]                      lanes, depths, rates, breakers, dead letters, resources
     sidecar check                                exit 0 healthy, 1 degraded (says why), 2 not reachable
-    sidecar reload                               read the credentials again (SIGHUP to the running sidecar)
+    sidecar reload                               read the config file and credentials again (SIGHUP to the sidecar)
     sidecar dlq list|show ID|retry ID...|purge ID...   inspect and replay dead letters
     sidecar rejects [--reason R]                 what ingest refused, counted by reason, with samples
     sidecar emit KIND JSON [--key K] [--ref R]   one event from a shell script or git hook
@@ -77,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return exc.exit_code
     setup_logging(json_lines=args.log_json or cfg.log.json, level=args.log_level or cfg.log.level)
     try:
-        return asyncio.run(Sidecar(cfg, recover=not args.no_recover).run())
+        return asyncio.run(Sidecar(cfg, config_path=args.config or os.environ.get("SIDECAR_CONFIG"),
+                                   recover=not args.no_recover).run())
     except StartupError as exc:
         log.error("%s", exc)
         return exc.exit_code
@@ -164,7 +165,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    """SIGHUP to the running sidecar (its pid from /status): it reads its credentials again."""
+    """SIGHUP to the running sidecar (its pid from /status): it reads its config file and credentials again."""
     import signal
 
     cfg = _config(args)
@@ -183,7 +184,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except ProcessLookupError:
         print(f"sidecar pid {pid} is gone", file=sys.stderr)
         return ExitCode.UNAVAILABLE
-    print(f"asked sidecar pid {pid} to read its credentials again (see `sidecar status`)")
+    print(f"asked sidecar pid {pid} to read its config file and credentials again (its log says what changed)")
     return ExitCode.OK
 
 
@@ -418,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{ExitCode.UNAVAILABLE} not reachable")
     check.set_defaults(func=cmd_check)
 
-    reload = sub.add_parser("reload", parents=[common], help="read the credentials again (SIGHUP to the sidecar)")
+    reload = sub.add_parser("reload", parents=[common], help="read the config file and credentials again (SIGHUP)")
     reload.set_defaults(func=cmd_reload)
 
     dlq = sub.add_parser("dlq", parents=[common], help="inspect and replay dead letters")

@@ -15,9 +15,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
@@ -42,10 +41,12 @@ class Check:
     says: str
 
 
-def setting(default: Any = dataclasses.MISSING, *, check: Check, factory: Any = dataclasses.MISSING) -> Any:
-    """A field with its range: `rate_per_second: float = setting(3.0, check=POSITIVE)`.
-    No default and no factory: the setting is required."""
-    return field(default=default, default_factory=factory, metadata={"check": check})
+def setting(default: Any = dataclasses.MISSING, *, check: Check, factory: Any = dataclasses.MISSING,
+            live: bool = False) -> Any:
+    """A field with its range: `rate_per_second: float = setting(3.0, check=POSITIVE, live=True)`.
+    No default and no factory: the setting is required. `live`: a reload applies a new value
+    to the running sidecar (`sidecar/reload.py`); otherwise a change waits for a restart."""
+    return field(default=default, default_factory=factory, metadata={"check": check, "live": live})
 
 
 def between(lo: int, hi: int) -> Check:
@@ -91,18 +92,18 @@ class JournalConfig:
     synchronous: str = setting("FULL", check=one_of("FULL", "NORMAL", "EXTRA", any_case=True))
     # A delivered event's ref (what its create made, or that its key was delivered) answers late
     # updates with ref=KEY and skips a re-sent duplicate for this long; then it is forgotten.
-    refs_keep_hours: float = setting(168.0, check=POSITIVE)
-    rejects_keep_hours: float = setting(168.0, check=POSITIVE)  # the sample of rejected frames
+    refs_keep_hours: float = setting(168.0, check=POSITIVE, live=True)
+    rejects_keep_hours: float = setting(168.0, check=POSITIVE, live=True)  # the sample of rejected frames
 
 
 @dataclass(frozen=True, kw_only=True)
 class RetryConfig:
-    base: float = setting(0.5, check=POSITIVE)     # first backoff ceiling, seconds
-    cap: float = setting(60.0, check=POSITIVE)     # largest backoff ceiling, seconds
-    max_attempts: int = setting(30, check=AT_LEAST_0)  # then dead-letter as retries_exhausted; 0: never
+    base: float = setting(0.5, check=POSITIVE, live=True)     # first backoff ceiling, seconds
+    cap: float = setting(60.0, check=POSITIVE, live=True)     # largest backoff ceiling, seconds
+    max_attempts: int = setting(30, check=AT_LEAST_0, live=True)  # then dead-letter as retries_exhausted; 0: never
     ref_wait: float = setting(600.0, check=AT_LEAST_0)  # how long an update may wait for an unknown ref
     # A lane paused on refused credentials tries them again this often.
-    credentials_probe_seconds: float = setting(300.0, check=POSITIVE)
+    credentials_probe_seconds: float = setting(300.0, check=POSITIVE, live=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,8 +113,8 @@ class NotionConfig:
     # As the official SDKs (notion-sdk-js src/Client.ts `defaultNotionVersion`, notion-sdk-py): 2025-09-03.
     # 2022-06-28 still works for a database with one data source; 2026-03-11 places appends with `position`.
     version: str = setting("2025-09-03", check=one_of("2022-06-28", "2025-09-03", "2026-03-11"))
-    rate_per_second: float = setting(3.0, check=POSITIVE)
-    burst: float = setting(1.0, check=AT_LEAST_1)
+    rate_per_second: float = setting(3.0, check=POSITIVE, live=True)
+    burst: float = setting(1.0, check=AT_LEAST_1, live=True)
     idempotency_property: str = setting("Idempotency Key", check=ANY)  # empty: no query before a create
     timeout: float = setting(30.0, check=POSITIVE)  # seconds for one HTTP call
     max_children_per_request: int = setting(100, check=between(1, 100))
@@ -126,8 +127,8 @@ class S3Config:
     endpoint_url: str = setting("", check=HTTP_URL_OR_EMPTY)  # empty: AWS's own endpoint for the region
     region: str = setting("us-east-1", check=NOT_EMPTY)
     concurrency: int = setting(4, check=AT_LEAST_1)  # calls in flight at once on the lane
-    rate_per_second: float = setting(100.0, check=POSITIVE)
-    burst: float = setting(20.0, check=AT_LEAST_1)
+    rate_per_second: float = setting(100.0, check=POSITIVE, live=True)
+    burst: float = setting(20.0, check=AT_LEAST_1, live=True)
     timeout: float = setting(60.0, check=POSITIVE)
 
 
@@ -136,8 +137,8 @@ class NaverConfig:
     base_url: str = setting("https://api.commerce.naver.com/external", check=HTTP_URL)
     client_id_env: str = setting("NAVER_CLIENT_ID", check=NOT_EMPTY)
     client_secret_env: str = setting("NAVER_CLIENT_SECRET", check=NOT_EMPTY)
-    rate_per_second: float = setting(2.0, check=POSITIVE)
-    burst: float = setting(1.0, check=AT_LEAST_1)
+    rate_per_second: float = setting(2.0, check=POSITIVE, live=True)
+    burst: float = setting(1.0, check=AT_LEAST_1, live=True)
     # Per-call maximum of multi-update: the Commerce API center's page for PATCH
     # /v1/products/origin-products/multi-update gives none (nor does API_FACTS.md's
     # source); 50 is ours. A call over the real maximum is refused whole (400) and
@@ -152,8 +153,8 @@ class NaverConfig:
 @dataclass(frozen=True, kw_only=True)
 class WebhookConfig:
     url: str = setting(check=HTTP_URL)  # required
-    rate_per_second: float = setting(1.0, check=POSITIVE)
-    burst: float = setting(1.0, check=AT_LEAST_1)
+    rate_per_second: float = setting(1.0, check=POSITIVE, live=True)
+    burst: float = setting(1.0, check=AT_LEAST_1, live=True)
     timeout: float = setting(10.0, check=POSITIVE)
 
 
@@ -177,8 +178,20 @@ class MetricsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class BreakerConfig:
-    failures: int = setting(5, check=AT_LEAST_1)  # failed calls in a row that open a lane's breaker
-    cooldown: float = setting(30.0, check=POSITIVE)  # seconds before a probe call
+    failures: int = setting(5, check=AT_LEAST_1, live=True)  # failed calls in a row that open a lane's breaker
+    cooldown: float = setting(30.0, check=POSITIVE, live=True)  # seconds before a probe call
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthConfig:
+    """When a lane's recent calls make `check` degraded: more than `failing_share` of its last
+    `recent_calls` calls (those of the last `recent_seconds`, at least `min_calls` of them)
+    refused by the API or dead-lettered."""
+
+    recent_calls: int = setting(20, check=between(1, 100), live=True)  # the lane keeps its last 100 outcomes
+    recent_seconds: float = setting(600.0, check=POSITIVE, live=True)
+    min_calls: int = setting(5, check=AT_LEAST_1, live=True)
+    failing_share: float = setting(0.5, check=Check(lambda v: 0 <= v < 1, "0 or more and under 1"), live=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,8 +204,8 @@ class ProcessConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LogConfig:
-    json: bool = setting(False, check=ANY)
-    level: str = setting("INFO", check=one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", any_case=True))
+    json: bool = setting(False, check=ANY, live=True)
+    level: str = setting("INFO", check=one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", any_case=True), live=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,9 +220,10 @@ class Config:
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)  # [webhooks.NAME]
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    drain_timeout: float = setting(10.0, check=AT_LEAST_0)  # seconds SIGTERM may spend finishing calls in flight
+    drain_timeout: float = setting(10.0, check=AT_LEAST_0, live=True)  # seconds SIGTERM may spend finishing calls in flight
 
 
 def _value(cls: type, name: str, value: Any, where: str) -> Any:
@@ -262,9 +276,13 @@ SECTIONS: dict[str, type] = {
     "redis": RedisConfig,
     "metrics": MetricsConfig,
     "breaker": BreakerConfig,
+    "health": HealthConfig,
     "process": ProcessConfig,
     "log": LogConfig,
 }
+
+
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -272,9 +290,16 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     if path is None:
         return Config()
     try:
-        doc = tomllib.loads(Path(path).read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: a reload reads it inside the running sidecar
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = tomllib.loads(raw.decode("utf-8", errors="replace"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return from_dict(doc)
@@ -319,3 +344,53 @@ def _check_redis(cfg: RedisConfig) -> None:
                           "or a systemd credential of that name ([redis] password_env)")
     if not parts.hostname:
         raise ConfigError("[redis] url needs a host, e.g. redis://10.0.0.5:6379/0")
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What differs between two configs, by setting name: `live` a reload applies, `restart` waits.
+
+        changes = compare(running, load_config("sidecar.toml"))
+        changes.live       # ["[notion] rate_per_second"]
+        changes.restart    # ["[ingest] endpoint", "[webhooks.ops]"] (a webhook added or removed)
+    """
+
+    live: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
+
+
+def _section_changes(old: Any, new: Any, where: str) -> Iterator[tuple[str, bool]]:
+    """(setting name, applies live) for each field of two section dataclasses that differs."""
+    for f in dataclasses.fields(old):
+        if getattr(old, f.name) != getattr(new, f.name):
+            yield (f"[{where}] {f.name}" if where else f.name), bool(f.metadata.get("live"))
+
+
+def compare(old: Config, new: Config) -> Changes:
+    """Which settings differ from `old` to `new`, and which of those a reload can apply."""
+    found: list[tuple[str, bool]] = [("drain_timeout", True)] if old.drain_timeout != new.drain_timeout else []
+    for name in SECTIONS:
+        found += _section_changes(getattr(old, name), getattr(new, name), name)
+    for hook in sorted(old.webhooks.keys() | new.webhooks.keys()):
+        if hook in old.webhooks and hook in new.webhooks:
+            found += _section_changes(old.webhooks[hook], new.webhooks[hook], f"webhooks.{hook}")
+        else:
+            found.append((f"[webhooks.{hook}]", False))  # a lane added or removed: a restart builds lanes
+    return Changes(live=tuple(n for n, live in found if live), restart=tuple(n for n, live in found if not live))
+
+
+def _with_live(old: Any, new: Any) -> Any:
+    live = {f.name: getattr(new, f.name) for f in dataclasses.fields(old) if f.metadata.get("live")}
+    return dataclasses.replace(old, **live)
+
+
+def merge_live(running: Config, new: Config) -> Config:
+    """`running` with every live setting taken from `new`: what a reload runs with until a restart.
+
+        merge_live(running, new).notion.rate_per_second == new.notion.rate_per_second   # live
+        merge_live(running, new).notion.base_url == running.notion.base_url           # needs a restart
+    """
+    sections = {name: _with_live(getattr(running, name), getattr(new, name)) for name in SECTIONS}
+    hooks = {name: _with_live(hook, new.webhooks[name]) if name in new.webhooks else hook
+             for name, hook in running.webhooks.items()}
+    return dataclasses.replace(running, **sections, webhooks=hooks, drain_timeout=new.drain_timeout)

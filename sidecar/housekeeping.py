@@ -7,9 +7,10 @@ Each tick expires old refs and rejects, gives free pages back to the disk (a
 few at a time when it is nearly full), checkpoints the WAL, lets the
 journal's health settle and brings its reserve back once space returns; then
 it reads the lanes, the limiter's store and ingest into gauges and a
-`Status`. A journal write refused for want of disk (or a read-only one) is
-the journal's state, shown in status; anything else raised is the caller's
-to log.
+`Status`. A lane is a problem while paused, its breaker open, or its recent
+calls mostly refused or dead-lettered (`[health]`, `delivery/outcomes.py`).
+A journal write refused for want of disk (or a read-only one) is the
+journal's state, shown in status; anything else raised is the caller's to log.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Housekeeping:
         self.journal_health = journal_health
         self.started = started
         self._reported: dict[str, int] = {}  # counters read from lanes and the store, already added
+        self.restart_needed: tuple[str, ...] = ()  # settings a reload found changed that wait for a restart
+        self.reload_refused: str | None = None  # why the last reload kept the running configuration
 
     def refresh(self) -> Status:
         self._upkeep()
@@ -69,6 +72,8 @@ class Housekeeping:
             lanes=lanes,
             process=process_snapshot(),
             health=health,
+            restart_needed=self.restart_needed,
+            reload_refused=self.reload_refused,
         )
 
     def _upkeep(self) -> None:
@@ -135,9 +140,13 @@ class Housekeeping:
         if breaker.state != "closed":
             problems.append(f"{name}: circuit breaker {breaker.state} after {breaker.failures} "
                             f"failures; probing again in {breaker.reopens_in(now):.0f} s")
+        failing = lane.recent.failing(name, self.cfg.health, now)
+        if failing:
+            problems.append(failing)
+        calls, failed = lane.recent.recent(self.cfg.health, now)
         return LaneStatus(state=state, depth=depth, **limiter.view(now), sidecars_sharing=sharing,
                           configured_rate=limiter.rule.rate, breaker=breaker.state, paused=lane.paused_reason,
-                          delivered=lane.delivered)
+                          delivered=lane.delivered, recent_calls=calls, recent_failed=failed)
 
     def _add(self, counter: Any, name: str, total: int) -> None:
         """Bring a counter up to a total kept elsewhere (a lane's or the store's own count)."""

@@ -36,7 +36,8 @@ from sidecar.config import BreakerConfig, RetryConfig
 from sidecar.connectors.base import Connector, Send
 from sidecar.delivery.breaker import Breaker
 from sidecar.delivery.groups import Groups
-from sidecar.delivery.limiter import Limiter
+from sidecar.delivery.limiter import Limiter, Rule
+from sidecar.delivery.outcomes import DEAD, OK, REFUSED, Outcomes, describe
 from sidecar.delivery.pause import Pause
 from sidecar.delivery.settle import Settler
 from sidecar.delivery.split import bisect, worth_splitting
@@ -87,6 +88,7 @@ class Lane:
         self._stopped = asyncio.Event()
         self._stopping = False
         self.errors = 0  # unexpected errors survived by the workers
+        self.recent = Outcomes()  # the last calls' outcomes, for check and /health (outcomes.py)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ------------------------------------------------------------
@@ -135,6 +137,14 @@ class Lane:
         if self._pause.reloaded(changed):
             self._wake.set()
         return changed
+
+    def reconfigure(self, rule: Rule, retry: RetryConfig, breaker: BreakerConfig) -> None:
+        """A reload's new rate, retry and breaker settings, in force from the next call on."""
+        self.limiter.set_rule(rule)
+        self.retry = retry
+        self._settle.retry = retry
+        self._pause.probe_seconds = retry.credentials_probe_seconds
+        self.breaker.threshold, self.breaker.cooldown = breaker.failures, breaker.cooldown
 
     async def stop(self, timeout: float) -> int:
         """Let calls in flight finish for up to `timeout` s; return how many were cut off."""
@@ -259,9 +269,13 @@ class Lane:
                 self.metrics.rate_limited.labels(lane=self.name, reason=exc.limit_reason or "unspecified").inc()
                 await self.limiter.on_rate_limited(exc.retry_after, exc.told, self.clock())
             if worth_splitting(events, exc):  # split.py: one bad event never sinks the others in the call
+                self.recent.add(REFUSED, self.clock(), describe(exc))
                 return await bisect(events, deliver=self._deliver, pace=self._take_token,
                                     plan_part=lambda part: self.connector.plan(part, self._groups.context(self.clock())))
-            return self._failed(events, exc)
+            dead = self._failed(events, exc)
+            if dead:
+                self.recent.add(DEAD, self.clock(), describe(exc))
+            return dead
         except asyncio.CancelledError:
             status = "cancelled"
             self.breaker.release()
@@ -270,7 +284,9 @@ class Lane:
             log.exception("lane %s: unexpected error delivering %d event(s)", self.name, len(events))
             status = "internal_error"
             self.breaker.record(False, self.clock())
-            self._failed(events, Retryable("internal_error", type(exc).__name__))
+            failure = Retryable("internal_error", type(exc).__name__)
+            if self._failed(events, failure):
+                self.recent.add(DEAD, self.clock(), describe(failure))
             return False
         finally:
             self.metrics.calls.labels(api=self.name, status=status).inc()
@@ -280,6 +296,10 @@ class Lane:
             log.warning("lane %s: credentials accepted again; resuming delivery", self.name)
             self._wake.set()
         await self.limiter.on_success(result.told, self.clock())
+        # A call whose every event the API refused one by one delivered nothing.
+        refused_all = len(result.failed) >= len(events)
+        self.recent.add(DEAD if refused_all else OK, self.clock(),
+                        ": ".join(next(iter(result.failed.values()), ())) if refused_all else "")
         self._settle.delivered(plan, result)
         self._groups.follow(result.refs)
         return True

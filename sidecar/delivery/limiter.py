@@ -219,6 +219,14 @@ class Limiter:
     def rate(self) -> float:
         return self.last.rate
 
+    def set_rule(self, rule: Rule) -> None:
+        """A reload's rate and burst: the next reservation follows them (the store's state is kept).
+
+        Status shows the new rate at once while the configured one is in force."""
+        self.rule = rule
+        if self.last.source == CONFIGURED:
+            self.last = Grant(self.last.wait, rule.rate, CONFIGURED, min(self.last.tokens, rule.burst), rule.burst)
+
     async def _run(self, now: float, op: Op) -> Grant:
         self.last = await self.store.run(self.key, self.rule, now, op)
         self._at = now

@@ -42,6 +42,10 @@ class LaneStatus:
     breaker: str                   # closed, open or half-open
     paused: str | None             # why the lane makes no calls (off or paused); None when running
     delivered: int
+    # Its recent calls ([health] recent_calls, recent_seconds) and how many of them the API refused or
+    # were dead-lettered: mostly failing makes check degraded (delivery/outcomes.py).
+    recent_calls: int = 0
+    recent_failed: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +113,8 @@ class Status:
     lanes: dict[str, LaneStatus]
     process: ProcessStatus
     health: Health
+    restart_needed: tuple[str, ...] = ()   # settings changed in the file that a reload could not apply
+    reload_refused: str | None = None      # why the last reload kept the running configuration
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,4 +123,5 @@ class Status:
     def from_dict(cls, d: dict[str, Any]) -> Status:
         return _known(cls, d, ingest=_known(IngestStatus, d["ingest"]), journal=_known(JournalStatus, d["journal"]),
                       lanes={name: _known(LaneStatus, lane) for name, lane in d["lanes"].items()},
-                      process=ProcessStatus.from_dict(d["process"]), health=Health.from_dict(d["health"]))
+                      process=ProcessStatus.from_dict(d["process"]), health=Health.from_dict(d["health"]),
+                      restart_needed=tuple(d.get("restart_needed") or ()))
