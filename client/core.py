@@ -53,7 +53,8 @@ from typing import Any
 
 import orjson
 
-from . import ring, wire
+from . import presence, ring, wire
+from .presence import Presence
 from .transport import QueueFull, Transport, TransportError, ZmqTransport
 
 log = logging.getLogger("client")
@@ -63,7 +64,8 @@ log = logging.getLogger("client")
 DEFAULT_QUEUE_SIZE = 300_000
 DEFAULT_LINGER = 5.0
 STATS_INTERVAL_NS = 1_000_000_000
-RETRY_TRANSPORT_NS = 1_000_000_000  # a ring directory that could not be made is tried again this often
+RETRY_TRANSPORT_NS = 1_000_000_000  # a ring that could not be made is tried again this often
+PING_POLL_SECONDS = 0.01
 
 Blob = bytes | bytearray | memoryview
 _BLOB_TYPES = (bytes, bytearray, memoryview)
@@ -125,6 +127,9 @@ class Client:
             self.transport_name = "ring" if self.ring_dir else "zmq"
         else:
             self.ring_dir, self.transport_name = None, type(transport).__name__
+        # "ring" insists on a ring; "auto" falls back to ZeroMQ where no sidecar made the directory.
+        self._mode = transport if isinstance(transport, str) else "own"
+        self._presence = Presence(self.endpoint, self.ring_dir)
         self.client_id = _new_client_id()
         self._seq = 0
         self._dropped: Counter[str] = Counter()
@@ -149,6 +154,7 @@ class Client:
         # Held until close(), so a client dropped without close() still
         # sends its tail at exit.
         _live.add(self)
+        presence.watch(_live_clients)
 
     def _attach(self, transport: Transport | None) -> None:
         self._transport = transport
@@ -159,15 +165,22 @@ class Client:
     def _connect(self, *, in_emit: bool = False) -> Transport | None:
         """A transport; `in_emit`: made inside an emit (after a fork, a
         quarantine or a failure), so nothing that takes milliseconds."""
+        self._presence.fallback = None
         try:
             if self.ring_dir is not None:
                 # A ring's file name carries the client id; a replacement for a
                 # quarantined ring gets a suffix and continues the sequence.
                 suffix = f".{self._rings_made}" if self._rings_made else ""
-                made = ring.RingWriter.create(self.ring_dir, self.client_id, capacity=self.ring_bytes,
-                                              suffix=suffix, prefault=self.prefault and not in_emit,
-                                              allocate=not in_emit)
+                try:
+                    made = ring.RingWriter.create(self.ring_dir, self.client_id, capacity=self.ring_bytes,
+                                                  suffix=suffix, prefault=self.prefault and not in_emit,
+                                                  allocate=not in_emit, make_dir=False)
+                except ring.NoRingDirectory:
+                    if self._mode == "ring":
+                        raise
+                    return self._fall_back()
                 self._rings_made += 1
+                self.transport_name = "ring"
                 # A record holds the frame and the blobs; half the ring at most.
                 self._max_record = made.max_body
                 self.max_event_bytes = min(self.max_event_bytes, made.max_body)
@@ -176,10 +189,28 @@ class Client:
             return ZmqTransport(self.endpoint, queue_size=self.queue_size)
         except TransportError as exc:
             # The trading loop still runs: every emit counts a transport_error
-            # drop, and the transport is tried again once a second.
-            log.error("client cannot reach the sidecar: %s", exc)
+            # drop, and the transport is tried again once a second (logged once).
+            if not self._presence.told_unreachable:
+                self._presence.told_unreachable = True
+                log.error("client cannot reach the sidecar on %s: %s", self.endpoint, exc)
             self._retry_ns = _time_ns() + RETRY_TRANSPORT_NS
             return None
+
+    def _fall_back(self) -> Transport:
+        """No ring directory: no sidecar ever ran on this endpoint (or it is
+        mistyped). Events wait in this process's ZeroMQ queue (bounded by
+        `queue_size`) and flow if a sidecar binds the endpoint later; nothing
+        is written to a directory nobody reads. Said once, with both names."""
+        self._presence.fallback = f"no ring directory {self.ring_dir}"
+        if not self._presence.told_unreachable:
+            self._presence.told_unreachable = True
+            log.warning("client %s: no sidecar has made the ring directory %s for endpoint %s (a mistyped "
+                        "endpoint, or no sidecar started yet); events wait in this process's memory, at most %d, "
+                        "and go to a sidecar that binds %s later", self.client_id, self.ring_dir, self.endpoint,
+                        self.queue_size, self.endpoint)
+        self.transport_name = "zmq"
+        self._max_record = self.max_event_bytes + self.max_blob_bytes
+        return ZmqTransport(self.endpoint, queue_size=self.queue_size)
 
     # -- the hot path ---------------------------------------------------------
 
@@ -284,14 +315,92 @@ class Client:
     # -- lifecycle ------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """This client's counters: sent (= last sequence number) and drops by reason."""
+        """This client's counters: sent (= last sequence number), drops by
+        reason, and what waits for a sidecar (`client.presence`)::
+
+            {"client_id": ..., "pid": ..., "transport": "ring", "sent": 120, "dropped": {},
+             "unacknowledged": {"events": 20, "bytes": 6080, "since": 1765137600.5},
+             "sidecar_seen": True, "fallback": None}
+
+        `unacknowledged.events` is at most that many (counted to within a
+        second), `bytes` is exact for a ring and None for ZeroMQ, `since` is
+        the wall time of the oldest such event (None when nothing waits).
+        `fallback` says why a ring endpoint is on ZeroMQ ("no ring directory ...").
+        """
         return {
             "client_id": self.client_id,
             "pid": os.getpid(),
             "transport": self.transport_name,
             "sent": self._seq,  # also the last sequence number used
             "dropped": dict(self._dropped),
+            **self._presence.report(self._transport, self._seq),
         }
+
+    def ping(self, timeout: float = 5.0) -> bool:
+        """Wait at most `timeout` seconds for a sidecar to show that it reads
+        this client: True once it does, False if none did in time. It sleeps:
+        call it at start-up or from a script, never inside the trading loop.
+
+            with Client() as sidecar:
+                if not sidecar.ping(30):
+                    sys.exit(f"no sidecar reads {sidecar.endpoint}: {sidecar.stats()}")
+
+        A ring counts as read once the sidecar's journal has acknowledged all
+        of it, a note of this client's counters included, so a stopped
+        sidecar answers False; a ZeroMQ socket once a sidecar is connected.
+        A Client that fell back to ZeroMQ for want of a ring directory and has
+        sent nothing yet moves onto a ring when the directory appears.
+        """
+        deadline = time.monotonic() + timeout
+        noted = False
+        while True:
+            with self._lock:
+                if self._closed:
+                    return False
+                self._move_to_ring()
+                t = self._transport
+                if t is not None:
+                    if not noted:
+                        self._send_control(wire.STATS)  # something for the sidecar to acknowledge
+                        noted = True
+                    unacked = t.unacknowledged
+                    if unacked is not None:
+                        if unacked == 0 and t.adopted:
+                            return True
+                    elif t.peer_connected() is not False:  # connected, or a transport that cannot tell
+                        return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(PING_POLL_SECONDS)
+
+    def _move_to_ring(self) -> None:
+        """Before the first event only (the sequence must stay on one path):
+        a ring in place of a fallback or a failed transport, if the directory is there now."""
+        if self._seq or self.ring_dir is None or not (self._transport is None or self._presence.fallback):
+            return
+        if not os.path.isdir(self.ring_dir):
+            return
+        old = self._transport
+        made = self._connect()
+        if made is None or self._presence.fallback:
+            if made is not None:
+                made.close(0.0)
+            return
+        if old is not None:
+            old.close(0.0)  # only the counters' notes were queued there
+        self._attach(made)
+        self._presence.reset()
+
+    def _look(self) -> None:
+        """The watcher's once-a-second look (another thread): skipped while
+        the client is busy closing or emitting under its lock, never waited for."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if not self._closed:
+                self._presence.look(self._transport, self._seq, self.client_id)
+        finally:
+            self._lock.release()
 
     def close(self, linger: float | None = None) -> None:
         """Announce the last sequence number, then wait at most `linger`
@@ -307,10 +416,16 @@ class Client:
         self._closed = True
         _live.discard(self)
         transport = self._transport
-        self._attach(None)
         if transport is None:
             return
         frame = wire.encode(self.client_id, 0, wire.BYE, None, None, _time_ns(), self.stats())
+        waiting = self._presence.report(transport, self._seq)["unacknowledged"]
+        if waiting["events"] and transport.adopted is False:
+            # A script that emits and exits before the watcher's warning: say it here.
+            log.warning("client %s closes with %d event(s) in its ring in %s, which no sidecar has adopted yet; "
+                        "a sidecar on %s reads them when it starts", self.client_id, waiting["events"],
+                        self.ring_dir, self.endpoint)
+        self._attach(None)
         try:
             # A ring keeps room for this one, so a full ring still says goodbye.
             transport.send_last(frame)
@@ -334,12 +449,15 @@ class Client:
         self._next_stats_ns = 0
         self._retry_ns = 0
         self._rings_made = 0
+        self._presence.reset()
+        self._presence.told_unreachable = False
 
     def _reopen(self) -> Transport | None:
         """A transport for an emit that has none: after fork, or once a second
         after a failure (a ring directory that did not exist yet, say)."""
         if self._closed or _time_ns() < self._retry_ns:
             return None
+        presence.watch(_live_clients)  # a forked child has no watcher thread yet
         self._attach(self._connect(in_emit=True))
         return self._transport
 
@@ -356,6 +474,10 @@ class Client:
 
 def _no_transport(frame: bytes) -> None:
     raise TransportError("no transport")
+
+
+def _live_clients() -> list[Client]:
+    return list(_live)
 
 
 def _reset_clients_in_child() -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 LaneState = Literal["running", "paused", "off"]
+MAX_RINGS_LISTED = 50   # a status of 2,000 rings would be megabytes; the count says how many there are
 
 _T = TypeVar("_T")
 
@@ -51,6 +52,20 @@ class IngestStatus:
     received: int
     rejected: int
     sequence_gaps: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RingStatus:
+    """One producer's ring as ingest reads it (`sidecar status` lists them)."""
+
+    name: str                      # the file in the ring directory
+    client_id: str                 # from the ring's header (its name agrees)
+    pid: int                       # the producer's, as its header says
+    uid: int                       # the file's owner: the producer's user
+    version: int                   # ring format
+    backlog_bytes: int             # written but not yet journaled, as far as the producer last said (at least)
+    age_seconds: float             # since the producer made it
+    idle_seconds: float | None     # since a record was last read from it; None: none since adoption
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +124,8 @@ class Status:
     lanes: dict[str, LaneStatus]
     process: ProcessStatus
     health: Health
+    rings: tuple[RingStatus, ...] = ()   # at most MAX_RINGS_LISTED, largest backlog first
+    rings_total: int = 0                 # how many ingest reads (the list may be cut)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,4 +134,5 @@ class Status:
     def from_dict(cls, d: dict[str, Any]) -> Status:
         return _known(cls, d, ingest=_known(IngestStatus, d["ingest"]), journal=_known(JournalStatus, d["journal"]),
                       lanes={name: _known(LaneStatus, lane) for name, lane in d["lanes"].items()},
-                      process=ProcessStatus.from_dict(d["process"]), health=Health.from_dict(d["health"]))
+                      process=ProcessStatus.from_dict(d["process"]), health=Health.from_dict(d["health"]),
+                      rings=tuple(_known(RingStatus, r) for r in d.get("rings") or ()))
