@@ -50,6 +50,7 @@ class Presence:
         self._passed = 0                  # the last sequence number the sidecar has certainly passed
         self._away_seq: int | None = None  # ZeroMQ: the sequence when no sidecar was seen connected
         self._away_at: float | None = None
+        self._ever_connected = False
         self.warned = False
         self.warnings = 0
         self._mutex = threading.Lock()
@@ -59,6 +60,7 @@ class Presence:
         self._marks.clear()
         self._passed = 0
         self._away_seq = self._away_at = None
+        self._ever_connected = False
         self.warned = False
 
     # -- looking ----------------------------------------------------------------
@@ -103,10 +105,11 @@ class Presence:
             return seq - self._passed, marks[0][2], unacked
         connected = transport.peer_connected()
         if connected or connected is None:
+            self._ever_connected |= bool(connected)
             self._away_seq = self._away_at = None
             return 0, None, None
-        if self._away_seq is None:
-            self._away_seq, self._away_at = seq, now
+        if self._away_seq is None:  # never connected: everything since the first event waits
+            self._away_seq, self._away_at = (seq if self._ever_connected else 0), now
         if seq > self._away_seq:
             return seq - self._away_seq, self._away_at, None
         self._away_at = now  # nothing sent since it left: nothing waits yet
