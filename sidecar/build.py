@@ -84,7 +84,7 @@ def hold_journal(directory: str) -> lock.Held:
     except lock.Locked as exc:
         raise JournalError(str(exc)) from None
     except OSError as exc:
-        raise JournalError(f"journal directory {directory} cannot be locked ({exc.strerror}); "
+        raise JournalError(f"journal directory {directory} is not writable ({exc.strerror}); "
                            "set [journal] dir to a writable directory or fix its owner") from None
 
 
