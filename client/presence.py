@@ -1,8 +1,8 @@
 """Whether anyone reads a Client: what waits unacknowledged, since when, and one warning.
 
     presence = Presence(endpoint, ring_dir)      # one per Client
-    presence.look(transport, seq)                # once a second (emit's tick, or the watcher)
-    presence.report(transport, seq)              # stats()["unacknowledged"] and friends
+    presence.look(transport, seq, client_id)     # once a second, from the watcher thread: warns once
+    presence.report(transport, seq)              # stats()["unacknowledged"] and friends (emit's tick too)
 
 A ring says exactly how far the sidecar's journal holds it (`acknowledged`,
 in bytes). Events are counted by marks: every look notes (last sequence
@@ -131,7 +131,15 @@ class Presence:
     # -- telling ----------------------------------------------------------------
 
     def report(self, transport: Transport | None, seq: int) -> dict[str, Any]:
-        """stats()'s view: what waits unacknowledged and since when, and whether a sidecar was seen."""
+        """stats()'s view: what waits unacknowledged and since when, and whether a sidecar was seen::
+
+            {"unacknowledged": {"events": 20, "bytes": 6080, "since": 1765137600.5},
+             "sidecar_seen": True, "fallback": None}
+
+        `events` is at most that many (counted to within a look), `bytes` is
+        exact for a ring and None for ZeroMQ, `since` the wall time of the
+        oldest (None when nothing waits); `fallback` says why a ring endpoint
+        is on ZeroMQ ("no ring directory ...")."""
         events, since, size = self._pending(transport, seq, self.clock())
         seen = None if transport is None else transport.adopted
         if seen is None and transport is not None:
@@ -140,15 +148,33 @@ class Presence:
                 "sidecar_seen": bool(seen), "fallback": self.fallback}
 
 
+    @staticmethod
+    def answered(transport: Transport) -> bool:
+        """`Client.ping`'s test: a ring is read once the sidecar's journal has
+        acknowledged all of it (so a stopped sidecar answers False); a socket
+        once a sidecar is connected; a transport that cannot tell, at once."""
+        unacked = transport.unacknowledged
+        if unacked is not None:
+            return unacked == 0 and bool(transport.adopted)
+        return transport.peer_connected() is not False
+
+    def closing(self, transport: Transport, seq: int, client_id: str) -> None:
+        """At close: a script that emits and exits before any warning could come hears it here."""
+        waiting = self._pending(transport, seq, self.clock())[0]
+        if waiting and transport.adopted is False:
+            log.warning("client %s closes with %d event(s) in its ring in %s, which no sidecar has adopted yet; "
+                        "a sidecar on %s reads them when it starts", client_id, waiting, self.ring_dir, self.endpoint)
+
+
 # -- the watcher: one daemon thread per process --------------------------------
 
 _watcher: tuple[int, threading.Thread] | None = None
 _watcher_lock = threading.Lock()
 
 
-def watch(clients: Callable[[], Iterable[Any]]) -> None:
+def watch(clients: Callable[[], Iterable[Any]], look: Callable[[Any], None]) -> None:
     """Start (once per process, again after a fork) the thread that calls
-    each client's `_look()` every LOOK_SECONDS. Cheap to call often."""
+    `look(client)` for each client every LOOK_SECONDS. Cheap to call often."""
     global _watcher
     pid = os.getpid()
     if _watcher is not None and _watcher[0] == pid:
@@ -156,17 +182,17 @@ def watch(clients: Callable[[], Iterable[Any]]) -> None:
     with _watcher_lock:
         if _watcher is not None and _watcher[0] == pid:
             return
-        thread = threading.Thread(target=_run, args=(clients,), name="client-presence", daemon=True)
+        thread = threading.Thread(target=_run, args=(clients, look), name="client-presence", daemon=True)
         _watcher = (pid, thread)
         thread.start()
 
 
-def _run(clients: Callable[[], Iterable[Any]]) -> None:
+def _run(clients: Callable[[], Iterable[Any]], look: Callable[[Any], None]) -> None:
     me = os.getpid()
     while _watcher is not None and _watcher[0] == me:
         time.sleep(LOOK_SECONDS)
         for client in list(clients()):
             try:
-                client._look()
+                look(client)
             except Exception:  # a look must never take the process down
                 log.debug("presence look failed", exc_info=True)
