@@ -187,6 +187,14 @@ def watch(clients: Callable[[], Iterable[Any]], look: Callable[[Any], None]) -> 
         thread.start()
 
 
+def _new_lock_in_child() -> None:
+    global _watcher_lock
+    _watcher_lock = threading.Lock()  # another thread of the parent may have held it at fork()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _run(clients: Callable[[], Iterable[Any]], look: Callable[[Any], None]) -> None:
     me = os.getpid()
     while _watcher is not None and _watcher[0] == me:
