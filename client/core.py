@@ -20,7 +20,7 @@ in this process instead. Every drop is counted by reason in
 - ``queue_full``: the ring (or the ZeroMQ queue) is full: the sidecar has
   been away or slow for longer than it holds (30 s or more at 10,000 events/s);
 - ``closed`` / ``transport_error``: the client was closed, or the transport
-  refused (no ring directory, ZeroMQ broken);
+  refused (``transport="ring"`` with no ring directory, ZeroMQ broken);
 - ``ring_quarantined``: the sidecar found this client's ring corrupt and set
   it aside; the event that learnt it is lost and the next one goes to a new ring;
 - ``linger_expired``: at ``close()``, ZeroMQ only: events still queued when
@@ -30,6 +30,16 @@ in this process instead. Every drop is counted by reason in
   warning per reason and kind and returns False, so a typo in a rare branch
   cannot stop a trading loop; with ``strict=True`` it raises `EmitError`
   instead (use that in tests and development).
+
+Whether anyone reads it (`client.presence`, `client.dial`): a Client never
+makes a ring directory, since a missing one means a mistyped endpoint or no
+sidecar yet. It then falls back to ZeroMQ on the same endpoint rather than
+drop: a sidecar that starts later gets every event, and a typo is said once
+(endpoint and directory), shown in `stats()` and counted as
+``linger_expired`` at close, never true and silently lost. Events that no
+sidecar acknowledges for a few seconds (one stopped, or none adopted the
+ring) are said once too; `stats()["unacknowledged"]` shows them and since
+when, and `ping(timeout)` waits for a sidecar or learns it is absent.
 
 Thread-safety: a Client is meant for one thread, like the ZeroMQ socket under
 it. Pass ``threadsafe=True`` to share one between threads (a lock around each
@@ -53,8 +63,10 @@ from typing import Any
 
 import orjson
 
-from . import ring, wire
-from .transport import QueueFull, Transport, TransportError, ZmqTransport
+from . import presence, ring, wire
+from .dial import Dialer
+from .presence import Presence
+from .transport import QueueFull, Transport, TransportError
 
 log = logging.getLogger("client")
 
@@ -63,7 +75,7 @@ log = logging.getLogger("client")
 DEFAULT_QUEUE_SIZE = 300_000
 DEFAULT_LINGER = 5.0
 STATS_INTERVAL_NS = 1_000_000_000
-RETRY_TRANSPORT_NS = 1_000_000_000  # a ring directory that could not be made is tried again this often
+PING_POLL_SECONDS = 0.01
 
 Blob = bytes | bytearray | memoryview
 _BLOB_TYPES = (bytes, bytearray, memoryview)
@@ -125,14 +137,16 @@ class Client:
             self.transport_name = "ring" if self.ring_dir else "zmq"
         else:
             self.ring_dir, self.transport_name = None, type(transport).__name__
+        self._presence = Presence(self.endpoint, self.ring_dir)
+        # "ring" insists on a ring; "auto" falls back to ZeroMQ where no sidecar made the directory.
+        self._dialer = Dialer(self.endpoint, transport if isinstance(transport, str) else "own", self.ring_dir,
+                              self._presence, queue_size=queue_size, ring_bytes=ring_bytes, prefault=prefault)
         self.client_id = _new_client_id()
         self._seq = 0
         self._dropped: Counter[str] = Counter()
         self._warned: set[tuple[str, str]] = set()
         self._closed = False
         self._next_stats_ns = 0
-        self._retry_ns = 0
-        self._rings_made = 0
         self._max_record = self.max_event_bytes + self.max_blob_bytes
         self._transport: Transport | None = None
         self._attach(self._connect() if isinstance(transport, str) else transport)
@@ -149,6 +163,7 @@ class Client:
         # Held until close(), so a client dropped without close() still
         # sends its tail at exit.
         _live.add(self)
+        presence.watch(_live_clients, _look)
 
     def _attach(self, transport: Transport | None) -> None:
         self._transport = transport
@@ -157,29 +172,18 @@ class Client:
         self._send = transport.send if transport is not None else _no_transport
 
     def _connect(self, *, in_emit: bool = False) -> Transport | None:
-        """A transport; `in_emit`: made inside an emit (after a fork, a
-        quarantine or a failure), so nothing that takes milliseconds."""
-        try:
-            if self.ring_dir is not None:
-                # A ring's file name carries the client id; a replacement for a
-                # quarantined ring gets a suffix and continues the sequence.
-                suffix = f".{self._rings_made}" if self._rings_made else ""
-                made = ring.RingWriter.create(self.ring_dir, self.client_id, capacity=self.ring_bytes,
-                                              suffix=suffix, prefault=self.prefault and not in_emit,
-                                              allocate=not in_emit)
-                self._rings_made += 1
-                # A record holds the frame and the blobs; half the ring at most.
-                self._max_record = made.max_body
-                self.max_event_bytes = min(self.max_event_bytes, made.max_body)
-                return made
-            self._max_record = self.max_event_bytes + self.max_blob_bytes
-            return ZmqTransport(self.endpoint, queue_size=self.queue_size)
-        except TransportError as exc:
-            # The trading loop still runs: every emit counts a transport_error
-            # drop, and the transport is tried again once a second.
-            log.error("client cannot reach the sidecar: %s", exc)
-            self._retry_ns = _time_ns() + RETRY_TRANSPORT_NS
-            return None
+        """A transport (`client.dial`), attached, with the record limits of the one made."""
+        made = self._dialer.connect(self.client_id, in_emit=in_emit)
+        self._connect_limits(made)
+        return made
+
+    def _connect_limits(self, made: Transport | None) -> None:
+        self._attach(made)
+        if made is not None:
+            self.transport_name = self._dialer.name
+            # A ring's record holds the frame and the blobs: half the ring at most.
+            self._max_record = self._dialer.max_record or self.max_event_bytes + self.max_blob_bytes
+            self.max_event_bytes = min(self.max_event_bytes, self._max_record)
 
     # -- the hot path ---------------------------------------------------------
 
@@ -284,14 +288,50 @@ class Client:
     # -- lifecycle ------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """This client's counters: sent (= last sequence number) and drops by reason."""
+        """This client's counters: sent (= last sequence number), drops by
+        reason, and what waits for a sidecar (`Presence.report` says what each means)."""
         return {
             "client_id": self.client_id,
             "pid": os.getpid(),
             "transport": self.transport_name,
             "sent": self._seq,  # also the last sequence number used
             "dropped": dict(self._dropped),
+            **self._presence.report(self._transport, self._seq),
         }
+
+    def ping(self, timeout: float = 5.0) -> bool:
+        """Wait at most `timeout` seconds for a sidecar to show that it reads
+        this client (`Presence.answered`); False if none did in time. It
+        sleeps: at start-up or in a script, never inside the trading loop.
+
+            with Client() as sidecar:
+                if not sidecar.ping(30):
+                    sys.exit(f"no sidecar reads {sidecar.endpoint}: {sidecar.stats()}")
+
+        A Client that fell back to ZeroMQ for want of a ring directory and has
+        sent nothing yet moves onto a ring once the directory is there.
+        """
+        deadline = time.monotonic() + timeout
+        noted = False
+        while True:
+            with self._lock:
+                if self._closed:
+                    return False
+                made = self._dialer.ring_now(self.client_id, self._seq, self._transport)
+                if made is not None:
+                    if self._transport is not None:
+                        self._transport.close(0.0)  # only the counters' notes were queued there
+                    self._connect_limits(made)
+                    self._presence.reset()
+                if self._transport is not None:
+                    if not noted:
+                        self._send_control(wire.STATS)  # something for the sidecar to acknowledge
+                        noted = True
+                    if self._presence.answered(self._transport):
+                        return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(PING_POLL_SECONDS)
 
     def close(self, linger: float | None = None) -> None:
         """Announce the last sequence number, then wait at most `linger`
@@ -307,10 +347,11 @@ class Client:
         self._closed = True
         _live.discard(self)
         transport = self._transport
-        self._attach(None)
         if transport is None:
             return
         frame = wire.encode(self.client_id, 0, wire.BYE, None, None, _time_ns(), self.stats())
+        self._presence.closing(transport, self._seq, self.client_id)
+        self._attach(None)
         try:
             # A ring keeps room for this one, so a full ring still says goodbye.
             transport.send_last(frame)
@@ -332,16 +373,17 @@ class Client:
         self._seq = 0
         self._dropped = Counter()
         self._next_stats_ns = 0
-        self._retry_ns = 0
-        self._rings_made = 0
+        self._dialer.rings_made = self._dialer.retry_ns = 0
+        self._presence.reset()
+        self._presence.told_unreachable = False
 
     def _reopen(self) -> Transport | None:
         """A transport for an emit that has none: after fork, or once a second
         after a failure (a ring directory that did not exist yet, say)."""
-        if self._closed or _time_ns() < self._retry_ns:
+        if self._closed or _time_ns() < self._dialer.retry_ns:
             return None
-        self._attach(self._connect(in_emit=True))
-        return self._transport
+        presence.watch(_live_clients, _look)  # a forked child has no watcher thread yet
+        return self._connect(in_emit=True)
 
     def __enter__(self) -> Client:
         return self
@@ -356,6 +398,21 @@ class Client:
 
 def _no_transport(frame: bytes) -> None:
     raise TransportError("no transport")
+
+
+def _live_clients() -> list[Client]:
+    return list(_live)
+
+
+def _look(client: Client) -> None:
+    """The watcher's once-a-second look (its own thread): skipped, never
+    waited for, while the client is emitting (threadsafe) or closing."""
+    if client._lock.acquire(blocking=False):
+        try:
+            if not client._closed:
+                client._presence.look(client._transport, client._seq, client.client_id)
+        finally:
+            client._lock.release()
 
 
 def _reset_clients_in_child() -> None:

@@ -20,6 +20,7 @@ socket, for `tcp://` endpoints and old sidecars.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -75,6 +76,29 @@ class Transport(ABC):
     def after_fork(self) -> None:  # noqa: B027  (a default, not a forgotten abstract method)
         """In a forked child: let go of the parent's transport without using it."""
 
+    # What the reader said, for `Client.stats` and `client.presence` (slow paths
+    # only). A ring's reader acknowledges what its journal holds; a socket's
+    # reader only shows that it is connected; a transport of one's own may say neither.
+
+    @property
+    def adopted(self) -> bool | None:
+        """Whether a sidecar has taken this transport's output on (a ring: its ack file); None: cannot tell."""
+        return None
+
+    @property
+    def acknowledged(self) -> int:
+        """Bytes the sidecar's journal holds of what was written (0 where nothing acknowledges)."""
+        return 0
+
+    @property
+    def unacknowledged(self) -> int | None:
+        """Bytes written that the sidecar has not journaled yet; None where nothing acknowledges."""
+        return None
+
+    def peer_connected(self) -> bool | None:
+        """Whether a sidecar is connected now; None where the transport cannot tell."""
+        return None
+
 
 class ZmqTransport(Transport):
     """A PUSH socket connected to the sidecar's PULL socket.
@@ -106,6 +130,7 @@ class ZmqTransport(Transport):
         # the slow paths only (`peer_connected`); the close() count needs it.
         self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._connected = False
+        self._monitor_lock = threading.Lock()
         self.ever_connected = False
         # The last sequence number sent when the sidecar was first seen gone
         # (`tick`); None while it is connected.
@@ -149,12 +174,21 @@ class ZmqTransport(Transport):
             self._sent_at_disconnect = sent if self.ever_connected else 0
 
     def peer_connected(self) -> bool:
-        """Whether a sidecar is connected now (reads libzmq's events; not for the hot path)."""
-        while self._monitor.poll(0):
-            event = self._monitor.recv_multipart()
-            kind = int.from_bytes(event[0][:2], "little")
-            self._connected = kind == zmq.EVENT_HANDSHAKE_SUCCEEDED
-            self.ever_connected |= self._connected
+        """Whether a sidecar is connected now (reads libzmq's events; not for the hot path).
+
+        The emitting thread (its tick) and the client's watcher both ask; a
+        ZeroMQ socket is for one thread at a time, so one reads and the other
+        takes the answer it last read rather than wait."""
+        if not self._monitor_lock.acquire(blocking=False):
+            return self._connected
+        try:
+            while self._monitor.poll(0):
+                event = self._monitor.recv_multipart()
+                kind = int.from_bytes(event[0][:2], "little")
+                self._connected = kind == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                self.ever_connected |= self._connected
+        finally:
+            self._monitor_lock.release()
         return self._connected
 
     def close(self, linger: float, sent: int = 0) -> int:

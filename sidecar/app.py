@@ -184,6 +184,7 @@ class Sidecar:
                  f" ({cut} call(s) cut off mid-flight, to be checked before resending)" if cut else "")
         parts.ingest_journal.close()
         parts.journal.close()
+        parts.lock.release()  # last: the journal is closed, another sidecar may have it now
 
     def _housekeeping(self, house: Housekeeping) -> None:
         try:

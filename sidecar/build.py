@@ -4,8 +4,10 @@
                   status=sidecar.status, health=sidecar.health)
     parts.ingest.start(); parts.store.start(); ...      # Sidecar.run starts, ticks and stops them
 
-Nothing here starts a thread or a task: `build` opens the journal (checked,
-and recovered unless `recover=False`), binds the ingest socket and the
+Nothing here starts a thread or a task: `build` takes the journal
+directory's lock (one sidecar per journal: a second exits 73 naming the
+holder's pid; the ring directory has its own lock, which ingest takes), opens
+the journal (checked, and recovered unless `recover=False`), binds the ingest socket and the
 metrics/status port, and makes one lane per configured API. What `run` then
 starts, `build` has already connected: ingest wakes the lanes it wrote for.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +27,14 @@ from sidecar.connectors.base import Connector
 from sidecar.delivery.lane import Lane
 from sidecar.delivery.limiter import Limiter, MemoryStore, Store
 from sidecar.delivery.redis_store import RedisStore
-from sidecar.errors import SidecarError
+from sidecar.errors import JournalError, SidecarError
 from sidecar.housekeeping import Housekeeping
 from sidecar.ingest.core import Ingest
 from sidecar.journal.health import JournalHealth
 from sidecar.journal.repair import open_checked
 from sidecar.journal.space import Space
 from sidecar.journal.store import Journal, read_ref
+from sidecar.ops import lock
 from sidecar.ops.credentials import read_secret
 from sidecar.ops.http_api import ApiServer
 from sidecar.ops.metrics import Metrics
@@ -51,6 +55,7 @@ class Parts:
     store: Store
     house: Housekeeping
     api: ApiServer | None       # None with [metrics] address = ""
+    lock: lock.Held             # the journal directory's, held until the process ends (`Sidecar._shutdown`)
 
 
 def limiter_store(cfg: Config) -> Store:
@@ -65,9 +70,37 @@ def limiter_store(cfg: Config) -> Store:
     return store
 
 
+JOURNAL_LOCK = "lock"
+
+
+def hold_journal(directory: str) -> lock.Held:
+    """The journal directory's lock, or JournalError (exit 73) naming the sidecar that holds it.
+
+    Taken before the journal is opened: two sidecars on one journal would
+    each deliver the other's events (issue 17: 60 sent, 61 received)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        return lock.acquire(os.path.join(directory, JOURNAL_LOCK), "journal directory")
+    except lock.Locked as exc:
+        raise JournalError(str(exc)) from None
+    except OSError as exc:
+        raise JournalError(f"journal directory {directory} is not writable ({exc.strerror}); "
+                           "set [journal] dir to a writable directory or fix its owner") from None
+
+
 def build(cfg: Config, metrics: Metrics, *, loop: asyncio.AbstractEventLoop, recover: bool, started: float,
           status: Callable[[], Status | None], health: Callable[[], Health]) -> Parts:
     """Every part, connected; `status`/`health` are what the API server answers with."""
+    held = hold_journal(cfg.journal.dir)
+    try:
+        return _build(cfg, metrics, loop, recover, started, status, health, held)
+    except BaseException:
+        held.release()  # a start that failed lets a corrected one (or a test's next sidecar) in
+        raise
+
+
+def _build(cfg: Config, metrics: Metrics, loop: asyncio.AbstractEventLoop, recover: bool, started: float,
+           status: Callable[[], Status | None], health: Callable[[], Health], held: lock.Held) -> Parts:
     specs = build_lanes(cfg)
     connectors = {name: spec.connector for name, spec in specs.items()}
     journal_health = JournalHealth(cfg.journal.dir, metrics, space=Space(cfg.journal.dir, reserve=True))
@@ -103,4 +136,4 @@ def build(cfg: Config, metrics: Metrics, *, loop: asyncio.AbstractEventLoop, rec
             raise SidecarError(f"cannot serve metrics on {cfg.metrics.address} ({exc.strerror}); "
                                "is another sidecar running? set [metrics] address to another port, "
                                "or to \"\" to turn it off") from None
-    return Parts(journal, ingest_journal, ingest, lanes, list(connectors.values()), store, house, api)
+    return Parts(journal, ingest_journal, ingest, lanes, list(connectors.values()), store, house, api, held)

@@ -144,9 +144,32 @@ def render_status(s: Status) -> str:
         lines.append(f"{name:<18}{lane.depth:>8}{lane.rate_per_second:>9.2f}{lane.configured_rate:>7.1f}"
                      f"  {lane.rate_source:<11}{store:<14}{lane.tokens:>8.2f}  "
                      f"{lane.breaker:<10}{lane.delivered:>10}  {lane.paused or '-'}")
+    lines += _render_rings(s)
     for problem in s.health.problems:
         lines.append(f"problem: {problem}")
     return "\n".join(lines)
+
+
+def _render_rings(s: Status) -> list[str]:
+    """The producers' rings: who, how much waits unjournaled (at least), how old, how long idle."""
+    if not s.rings_total:
+        return []
+    shown = f", the {len(s.rings)} with the largest backlog shown" if len(s.rings) < s.rings_total else ""
+    lines = ["", f"{s.rings_total} ring(s) read{shown}",
+             f"{'client':<32}{'pid':>8}{'uid':>7}{'backlog':>12}{'age':>9}{'idle':>9}  ring"]
+    for r in s.rings:
+        idle = "-" if r.idle_seconds is None else f"{r.idle_seconds:.0f} s"
+        lines.append(f"{r.client_id:<32}{r.pid:>8}{r.uid:>7}{_bytes(r.backlog_bytes):>12}"
+                     f"{r.age_seconds:>7.0f} s{idle:>9}  {r.name}")
+    return lines
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n} {unit}"
+        n //= 1024
+    return f"{n} GiB"
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -24,11 +24,21 @@ from sidecar.delivery.breaker import STATE_VALUES
 from sidecar.delivery.lane import Lane
 from sidecar.delivery.limiter import BACKED_OFF, CONFIGURED, LEARNED, Store
 from sidecar.ingest.core import Ingest
+from sidecar.ingest.rings import Ring
 from sidecar.journal.health import JournalHealth
 from sidecar.journal.repair import unacknowledged
 from sidecar.journal.store import Journal
 from sidecar.ops.metrics import Metrics, process_snapshot
-from sidecar.ops.status import Health, IngestStatus, JournalStatus, LaneState, LaneStatus, Status
+from sidecar.ops.status import (
+    MAX_RINGS_LISTED,
+    Health,
+    IngestStatus,
+    JournalStatus,
+    LaneState,
+    LaneStatus,
+    RingStatus,
+    Status,
+)
 
 
 class Housekeeping:
@@ -60,6 +70,7 @@ class Housekeeping:
         problems = self._problems()
         lanes = {name: self._lane(name, lane, depth.get(name, 0), now, problems) for name, lane in self.lanes.items()}
         health = Health.of(problems)
+        rings = list(self.ingest.rings.rings.values()) if self.ingest.rings is not None else []  # one C-level copy
         return Status(
             time=now,
             uptime_seconds=round(now - self.started, 1),
@@ -74,6 +85,8 @@ class Housekeeping:
             health=health,
             restart_needed=self.restart_needed,
             reload_refused=self.reload_refused,
+            rings=ring_statuses(rings, now, time.monotonic()),
+            rings_total=len(rings),
         )
 
     def _upkeep(self) -> None:
@@ -163,3 +176,24 @@ class Housekeeping:
                 except KeyError:
                     pass
         gauge.labels(lane=lane, source=source).set(rate)
+
+
+def ring_statuses(rings: list[Ring], now: float, mono: float) -> tuple[RingStatus, ...]:
+    """The rings ingest reads, largest backlog first, at most MAX_RINGS_LISTED.
+
+    Read from another thread than ingest's: a ring it closes meanwhile is
+    skipped (its descriptor is gone), and the backlog is the producer's own
+    hint, which it writes on its slow paths (doorbell, full, close), so it is
+    a lower bound while the producer runs and exact once it has rung or closed."""
+    out = []
+    for r in rings:
+        try:
+            backlog = max(r.hint(), r.pos) - r.acked
+        except OSError:
+            continue
+        h = r.header
+        out.append(RingStatus(name=r.name, client_id=h.client_id, pid=h.pid, uid=r.owner_uid, version=h.version,
+                              backlog_bytes=max(backlog, 0), age_seconds=round(max(now - h.created_ns / 1e9, 0.0), 1),
+                              idle_seconds=None if r.last_record == float("-inf") else round(mono - r.last_record, 1)))
+    out.sort(key=lambda s: -s.backlog_bytes)
+    return tuple(out[:MAX_RINGS_LISTED])

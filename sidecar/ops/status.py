@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 LaneState = Literal["running", "paused", "off"]
+MAX_RINGS_LISTED = 50   # a status of 2,000 rings would be megabytes; the count says how many there are
 
 _T = TypeVar("_T")
 
@@ -55,6 +56,20 @@ class IngestStatus:
     received: int
     rejected: int
     sequence_gaps: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RingStatus:
+    """One producer's ring as ingest reads it (`sidecar status` lists them)."""
+
+    name: str                      # the file in the ring directory
+    client_id: str                 # from the ring's header (its name agrees)
+    pid: int                       # the producer's, as its header says
+    uid: int                       # the file's owner: the producer's user
+    version: int                   # ring format
+    backlog_bytes: int             # written but not yet journaled, as far as the producer last said (at least)
+    age_seconds: float             # since the producer made it
+    idle_seconds: float | None     # since a record was last read from it; None: none since adoption
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +130,8 @@ class Status:
     health: Health
     restart_needed: tuple[str, ...] = ()   # settings changed in the file that a reload could not apply
     reload_refused: str | None = None      # why the last reload kept the running configuration
+    rings: tuple[RingStatus, ...] = ()     # at most MAX_RINGS_LISTED, largest backlog first
+    rings_total: int = 0                   # how many ingest reads (the list may be cut)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,4 +141,5 @@ class Status:
         return _known(cls, d, ingest=_known(IngestStatus, d["ingest"]), journal=_known(JournalStatus, d["journal"]),
                       lanes={name: _known(LaneStatus, lane) for name, lane in d["lanes"].items()},
                       process=ProcessStatus.from_dict(d["process"]), health=Health.from_dict(d["health"]),
-                      restart_needed=tuple(d.get("restart_needed") or ()))
+                      restart_needed=tuple(d.get("restart_needed") or ()),
+                      rings=tuple(_known(RingStatus, r) for r in d.get("rings") or ()))

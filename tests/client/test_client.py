@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from client import Client, EmitError, wire
-from client.ring import MIN_RING_BYTES, ring_dir
+from client.ring import MIN_RING_BYTES, make_ring_dir, ring_dir
 from client.transport import Transport, TransportError, ZmqTransport
 from sidecar.ingest.rings import Rings
 from sidecar.ops.metrics import Metrics
@@ -93,6 +93,14 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def sidecar_ran(endpoint: str) -> str:
+    """The endpoint, with the ring directory a sidecar makes (a Client never does)."""
+    directory = ring_dir(endpoint)
+    assert directory is not None
+    make_ring_dir(directory)
+    return endpoint
+
+
 def test_import_client_loads_no_sidecar_dependency() -> None:
     code = ("import sys, client; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('httpx', 'psutil', 'prometheus_client', 'botocore', 'bcrypt', 'sidecar', 'sqlite3')); print(heavy)")
@@ -130,7 +138,7 @@ def test_programming_errors_are_counted_or_raised_in_strict_mode(short_tmp: Path
 
 def test_full_queue_drops_with_a_reason_and_never_blocks(short_tmp: Path, transport: str) -> None:
     # No sidecar at all: the queue (or ring) fills, then every emit returns False at once.
-    with Client(f"ipc://{short_tmp}/absent.sock", queue_size=100, ring_bytes=MIN_RING_BYTES, linger=0,
+    with Client(sidecar_ran(f"ipc://{short_tmp}/absent.sock"), queue_size=100, ring_bytes=MIN_RING_BYTES, linger=0,
                 transport=transport) as c:
         results = [c.emit("webhook.post", {"n": n}) for n in range(3000)]
     assert results.count(True) >= 90  # the queue also holds a stats message
@@ -140,7 +148,7 @@ def test_full_queue_drops_with_a_reason_and_never_blocks(short_tmp: Path, transp
 
 
 def test_events_wait_while_the_sidecar_is_away_and_flow_when_it_is_back(short_tmp: Path, transport: str) -> None:
-    endpoint = f"ipc://{short_tmp}/later.sock"
+    endpoint = sidecar_ran(f"ipc://{short_tmp}/later.sock")  # the sidecar ran once, then went away
     with Client(endpoint, transport=transport) as c:
         assert all(c.emit("webhook.post", {"n": n}) for n in range(2000))
         rx = Receiver(endpoint, transport)
@@ -218,7 +226,7 @@ def test_a_transport_of_ones_own_needs_only_send_send_blobs_and_close(short_tmp:
 
 
 def test_ring_close_leaves_the_tail_for_a_sidecar_that_comes_later(short_tmp: Path) -> None:
-    endpoint = f"ipc://{short_tmp}/gone.sock"
+    endpoint = sidecar_ran(f"ipc://{short_tmp}/gone.sock")
     script = textwrap.dedent(f"""
         from client import Client
         c = Client({endpoint!r}, strict=True)
@@ -320,7 +328,7 @@ def test_large_blob_travels_as_its_own_frame(short_tmp: Path, transport: str) ->
 
 
 def test_blob_limits_are_the_wire_limits(short_tmp: Path, transport: str) -> None:
-    with Client(f"ipc://{short_tmp}/limits.sock", transport=transport, linger=0) as c:
+    with Client(sidecar_ran(f"ipc://{short_tmp}/limits.sock"), transport=transport, linger=0) as c:
         assert c.emit("naver.images.upload", {}, blob=[b"x"] * (wire.MAX_BLOBS + 1)) is False
         assert c.emit("naver.images.upload", {}, blob=[b"x"] * wire.MAX_BLOBS) is True
         assert c.emit("s3.put", {}, blob=bytes(wire.MAX_BLOB_BYTES + 1)) is False

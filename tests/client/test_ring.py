@@ -383,6 +383,7 @@ def test_a_client_closing_on_a_full_ring_still_says_goodbye(tmp_path: Path) -> N
     from client import Client, wire
 
     endpoint = f"ipc://{tmp_path}/full.sock"
+    ring.make_ring_dir(str(tmp_path / "full.rings"))  # a sidecar ran once (a Client never makes it)
     c = Client(endpoint, ring_bytes=MIN_RING_BYTES)
     while c.emit("webhook.post", {"pad": "x" * 100}):
         pass                                   # no sidecar: until the ring is full

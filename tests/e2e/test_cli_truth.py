@@ -236,10 +236,11 @@ def test_the_unit_scores_4_or_lower_on_systemd_analyze_security(tmp_path: Path) 
     assert float(found.group(1)) <= 4.0, run.stdout
 
 
-def test_the_unit_does_not_restart_on_a_config_or_usage_error() -> None:
+def test_the_unit_does_not_restart_on_errors_only_an_operator_can_fix() -> None:
     settings = dict(line.split("=", 1) for line in UNIT.read_text().splitlines() if "=" in line
                     and not line.startswith("#"))
-    assert set(settings["RestartPreventExitStatus"].split()) == {str(int(ExitCode.USAGE)), str(int(ExitCode.CONFIG))}
+    assert set(settings["RestartPreventExitStatus"].split()) == {
+        str(int(code)) for code in (ExitCode.USAGE, ExitCode.CANNOT_START, ExitCode.CONFIG)}
     assert int(settings["LimitNOFILE"]) >= 65536
 
 
