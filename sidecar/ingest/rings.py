@@ -54,7 +54,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from client import ring as layout
-from client.ring import HEADER, REC_CRC, REC_KNOWN, REC_WRAP, RECORD, TRAILER, U64, FileHeader, RingCorrupt, record_bytes
+from client.ring import (
+    FORMAT_BINARY_V1,
+    HEADER,
+    REC_CRC,
+    REC_KNOWN,
+    REC_WRAP,
+    RECORD,
+    TRAILER,
+    U64,
+    FileHeader,
+    RingCorrupt,
+    record_bytes,
+)
+from sidecar.ingest.decode import KINDS_JSON, binary_frame, client_id_json
 from sidecar.ops import lock
 from sidecar.ops.metrics import Metrics
 
@@ -176,6 +189,7 @@ class Ring:
         cap_largest = layout.max_record_body(self.header.capacity)
         self.largest = min(self.largest, cap_largest) if self.largest else cap_largest
         self.progress_at = self.adopted_at
+        self._cid_json = client_id_json(self.header.client_id)
 
     @property
     def name(self) -> str:
@@ -327,7 +341,12 @@ class Ring:
                 # Started from the record's end: an earlier lap's record at this place cannot pass.
                 if _zlib_crc32(body, (pos + i + rec) & 0xFFFFFFFF) != crc:
                     break  # not visible in full yet on a weakly ordered CPU; see stalled()
-            out.append(_split(body, nparts, pos + i))
+            if flags & FORMAT_BINARY_V1:  # the compiled client's record: as the JSON envelope (decode.py)
+                if nparts != 1:
+                    raise RingCorrupt(f"binary record at {pos + i} has {nparts} parts")
+                out.append([binary_frame(body, self._cid_json, KINDS_JSON)])
+            else:
+                out.append(_split(body, nparts, pos + i))
             limit -= 1
             i += rec
         return i
