@@ -9,7 +9,8 @@ The sidecar runs without a Notion token, so its lane is paused and every
 event stays in the journal (synchronous=FULL, the default: each group commit
 is fsynced). Producer processes emit their share as fast as `emit` allows,
 through the shared-memory ring (ring: the default for the sidecar's
-``ipc://`` endpoint) or `Client(endpoint, transport="zmq")` (zmq); the
+``ipc://`` endpoint, the compiled emit when built; ring-pure: the same with
+the pure-Python emit) or `Client(endpoint, transport="zmq")` (zmq); the
 backlog waits in the rings or the ZeroMQ queues, so the sidecar always has
 work (a full ring or queue refuses an emit, and the producer retries it
 1 ms later). Ingest
@@ -65,9 +66,10 @@ def _produce(endpoint: str, transport: str, count: int, cpus: list[int] | None, 
         os.sched_setaffinity(0, set(cpus))
     from client import Client
 
-    client = Client(endpoint, transport=transport)
+    client = Client(endpoint, transport="ring" if transport == "ring-pure" else transport)
     bodies = [update_body(PAGE_ID, n) for n in range(1000)]
-    emit = client.emit
+    # ring-pure: the pure-Python emit (the class's method), beside the compiled one in the same run.
+    emit = Client.emit.__get__(client) if transport == "ring-pure" else client.emit
     go.wait()
     n = 0
     while n < count:
@@ -253,8 +255,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, help=f"events per run (default {FULL_EVENTS:,})")
     parser.add_argument("--producers", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--transports", nargs="+", choices=["ring", "zmq"], default=["ring", "zmq"],
-                        help="ring: the default for an ipc:// endpoint; zmq: Client(..., transport='zmq')")
+    parser.add_argument("--transports", nargs="+", choices=["ring", "ring-pure", "zmq"],
+                        default=["ring", "ring-pure", "zmq"],
+                        help="ring: the default for an ipc:// endpoint (the compiled emit, if built); ring-pure: "
+                             "the same with the pure-Python emit; zmq: Client(..., transport='zmq')")
     parser.add_argument("--placements", nargs="+", choices=["pinned", "unpinned"], default=["pinned", "unpinned"],
                         help="pinned: sidecar on CPU 1, producers on CPU 0; unpinned: no affinity")
     bench_args(parser)
