@@ -115,7 +115,10 @@ def run(transport: str, producers: int, events: int, cpus: list[int] | None,
         for p in procs:
             p.join(60)
         rows = sidecar.journal_count()
+        # One group commit stamps its rows with one received_ns: the mean batch, to see per-batch costs.
+        batches = int(sidecar.query("SELECT COUNT(DISTINCT received_ns) FROM events")[0][0])
     return {"transport": transport, "producers": producers, "events": events, "samples": samples, "cpu": cpu, "rows": rows,
+            "batch": rows / max(1, batches),
             "drops": drops, "rate": sustained(samples, events), "elapsed": samples[-1][0], "threads": threads}
 
 
@@ -278,19 +281,19 @@ def main() -> int:
           f"{events:,} events a run. Pinned: sidecar on CPU {OTHER_CPUS} (`[process] cpu_affinity`), producers "
           f"on CPU {LOOP_CPU}; unpinned: no affinity.\n")
     print("| placement | transport | producers | sustained events/s (10%–90%) | all journaled after | sidecar CPU s "
-          "per 100k events | sidecar threads, % of one core | journal rows | emits refused (queue full, then "
-          "retried) |")
-    print("|---" * 9 + "|")
+          "per 100k events | sidecar threads, % of one core | journal rows | mean batch (events a commit) "
+          "| emits refused (queue full, then retried) |")
+    print("|---" * 10 + "|")
     doc: dict[str, Any] = {"events": events, "runs": {}, "profile_us": {}}
     for r in results:
         per_100k = r["cpu"] / max(1, r["rows"]) * 100_000
         busy = ", ".join(f"{name} {100 * share:.0f}%" for name, share in r["threads"][:3])
         print(f"| {r['placement']} | {r['transport']} | {r['producers']} | {r['rate']:,.0f} | {r['elapsed']:.1f} s "
               f"| {per_100k:.2f} "
-              f"| {busy} | {r['rows']:,} | {r['drops'].get('queue_full', 0):,} |")
+              f"| {busy} | {r['rows']:,} | {r['batch']:,.0f} | {r['drops'].get('queue_full', 0):,} |")
         doc["runs"][f"{r['placement']}, {r['transport']}, {r['producers']}"] = {
             "transport": r["transport"], "producers": r["producers"], "rate": r["rate"], "cpu_per_100k": per_100k,
-            "rows": r["rows"], "elapsed": r["elapsed"],
+            "rows": r["rows"], "elapsed": r["elapsed"], "mean_batch": r["batch"],
             "busiest_thread": r["threads"][0][1]}
     print("\nIngest in one thread, in-process, on the same frames (µs per event; "
           "events/s if nothing else ran):\n")

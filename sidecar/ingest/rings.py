@@ -243,7 +243,9 @@ class Ring:
             first = os.pread(self.fd, want, layout.FILE_HEADER + off)
             if len(first) < want:
                 raise RingCorrupt(f"file ends early (truncated to {layout.FILE_HEADER + off + len(first)} bytes)")
-            committed, jump, big = self._scan(first, off, budget - self.charged)
+            # Scan no further than the records this read may take: a ring given a
+            # share of a batch would otherwise walk (and walk again next time) a whole chunk.
+            committed, jump, big = self._scan(first, off, budget - self.charged, limit - len(out))
             if big:  # one record longer than a chunk: its trailer first, then the whole of it
                 # (the length from a fresh look at its header: the first copy's may be stale,
                 # and what stands there now may be a wrap)
@@ -271,16 +273,16 @@ class Ring:
             if not committed or (not big and committed + HEADER <= len(first)):
                 break
 
-    def _scan(self, buf: bytes, off: int, budget: int) -> tuple[int, int, int]:
+    def _scan(self, buf: bytes, off: int, budget: int, records: int) -> tuple[int, int, int]:
         """(bytes of committed records, a wrap's jump to the lap's end, the length
         of one committed record too long for `buf`), from the start of `buf`,
-        counting records while fewer than `budget` bytes are."""
+        counting at most `records` records while fewer than `budget` bytes are."""
         cap = self.header.capacity
         largest = self.largest
         pos = self.pos
         i = 0
         n = len(buf)
-        while n - i >= HEADER and i < budget:
+        while n - i >= HEADER and i < budget and records > 0:
             size, _nparts, flags, _crc, _ = RECORD.unpack_from(buf, i)
             rec = record_bytes(size)
             if flags & REC_WRAP:  # padding up to the ring's end; may be longer than any record
@@ -302,6 +304,7 @@ class Ring:
             if U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
                 break  # not written yet (or never will be: see stalled())
             i += rec
+            records -= 1
         return i, 0, 0
 
     def _trailer_ok(self, buf: bytes, i: int, rec: int, pos: int) -> bool:
