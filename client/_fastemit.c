@@ -44,7 +44,7 @@
 
 static PyObject *dumps;
 static PyObject *s_seq, *s_transport, *s_next_stats, *s_pos, *s_read, *s_ack, *s_answered, *s_wake,
-    *s_transport_failed, *s_mm, *s_max_event;
+    *s_transport_failed, *s_mm, *s_max_event, *s_rang, *s_next_look;
 static PyObject *kw_key, *kw_ref, *kw_blob;
 
 typedef struct {
@@ -194,6 +194,21 @@ put_u16(char *p, uint16_t v)
     memcpy(p, &v, 2);  /* little-endian hosts only: setup.py builds this module on those */
 }
 
+/* RingWriter._wake's first test, for a ring no sidecar has adopted yet: it
+ * rang once already and looks for the ack file at most once a millisecond
+ * (`_next_look`, monotonic ns). True: _wake would do nothing now. */
+static int
+unadopted_quiet(Emitter *self)
+{
+    uint64_t next_look;
+    PyObject *rang = PyDict_GetItemWithError(self->writer_dict, s_rang);
+    if (rang != Py_True || get_u64(self->writer_dict, s_next_look, &next_look) < 0)
+        return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec < next_look;
+}
+
 static PyObject *
 Emitter_emit(Emitter *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
@@ -303,6 +318,9 @@ Emitter_emit(Emitter *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *
         PyBuffer_Release(&ab);
     }
     PyErr_Clear();
+    if (wake_differs && ack != NULL && PyByteArray_CheckExact(ack) && unadopted_quiet(self)) {
+        wake_differs = 0;  /* not adopted yet, rang already, and looked for the ack file within the millisecond */
+    }
     if (wake_differs) {
         PyObject *r = PyObject_CallMethodNoArgs(self->writer, s_wake);
         if (r == NULL) {
@@ -474,6 +492,8 @@ PyInit__fastemit(void)
     INTERN(s_answered, "_answered");
     INTERN(s_wake, "_wake");
     INTERN(s_mm, "_mm");
+    INTERN(s_rang, "_rang_unadopted");
+    INTERN(s_next_look, "_next_look");
     INTERN(s_transport_failed, "_transport_failed");
     INTERN(kw_key, "key");
     INTERN(kw_ref, "ref");
