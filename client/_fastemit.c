@@ -188,6 +188,20 @@ string_arg(PyObject *o, const char **s, Py_ssize_t *n)
     return *n < NO_STRING ? 0 : -1;
 }
 
+/* Bytes JSON escaping adds to a key or ref (up to 5 a byte: \u001f), so the
+ * size check errs only on the safe side of the envelope the sidecar rebuilds. */
+static uint64_t
+escapes(const char *s, Py_ssize_t n)
+{
+    uint64_t extra = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == '"' || c == '\\')
+            extra += 5;
+    }
+    return extra;
+}
+
 static inline void
 put_u16(char *p, uint16_t v)
 {
@@ -265,7 +279,7 @@ Emitter_emit(Emitter *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *
     uint64_t rec = (size + 31) & ~(uint64_t)7;
     uint64_t off = pos & (self->capacity - 1);
     uint64_t end = pos + rec;
-    if (size + (uint64_t)self->envelope_extra + (uint64_t)kn + (uint64_t)rn > max_event
+    if (size + (uint64_t)self->envelope_extra + escapes(ks, kn) + escapes(rs, rn) > max_event
         || off + rec > self->capacity || end - read > self->usable) {
         Py_DECREF(json);
         goto slow;  /* too large (decided exactly by Python), a wrap, or a ring to look at again */

@@ -203,3 +203,19 @@ def test_the_c_and_python_decoders_agree_byte_for_byte() -> None:
         else:
             assert c == py
             assert orjson.loads(py)[1] == "c-1"
+
+
+def test_the_size_limit_is_the_envelopes_to_the_byte_on_either_path(tmp_path: Path) -> None:
+    rings = reader(tmp_path / "s.rings")
+    c = Client(f"ipc://{tmp_path}/s.sock", ring_bytes=MIN_RING_BYTES, max_event_bytes=1000)
+    key = 'k"\n' * 10  # escapes: the envelope is longer than the key's bytes
+    assert c.emit("webhook.post", {"warm": 1})  # the first emit is always Python's (stats)
+    base = len(wire.encode(c.client_id, 2, "webhook.post", key, None, time.time_ns(), {"t": ""}))
+    fits = "x" * (1000 - base)
+    assert c.emit("webhook.post", {"t": fits}, key=key)
+    assert c.emit("webhook.post", {"t": fits + "x"}, key=key) is False
+    assert c.stats()["dropped"] == {"too_large": 1}
+    got = [e for e in read_all(rings) if e.seq]
+    assert [(e.seq, e.key) for e in got] == [(1, None), (2, key)]
+    c.close()
+    rings.close()
