@@ -14,9 +14,11 @@ does nothing, the overhead every other row includes):
   serialising emit's envelope (version, client id, seq, kind, key, ref,
   time, payload), reading the clock, a ring write of a ready frame, a bare
   `send(NOBLOCK)` of a ready frame on a PUSH socket, and the whole
-  `Client.emit` through a ring nobody reads (so no reader competes);
+  `Client.emit` through a ring nobody reads (so no reader competes), on the
+  compiled path (`client._fastemit`, when built) and on the pure-Python one;
 - ingest's parts, per event, in batches of 4,096 as ingest commits them:
   `orjson.loads` of a frame, `wire.decode` (parse and check the envelope),
+  a binary v1 body turned into its envelope (`sidecar.ingest.decode`, C and Python),
   `Ingest.process` whole (decode, route, validate, the journal write), the
   journal write alone (`Journal.write_batch` of the same rows, with the
   events table's two indexes), and the same rows into a table without
@@ -45,7 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import bench_args, tempdir, update_body, write_json
 from client import Client, wire
-from client.ring import RingWriter
+from client.compiled import fastemit
+from client.ring import BINARY_V1, NO_STRING, RingWriter
+from sidecar.ingest.decode import KINDS_JSON, binary_frame_py, client_id_json
 
 CALLS, SMOKE_CALLS, REPEATS = 200_000, 5_000, 5
 MAX_CALLS = 500_000  # what the default 128 MiB ring holds of this frame (~590,000), with no reader
@@ -109,11 +113,12 @@ def emit_parts(d: Path, calls: int, repeats: int) -> dict[str, float]:
         send, noblock = push.send, zmq.NOBLOCK
         return lambda n: send(frame, noblock)
 
-    def emit() -> Callable[[int], object]:
+    def emit(pure: bool = False) -> Callable[[int], object]:
         (d / "ingest.rings").mkdir(exist_ok=True, mode=0o2770)
         client = Client(f"ipc://{d}/ingest.sock", prefault=True)
         rings.append(client)
-        em = client.emit
+        # pure: the class's method, the pure-Python path, even where the compiled one is bound.
+        em = Client.emit.__get__(client) if pure else client.emit
 
         def call(n: int) -> None:
             em("notion.page.update", bodies[n & 63])
@@ -129,7 +134,9 @@ def emit_parts(d: Path, calls: int, repeats: int) -> dict[str, float]:
 
     parts = {"(call)": noop, "orjson.dumps(payload)": payload, "orjson.dumps(emit's envelope)": envelope,
              "time.time_ns()": clock, "ring write of a ready frame": ring_write,
-             "bare send(NOBLOCK) of a ready frame": bare_send, "Client.emit (ring, no reader)": emit}
+             "bare send(NOBLOCK) of a ready frame": bare_send,
+             f"Client.emit (ring, no reader), {'compiled' if fastemit else 'pure-Python'} path": emit,
+             "Client.emit (ring, no reader), pure-Python path": lambda: emit(pure=True)}
     try:
         return {name: best_ns(make, calls, repeats, close_all) for name, make in parts.items()}
     finally:
@@ -220,6 +227,18 @@ def ingest_parts(d: Path, events: int, repeats: int) -> dict[str, float]:
         return setup
 
     loads, decode = orjson.loads, wire.decode
+    cid = client_id_json("bench-1")
+    bodies = [BINARY_V1.pack(n + 1, 0, NO_STRING, NO_STRING, 1) + orjson.dumps(update_body(PAGE_ID, n))
+              for n in range(events)]
+
+    def binary(to_frame: Callable[..., bytes]) -> Callable[[], tuple[Callable[[], None], Callable[[], None]]]:
+        def run() -> None:
+            for b in bodies:
+                to_frame(b, cid, KINDS_JSON)
+        return lambda: (run, lambda: None)
+
+    compiled = {"binary v1 body → envelope, compiled (client._fastemit)": per_event(binary(fastemit.binary_frame))
+                } if fastemit is not None else {}
 
     def each(parse: Callable[[bytes], Any]) -> Callable[[], tuple[Callable[[], None], Callable[[], None]]]:
         def run() -> None:
@@ -230,6 +249,8 @@ def ingest_parts(d: Path, events: int, repeats: int) -> dict[str, float]:
     return {
         "orjson.loads(frame)": per_event(each(loads)),
         "wire.decode(frame)": per_event(each(decode)),
+        **compiled,
+        "binary v1 body → envelope, pure Python": per_event(binary(binary_frame_py)),
         "Ingest.process (decode, route, validate, journal)": per_event(process),
         "Journal.write_batch of the rows (two indexes)": per_event(write_batch("FULL")),
         "the same rows into a table without indexes": per_event(no_index("FULL")),

@@ -14,6 +14,10 @@ Methods, each sending the same ~150-byte page update, serialised by itself:
   ``ipc://`` endpoint, the shared-memory ring (`client/ring.py`), to the real
   sidecar, which journals the events and delivers them (coalesced) to the
   Notion simulator;
+- emit (pure): the same ring emit on the pure-Python path (`Client.emit`
+  called as the class's method, not the compiled one `client._fastemit`
+  binds to the instance), so both paths are measured side by side; "emit"
+  is the compiled path when the extension is built (the report says which);
 - emit (zmq): the same with `Client(endpoint, transport="zmq")`, the
   ZeroMQ PUSH socket the ring replaced, for comparison;
 - unix datagram: a non-blocking `send` on a Unix datagram socket (DogStatsD);
@@ -100,6 +104,7 @@ from bench.harness import (
     write_json,
 )
 from client import Client
+from client.compiled import PATH
 
 FULL_SECONDS = {1_000: 60.0, 10_000: 20.0, 100_000: 10.0}
 SMOKE_SECONDS = 0.4
@@ -211,7 +216,7 @@ class Method:
         self.seconds = 0.0
 
 
-PAIR = {"(empty call)", "bare send", "emit"}
+PAIR = {"(empty call)", "bare send", "emit", "emit (pure)"}
 
 
 def build_methods(stack: dict[str, Any], page_id: str) -> dict[str, list[Method]]:
@@ -233,6 +238,13 @@ def build_methods(stack: dict[str, Any], page_id: str) -> dict[str, list[Method]
         if not emit("notion.page.update", bodies[n % BODIES]):
             emit_method.dropped += 1
 
+    # The pure-Python path: the class's method, not the compiled one bound to the instance.
+    pemit = Client.emit.__get__(stack["pclient"])
+
+    def pemit_one(n: int) -> None:
+        if not pemit("notion.page.update", bodies[n % BODIES]):
+            pemit_method.dropped += 1
+
     dsend = stack["dgram"].send
 
     def dgram(n: int) -> None:
@@ -248,8 +260,9 @@ def build_methods(stack: dict[str, Any], page_id: str) -> dict[str, list[Method]
             zemit_method.dropped += 1
 
     emit_method, dgram_method = Method("emit", emit_one), Method("unix datagram", dgram)
-    zemit_method = Method("emit (zmq)", zemit_one)
-    handoffs = [Method("(empty call)", empty), Method("bare send", bare), emit_method, zemit_method, dgram_method]
+    zemit_method, pemit_method = Method("emit (zmq)", zemit_one), Method("emit (pure)", pemit_one)
+    handoffs = [Method("(empty call)", empty), Method("bare send", bare), emit_method, pemit_method, zemit_method,
+                dgram_method]
 
     put = stack["worker"].q.put
 
@@ -437,7 +450,7 @@ def render(rate: int | None, result: dict[str, Any]) -> str:
         lines.append(percentile_row(name, h, [f"{h.get_total_count():,}", f"{row['per_second']:,.0f}",
                                               f"{row['dropped']:,}"]))
     bare = rows["bare send"]["hist"]
-    for name in ("emit", "emit (zmq)"):
+    for name in ("emit", "emit (pure)", "emit (zmq)"):
         if name not in rows:
             continue
         emit = rows[name]["hist"]
@@ -522,7 +535,9 @@ def main() -> int:
         resources.callback(client.close, 1.0)
         zclient = Client(sidecar.endpoint, transport="zmq")
         resources.callback(zclient.close, 1.0)
-        stack = {"bare": bare, "client": client, "zclient": zclient, "dgram": dgram, "http": http,
+        pclient = Client(sidecar.endpoint)  # its emit called on the pure-Python path
+        resources.callback(pclient.close, 1.0)
+        stack = {"bare": bare, "client": client, "pclient": pclient, "zclient": zclient, "dgram": dgram, "http": http,
                  "worker": worker, "redis": rconn}
         groups = build_methods(stack, sim.page_id)
         # libzmq starts its IO thread with the first socket; every helper thread exists now.
@@ -562,7 +577,8 @@ def main() -> int:
         # The goal's own comparison: emit and the bare send alone, so neither
         # pays for the other hand-offs' threads and receivers.
         pair = run_burst([m for m in groups["interleaved"] if m.name in PAIR], calls) if calls else None
-        emit_drops = {"emit": client.stats()["dropped"], "emit (zmq)": zclient.stats()["dropped"]}
+        emit_drops = {"emit": client.stats()["dropped"], "emit (pure)": pclient.stats()["dropped"],
+                      "emit (zmq)": zclient.stats()["dropped"]}
         transport = client.transport_name
         journaled = sidecar.scrape().get("sidecar_events_journaled_total", 0)
 
@@ -574,6 +590,7 @@ def main() -> int:
     print(f"## Emit latency\n\n{time.strftime('%Y-%m-%d %H:%M')}. Placement: {placement}; "
           f"sidecar, simulator, receivers and redis-server on {'any CPU' if other is None else other}. "
           "Medians back to back, µs: " + ", ".join(f"{k} {v / 1000:.2f}" for k, v in medians.items()) + ".")
+    print(f"emit runs the {PATH}; emit (pure) the pure-Python path in the same run.")
     print("queue + thread's put is cheap; its cost to the loop is the worker thread taking the GIL between "
           "calls: see the late ticks below and the jitter benchmark.")
     qlen = Path("/proc/sys/net/unix/max_dgram_qlen")

@@ -9,7 +9,8 @@ The sidecar runs without a Notion token, so its lane is paused and every
 event stays in the journal (synchronous=FULL, the default: each group commit
 is fsynced). Producer processes emit their share as fast as `emit` allows,
 through the shared-memory ring (ring: the default for the sidecar's
-``ipc://`` endpoint) or `Client(endpoint, transport="zmq")` (zmq); the
+``ipc://`` endpoint, the compiled emit when built; ring-pure: the same with
+the pure-Python emit) or `Client(endpoint, transport="zmq")` (zmq); the
 backlog waits in the rings or the ZeroMQ queues, so the sidecar always has
 work (a full ring or queue refuses an emit, and the producer retries it
 1 ms later). Ingest
@@ -65,9 +66,10 @@ def _produce(endpoint: str, transport: str, count: int, cpus: list[int] | None, 
         os.sched_setaffinity(0, set(cpus))
     from client import Client
 
-    client = Client(endpoint, transport=transport)
+    client = Client(endpoint, transport="ring" if transport == "ring-pure" else transport)
     bodies = [update_body(PAGE_ID, n) for n in range(1000)]
-    emit = client.emit
+    # ring-pure: the pure-Python emit (the class's method), beside the compiled one in the same run.
+    emit = Client.emit.__get__(client) if transport == "ring-pure" else client.emit
     go.wait()
     n = 0
     while n < count:
@@ -113,7 +115,10 @@ def run(transport: str, producers: int, events: int, cpus: list[int] | None,
         for p in procs:
             p.join(60)
         rows = sidecar.journal_count()
+        # One group commit stamps its rows with one received_ns: the mean batch, to see per-batch costs.
+        batches = int(sidecar.query("SELECT COUNT(DISTINCT received_ns) FROM events")[0][0])
     return {"transport": transport, "producers": producers, "events": events, "samples": samples, "cpu": cpu, "rows": rows,
+            "batch": rows / max(1, batches),
             "drops": drops, "rate": sustained(samples, events), "elapsed": samples[-1][0], "threads": threads}
 
 
@@ -253,8 +258,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, help=f"events per run (default {FULL_EVENTS:,})")
     parser.add_argument("--producers", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--transports", nargs="+", choices=["ring", "zmq"], default=["ring", "zmq"],
-                        help="ring: the default for an ipc:// endpoint; zmq: Client(..., transport='zmq')")
+    parser.add_argument("--transports", nargs="+", choices=["ring", "ring-pure", "zmq"],
+                        default=["ring", "ring-pure", "zmq"],
+                        help="ring: the default for an ipc:// endpoint (the compiled emit, if built); ring-pure: "
+                             "the same with the pure-Python emit; zmq: Client(..., transport='zmq')")
     parser.add_argument("--placements", nargs="+", choices=["pinned", "unpinned"], default=["pinned", "unpinned"],
                         help="pinned: sidecar on CPU 1, producers on CPU 0; unpinned: no affinity")
     bench_args(parser)
@@ -274,19 +281,19 @@ def main() -> int:
           f"{events:,} events a run. Pinned: sidecar on CPU {OTHER_CPUS} (`[process] cpu_affinity`), producers "
           f"on CPU {LOOP_CPU}; unpinned: no affinity.\n")
     print("| placement | transport | producers | sustained events/s (10%–90%) | all journaled after | sidecar CPU s "
-          "per 100k events | sidecar threads, % of one core | journal rows | emits refused (queue full, then "
-          "retried) |")
-    print("|---" * 9 + "|")
+          "per 100k events | sidecar threads, % of one core | journal rows | mean batch (events a commit) "
+          "| emits refused (queue full, then retried) |")
+    print("|---" * 10 + "|")
     doc: dict[str, Any] = {"events": events, "runs": {}, "profile_us": {}}
     for r in results:
         per_100k = r["cpu"] / max(1, r["rows"]) * 100_000
         busy = ", ".join(f"{name} {100 * share:.0f}%" for name, share in r["threads"][:3])
         print(f"| {r['placement']} | {r['transport']} | {r['producers']} | {r['rate']:,.0f} | {r['elapsed']:.1f} s "
               f"| {per_100k:.2f} "
-              f"| {busy} | {r['rows']:,} | {r['drops'].get('queue_full', 0):,} |")
+              f"| {busy} | {r['rows']:,} | {r['batch']:,.0f} | {r['drops'].get('queue_full', 0):,} |")
         doc["runs"][f"{r['placement']}, {r['transport']}, {r['producers']}"] = {
             "transport": r["transport"], "producers": r["producers"], "rate": r["rate"], "cpu_per_100k": per_100k,
-            "rows": r["rows"], "elapsed": r["elapsed"],
+            "rows": r["rows"], "elapsed": r["elapsed"], "mean_batch": r["batch"],
             "busiest_thread": r["threads"][0][1]}
     print("\nIngest in one thread, in-process, on the same frames (µs per event; "
           "events/s if nothing else ran):\n")

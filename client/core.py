@@ -64,6 +64,7 @@ from typing import Any
 import orjson
 
 from . import presence, ring, wire
+from .compiled import fastemit
 from .dial import Dialer
 from .presence import Presence
 from .transport import QueueFull, Transport, TransportError
@@ -82,6 +83,7 @@ _BLOB_TYPES = (bytes, bytearray, memoryview)
 _time_ns = time.time_ns
 _dumps = orjson.dumps
 _KINDS = wire.KINDS
+_KIND_CODES = {kind: code for code, kind in enumerate(ring.BINARY_KINDS)}
 _VERSION = wire.VERSION
 _live: set[Client] = set()
 
@@ -149,15 +151,14 @@ class Client:
         self._next_stats_ns = 0
         self._max_record = self.max_event_bytes + self.max_blob_bytes
         self._transport: Transport | None = None
+        self._threadsafe = threadsafe
         self._attach(self._connect() if isinstance(transport, str) else transport)
         self._lock = threading.Lock()
         if threadsafe:
-            unlocked = self.emit
-
             def emit(kind: str, payload: Any, *, key: str | None = None,
                      ref: str | None = None, blob: Any = None) -> bool:
                 with self._lock:
-                    return unlocked(kind, payload, key=key, ref=ref, blob=blob)
+                    return self._emit_now(kind, payload, key=key, ref=ref, blob=blob)
 
             self.emit = emit  # type: ignore[method-assign]
         # Held until close(), so a client dropped without close() still
@@ -170,6 +171,16 @@ class Client:
         # Bound once: the hot path calls the transport's send without a lookup.
         # Only emit calls it, and only after checking that a transport exists.
         self._send = transport.send if transport is not None else _no_transport
+        # The compiled emit takes a ring's common case and hands the rest to
+        # the Python one (client/compiled.py); bound as the instance's emit,
+        # so a call costs no Python frame. One per ring: a new ring, a new one.
+        pure = Client.emit.__get__(self)
+        if fastemit is not None and transport is not None and transport.takes_compiled_emit:
+            self._emit_now = fastemit.Emitter(self, transport, pure, _KIND_CODES, TransportError).emit
+        else:
+            self._emit_now = pure
+        if not self._threadsafe:
+            self.emit = self._emit_now  # type: ignore[method-assign]
 
     def _connect(self, *, in_emit: bool = False) -> Transport | None:
         """A transport (`client.dial`), attached, with the record limits of the one made."""

@@ -62,13 +62,35 @@ padding to 8 bytes, and a u64 trailer::
 
 Record flags: bit 0 wrap (padding to the lap's end), bit 1 CRC-32 present,
 bits 2-3 reserved (0), bits 4-7 the body's format (`REC_FORMAT`):
-0 JSON frames (below); 1 binary v1, reserved for issue 20's fixed header
-(client seq, emitted_ns, kind, key/ref lengths) before the payload; others
-refused. Bit 8 (`REC_PART_REFS`) says the part table is followed by one u8
+0 JSON frames (below); 1 binary v1 (below); others refused. Bit 8 (`REC_PART_REFS`) says the part table is followed by one u8
 per part, 0 for bytes held inline and 1 for a reference to a spool file
 (issue 19's blobs that live outside the ring; the part then holds the
 reference). A reader refuses a flag it does not know as corrupt, so those
-formats need no new version, only their readers. This version writes and reads format 0 only.
+formats need no new version, only their readers. This version reads
+formats 0 and 1; the compiled emit (`client._fastemit`) writes format 1 and
+the pure-Python path format 0, both into the same ring if need be (the
+compiled path hands its rare cases to the Python one).
+
+Binary v1 (format 1, flag 0x10; one part, no blobs). A fixed header, so the
+reader routes and checks sequences without parsing JSON, then the payload as
+`orjson.dumps` wrote it (little-endian)::
+
+    0   u64 seq          the client's sequence number (from 1)
+    8   u64 emitted_ns   wall clock, ns since the epoch
+    16  u16 key_len      0xFFFF: no key (else its UTF-8 bytes follow)
+    18  u16 ref_len      0xFFFF: no ref
+    20  u8  kind         index into `BINARY_KINDS` (fixed order: append only)
+    21  3 bytes 0
+    24  key, ref, then the payload's JSON to the body's end
+
+The client id is not in the record: the ring is the identity (its header's).
+The sidecar turns such a body into the JSON envelope a format-0 record
+carries (`sidecar.ingest.decode`), so the journal, delivery and the rejects
+see one envelope whatever the producer ran; a body that breaks this layout
+becomes an empty frame, rejected as ``bad_json``. The compiled writer stores
+the commit mark with release ordering, so on any CPU a reader that sees it
+sees the body; it leaves records with a CRC (`checksum=True`, aarch64's
+default) to the Python path.
 
 The body is the event's frame alone (nparts = 1) or a table of nparts u32
 lengths followed by the frame and its blobs. One `struct.pack_into` writes
@@ -150,9 +172,15 @@ REC_WRAP = 1
 REC_CRC = 2
 REC_FORMAT = 0xF0                  # the body's format, in bits 4-7 (module docstring)
 FORMAT_JSON = 0x00
-FORMAT_BINARY_V1 = 0x10            # reserved: issue 20's binary record header
+FORMAT_BINARY_V1 = 0x10            # the binary v1 body (module docstring)
 REC_PART_REFS = 0x100              # reserved: parts that refer to spool files (issue 19)
-REC_KNOWN = REC_WRAP | REC_CRC     # what this version reads; any other bit is corruption
+REC_KNOWN = REC_WRAP | REC_CRC | FORMAT_BINARY_V1  # what this version reads; any other bit is corruption
+BINARY_V1 = struct.Struct("<QQHHB3x")  # seq, emitted_ns, key_len, ref_len, kind; key, ref, payload follow
+NO_STRING = 0xFFFF                 # key_len/ref_len of an absent key or ref
+# Binary v1's kind codes: a kind's index. Append only: producers of an older
+# client still write the old indices.
+BINARY_KINDS = ("notion.page.create", "notion.page.update", "notion.blocks.append", "s3.put",
+                "naver.product.update", "naver.images.upload", "webhook.post")
 MAX_PARTS = 17                     # the frame and at most wire.MAX_BLOBS blobs
 
 WAKE_NONE = 0
@@ -280,6 +308,8 @@ def _unadopted() -> bytearray:
 
 class RingWriter(Transport):
     """The producer's end of one ring. One thread at a time (Client's rule)."""
+
+    takes_compiled_emit = True  # the layout client/_fastemit.c writes, version for version
 
     def __init__(self, path: str, fd: int, mm: mmap.mmap, capacity: int, checksum: bool,
                  directory: str, sidecar_uid: int) -> None:

@@ -46,6 +46,9 @@ class TransportError(Exception):
 class Transport(ABC):
     """What `Client` asks of a way to the sidecar; see the module docstring."""
 
+    # True for a ring the compiled emit (client/compiled.py) may write into directly.
+    takes_compiled_emit = False
+
     @abstractmethod
     def send(self, frame: bytes) -> None:
         """Queue one single-part message, or raise QueueFull / TransportError."""

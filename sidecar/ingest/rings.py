@@ -54,7 +54,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from client import ring as layout
-from client.ring import HEADER, REC_CRC, REC_KNOWN, REC_WRAP, RECORD, TRAILER, U64, FileHeader, RingCorrupt, record_bytes
+from client.ring import (
+    FORMAT_BINARY_V1,
+    HEADER,
+    REC_CRC,
+    REC_KNOWN,
+    REC_WRAP,
+    RECORD,
+    TRAILER,
+    U64,
+    FileHeader,
+    RingCorrupt,
+    record_bytes,
+)
+from sidecar.ingest.decode import KINDS_JSON, binary_frame, client_id_json
 from sidecar.ops import lock
 from sidecar.ops.metrics import Metrics
 
@@ -176,6 +189,7 @@ class Ring:
         cap_largest = layout.max_record_body(self.header.capacity)
         self.largest = min(self.largest, cap_largest) if self.largest else cap_largest
         self.progress_at = self.adopted_at
+        self._cid_json = client_id_json(self.header.client_id)
 
     @property
     def name(self) -> str:
@@ -229,7 +243,9 @@ class Ring:
             first = os.pread(self.fd, want, layout.FILE_HEADER + off)
             if len(first) < want:
                 raise RingCorrupt(f"file ends early (truncated to {layout.FILE_HEADER + off + len(first)} bytes)")
-            committed, jump, big = self._scan(first, off, budget - self.charged)
+            # Scan no further than the records this read may take: a ring given a
+            # share of a batch would otherwise walk (and walk again next time) a whole chunk.
+            committed, jump, big = self._scan(first, off, budget - self.charged, limit - len(out))
             if big:  # one record longer than a chunk: its trailer first, then the whole of it
                 # (the length from a fresh look at its header: the first copy's may be stale,
                 # and what stands there now may be a wrap)
@@ -257,16 +273,16 @@ class Ring:
             if not committed or (not big and committed + HEADER <= len(first)):
                 break
 
-    def _scan(self, buf: bytes, off: int, budget: int) -> tuple[int, int, int]:
+    def _scan(self, buf: bytes, off: int, budget: int, records: int) -> tuple[int, int, int]:
         """(bytes of committed records, a wrap's jump to the lap's end, the length
         of one committed record too long for `buf`), from the start of `buf`,
-        counting records while fewer than `budget` bytes are."""
+        counting at most `records` records while fewer than `budget` bytes are."""
         cap = self.header.capacity
         largest = self.largest
         pos = self.pos
         i = 0
         n = len(buf)
-        while n - i >= HEADER and i < budget:
+        while n - i >= HEADER and i < budget and records > 0:
             size, _nparts, flags, _crc, _ = RECORD.unpack_from(buf, i)
             rec = record_bytes(size)
             if flags & REC_WRAP:  # padding up to the ring's end; may be longer than any record
@@ -288,6 +304,7 @@ class Ring:
             if U64.unpack_from(buf, i + rec - TRAILER)[0] != pos + i + rec:
                 break  # not written yet (or never will be: see stalled())
             i += rec
+            records -= 1
         return i, 0, 0
 
     def _trailer_ok(self, buf: bytes, i: int, rec: int, pos: int) -> bool:
@@ -327,7 +344,12 @@ class Ring:
                 # Started from the record's end: an earlier lap's record at this place cannot pass.
                 if _zlib_crc32(body, (pos + i + rec) & 0xFFFFFFFF) != crc:
                     break  # not visible in full yet on a weakly ordered CPU; see stalled()
-            out.append(_split(body, nparts, pos + i))
+            if flags & FORMAT_BINARY_V1:  # the compiled client's record: as the JSON envelope (decode.py)
+                if nparts != 1:
+                    raise RingCorrupt(f"binary record at {pos + i} has {nparts} parts")
+                out.append([binary_frame(body, self._cid_json, KINDS_JSON)])
+            else:
+                out.append(_split(body, nparts, pos + i))
             limit -= 1
             i += rec
         return i
