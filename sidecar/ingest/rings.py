@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 
 from client import ring as layout
 from client.ring import HEADER, REC_CRC, REC_KNOWN, REC_WRAP, RECORD, TRAILER, U64, FileHeader, RingCorrupt, record_bytes
+from sidecar.ingest.inbox import WAIT_SECONDS, BlobRef, Inbox
 from sidecar.ops import lock
 from sidecar.ops.metrics import Metrics
 
@@ -169,6 +170,9 @@ class Ring:
     next_probe: float = 0.0        # an empty ring is read again from then on
     probe_every: float = IDLE_PROBE_SECONDS
     last_record: float = float("-inf")  # when a read last yielded a record (the reader's clock)
+    inbox: Inbox | None = None     # where records with REC_PART_REFS find their blobs
+    refs_read: list[str] = field(default_factory=list)  # inbox files read since the last ack
+    blob_wait_since: float | None = None  # reading stopped at a record whose blob file is not there yet
 
     def __post_init__(self) -> None:
         self.pos = self.acked
@@ -327,19 +331,51 @@ class Ring:
                 # Started from the record's end: an earlier lap's record at this place cannot pass.
                 if _zlib_crc32(body, (pos + i + rec) & 0xFFFFFFFF) != crc:
                     break  # not visible in full yet on a weakly ordered CPU; see stalled()
-            out.append(_split(body, nparts, pos + i))
+            parts = _split(body, nparts, pos + i, refs=bool(flags & layout.REC_PART_REFS))
+            if flags & layout.REC_PART_REFS and not self._resolve(parts, pos + i):
+                break  # its blob is still being written: this record, and the ring's order, wait
+            out.append(parts)
             limit -= 1
             i += rec
         return i
 
+    def _resolve(self, parts: list, pos: int) -> bool:
+        """Put a BlobRef in place of each reference part; False while a file
+        is not there yet and the producer lives (for at most inbox.WAIT_SECONDS)."""
+        inbox = self.inbox
+        for k in range(1, len(parts)):
+            if isinstance(parts[k], memoryview):  # marked by _split: a reference
+                raw = parts[k].tobytes()
+                if inbox is None or not inbox.ok:
+                    parts[k] = BlobRef("", raw[:80].decode("ascii", "replace"), error="blob_no_inbox")
+                    continue
+                ref = inbox.resolve(raw, self.client_id, self.owner_uid, alive=self._worth_waiting)
+                if ref is None:
+                    if self.blob_wait_since is None:
+                        self.blob_wait_since = time.monotonic()
+                    return False
+                parts[k] = ref
+        self.blob_wait_since = None
+        self.refs_read += [p.name for p in parts[1:] if isinstance(p, BlobRef) and p.path]
+        return True
+
+    def _worth_waiting(self) -> bool:
+        """Whether a blob file not there yet may still come: its producer lives, and not for too long."""
+        since = self.blob_wait_since
+        return (since is None or time.monotonic() - since < WAIT_SECONDS) and self.producer_alive()
+
     # -- state shared with the producer ---------------------------------------
 
     def ack(self) -> None:
-        """Tell the producer the journal holds everything before `pos`."""
+        """Tell the producer the journal holds everything before `pos`; the
+        inbox files of what it holds are the journal's now, and go."""
         if self.pos != self.acked:
             if self.control is not None:
                 self.control.ack(self.pos)
             self.acked = self.pos
+        if self.refs_read and self.inbox is not None:
+            self.inbox.consumed(self.refs_read)
+            self.refs_read = []
 
     def arm(self) -> None:
         """Ask the producer for a doorbell on its next record (once until it writes one)."""
@@ -380,7 +416,7 @@ class Ring:
     def stalled(self, now: float) -> bool:
         """True once data the producer says it wrote has stayed unreadable
         for STALL_SECONDS: a broken record, not one still becoming visible."""
-        if not self.empty or self.hint() <= self.pos:
+        if not self.empty or self.blob_wait_since is not None or self.hint() <= self.pos:
             self.stalled_since = None
             return False
         if self.stalled_since is None:
@@ -393,18 +429,24 @@ class Ring:
             self.control.close(discard=discard)
 
 
-def _split(body: bytes, nparts: int, pos: int) -> list[bytes]:
-    if nparts == 1:
+def _split(body: bytes, nparts: int, pos: int, *, refs: bool = False) -> list:
+    """A record's parts; with `refs`, each reference part is a memoryview of
+    the file name (Ring._resolve replaces it), every other part bytes."""
+    if nparts == 1 and not refs:
         return [body]
-    if not 1 < nparts <= layout.MAX_PARTS or len(body) < 4 * nparts:
+    if not 1 < nparts <= layout.MAX_PARTS or len(body) < (5 if refs else 4) * nparts:
         raise RingCorrupt(f"record at {pos} has {nparts} parts")
     lengths = struct.unpack_from(f"<{nparts}I", body, 0)
     i = 4 * nparts
+    kinds = body[i:i + nparts] if refs else bytes(nparts)
+    i += len(kinds) if refs else 0
     if i + sum(lengths) != len(body):
         raise RingCorrupt(f"record at {pos}: part lengths do not add up to its size")
-    parts = []
-    for n in lengths:
-        parts.append(body[i:i + n])
+    if kinds[0] != layout.PART_INLINE or any(k not in (layout.PART_INLINE, layout.PART_REF) for k in kinds):
+        raise RingCorrupt(f"record at {pos}: part kinds {kinds.hex()} (the frame is inline; 0 or 1)")
+    parts: list = []
+    for n, kind in zip(lengths, kinds, strict=True):
+        parts.append(memoryview(body)[i:i + n] if kind == layout.PART_REF else body[i:i + n])
         i += n
     return parts
 
@@ -473,6 +515,7 @@ class Rings:
     fd_budget: int = 0
     batch_bytes: int = BATCH_BYTES
     clock: Callable[[], float] = time.monotonic
+    inbox: Inbox | None = None     # blobs that records refer to (client.blobs); None: such records are rejected
     rings: dict[str, Ring] = field(default_factory=dict)
     doorbell: socket.socket | None = None
     ignored: set[str] = field(default_factory=set)
@@ -720,6 +763,17 @@ class Rings:
         if now - self._last_clean >= CLEAN_SECONDS:
             self._clean(now)
         self.metrics.rings.set(len(self.rings))
+        self.metrics.ring_shm_bytes.set(self.shm_bytes())
+
+    def shm_bytes(self) -> int:
+        """The memory the rings being read hold (allocated bytes of their files: tmpfs is memory)."""
+        total = 0
+        for r in self.rings.values():
+            try:
+                total += os.fstat(r.fd).st_blocks * 512
+            except OSError:
+                pass
+        return total
 
     # -- adoption, removal, quarantine -----------------------------------------
 
@@ -798,7 +852,7 @@ class Rings:
             self._quarantine_path(path, str(exc), pid=None)
             return True
         ring = Ring(path, fd, header, acked, largest=self.max_record, control=control, owner_uid=st.st_uid,
-                    adopted_at=self._now)
+                    adopted_at=self._now, inbox=self.inbox)
         self.rings[path] = ring
         log.info("adopted ring %r (client %s, pid %d, uid %d, version %d, %d bytes, read from %d)", ring.name,
                  header.client_id, header.pid, st.st_uid, header.version, header.capacity, acked)
@@ -924,8 +978,22 @@ class Rings:
             self._clean_quarantine()
             self._clean_top()
             self._clean_acks()
+            if self.inbox is not None and self.inbox.ok:
+                self.inbox.clean(self._ring_clients())
         except OSError as exc:
             log.warning("tidying the ring directory %s: %s", self.directory, exc)
+
+    def _ring_clients(self) -> set[str]:
+        """Client ids that have a ring in the directory (their inbox files are kept)."""
+        ids = set()
+        for name in os.listdir(self.directory):
+            if name.endswith(layout.RING_SUFFIX):
+                stem = name[: -len(layout.RING_SUFFIX)]
+                ids.add(stem)
+                head, _, tail = stem.rpartition(".")
+                if tail.isdigit():
+                    ids.add(head)
+        return ids
 
     def _clean_quarantine(self) -> None:
         """Oldest out first (by the time they were moved in) until within both bounds."""
