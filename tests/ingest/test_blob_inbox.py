@@ -79,7 +79,7 @@ def test_a_path_is_linked_at_once_and_later_changes_before_ingest_are_seen(tmp_p
         with report.open("ab") as f:
             f.write(b"late,line\n")
         report.unlink()  # harmless: the inbox holds its own name for it
-        with pytest.raises(EmitError, match="bad_blob: blob file .*No such file"):
+        with pytest.raises(EmitError, match=r"bad_blob: blob file .*No such file"):
             c.emit("s3.put", {"bucket": "b", "key": "gone"}, blob=report)
     (m,) = drain(rings)[:1]
     assert Path(m[1].path).read_bytes().endswith(b"late,line\n") and m[1].nlink == 1
