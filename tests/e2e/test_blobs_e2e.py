@@ -20,7 +20,7 @@ import pytest
 from client import Client
 from standins.moto_s3 import MotoS3, moto_s3
 
-from ..support import ROOT, SidecarProcess, sidecar_config, wait_until
+from ..support import ROOT, SidecarProcess, free_port, sidecar_config, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -33,7 +33,7 @@ def moto() -> Iterator[MotoS3]:
 
 def s3_sidecar(tmp: Path, moto: MotoS3) -> SidecarProcess:
     cfg = sidecar_config(tmp, s3={"endpoint_url": moto.endpoint, "region": moto.region, "concurrency": 4},
-                         metrics={"address": "127.0.0.1:0"})
+                         metrics={"address": f"127.0.0.1:{free_port()}"})  # `sidecar status` needs the port
     sc = SidecarProcess(tmp, config=cfg)
     for name in [n for n in sc.env if n.startswith("AWS_")]:
         del sc.env[name]
@@ -136,4 +136,36 @@ def test_24_producers_40_mib_blobs_drain_with_the_sidecar_under_300_mib(short_tm
     assert sc.query("SELECT reason FROM rejects") == []
     assert peak < 300 << 20, f"peak RSS {peak >> 20} MiB"
     assert sc.journal_count("dead_letters") == 0
+    assert sc.stop() == 0
+
+
+IDLE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from client import Client
+    c = Client(sys.argv[2], strict=True)
+    c.emit("webhook.post", {"hello": 1})
+    print("up", flush=True)
+    sys.stdin.read()   # idle until told to go
+    c.close()
+""")
+
+
+def test_20_idle_producers_hold_at_most_16_mib_of_shared_memory_each_and_status_says_so(
+        short_tmp: Path, moto: MotoS3) -> None:
+    sc = s3_sidecar(short_tmp, moto).start()
+    procs = [subprocess.Popen([sys.executable, "-c", IDLE, str(ROOT), sc.endpoint], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE) for _ in range(20)]
+    try:
+        assert all(p.stdout is not None and p.stdout.readline() == b"up\n" for p in procs)
+        ring_dir = Path(str(sc.endpoint)[len("ipc://"):].removesuffix(".sock") + ".rings")
+        held = [f.stat().st_blocks * 512 for f in ring_dir.glob("*.ring")]
+        assert len(held) == 20 and max(held) <= 16 << 20, held
+        wait_until(lambda: sc.scrape().get("sidecar_ring_shm_bytes") == sum(held), timeout=30,
+                   what="the shared-memory gauge")
+        wait_until(lambda: f"rings hold {sum(held) / 1e6:.1f} MB of shared memory" in sc.cli("status").stdout,
+                   timeout=30, what="`sidecar status` to show the rings' shared memory")
+    finally:
+        for p in procs:
+            p.communicate(b"", timeout=60)
     assert sc.stop() == 0
