@@ -173,6 +173,7 @@ class Ring:
     inbox: Inbox | None = None     # where records with REC_PART_REFS find their blobs
     refs_read: list[str] = field(default_factory=list)  # inbox files read since the last ack
     blob_wait_since: float | None = None  # reading stopped at a record whose blob file is not there yet
+    held_back: bool = False        # the last read stopped at a record over the batch's budget
 
     def __post_init__(self) -> None:
         self.pos = self.acked
@@ -192,10 +193,11 @@ class Ring:
 
     # -- reading --------------------------------------------------------------
 
-    def read(self, limit: int, budget: int = BATCH_BYTES) -> list[list[bytes]]:
+    def read(self, limit: int, budget: int = BATCH_BYTES, *, within: bool = False) -> list[list[bytes]]:
         """Committed records from `pos` on, at most `limit` of them, each as its
         frames, taken while fewer than `budget` bytes are (so the last one may
-        go past it, by one record at most).
+        go past it, by one record at most; with `within`, not even that one:
+        a batch that already holds records takes no record beyond its budget).
 
         Raises RingCorrupt at a broken record, but only once the good records
         before it have been returned (and so journaled). Whatever a file
@@ -204,20 +206,21 @@ class Ring:
             raise RingCorrupt(self.broken)
         out: list[list[bytes]] = []
         self.charged = 0
+        self.held_back = False
         try:
-            self._read_into(out, limit, budget)
+            self._read_into(out, limit, budget, within)
         except Exception as exc:  # noqa: BLE001 -- struct.error, MemoryError, OverflowError...: all from the file
             why = str(exc) if isinstance(exc, RingCorrupt) else f"unreadable ({type(exc).__name__}: {exc})"
             if not out:
                 raise RingCorrupt(why) from None
             self.broken = why
-        self.empty = not out
+        self.empty = not out and not self.held_back  # held back by the budget: not idle, read it next batch
         if out:
             self.armed = False  # its producer wrote: a later sleep asks it again
         self.frames_read += len(out)
         return out
 
-    def _read_into(self, out: list[list[bytes]], limit: int, budget: int) -> None:
+    def _read_into(self, out: list[list[bytes]], limit: int, budget: int, within: bool = False) -> None:
         cap = self.header.capacity
         chunk = PROBE_BYTES if self.empty else CHUNK_BYTES  # an idle ring costs a small read
         while len(out) < limit and self.charged < budget:
@@ -233,7 +236,14 @@ class Ring:
             first = os.pread(self.fd, want, layout.FILE_HEADER + off)
             if len(first) < want:
                 raise RingCorrupt(f"file ends early (truncated to {layout.FILE_HEADER + off + len(first)} bytes)")
-            committed, jump, big = self._scan(first, off, budget - self.charged)
+            left = budget - self.charged
+            committed, jump, big = self._scan(first, off, left)
+            if within and (big > left or committed > left):
+                # Over what this batch has left: only records that fit (a large one waits for a batch it starts).
+                self.held_back = True
+                if big:
+                    break
+                committed, jump = self._fitting(first, left), 0  # the wrap, if any, lies beyond them
             if big:  # one record longer than a chunk: its trailer first, then the whole of it
                 # (the length from a fresh look at its header: the first copy's may be stale,
                 # and what stands there now may be a wrap)
@@ -293,6 +303,16 @@ class Ring:
                 break  # not written yet (or never will be: see stalled())
             i += rec
         return i, 0, 0
+
+    def _fitting(self, buf: bytes, left: int) -> int:
+        """Bytes of the whole records at the start of `buf` (all committed) that fit in `left`."""
+        i = 0
+        while i + HEADER <= len(buf):
+            rec = record_bytes(RECORD.unpack_from(buf, i)[0])
+            if i + rec > left:
+                break
+            i += rec
+        return i
 
     def _trailer_ok(self, buf: bytes, i: int, rec: int, pos: int) -> bool:
         """Whether the record at `buf[i]` (position `pos`) is committed, reading
@@ -670,7 +690,9 @@ class Rings:
                 before = r.pos
                 asked = min(share, limit - len(out))
                 try:
-                    got = r.read(asked, budget)
+                    # The batch's byte budget spans all rings: once it holds records, no ring adds
+                    # one beyond what is left (one large record per batch, whoever starts it).
+                    got = r.read(asked, budget, within=bytes_left < self.batch_bytes)
                 except RingCorrupt as exc:
                     self.quarantine(r, str(exc))
                     continue

@@ -174,3 +174,21 @@ def test_ring_bytes_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv(ring.RING_BYTES_ENV, "100M")
     with pytest.raises(ValueError, match="power of two"):
         ring.default_ring_bytes()
+
+
+def test_a_batch_budget_spans_all_rings_so_large_inline_records_come_one_batch_at_a_time(tmp_path: Path) -> None:
+    directory = tmp_path / "ingest.rings"
+    rings = Rings(str(directory), Metrics(), batch_bytes=8 << 20)
+    rings.open()
+    writers = [ring.RingWriter.create(str(directory), f"c{n}", capacity=32 << 20, make_dir=False) for n in range(6)]
+    for w in writers:
+        w.send_blobs(b"frame", [os.urandom(5 << 20)])
+    rings.maintain(time.monotonic(), force=True)
+    sizes = []
+    for _ in range(6):
+        got = rings.read(1000)
+        rings.ack()
+        sizes.append(len(got))
+    assert sizes == [1] * 6  # before: every ring's record in the first batch, 30 MiB for a budget of 8
+    for w in writers:
+        w.close()
