@@ -44,10 +44,10 @@ def s3_sidecar(tmp: Path, moto: MotoS3) -> SidecarProcess:
 
 
 def burst(keys: int, seed: int) -> list[tuple[str, bytes]]:
-    """keys × 4 versions, then 10 repeats of earlier puts, 1 KB to 4 MB each (238 MB at 30 keys)."""
+    """keys × 4 versions, then 10 repeats of earlier puts, 1 KB to 4 MB each (about 238 MB at 30 keys)."""
     rnd = random.Random(seed)
-    puts = [(f"burst/{k}", rnd.randbytes(rnd.choice([1000, 64_000, 500_000, 1_000_000, 4_000_000])))
-            for _ in range(4) for k in range(keys)]
+    sizes = [1_000, 4_000_000] + [rnd.randint(1_000, 3_450_000) for _ in range(4 * keys - 2)]
+    puts = [(f"burst/{i % keys}", rnd.randbytes(size)) for i, size in enumerate(sizes)]
     return puts + [puts[rnd.randrange(len(puts))] for _ in range(10)]
 
 
@@ -97,7 +97,7 @@ def test_a_burst_emitted_before_the_sidecar_starts_is_delivered_whole(short_tmp:
     away = float(os.environ.get("BLOB_BURST_AWAY_SECONDS", "2"))
     sc = s3_sidecar(short_tmp, moto).start()
     assert sc.stop() == 0  # it made the ring directory and the inbox, as it would have before a restart
-    puts = burst(12, seed=2)
+    puts = burst(30, seed=2)
     assert emit_all(sc.endpoint, puts, moto.bucket) == {}
     threading.Event().wait(away)  # the gap the issue asks about: nothing runs during it
     sc.start()
