@@ -18,7 +18,9 @@ in this process instead. Every drop is counted by reason in
 `stats()["dropped"]`:
 
 - ``queue_full``: the ring (or the ZeroMQ queue) is full: the sidecar has
-  been away or slow for longer than it holds (30 s or more at 10,000 events/s);
+  been away or slow for longer than it holds (the 8 MiB default ring: about
+  2.7 s at 10,000 events/s of 300 bytes; `ring_bytes` or
+  ``$SIDECAR_RING_BYTES=128M`` for 30 s, README "Sizing a ring");
 - ``closed`` / ``transport_error``: the client was closed, or the transport
   refused (no ring directory, ZeroMQ broken);
 - ``ring_quarantined``: the sidecar found this client's ring corrupt and set
@@ -110,8 +112,9 @@ class Client:
         transport: Transport | str = "auto",
     ) -> None:
         """`transport`: "auto" (a ring for ``ipc://``, ZeroMQ for ``tcp://``),
-        "ring", "zmq", or a `client.transport.Transport` of your own (tests). `prefault`: map
-        the whole ring now (~0.1 s for the default 128 MiB) rather than page
+        "ring", "zmq", or a `client.transport.Transport` of your own (tests). `ring_bytes`:
+        None is ``$SIDECAR_RING_BYTES``, else 8 MiB. `prefault`: map
+        the whole ring now (~8 ms for 8 MiB) rather than page
         by page as the first lap writes it: for a long-running trading loop."""
         self.endpoint = endpoint or wire.default_endpoint()
         self.queue_size = queue_size
