@@ -18,13 +18,17 @@ in this process instead. Every drop is counted by reason in
 `stats()["dropped"]`:
 
 - ``queue_full``: the ring (or the ZeroMQ queue) is full: the sidecar has
-  been away or slow for longer than it holds (30 s or more at 10,000 events/s);
+  been away or slow for longer than it holds (the 8 MiB default ring: about
+  2.7 s at 10,000 events/s of 300 bytes; `ring_bytes` or
+  ``$SIDECAR_RING_BYTES=128M`` for 30 s, README "Sizing a ring");
 - ``closed`` / ``transport_error``: the client was closed, or the transport
   refused (``transport="ring"`` with no ring directory, ZeroMQ broken);
 - ``ring_quarantined``: the sidecar found this client's ring corrupt and set
   it aside; the event that learnt it is lost and the next one goes to a new ring;
 - ``linger_expired``: at ``close()``, ZeroMQ only: events still queued when
   `linger` ran out (all of them are counted when no sidecar was connected);
+- ``blob_backlog``: more blob bytes wait for the helper thread that writes
+  them to disk than it holds (`client.blobs.MAX_PENDING_BYTES`);
 - ``unknown_kind``, ``unserializable``, ``too_large``, ``bad_blob``: the call
   itself is wrong. These are programming errors: by default emit logs one
   warning per reason and kind and returns False, so a typo in a rare branch
@@ -59,10 +63,12 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from . import blobs as offload
 from . import presence, ring, wire
 from .compiled import fastemit
 from .dial import Dialer
@@ -77,9 +83,11 @@ DEFAULT_QUEUE_SIZE = 300_000
 DEFAULT_LINGER = 5.0
 STATS_INTERVAL_NS = 1_000_000_000
 PING_POLL_SECONDS = 0.01
+INBOX_LOOK_NS = 1_000_000_000       # a missing blob inbox is looked for again this often
+BLOB_CLOSE_SECONDS = 600.0          # close() waits this long at most for blobs still being written
 
-Blob = bytes | bytearray | memoryview
-_BLOB_TYPES = (bytes, bytearray, memoryview)
+Blob = bytes | bytearray | memoryview | Path
+_BLOB_TYPES = (bytes, bytearray, memoryview, Path)
 _time_ns = time.time_ns
 _dumps = orjson.dumps
 _KINDS = wire.KINDS
@@ -110,7 +118,7 @@ class Client:
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         linger: float = DEFAULT_LINGER,
-        ring_bytes: int = ring.DEFAULT_RING_BYTES,
+        ring_bytes: int | None = None,
         prefault: bool = False,
         max_event_bytes: int = wire.MAX_EVENT_BYTES,
         max_blob_bytes: int = wire.MAX_BLOB_BYTES,
@@ -119,12 +127,13 @@ class Client:
         transport: Transport | str = "auto",
     ) -> None:
         """`transport`: "auto" (a ring for ``ipc://``, ZeroMQ for ``tcp://``),
-        "ring", "zmq", or a `client.transport.Transport` of your own (tests). `prefault`: map
-        the whole ring now (~0.1 s for the default 128 MiB) rather than page
+        "ring", "zmq", or a `client.transport.Transport` of your own (tests). `ring_bytes`:
+        None is ``$SIDECAR_RING_BYTES``, else 8 MiB. `prefault`: map
+        the whole ring now (~8 ms for 8 MiB) rather than page
         by page as the first lap writes it: for a long-running trading loop."""
         self.endpoint = endpoint or wire.default_endpoint()
         self.queue_size = queue_size
-        self.ring_bytes = ring_bytes
+        self.ring_bytes = ring_bytes or ring.default_ring_bytes()  # $SIDECAR_RING_BYTES, else 8 MiB
         self.prefault = prefault
         self.linger = linger
         self.max_event_bytes = min(max_event_bytes, wire.MAX_EVENT_BYTES)
@@ -142,7 +151,7 @@ class Client:
         self._presence = Presence(self.endpoint, self.ring_dir)
         # "ring" insists on a ring; "auto" falls back to ZeroMQ where no sidecar made the directory.
         self._dialer = Dialer(self.endpoint, transport if isinstance(transport, str) else "own", self.ring_dir,
-                              self._presence, queue_size=queue_size, ring_bytes=ring_bytes, prefault=prefault)
+                              self._presence, queue_size=queue_size, ring_bytes=self.ring_bytes, prefault=prefault)
         self.client_id = _new_client_id()
         self._seq = 0
         self._dropped: Counter[str] = Counter()
@@ -150,6 +159,8 @@ class Client:
         self._closed = False
         self._next_stats_ns = 0
         self._max_record = self.max_event_bytes + self.max_blob_bytes
+        self._offload: offload.Offload | None = None  # blobs written beside the ring (client.blobs)
+        self._inbox_look_ns = 0
         self._transport: Transport | None = None
         self._threadsafe = threadsafe
         self._attach(self._connect() if isinstance(transport, str) else transport)
@@ -209,8 +220,10 @@ class Client:
     ) -> bool:
         """Queue one event for the sidecar. True if queued, False if dropped.
 
-        `blob` is binary data that travels in its own frame (an S3 body), or a
-        list of them (images to upload together).
+        `blob` is binary data that travels in its own frame (an S3 body), a
+        `pathlib.Path` of a file to send by reference, or a list of them
+        (images to upload together). Blobs of 64 KiB or more, and Paths, go
+        to files in the sidecar's blob inbox, not the ring (`client.blobs`).
         """
         transport = self._transport
         if transport is None:
@@ -231,22 +244,8 @@ class Client:
         try:
             if blob is None:
                 self._send(frame)
-            else:
-                blobs = [blob] if isinstance(blob, _BLOB_TYPES) else blob
-                if not isinstance(blobs, (list, tuple)) or not blobs or not all(
-                        isinstance(b, _BLOB_TYPES) for b in blobs):
-                    return self._misuse("bad_blob", kind, "blob must be bytes-like or a non-empty list of them, "
-                                                          f"not {type(blob).__name__}")
-                # ZeroMQ sends contiguous buffers only; a strided view is copied
-                # here rather than failing halfway through a multipart message.
-                blobs = [b.tobytes() if isinstance(b, memoryview) and not b.contiguous else b for b in blobs]
-                if len(blobs) > wire.MAX_BLOBS:
-                    return self._misuse("bad_blob", kind, f"{len(blobs)} blobs, limit {wire.MAX_BLOBS}")
-                size = sum(memoryview(b).nbytes for b in blobs)
-                if size > self.max_blob_bytes or size + len(frame) + 4 * len(blobs) + 4 > self._max_record:
-                    limit = min(self.max_blob_bytes, self._max_record - len(frame) - 4 * len(blobs) - 4)
-                    return self._misuse("too_large", kind, f"blob is {size} bytes, limit {limit}")
-                transport.send_blobs(frame, blobs)
+            elif not self._send_blobs(transport, kind, frame, seq, blob):
+                return False
         except QueueFull:
             return self._drop("queue_full")
         except TransportError:
@@ -256,6 +255,75 @@ class Client:
             self._next_stats_ns = now + STATS_INTERVAL_NS
             self._tick()
         return True
+
+    def _send_blobs(self, transport: Transport, kind: str, frame: bytes, seq: int, blob: Any) -> bool:
+        """emit's blob branch: check, then send the blobs in the record, or as
+        files in the sidecar's inbox (`client.blobs`); False if dropped.
+        Raises QueueFull and TransportError as `send` does."""
+        blobs = [blob] if isinstance(blob, _BLOB_TYPES) else blob
+        if not isinstance(blobs, (list, tuple)) or not blobs or not all(isinstance(b, _BLOB_TYPES) for b in blobs):
+            return self._misuse("bad_blob", kind, "blob must be bytes-like, a pathlib.Path or a non-empty list of "
+                                                  f"them, not {type(blob).__name__}")
+        if len(blobs) > wire.MAX_BLOBS:
+            return self._misuse("bad_blob", kind, f"{len(blobs)} blobs, limit {wire.MAX_BLOBS}")
+        sizes = []
+        for b in blobs:
+            try:
+                sizes.append(os.stat(b).st_size if isinstance(b, Path) else memoryview(b).nbytes)
+            except OSError as exc:
+                return self._misuse("bad_blob", kind, f"blob file {b}: {exc.strerror}")
+        size = sum(sizes)
+        if size > self.max_blob_bytes:
+            return self._misuse("too_large", kind, f"blob is {size} bytes, limit {self.max_blob_bytes}")
+        inbox = self._inbox(transport)
+        if inbox is None:
+            # No inbox (ZeroMQ, or a sidecar that publishes none): the bytes go with the event.
+            # ZeroMQ sends contiguous buffers only; a strided view is copied here rather than
+            # failing halfway through a multipart message.
+            inline = [b.read_bytes() if isinstance(b, Path) else
+                      b.tobytes() if isinstance(b, memoryview) and not b.contiguous else b for b in blobs]
+            if size + len(frame) + 4 * len(blobs) + 4 > self._max_record:
+                limit = min(self.max_blob_bytes, self._max_record - len(frame) - 4 * len(blobs) - 4)
+                return self._misuse("too_large", kind, f"blob is {size} bytes, limit {limit}")
+            transport.send_blobs(frame, inline)
+            return True
+        # Large ones (and every Path) become files; the helper's queue is bounded in bytes.
+        out: list[Any] = []
+        queued = [(i, b) for i, (b, n) in enumerate(zip(blobs, sizes, strict=True))
+                  if not isinstance(b, Path) and n >= offload.THRESHOLD]
+        held = sum(sizes[i] for i, _ in queued)
+        if not inbox.room(held):
+            return self._drop("blob_backlog")
+        for i, b in enumerate(blobs):
+            if isinstance(b, Path) or sizes[i] >= offload.THRESHOLD:
+                out.append(offload.blob_name(self.client_id, seq, i))
+            else:
+                out.append(b.tobytes() if isinstance(b, memoryview) and not b.contiguous else b)
+        if sum(len(o) if isinstance(o, str) else sizes[i] for i, o in enumerate(out)) + len(frame) \
+                + 5 * len(out) + 5 > self._max_record:
+            return self._misuse("too_large", kind, "the blobs kept in the record do not fit the ring")
+        # The record first (emit order is the ring's), then the files: the sidecar waits for them.
+        transport.send_refs(frame, out)  # type: ignore[attr-defined]
+        for i, b in enumerate(blobs):
+            if isinstance(b, Path):
+                if not inbox.link(out[i], b):
+                    inbox.fail(out[i])  # gone since the stat: the sidecar is told at once
+            elif isinstance(out[i], str):
+                # bytes are immutable: kept as they are; anything else is copied once, now.
+                inbox.put(out[i], b if isinstance(b, bytes) else bytes(b))
+        return True
+
+    def _inbox(self, transport: Transport) -> offload.Offload | None:
+        """The blob inbox's helper for a ring whose sidecar published one (looked for once a second)."""
+        if self._offload is not None or not isinstance(transport, ring.RingWriter) or self.ring_dir is None:
+            return self._offload
+        now = _time_ns()
+        if now >= self._inbox_look_ns:
+            self._inbox_look_ns = now + INBOX_LOOK_NS
+            path = offload.find_inbox(self.ring_dir)
+            if path is not None:
+                self._offload = offload.Offload(path)
+        return self._offload
 
     # -- outcomes -------------------------------------------------------------
 
@@ -368,6 +436,9 @@ class Client:
             transport.send_last(frame)
         except (QueueFull, TransportError):
             pass  # ZeroMQ's queue is full: the sidecar counts the tail it never saw as gaps
+        if self._offload is not None and not self._offload.close(BLOB_CLOSE_SECONDS):
+            log.error("blobs still being written into %s after %.0f s: their events are rejected as blob_missing",
+                      self._offload.inbox, BLOB_CLOSE_SECONDS)
         # ZeroMQ drops its queue when the linger runs out with no sidecar connected.
         lost = transport.close(self.linger if linger is None else linger, self._seq)
         if lost:
@@ -379,6 +450,8 @@ class Client:
         if self._transport is not None:
             self._transport.after_fork()
         self._attach(None)
+        if self._offload is not None:
+            self._offload.after_fork()
         self._lock = threading.Lock()  # another thread may have held it at fork()
         self.client_id = _new_client_id()
         self._seq = 0

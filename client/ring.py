@@ -67,7 +67,7 @@ per part, 0 for bytes held inline and 1 for a reference to a spool file
 (issue 19's blobs that live outside the ring; the part then holds the
 reference). A reader refuses a flag it does not know as corrupt, so those
 formats need no new version, only their readers. This version reads
-formats 0 and 1; the compiled emit (`client._fastemit`) writes format 1 and
+formats 0 and 1, and `REC_PART_REFS`; the compiled emit (`client._fastemit`) writes format 1 and
 the pure-Python path format 0, both into the same ring if need be (the
 compiled path hands its rare cases to the Python one).
 
@@ -91,6 +91,22 @@ becomes an empty frame, rejected as ``bad_json``. The compiled writer stores
 the commit mark with release ordering, so on any CPU a reader that sees it
 sees the body; it leaves records with a CRC (`checksum=True`, aarch64's
 default) to the Python path.
+
+Parts that refer to files (`REC_PART_REFS`, `RingWriter.send_refs`): blobs
+of `client.blobs.THRESHOLD` bytes or more do not go into the ring but into
+files in the sidecar's blob inbox (see `client.blobs` for who writes them,
+how order and crash safety are kept). Such a record always has the frame
+inline as part 0 (so nparts >= 2); its body is the u32 length table, then
+one u8 per part (0 inline, 1 reference), then the parts; a reference part
+is the file's name in the inbox, ASCII, ``<client id>.<seq>.<i>.blob``.
+
+Ring size. Now that large blobs live in files, a ring holds events only:
+DEFAULT_RING_BYTES is 8 MiB (fallocated at create, so a full tmpfs is an
+error then, not a SIGBUS later), about 27,000 records of 300 bytes: 2.7 s
+at 10,000 events/s, 9 minutes at 50/s, with the sidecar away. For more set
+``Client(ring_bytes=...)`` or ``$SIDECAR_RING_BYTES`` (a power of two;
+128 MiB holds 30 s of 10,000 events/s of 300 bytes). `default_ring_bytes()`
+reads the variable.
 
 The body is the event's frame alone (nparts = 1) or a table of nparts u32
 lengths followed by the frame and its blobs. One `struct.pack_into` writes
@@ -173,8 +189,11 @@ REC_CRC = 2
 REC_FORMAT = 0xF0                  # the body's format, in bits 4-7 (module docstring)
 FORMAT_JSON = 0x00
 FORMAT_BINARY_V1 = 0x10            # the binary v1 body (module docstring)
-REC_PART_REFS = 0x100              # reserved: parts that refer to spool files (issue 19)
-REC_KNOWN = REC_WRAP | REC_CRC | FORMAT_BINARY_V1  # what this version reads; any other bit is corruption
+REC_PART_REFS = 0x100              # parts that refer to files in the blob inbox (client.blobs)
+# What this version reads; any other bit is corruption.
+REC_KNOWN = REC_WRAP | REC_CRC | FORMAT_BINARY_V1 | REC_PART_REFS
+PART_INLINE = 0
+PART_REF = 1
 BINARY_V1 = struct.Struct("<QQHHB3x")  # seq, emitted_ns, key_len, ref_len, kind; key, ref, payload follow
 NO_STRING = 0xFFFF                 # key_len/ref_len of an absent key or ref
 # Binary v1's kind codes: a kind's index. Append only: producers of an older
@@ -208,8 +227,10 @@ U64 = struct.Struct("<Q")
 
 RING_SUFFIX = ".ring"
 DOORBELL = "doorbell"
-# 30 s at 10,000 events/s of 300-byte events (304 bytes a record) is 91 MB.
-DEFAULT_RING_BYTES = 128 * 1024 * 1024
+# Events only (large blobs go to the inbox): 8 MiB holds ~27,000 records of 300 bytes.
+# 30 s at 10,000 events/s of 300-byte events (304 bytes a record) is 91 MB: 128 MiB.
+DEFAULT_RING_BYTES = 8 * 1024 * 1024
+RING_BYTES_ENV = "SIDECAR_RING_BYTES"
 LAST_WORD_BYTES = 4096             # kept free for a closing message (its stats are under 2 KiB)
 MIN_RING_BYTES = 64 * 1024
 MAX_RING_BYTES = 1 << 34
@@ -237,6 +258,25 @@ def ring_dir(endpoint: str) -> str | None:
     if path.endswith(".sock"):
         path = path[: -len(".sock")]
     return path + ".rings"
+
+
+def default_ring_bytes() -> int:
+    """``$SIDECAR_RING_BYTES`` if set (a power of two; suffixes K, M, G), else DEFAULT_RING_BYTES.
+
+    >>> os.environ[RING_BYTES_ENV] = "128M"; default_ring_bytes(); del os.environ[RING_BYTES_ENV]
+    134217728
+    """
+    raw = os.environ.get(RING_BYTES_ENV, "").strip().upper()
+    if not raw:
+        return DEFAULT_RING_BYTES
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(raw[-1], 1)
+    try:
+        value = int(raw[:-1] if scale > 1 else raw) * scale
+    except ValueError:
+        raise ValueError(f"${RING_BYTES_ENV}={raw!r} is not a number of bytes (like 134217728 or 128M)") from None
+    if value < MIN_RING_BYTES or value > MAX_RING_BYTES or value & (value - 1):
+        raise ValueError(f"${RING_BYTES_ENV}={raw!r}: a power of two from {MIN_RING_BYTES} to {MAX_RING_BYTES}")
+    return value
 
 
 def valid_client_id(client_id: str) -> bool:
@@ -432,18 +472,26 @@ class RingWriter(Transport):
         """Append one record holding the frame and its blobs."""
         self._send_slow([frame, *blobs])
 
+    def send_refs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview | str]) -> None:
+        """Append one record of the frame and its blobs, where a `str` is the
+        name of a file in the blob inbox (`REC_PART_REFS`; client.blobs)."""
+        kinds = bytes([PART_INLINE] + [PART_REF if isinstance(b, str) else PART_INLINE for b in blobs])
+        parts = [b.encode("ascii") if isinstance(b, str) else b for b in blobs]
+        self._send_slow([frame, *parts], kinds=kinds)
+
     # -- slow paths -----------------------------------------------------------
 
     def send_last(self, frame: bytes) -> None:
         """The closing message: it may use the space kept for it."""
         self._send_slow([frame], usable=self.capacity)
 
-    def _send_slow(self, parts: list, usable: int = 0) -> None:
+    def _send_slow(self, parts: list, usable: int = 0, kinds: bytes = b"") -> None:
         """Any record: wrap first if it does not fit before the end; parts
-        are copied straight into the ring (no joined copy of a large blob)."""
+        are copied straight into the ring (no joined copy of a large blob).
+        `kinds`: one byte a part (PART_INLINE, PART_REF) for a REC_PART_REFS record."""
         lengths = [memoryview(p).nbytes for p in parts]
         nparts = len(parts)
-        n = sum(lengths) + (4 * nparts if nparts > 1 else 0)
+        n = sum(lengths) + (4 * nparts if nparts > 1 else 0) + len(kinds)
         if n > self.max_body:
             raise QueueFull  # never fits; Client checks sizes first, so only a tiny ring gets here
         rec = record_bytes(n)
@@ -472,7 +520,7 @@ class RingWriter(Transport):
         at = start + RECORD.size
         crc = (pos + rec) & 0xFFFFFFFF  # the CRC starts from the record's end: no earlier lap's matches
         if nparts > 1:
-            table = struct.pack(f"<{nparts}I", *lengths)
+            table = struct.pack(f"<{nparts}I", *lengths) + kinds
             mm[at:at + len(table)] = table
             at += len(table)
             if self._flags:
@@ -482,7 +530,8 @@ class RingWriter(Transport):
             at += length
             if self._flags:
                 crc = self._crc(part, crc)
-        RECORD.pack_into(mm, start, n, nparts, self._flags, crc if self._flags else 0, 0)
+        flags = self._flags | (REC_PART_REFS if kinds else 0)
+        RECORD.pack_into(mm, start, n, nparts, flags, crc if self._flags else 0, 0)
         U64.pack_into(mm, start + rec - TRAILER, pos + rec)  # the commit mark, last
         self._pos = pos + rec
         if self._ack[ACK_WAKE] != self._answered:

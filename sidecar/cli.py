@@ -125,7 +125,7 @@ def render_status(s: Status) -> str:
     lines = [
         f"sidecar pid {proc.pid}, up {s.uptime_seconds:.0f} s, {'healthy' if s.health.ok else 'DEGRADED'}",
         f"ingest   {ingest.endpoint}  received {ingest.received}  rejected {ingest.rejected}  "
-        f"sequence gaps {ingest.sequence_gaps}",
+        f"sequence gaps {ingest.sequence_gaps}  rings hold {ingest.ring_shm_bytes / 1e6:.1f} MB of shared memory",
         f"journal  {journal.path}  {journal.bytes / 1e6:.1f} MB  pending {journal.pending}  "
         f"dead letters {journal.dead_letters}  {journal.state}",
         f"process  cpu {proc.cpu_seconds:.1f} s  rss {proc.rss_bytes / 1e6:.1f} MB  fds {proc.open_fds}  "

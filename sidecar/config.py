@@ -83,6 +83,8 @@ class IngestConfig:
     max_message_bytes: int = setting(wire.MAX_EVENT_BYTES, check=between(1, wire.MAX_EVENT_BYTES))
     max_blob_bytes: int = setting(wire.MAX_BLOB_BYTES, check=between(0, wire.MAX_BLOB_BYTES))
     batch_max: int = setting(4096, check=AT_LEAST_1)  # events per journal transaction (group commit)
+    # Where producers leave blobs of 64 KiB or more (client.blobs); "": beside the journal, <journal dir>.inbox.
+    blob_dir: str = setting("", check=ANY)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,7 +4,9 @@
                            "metadata": {"desk": "fx"}}, blob=data)
 
 The body travels as the event's single blob, spooled at ingest to a file
-named by its SHA-256. Puts to one object are delivered in emit order, and
+named by its SHA-256, and is streamed from that file (`CHUNK` at a time,
+never held whole in memory), signed with that SHA-256 as
+``X-Amz-Content-SHA256`` (botocore's signer is told it, not given the body). Puts to one object are delivered in emit order, and
 only the last of those waiting together goes out: S3 keeps the last write
 anyway, so the others are skipped as ``superseded``. A put equal (body,
 content type and metadata) to the last one delivered for its object is
@@ -38,6 +40,7 @@ import base64
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -57,7 +60,7 @@ from sidecar.connectors.base import ConnectorBase, Dead, Delivered, Pace, Plan, 
 from sidecar.connectors.http_calls import raise_for_status, refuse_credentials, request
 from sidecar.delivery.limiter import Rule
 from sidecar.errors import Permanent, Reject, Retryable
-from sidecar.journal.spool import Spool
+from sidecar.journal.spool import CHUNK, Spool
 from sidecar.journal.store import Event
 
 log = logging.getLogger("sidecar.s3")
@@ -246,31 +249,72 @@ class S3Connector(ConnectorBase):
         return Delivered(refs={put.target: plan.request.sha256, HEADERS_REF + put.target: put.headers_digest()})
 
     async def _put(self, put: PutObject, region: str) -> httpx.Response:
-        # Reading the spool, hashing and a credential refresh may all block: off the loop.
-        url, headers, body = await asyncio.to_thread(self._signed, put.put, put.path, put.sha256, region)
-        return await request(self.http, "PUT", url, headers=headers, content=body)
+        # Hashing the spool file and a credential refresh may both block: off the loop.
+        url, headers = await asyncio.to_thread(self._signed, put.put, put.path, put.sha256, region)
+        return await request(self.http, "PUT", url, headers=headers, content=_stream(put.path))
 
-    def _signed(self, put: ObjectPut, path: str, sha256: str, region: str) -> tuple[str, dict[str, str], bytes]:
+    def _signed(self, put: ObjectPut, path: str, sha256: str, region: str) -> tuple[str, dict[str, str]]:
+        """The URL and signed headers of a put whose body streams from `path`
+        (never held whole in memory): signed with the SHA-256 known since
+        ingest, after checking, in chunks, that the file still has it."""
         if self.credentials is None:
             raise Retryable("no_credentials", NO_CREDENTIALS)
         try:
             credentials = self.credentials.get_frozen_credentials()  # refreshes a role's token when due
         except BotoCoreError as exc:
             raise Retryable("credentials", str(exc)) from None
-        body = Spool.read(path)
+        size, md5, actual = _digests(path)
+        if actual != sha256:
+            raise Permanent("blob_corrupt", f"spool file {path} no longer matches the SHA-256 it was received with")
         url = f"{self.endpoint(region)}/{put.bucket}/{quote(put.key, safe='/')}"
         headers = {
             "Content-Type": put.content_type,
-            "Content-MD5": base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
+            "Content-Length": str(size),  # explicit: httpx would send a stream chunked, which S3 refuses
+            "Content-MD5": md5,
             "X-Amz-Content-SHA256": sha256,
             **{f"x-amz-meta-{name}": value for name, value in put.metadata.items()},
         }
-        aws = AWSRequest(method="PUT", url=url, data=body, headers=headers)
-        S3SigV4Auth(credentials, "s3", region).add_auth(aws)
-        # The signer hashes the body itself; a different hash means the spool file changed since ingest.
-        if aws.headers["X-Amz-Content-SHA256"] != sha256:
-            raise Permanent("blob_corrupt", f"spool file {path} no longer matches the SHA-256 it was received with")
-        return url, dict(aws.headers.items()), body
+        aws = AWSRequest(method="PUT", url=url, data=b"", headers=headers)
+        _KnownPayloadAuth(credentials, "s3", region, sha256).add_auth(aws)
+        return url, dict(aws.headers.items())
+
+
+class _KnownPayloadAuth(S3SigV4Auth):
+    """botocore's S3 SigV4 signer, told the body's SHA-256 rather than given
+    the body: `S3SigV4Auth` sets ``X-Amz-Content-SHA256`` from `payload()`,
+    which would hash the (here empty) request body."""
+
+    def __init__(self, credentials: Any, service: str, region: str, sha256: str) -> None:
+        super().__init__(credentials, service, region)
+        self._sha256 = sha256
+
+    def payload(self, request: AWSRequest) -> str:
+        return self._sha256
+
+
+def _digests(path: str) -> tuple[int, str, str]:
+    """(size, base64 MD5, hex SHA-256) of a spool file, read in chunks."""
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    size = 0
+    try:
+        with Spool.open(path) as f:
+            while chunk := f.read(CHUNK):
+                md5.update(chunk)
+                sha.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        raise Permanent("blob_missing", f"spool file {path} is gone") from None
+    return size, base64.b64encode(md5.digest()).decode(), sha.hexdigest()
+
+
+async def _stream(path: str) -> AsyncIterator[bytes]:
+    """The body of a put, read from its spool file a chunk at a time (off the event loop)."""
+    f = await asyncio.to_thread(Spool.open, path)
+    try:
+        while chunk := await asyncio.to_thread(f.read, CHUNK):
+            yield chunk
+    finally:
+        f.close()
 
 
 def find_credentials() -> tuple[Any, str | None]:

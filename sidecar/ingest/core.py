@@ -55,6 +55,7 @@ from sidecar.config import IngestConfig
 from sidecar.connectors.base import Connector
 from sidecar.errors import IngestError, JournalUnavailable, Reject
 from sidecar.ingest.admission import RETRY_SECONDS, Admission
+from sidecar.ingest.inbox import BlobRef, Inbox
 from sidecar.ingest.rejects import Rejects, RejectTally
 from sidecar.ingest.rings import Rings
 from sidecar.ingest.sequences import ClientSeq, Sequences
@@ -130,7 +131,8 @@ class Ingest:
 
     def bind(self) -> None:
         """Bind the ZeroMQ socket and open the ring directory; IngestError if either is unusable."""
-        self._sock, self.rings = _bind(self.cfg, self._ctx, self.metrics)
+        inbox = Inbox(self.cfg.blob_dir or f"{self.journal.path.parent}.inbox", max_bytes=self.cfg.max_blob_bytes)
+        self._sock, self.rings = _bind(self.cfg, self._ctx, self.metrics, inbox)
 
     def start(self) -> None:
         assert self._sock is not None, "bind() first"
@@ -368,13 +370,24 @@ class Ingest:
         except wire.WireError as exc:
             raise Reject(exc.reason, str(exc)) from None
 
-    def _spool(self, blob: bytes) -> str:
+    def _spool(self, blob: bytes | BlobRef) -> str:
         """Write a blob beside the journal; the event row refers to the file.
+        A blob a producer left in the inbox (a BlobRef, from a ring record) is
+        linked or copied in chunks, never read whole; an unusable one is
+        rejected by the reason the ring reader found (``blob_missing``...).
 
         A full or read-only disk is the journal's fault, not the event's: it
         is remembered and `_write` refuses the whole batch, to be retried."""
         try:
+            if isinstance(blob, BlobRef):
+                if blob.error:
+                    raise Reject(blob.error, f"blob file {blob.name} in the inbox: {blob.error}")
+                # A file with another name too (a Path hard-linked by the producer) is copied:
+                # later changes through that name must not change what was journaled.
+                return self.journal.spool.adopt(blob.path, copy=blob.nlink > 1)
             return self.journal.spool.put(blob)
+        except FileNotFoundError:
+            raise Reject("blob_missing", "the blob file left the inbox before it was journaled") from None
         except OSError as exc:
             if classify(exc) is None:
                 raise
@@ -382,7 +395,8 @@ class Ingest:
             return ""
 
 
-def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics) -> tuple[zmq.Socket, Rings | None]:
+def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics,
+          inbox: Inbox | None = None) -> tuple[zmq.Socket, Rings | None]:
     """The PULL socket, bound, and the rings beside an ipc:// endpoint (if it has them)."""
     endpoint = cfg.endpoint
     if endpoint.startswith("ipc://"):
@@ -410,15 +424,26 @@ def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics) -> tuple[zmq.So
     if directory is not None:
         # The longest record a valid event makes: the frame, its blobs and their table.
         largest = cfg.max_message_bytes + cfg.max_blob_bytes + 4 * (1 + wire.MAX_BLOBS)
-        rings = Rings(directory, metrics, max_record=largest)
+        rings = Rings(directory, metrics, max_record=largest, inbox=inbox)
         try:
             rings.open()
+            if inbox is not None:
+                _open_inbox(inbox, directory)
         except OSError as exc:
             sock.close(0)
             rings.close()
             raise IngestError(f"cannot use the ring directory {directory}: {exc}") from None
         return sock, rings
     return sock, None
+
+
+def _open_inbox(inbox: Inbox, ring_directory: str) -> None:
+    """The blob inbox, or a logged reason why there is none (producers then keep blobs in their rings)."""
+    try:
+        inbox.open(ring_directory)
+    except OSError as exc:
+        log.error("no blob inbox at %s (%s): producers keep blobs in their rings, which then hold fewer; "
+                  "set [ingest] blob_dir to a directory the sidecar can make", inbox.path, exc)
 
 
 def _clear_stale_ipc(ctx: zmq.Context, path: str) -> None:

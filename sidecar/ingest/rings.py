@@ -68,6 +68,7 @@ from client.ring import (
     record_bytes,
 )
 from sidecar.ingest.decode import KINDS_JSON, binary_frame, client_id_json
+from sidecar.ingest.inbox import WAIT_SECONDS, BlobRef, Inbox
 from sidecar.ops import lock
 from sidecar.ops.metrics import Metrics
 
@@ -182,6 +183,10 @@ class Ring:
     next_probe: float = 0.0        # an empty ring is read again from then on
     probe_every: float = IDLE_PROBE_SECONDS
     last_record: float = float("-inf")  # when a read last yielded a record (the reader's clock)
+    inbox: Inbox | None = None     # where records with REC_PART_REFS find their blobs
+    refs_read: list[str] = field(default_factory=list)  # inbox files read since the last ack
+    blob_wait_since: float | None = None  # reading stopped at a record whose blob file is not there yet
+    held_back: bool = False        # the last read stopped at a record over the batch's budget
 
     def __post_init__(self) -> None:
         self.pos = self.acked
@@ -202,10 +207,11 @@ class Ring:
 
     # -- reading --------------------------------------------------------------
 
-    def read(self, limit: int, budget: int = BATCH_BYTES) -> list[list[bytes]]:
+    def read(self, limit: int, budget: int = BATCH_BYTES, *, within: bool = False) -> list[list[bytes]]:
         """Committed records from `pos` on, at most `limit` of them, each as its
         frames, taken while fewer than `budget` bytes are (so the last one may
-        go past it, by one record at most).
+        go past it, by one record at most; with `within`, not even that one:
+        a batch that already holds records takes no record beyond its budget).
 
         Raises RingCorrupt at a broken record, but only once the good records
         before it have been returned (and so journaled). Whatever a file
@@ -214,20 +220,21 @@ class Ring:
             raise RingCorrupt(self.broken)
         out: list[list[bytes]] = []
         self.charged = 0
+        self.held_back = False
         try:
-            self._read_into(out, limit, budget)
+            self._read_into(out, limit, budget, within)
         except Exception as exc:  # noqa: BLE001 -- struct.error, MemoryError, OverflowError...: all from the file
             why = str(exc) if isinstance(exc, RingCorrupt) else f"unreadable ({type(exc).__name__}: {exc})"
             if not out:
                 raise RingCorrupt(why) from None
             self.broken = why
-        self.empty = not out
+        self.empty = not out and not self.held_back  # held back by the budget: not idle, read it next batch
         if out:
             self.armed = False  # its producer wrote: a later sleep asks it again
         self.frames_read += len(out)
         return out
 
-    def _read_into(self, out: list[list[bytes]], limit: int, budget: int) -> None:
+    def _read_into(self, out: list[list[bytes]], limit: int, budget: int, within: bool = False) -> None:
         cap = self.header.capacity
         chunk = PROBE_BYTES if self.empty else CHUNK_BYTES  # an idle ring costs a small read
         while len(out) < limit and self.charged < budget:
@@ -245,7 +252,14 @@ class Ring:
                 raise RingCorrupt(f"file ends early (truncated to {layout.FILE_HEADER + off + len(first)} bytes)")
             # Scan no further than the records this read may take: a ring given a
             # share of a batch would otherwise walk (and walk again next time) a whole chunk.
-            committed, jump, big = self._scan(first, off, budget - self.charged, limit - len(out))
+            left = budget - self.charged
+            committed, jump, big = self._scan(first, off, left, limit - len(out))
+            if within and (big > left or committed > left):
+                # Over what this batch has left: only records that fit (a large one waits for a batch it starts).
+                self.held_back = True
+                if big:
+                    break
+                committed, jump = self._fitting(first, left), 0  # the wrap, if any, lies beyond them
             if big:  # one record longer than a chunk: its trailer first, then the whole of it
                 # (the length from a fresh look at its header: the first copy's may be stale,
                 # and what stands there now may be a wrap)
@@ -307,6 +321,16 @@ class Ring:
             records -= 1
         return i, 0, 0
 
+    def _fitting(self, buf: bytes, left: int) -> int:
+        """Bytes of the whole records at the start of `buf` (all committed) that fit in `left`."""
+        i = 0
+        while i + HEADER <= len(buf):
+            rec = record_bytes(RECORD.unpack_from(buf, i)[0])
+            if i + rec > left:
+                break
+            i += rec
+        return i
+
     def _trailer_ok(self, buf: bytes, i: int, rec: int, pos: int) -> bool:
         """Whether the record at `buf[i]` (position `pos`) is committed, reading
         its trailer from the file when it lies beyond `buf`."""
@@ -349,19 +373,51 @@ class Ring:
                     raise RingCorrupt(f"binary record at {pos + i} has {nparts} parts")
                 out.append([binary_frame(body, self._cid_json, KINDS_JSON)])
             else:
-                out.append(_split(body, nparts, pos + i))
+                parts = _split(body, nparts, pos + i, refs=bool(flags & layout.REC_PART_REFS))
+                if flags & layout.REC_PART_REFS and not self._resolve(parts, pos + i):
+                    break  # its blob is still being written: this record, and the ring's order, wait
+                out.append(parts)
             limit -= 1
             i += rec
         return i
 
+    def _resolve(self, parts: list, pos: int) -> bool:
+        """Put a BlobRef in place of each reference part; False while a file
+        is not there yet and the producer lives (for at most inbox.WAIT_SECONDS)."""
+        inbox = self.inbox
+        for k in range(1, len(parts)):
+            if isinstance(parts[k], memoryview):  # marked by _split: a reference
+                raw = parts[k].tobytes()
+                if inbox is None or not inbox.ok:
+                    parts[k] = BlobRef("", raw[:80].decode("ascii", "replace"), error="blob_no_inbox")
+                    continue
+                ref = inbox.resolve(raw, self.client_id, self.owner_uid, alive=self._worth_waiting)
+                if ref is None:
+                    if self.blob_wait_since is None:
+                        self.blob_wait_since = time.monotonic()
+                    return False
+                parts[k] = ref
+        self.blob_wait_since = None
+        self.refs_read += [p.name for p in parts[1:] if isinstance(p, BlobRef) and p.path]
+        return True
+
+    def _worth_waiting(self) -> bool:
+        """Whether a blob file not there yet may still come: its producer lives, and not for too long."""
+        since = self.blob_wait_since
+        return (since is None or time.monotonic() - since < WAIT_SECONDS) and self.producer_alive()
+
     # -- state shared with the producer ---------------------------------------
 
     def ack(self) -> None:
-        """Tell the producer the journal holds everything before `pos`."""
+        """Tell the producer the journal holds everything before `pos`; the
+        inbox files of what it holds are the journal's now, and go."""
         if self.pos != self.acked:
             if self.control is not None:
                 self.control.ack(self.pos)
             self.acked = self.pos
+        if self.refs_read and self.inbox is not None:
+            self.inbox.consumed(self.refs_read)
+            self.refs_read = []
 
     def arm(self) -> None:
         """Ask the producer for a doorbell on its next record (once until it writes one)."""
@@ -402,7 +458,7 @@ class Ring:
     def stalled(self, now: float) -> bool:
         """True once data the producer says it wrote has stayed unreadable
         for STALL_SECONDS: a broken record, not one still becoming visible."""
-        if not self.empty or self.hint() <= self.pos:
+        if not self.empty or self.blob_wait_since is not None or self.hint() <= self.pos:
             self.stalled_since = None
             return False
         if self.stalled_since is None:
@@ -415,18 +471,24 @@ class Ring:
             self.control.close(discard=discard)
 
 
-def _split(body: bytes, nparts: int, pos: int) -> list[bytes]:
-    if nparts == 1:
+def _split(body: bytes, nparts: int, pos: int, *, refs: bool = False) -> list:
+    """A record's parts; with `refs`, each reference part is a memoryview of
+    the file name (Ring._resolve replaces it), every other part bytes."""
+    if nparts == 1 and not refs:
         return [body]
-    if not 1 < nparts <= layout.MAX_PARTS or len(body) < 4 * nparts:
+    if not 1 < nparts <= layout.MAX_PARTS or len(body) < (5 if refs else 4) * nparts:
         raise RingCorrupt(f"record at {pos} has {nparts} parts")
     lengths = struct.unpack_from(f"<{nparts}I", body, 0)
     i = 4 * nparts
+    kinds = body[i:i + nparts] if refs else bytes(nparts)
+    i += len(kinds) if refs else 0
     if i + sum(lengths) != len(body):
         raise RingCorrupt(f"record at {pos}: part lengths do not add up to its size")
-    parts = []
-    for n in lengths:
-        parts.append(body[i:i + n])
+    if kinds[0] != layout.PART_INLINE or any(k not in (layout.PART_INLINE, layout.PART_REF) for k in kinds):
+        raise RingCorrupt(f"record at {pos}: part kinds {kinds.hex()} (the frame is inline; 0 or 1)")
+    parts: list = []
+    for n, kind in zip(lengths, kinds, strict=True):
+        parts.append(memoryview(body)[i:i + n] if kind == layout.PART_REF else body[i:i + n])
         i += n
     return parts
 
@@ -495,6 +557,7 @@ class Rings:
     fd_budget: int = 0
     batch_bytes: int = BATCH_BYTES
     clock: Callable[[], float] = time.monotonic
+    inbox: Inbox | None = None     # blobs that records refer to (client.blobs); None: such records are rejected
     rings: dict[str, Ring] = field(default_factory=dict)
     doorbell: socket.socket | None = None
     ignored: set[str] = field(default_factory=set)
@@ -649,7 +712,9 @@ class Rings:
                 before = r.pos
                 asked = min(share, limit - len(out))
                 try:
-                    got = r.read(asked, budget)
+                    # The batch's byte budget spans all rings: once it holds records, no ring adds
+                    # one beyond what is left (one large record per batch, whoever starts it).
+                    got = r.read(asked, budget, within=bytes_left < self.batch_bytes)
                 except RingCorrupt as exc:
                     self.quarantine(r, str(exc))
                     continue
@@ -742,6 +807,17 @@ class Rings:
         if now - self._last_clean >= CLEAN_SECONDS:
             self._clean(now)
         self.metrics.rings.set(len(self.rings))
+        self.metrics.ring_shm_bytes.set(self.shm_bytes())
+
+    def shm_bytes(self) -> int:
+        """The memory the rings being read hold (allocated bytes of their files: tmpfs is memory)."""
+        total = 0
+        for r in self.rings.values():
+            try:
+                total += os.fstat(r.fd).st_blocks * 512
+            except OSError:
+                pass
+        return total
 
     # -- adoption, removal, quarantine -----------------------------------------
 
@@ -820,7 +896,7 @@ class Rings:
             self._quarantine_path(path, str(exc), pid=None)
             return True
         ring = Ring(path, fd, header, acked, largest=self.max_record, control=control, owner_uid=st.st_uid,
-                    adopted_at=self._now)
+                    adopted_at=self._now, inbox=self.inbox)
         self.rings[path] = ring
         log.info("adopted ring %r (client %s, pid %d, uid %d, version %d, %d bytes, read from %d)", ring.name,
                  header.client_id, header.pid, st.st_uid, header.version, header.capacity, acked)
@@ -946,8 +1022,22 @@ class Rings:
             self._clean_quarantine()
             self._clean_top()
             self._clean_acks()
+            if self.inbox is not None and self.inbox.ok:
+                self.inbox.clean(self._ring_clients())
         except OSError as exc:
             log.warning("tidying the ring directory %s: %s", self.directory, exc)
+
+    def _ring_clients(self) -> set[str]:
+        """Client ids that have a ring in the directory (their inbox files are kept)."""
+        ids = set()
+        for name in os.listdir(self.directory):
+            if name.endswith(layout.RING_SUFFIX):
+                stem = name[: -len(layout.RING_SUFFIX)]
+                ids.add(stem)
+                head, _, tail = stem.rpartition(".")
+                if tail.isdigit():
+                    ids.add(head)
+        return ids
 
     def _clean_quarantine(self) -> None:
         """Oldest out first (by the time they were moved in) until within both bounds."""

@@ -74,6 +74,8 @@ class Metrics:
         self.expired = Counter("sidecar_journal_expired", "Refs and reject samples forgotten after their time",
                                ["table"], registry=r)
         self.rings = Gauge("sidecar_rings", "Shared-memory rings being read", registry=r)
+        self.ring_shm_bytes = Gauge("sidecar_ring_shm_bytes", "Shared memory the rings being read hold, bytes",
+                                    registry=r)
         self.rings_quarantined = Counter("sidecar_rings_quarantined", "Rings moved aside as corrupt or unusable",
                                          ["reason"], registry=r)
         self.ring_doorbells = Counter("sidecar_ring_doorbells", "Wake-ups rung by producers while ingest slept",

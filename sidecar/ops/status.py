@@ -56,6 +56,7 @@ class IngestStatus:
     received: int
     rejected: int
     sequence_gaps: int
+    ring_shm_bytes: int = 0        # shared memory the producers' rings hold (tmpfs pages)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,194 @@
+"""Blobs outside the ring (issue 19): a Client leaves large blobs and Paths as
+files in the sidecar's inbox, the ring record names them (REC_PART_REFS), and
+the ring reader hands them on in emit order, waiting for a file still being
+written, refusing one that is not the ring owner's or never comes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from client import Client, blobs, ring
+from client.core import EmitError
+from sidecar.ingest.inbox import BlobRef, Inbox
+from sidecar.ingest.rings import Rings
+from sidecar.ops.metrics import Metrics
+
+from ..support import ROOT, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def setup(tmp: Path) -> tuple[Rings, Inbox, str]:
+    """A ring directory read by `Rings`, an inbox published in it; the endpoint a Client uses."""
+    directory = tmp / "ingest.rings"
+    inbox = Inbox(str(tmp / "inbox"))
+    rings = Rings(str(directory), Metrics(), inbox=inbox)
+    rings.open()
+    inbox.open(str(directory))
+    return rings, inbox, f"ipc://{tmp}/ingest.sock"
+
+
+def drain(rings: Rings) -> list[list]:
+    """Every event read (control messages left out), not acknowledged yet."""
+    rings.maintain(time.monotonic(), force=True)
+    return events(rings.read(1_000_000))
+
+
+def events(got: list[list]) -> list[list]:
+    return [m for m in got if b'"_client.' not in m[0]]
+
+
+def test_large_blobs_become_inbox_files_in_emit_order_and_go_once_journaled(tmp_path: Path) -> None:
+    rings, inbox, endpoint = setup(tmp_path)
+    big = [os.urandom(blobs.THRESHOLD + n) for n in range(3)]
+    with Client(endpoint, strict=True) as c:
+        c.emit("webhook.post", {"n": 0})
+        c.emit("s3.put", {"bucket": "b", "key": "k1"}, blob=big[0])
+        c.emit("s3.put", {"bucket": "b", "key": "small"}, blob=b"tiny")  # stays in the record
+        c.emit("s3.put", {"bucket": "b", "key": "k2"}, blob=bytearray(big[1]))
+        c.emit("webhook.post", {"n": 4})
+        c.emit("naver.images.upload", None, key="p", blob=[big[2], b"\x89PNG small"])
+    got = drain(rings)
+    assert [len(m) for m in got] == [1, 2, 2, 2, 1, 3]
+    refs = [m[1] for m in got if len(m) > 1 and isinstance(m[1], BlobRef)]
+    assert [r.name for r in refs] == [blobs.blob_name(c.client_id, s, 0) for s in (2, 4, 6)]
+    assert [Path(r.path).read_bytes() for r in refs] == big
+    assert got[2][1] == b"tiny" and got[5][2] == b"\x89PNG small"
+    assert all(r.error is None and len(r) == len(b) for r, b in zip(refs, big, strict=True))
+    # Acknowledged: the journal holds them now, so the inbox does not.
+    rings.ack()
+    assert os.listdir(inbox.path) == []
+    assert ring.DEFAULT_RING_BYTES <= 16 << 20 and c.ring_bytes == ring.DEFAULT_RING_BYTES
+
+
+def test_a_path_is_linked_at_once_and_later_changes_before_ingest_are_seen(tmp_path: Path) -> None:
+    rings, inbox, endpoint = setup(tmp_path)
+    report = tmp_path / "report.csv"
+    report.write_bytes(b"a,b\n" * 100_000)
+    with Client(endpoint, strict=True) as c:
+        assert c.emit("s3.put", {"bucket": "b", "key": "r"}, blob=report)
+        name = blobs.blob_name(c.client_id, 1, 0)
+        assert (Path(inbox.path) / name).stat().st_ino == report.stat().st_ino  # a link, not a copy
+        with report.open("ab") as f:
+            f.write(b"late,line\n")
+        report.unlink()  # harmless: the inbox holds its own name for it
+        with pytest.raises(EmitError, match=r"bad_blob: blob file .*No such file"):
+            c.emit("s3.put", {"bucket": "b", "key": "gone"}, blob=report)
+    (m,) = drain(rings)[:1]
+    assert Path(m[1].path).read_bytes().endswith(b"late,line\n") and m[1].nlink == 1
+
+
+def test_a_file_still_being_written_holds_back_its_record_and_the_ones_after(tmp_path: Path) -> None:
+    rings, inbox, endpoint = setup(tmp_path)
+    with Client(endpoint, strict=True) as c:
+        offload = c._inbox(c._transport)  # type: ignore[arg-type]
+        assert offload is not None
+        gate = offload._cv  # the helper writes under no lock; hold its queue instead
+        with gate:
+            c.emit("s3.put", {"bucket": "b", "key": "k"}, blob=os.urandom(1 << 20))
+            c.emit("webhook.post", {"after": True})
+            rings.maintain(time.monotonic(), force=True)
+            assert rings.read(100) == []  # waiting for the file, and so is the event behind it
+            assert not next(iter(rings.rings.values())).stalled(time.monotonic() + 60)
+        wait_until(lambda: os.listdir(inbox.path) == [blobs.blob_name(c.client_id, 1, 0)], timeout=10,
+                   what="the helper thread's file")
+        got = events(rings.read(100))
+        assert [len(m) for m in got] == [2, 1] and isinstance(got[0][1], BlobRef)
+
+
+def test_a_producer_killed_before_its_file_was_complete_gets_blob_missing(tmp_path: Path) -> None:
+    rings, inbox, endpoint = setup(tmp_path)
+    code = textwrap.dedent(f"""
+        import os, sys, threading
+        sys.path.insert(0, {str(ROOT)!r})
+        from client import Client, blobs
+        c = Client({endpoint!r}, strict=True)
+        begun = threading.Event()
+        def half(self, name, job):  # killed mid-write: half the file under its temporary name
+            open(os.path.join(self.inbox, "." + name + ".tmp"), "wb").write(b"half")
+            begun.set()
+        blobs.Offload._write = half
+        c.emit("s3.put", {{"bucket": "b", "key": "k"}}, blob=os.urandom(1 << 20))
+        c.emit("webhook.post", {{"after": 1}})
+        begun.wait(30)
+        os._exit(0)   # no close: the file is never renamed
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    got = drain(rings)
+    assert got[0][1].error == "blob_missing" and got[1] != [] and len(got) == 2
+    assert [n for n in os.listdir(inbox.path) if n.endswith(".tmp")]  # the half file, never taken for whole
+    rings.ack()
+    assert inbox.clean(set(), time.time() + 3600) == 1 and os.listdir(inbox.path) == []
+
+
+def test_a_file_of_another_owner_or_name_is_refused(tmp_path: Path) -> None:
+    rings, inbox, endpoint = setup(tmp_path)
+    with Client(endpoint, strict=True) as c:
+        offload = c._inbox(c._transport)  # type: ignore[arg-type]
+        assert offload is not None
+        with offload._cv:  # hold the helper: a forger's file gets there first
+            c.emit("s3.put", {"bucket": "b", "key": "k"}, blob=os.urandom(1 << 17))
+            forged = Path(inbox.path) / blobs.blob_name(c.client_id, 1, 0)
+            forged.write_bytes(b"forged")
+            os.chown(forged, 4242, 4242)
+            c._transport.send_refs(b'[1,"x",9,"s3.put",null,null,0,{}]',  # type: ignore[union-attr]
+                                   ["../../etc/passwd"])
+            got = drain(rings)
+    assert got[0][1].error == "blob_wrong_owner"
+    assert got[1][1].error == "blob_bad_name"
+
+
+def test_the_helper_queue_is_bounded_in_bytes_and_a_drop_is_named(tmp_path: Path) -> None:
+    _rings, _inbox, endpoint = setup(tmp_path)
+    with Client(endpoint, strict=True) as c:
+        offload = c._inbox(c._transport)  # type: ignore[arg-type]
+        assert offload is not None
+        offload.max_pending = 3 << 20
+        with offload._cv:
+            ok = [c.emit("s3.put", {"bucket": "b", "key": f"k{n}"}, blob=os.urandom(1 << 20)) for n in range(5)]
+        assert ok == [True, True, True, False, False]
+        assert c.stats()["dropped"] == {"blob_backlog": 2} and c.stats()["sent"] == 3
+
+
+def test_without_an_inbox_blobs_stay_in_the_ring(tmp_path: Path) -> None:
+    directory = tmp_path / "ingest.rings"
+    rings = Rings(str(directory), Metrics())
+    rings.open()
+    data = os.urandom(1 << 20)
+    with Client(f"ipc://{tmp_path}/ingest.sock", strict=True) as c:
+        c.emit("s3.put", {"bucket": "b", "key": "k"}, blob=data)
+    got = drain(rings)
+    assert got[0][1] == data
+
+
+def test_ring_bytes_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ring.RING_BYTES_ENV, "128M")
+    assert ring.default_ring_bytes() == 128 << 20
+    monkeypatch.setenv(ring.RING_BYTES_ENV, "100M")
+    with pytest.raises(ValueError, match="power of two"):
+        ring.default_ring_bytes()
+
+
+def test_a_batch_budget_spans_all_rings_so_large_inline_records_come_one_batch_at_a_time(tmp_path: Path) -> None:
+    directory = tmp_path / "ingest.rings"
+    rings = Rings(str(directory), Metrics(), batch_bytes=8 << 20)
+    rings.open()
+    writers = [ring.RingWriter.create(str(directory), f"c{n}", capacity=32 << 20, make_dir=False) for n in range(6)]
+    for w in writers:
+        w.send_blobs(b"frame", [os.urandom(5 << 20)])
+    rings.maintain(time.monotonic(), force=True)
+    sizes = []
+    for _ in range(6):
+        got = rings.read(1000)
+        rings.ack()
+        sizes.append(len(got))
+    assert sizes == [1] * 6  # before: every ring's record in the first batch, 30 MiB for a budget of 8
+    for w in writers:
+        w.close()
