@@ -63,13 +63,12 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from . import blobs as offload
 from . import presence, ring, wire
+from .blob_emit import Blob, BlobRefused, BlobSender
 from .compiled import fastemit
 from .dial import Dialer
 from .presence import Presence
@@ -83,11 +82,7 @@ DEFAULT_QUEUE_SIZE = 300_000
 DEFAULT_LINGER = 5.0
 STATS_INTERVAL_NS = 1_000_000_000
 PING_POLL_SECONDS = 0.01
-INBOX_LOOK_NS = 1_000_000_000       # a missing blob inbox is looked for again this often
-BLOB_CLOSE_SECONDS = 600.0          # close() waits this long at most for blobs still being written
 
-Blob = bytes | bytearray | memoryview | Path
-_BLOB_TYPES = (bytes, bytearray, memoryview, Path)
 _time_ns = time.time_ns
 _dumps = orjson.dumps
 _KINDS = wire.KINDS
@@ -159,8 +154,7 @@ class Client:
         self._closed = False
         self._next_stats_ns = 0
         self._max_record = self.max_event_bytes + self.max_blob_bytes
-        self._offload: offload.Offload | None = None  # blobs written beside the ring (client.blobs)
-        self._inbox_look_ns = 0
+        self._blobs = BlobSender(self.max_blob_bytes)  # emit's blob branch (client.blob_emit)
         self._transport: Transport | None = None
         self._threadsafe = threadsafe
         self._attach(self._connect() if isinstance(transport, str) else transport)
@@ -244,8 +238,12 @@ class Client:
         try:
             if blob is None:
                 self._send(frame)
-            elif not self._send_blobs(transport, kind, frame, seq, blob):
-                return False
+            else:
+                self._blobs.send(transport, frame, seq, blob, self.client_id, self._max_record)
+        except BlobRefused as refused:
+            if refused.reason == "blob_backlog":
+                return self._drop(refused.reason)
+            return self._misuse(refused.reason, kind, refused.detail)
         except QueueFull:
             return self._drop("queue_full")
         except TransportError:
@@ -255,75 +253,6 @@ class Client:
             self._next_stats_ns = now + STATS_INTERVAL_NS
             self._tick()
         return True
-
-    def _send_blobs(self, transport: Transport, kind: str, frame: bytes, seq: int, blob: Any) -> bool:
-        """emit's blob branch: check, then send the blobs in the record, or as
-        files in the sidecar's inbox (`client.blobs`); False if dropped.
-        Raises QueueFull and TransportError as `send` does."""
-        blobs = [blob] if isinstance(blob, _BLOB_TYPES) else blob
-        if not isinstance(blobs, (list, tuple)) or not blobs or not all(isinstance(b, _BLOB_TYPES) for b in blobs):
-            return self._misuse("bad_blob", kind, "blob must be bytes-like, a pathlib.Path or a non-empty list of "
-                                                  f"them, not {type(blob).__name__}")
-        if len(blobs) > wire.MAX_BLOBS:
-            return self._misuse("bad_blob", kind, f"{len(blobs)} blobs, limit {wire.MAX_BLOBS}")
-        sizes = []
-        for b in blobs:
-            try:
-                sizes.append(os.stat(b).st_size if isinstance(b, Path) else memoryview(b).nbytes)
-            except OSError as exc:
-                return self._misuse("bad_blob", kind, f"blob file {b}: {exc.strerror}")
-        size = sum(sizes)
-        if size > self.max_blob_bytes:
-            return self._misuse("too_large", kind, f"blob is {size} bytes, limit {self.max_blob_bytes}")
-        inbox = self._inbox(transport)
-        if inbox is None:
-            # No inbox (ZeroMQ, or a sidecar that publishes none): the bytes go with the event.
-            # ZeroMQ sends contiguous buffers only; a strided view is copied here rather than
-            # failing halfway through a multipart message.
-            inline = [b.read_bytes() if isinstance(b, Path) else
-                      b.tobytes() if isinstance(b, memoryview) and not b.contiguous else b for b in blobs]
-            if size + len(frame) + 4 * len(blobs) + 4 > self._max_record:
-                limit = min(self.max_blob_bytes, self._max_record - len(frame) - 4 * len(blobs) - 4)
-                return self._misuse("too_large", kind, f"blob is {size} bytes, limit {limit}")
-            transport.send_blobs(frame, inline)
-            return True
-        # Large ones (and every Path) become files; the helper's queue is bounded in bytes.
-        out: list[Any] = []
-        queued = [(i, b) for i, (b, n) in enumerate(zip(blobs, sizes, strict=True))
-                  if not isinstance(b, Path) and n >= offload.THRESHOLD]
-        held = sum(sizes[i] for i, _ in queued)
-        if not inbox.room(held):
-            return self._drop("blob_backlog")
-        for i, b in enumerate(blobs):
-            if isinstance(b, Path) or sizes[i] >= offload.THRESHOLD:
-                out.append(offload.blob_name(self.client_id, seq, i))
-            else:
-                out.append(b.tobytes() if isinstance(b, memoryview) and not b.contiguous else b)
-        if sum(len(o) if isinstance(o, str) else sizes[i] for i, o in enumerate(out)) + len(frame) \
-                + 5 * len(out) + 5 > self._max_record:
-            return self._misuse("too_large", kind, "the blobs kept in the record do not fit the ring")
-        # The record first (emit order is the ring's), then the files: the sidecar waits for them.
-        transport.send_refs(frame, out)  # type: ignore[attr-defined]
-        for i, b in enumerate(blobs):
-            if isinstance(b, Path):
-                if not inbox.link(out[i], b):
-                    inbox.fail(out[i])  # gone since the stat: the sidecar is told at once
-            elif isinstance(out[i], str):
-                # bytes are immutable: kept as they are; anything else is copied once, now.
-                inbox.put(out[i], b if isinstance(b, bytes) else bytes(b))
-        return True
-
-    def _inbox(self, transport: Transport) -> offload.Offload | None:
-        """The blob inbox's helper for a ring whose sidecar published one (looked for once a second)."""
-        if self._offload is not None or not isinstance(transport, ring.RingWriter) or self.ring_dir is None:
-            return self._offload
-        now = _time_ns()
-        if now >= self._inbox_look_ns:
-            self._inbox_look_ns = now + INBOX_LOOK_NS
-            path = offload.find_inbox(self.ring_dir)
-            if path is not None:
-                self._offload = offload.Offload(path)
-        return self._offload
 
     # -- outcomes -------------------------------------------------------------
 
@@ -436,9 +365,7 @@ class Client:
             transport.send_last(frame)
         except (QueueFull, TransportError):
             pass  # ZeroMQ's queue is full: the sidecar counts the tail it never saw as gaps
-        if self._offload is not None and not self._offload.close(BLOB_CLOSE_SECONDS):
-            log.error("blobs still being written into %s after %.0f s: their events are rejected as blob_missing",
-                      self._offload.inbox, BLOB_CLOSE_SECONDS)
+        self._blobs.close()
         # ZeroMQ drops its queue when the linger runs out with no sidecar connected.
         lost = transport.close(self.linger if linger is None else linger, self._seq)
         if lost:
@@ -450,8 +377,7 @@ class Client:
         if self._transport is not None:
             self._transport.after_fork()
         self._attach(None)
-        if self._offload is not None:
-            self._offload.after_fork()
+        self._blobs.after_fork()
         self._lock = threading.Lock()  # another thread may have held it at fork()
         self.client_id = _new_client_id()
         self._seq = 0

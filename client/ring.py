@@ -368,6 +368,7 @@ class RingWriter(Transport):
         self._mask = capacity - 1
         self._pos = 0
         self._read = 0           # the sidecar's read_pos, as last looked at (it only grows)
+        self._directory = directory
         self._doorbell = os.path.join(directory, DOORBELL)
         self._ack_path = os.path.join(directory, ACKS, os.path.basename(path))
         self._sidecar_uid = sidecar_uid
@@ -471,6 +472,10 @@ class RingWriter(Transport):
     def send_blobs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview]) -> None:
         """Append one record holding the frame and its blobs."""
         self._send_slow([frame, *blobs])
+
+    @property
+    def ring_dir(self) -> str | None:
+        return self._directory
 
     def send_refs(self, frame: bytes, blobs: Sequence[bytes | bytearray | memoryview | str]) -> None:
         """Append one record of the frame and its blobs, where a `str` is the

@@ -68,6 +68,16 @@ class Transport(ABC):
         self.send(frame)
 
     @property
+    def ring_dir(self) -> str | None:
+        """The ring directory whose sidecar may publish a blob inbox; None: blobs go with the event."""
+        return None
+
+    def send_refs(self, frame: bytes, parts: Sequence[bytes | bytearray | memoryview | str]) -> None:
+        """Queue the frame and its blobs, a `str` part naming a file in the blob inbox
+        (`client.blobs`); only a transport with a `ring_dir` is asked."""
+        raise TransportError("this transport cannot send blob references")
+
+    @property
     def quarantined(self) -> bool:
         """True once the sidecar has set this transport aside: Client lets go of it and makes a new one."""
         return False

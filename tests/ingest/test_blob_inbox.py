@@ -88,7 +88,7 @@ def test_a_path_is_linked_at_once_and_later_changes_before_ingest_are_seen(tmp_p
 def test_a_file_still_being_written_holds_back_its_record_and_the_ones_after(tmp_path: Path) -> None:
     rings, inbox, endpoint = setup(tmp_path)
     with Client(endpoint, strict=True) as c:
-        offload = c._inbox(c._transport)  # type: ignore[arg-type]
+        offload = c._blobs._inbox(c._transport)  # type: ignore[arg-type]
         assert offload is not None
         gate = offload._cv  # the helper writes under no lock; hold its queue instead
         with gate:
@@ -131,7 +131,7 @@ def test_a_producer_killed_before_its_file_was_complete_gets_blob_missing(tmp_pa
 def test_a_file_of_another_owner_or_name_is_refused(tmp_path: Path) -> None:
     rings, inbox, endpoint = setup(tmp_path)
     with Client(endpoint, strict=True) as c:
-        offload = c._inbox(c._transport)  # type: ignore[arg-type]
+        offload = c._blobs._inbox(c._transport)  # type: ignore[arg-type]
         assert offload is not None
         with offload._cv:  # hold the helper: a forger's file gets there first
             c.emit("s3.put", {"bucket": "b", "key": "k"}, blob=os.urandom(1 << 17))
@@ -148,7 +148,7 @@ def test_a_file_of_another_owner_or_name_is_refused(tmp_path: Path) -> None:
 def test_the_helper_queue_is_bounded_in_bytes_and_a_drop_is_named(tmp_path: Path) -> None:
     _rings, _inbox, endpoint = setup(tmp_path)
     with Client(endpoint, strict=True) as c:
-        offload = c._inbox(c._transport)  # type: ignore[arg-type]
+        offload = c._blobs._inbox(c._transport)  # type: ignore[arg-type]
         assert offload is not None
         offload.max_pending = 3 << 20
         with offload._cv:
