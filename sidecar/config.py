@@ -84,7 +84,7 @@ class IngestConfig:
     batch_max: int = setting(4096, check=AT_LEAST_1)  # events per journal transaction (group commit)
     # ...or fewer, once the oldest of them has waited this long (seconds): at low rates a
     # commit (an fsync) for several events, not one each. 0 commits whatever a read found.
-    commit_window: float = setting(0.003, check=Check(lambda v: 0 <= v <= 1, "between 0 and 1"))
+    commit_window: float = setting(0.010, check=Check(lambda v: 0 <= v <= 1, "between 0 and 1"))
 
 
 @dataclass(frozen=True, kw_only=True)
