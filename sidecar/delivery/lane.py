@@ -48,7 +48,11 @@ from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.lane")
 
-IDLE_POLL_SECONDS = 1.0
+IDLE_POLL_SECONDS = 1.0   # while the breaker is open: how often to look whether it lets a call through
+# With nothing to do, a lane sleeps until ingest wakes it (`notify`) or a blocked group (a
+# backoff, a Wait) comes due. This bound is only a safety net, for events no wake-up announces
+# (rows another process wrote, retries deferred before a restart): idle is idle.
+IDLE_MAX_SECONDS = 5.0
 WORKER_ERROR_PAUSE = 1.0
 
 
@@ -226,8 +230,8 @@ class Lane:
         except TimeoutError:
             pass
 
-    async def _idle(self, at_most: float = IDLE_POLL_SECONDS) -> None:
-        horizon = min([at_most, IDLE_POLL_SECONDS, *self._groups.waits(self.clock())])
+    async def _idle(self, at_most: float = IDLE_MAX_SECONDS) -> None:
+        horizon = min([at_most, IDLE_MAX_SECONDS, *self._groups.waits(self.clock())])
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=max(0.005, horizon))
