@@ -79,6 +79,7 @@ from sidecar.ops.metrics import Metrics
 log = logging.getLogger("sidecar.ingest")
 
 IDLE_SLEEP_MS = 250        # asleep on the doorbell, at most this long (4 wake-ups a second at idle)
+NO_DOORBELL_SLEEP_MS = 50  # ...or this, where the doorbell could not be bound: then only time finds a record
 SOCKET_SLEEP_MS = 50       # without rings: the socket alone wakes it, so this bounds only the stop
 QUIET_WINDOWS = 5          # no commit for this many commit windows: the next event commits at once
 DOORBELL_SECONDS = 0.5     # while busy, stale doorbells are emptied this often
@@ -217,7 +218,7 @@ class Ingest:
                     continue
                 rings.arm()
                 if not self._cycle(sock):  # a record written before its producer saw the generation
-                    poller.poll(IDLE_SLEEP_MS)
+                    poller.poll(IDLE_SLEEP_MS if rings.doorbell is not None else NO_DOORBELL_SLEEP_MS)
                     rings.drain_doorbell()
             # Stopping: journal what already reached this process, without
             # waiting for more (a busy client would keep us here forever).
