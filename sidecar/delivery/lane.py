@@ -192,26 +192,29 @@ class Lane:
             # Open, or another worker is probing: no calls; events wait in the journal.
             await self._idle(self.breaker.reopens_in(now) or IDLE_POLL_SECONDS)
             return
-        picked = self._groups.pick(self.clock())
-        if picked is None:
+        claimed = self._groups.claim(self.clock())
+        if claimed is None:
             self.breaker.release()
             await self._idle()
             return
+        # The token first, then the plan: a group is read and merged once a call, after
+        # the wait, with the events that arrived meanwhile (not once before it and again after).
         try:
             wait = await self.limiter.reserve(self.clock())
+            if wait > 0:
+                await self._sleep(wait)
         except BaseException:
-            self._groups.done(picked[0])
+            self._groups.done(claimed)
             raise
-        if wait > 0:
-            # Sleep without holding the group, then plan it afresh so events
-            # that arrived meanwhile are coalesced into the same call.
-            self._groups.done(picked[0])
-            await self._sleep(wait)
-            picked = None if self._stopping else self._groups.pick(self.clock())
-            if picked is None:
-                self.limiter.not_used()  # the slot is spent, not given back: see limiter.py
-                self.breaker.release()
-                return
+        if self._stopping:
+            self._groups.done(claimed)
+        picked = None if self._stopping else self._groups.pick(self.clock(), claimed)
+        if picked is None:
+            self.limiter.not_used()  # the slot is spent, not given back: see limiter.py
+            self.breaker.release()
+            if not self._stopping:
+                await self._idle()  # settled without a call, or taken by another worker: until woken
+            return
         target, plan = picked
         try:
             await self._deliver(plan)

@@ -190,6 +190,7 @@ class Ingest:
         window = self.cfg.commit_window
         last_doorbells = 0.0
         lingered = False  # the one unarmed commit window after a batch has passed
+        waited = False    # ...and what the read after it finds has waited up to a window: commit it now
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -197,7 +198,8 @@ class Ingest:
                     # Every half second at most, busy or not: a new ring is adopted
                     # (and a stuck one set aside) even while others keep ingest busy.
                     rings.maintain(now)
-                if self._cycle(sock):
+                took, waited = self._cycle(sock, now_or_never=waited), False
+                if took:
                     lingered = False
                     if rings is not None and now - last_doorbells >= DOORBELL_SECONDS:
                         last_doorbells = now
@@ -213,7 +215,7 @@ class Ingest:
                     poller.poll(SOCKET_SLEEP_MS)
                     continue
                 if not lingered and window > 0:
-                    lingered = True  # a steady flow is found here, and its producers never ring
+                    lingered = waited = True  # a steady flow is found here, and its producers never ring
                     self._stop.wait(window)
                     continue
                 rings.arm()
