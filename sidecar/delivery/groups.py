@@ -93,11 +93,12 @@ class Groups:
         `claimed` group first."""
         seen: set[str] = set()
         heads = self.journal.ready_heads(self.name, now)
+        full = len(heads) == READY_SCAN
         if claimed:
             self._inflight.discard(claimed)
             heads.insert(0, (0, claimed))
         picked = self._among(heads, seen, now)
-        if picked is None and len(heads) == READY_SCAN:
+        if picked is None and full:
             # A full page of rows may all belong to a few blocked groups (a
             # hot page backing off): fall back to one row per group. Only
             # then: that query reads the whole backlog, and a lane paying it
