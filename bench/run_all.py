@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import BENCH, ROOT, machine
 
 SCRIPTS = ("latency", "jitter", "throughput", "floors", "delivery", "crash", "flood", "wakeup", "blobs",
-           "ring_stress", "frozen", "soak")
+           "ring_stress", "frozen", "footprint", "soak")
 TIMEOUT = 900
 SOAK_MINUTES = 5.0
 
@@ -84,6 +84,21 @@ def _throughput_goal(tp: dict[str, Any]) -> str:
 
 def verdict(ok: bool) -> str:
     return "yes" if ok else "**no**"
+
+
+FOOTPRINT_GOALS = {0: 1.0, 100: 3.0, 1_000: 8.0, 10_000: 30.0}  # events/s -> sidecar CPU, % of one core
+
+
+def _footprint_goals(fp: dict[str, Any]) -> list[str]:
+    """Issue 21's rows: the sidecar's CPU at each load, with the page's final state exact."""
+    rows = []
+    for load in fp.get("loads", []):
+        rate, cpu = load["rate"], load["cpu_pct"]
+        name = "idle" if rate == 0 else f"{rate:,} events/s"
+        rows.append(f"| sidecar CPU {name} ≤ {FOOTPRINT_GOALS[rate]:g}% of a core (Notion stand-in at 3/s, "
+                    f"page state exact) | {cpu:.1f}%, state exact: {fp['final_state_exact']} "
+                    f"| {verdict(cpu <= FOOTPRINT_GOALS[rate] and fp['final_state_exact'])} |")
+    return rows
 
 
 def goals(r: dict[str, dict[str, Any]]) -> list[str]:
@@ -164,6 +179,7 @@ def goals(r: dict[str, dict[str, Any]]) -> list[str]:
                     f"journaled once, dropped {sum(run['dropped'].values()):,}; emit p99 "
                     f"{p99['before']:.1f} / {p99['stopped']:.1f} / {p99['after']:.1f} µs before / stopped / after "
                     f"| {verdict(ok and not run['dropped'])} |")
+    rows += _footprint_goals(r.get("footprint", {}).get("data", {}))
     sk = r.get("soak", {}).get("data", {})
     if sk:
         v, info = sk["verdicts"], sk["info"]

@@ -43,7 +43,7 @@ from sidecar.reload import reload_config
 
 log = logging.getLogger("sidecar")
 
-HOUSEKEEPING_SECONDS = 1.0
+HOUSEKEEPING_SECONDS = 2.0  # the status, metrics and disk checks; the watchdog's own interval if shorter
 GIL_SWITCH_SECONDS = 0.0005
 
 

@@ -83,6 +83,9 @@ class IngestConfig:
     max_message_bytes: int = setting(wire.MAX_EVENT_BYTES, check=between(1, wire.MAX_EVENT_BYTES))
     max_blob_bytes: int = setting(wire.MAX_BLOB_BYTES, check=between(0, wire.MAX_BLOB_BYTES))
     batch_max: int = setting(4096, check=AT_LEAST_1)  # events per journal transaction (group commit)
+    # ...or fewer, once the oldest of them has waited this long (seconds): at low rates a
+    # commit (an fsync) for several events, not one each. 0 commits whatever a read found.
+    commit_window: float = setting(0.010, check=Check(lambda v: 0 <= v <= 1, "between 0 and 1"))
     # Where producers leave blobs of 64 KiB or more (client.blobs); "": beside the journal, <journal dir>.inbox.
     blob_dir: str = setting("", check=ANY)
 

@@ -1,7 +1,8 @@
 """Which group of events a lane calls next.
 
     groups = Groups("notion", journal, connector, settler)
-    picked = groups.pick(now)          # (target, Send plan), or None; that group is now in a call
+    claimed = groups.claim(now)        # a free group held for this worker, before it waits for a token
+    picked = groups.pick(now, claimed) # (target, Send plan), or None; that group is now in a call
     groups.done(target)                # its call is over (or was not made)
     groups.block(target, not_before)   # backing off
     groups.waits(now)                  # seconds until each blocked group is free again
@@ -76,12 +77,28 @@ class Groups:
                 if self.journal.retarget(self.name, old, new):
                     self._blocked.pop(old, None)
 
-    def pick(self, now: float) -> tuple[str, Send[Any]] | None:
-        """The next call to make, settling duplicates and dead ends on the way."""
+    def claim(self, now: float) -> str | None:
+        """A free group's target, held for this worker's next `pick` (so two workers never wait
+        for tokens for one group), without reading or planning it: one query. None: nothing
+        to do; "": a full page of blocked rows, for `pick` to look further."""
+        heads = self.journal.ready_heads(self.name, now)
+        for _, target in heads:
+            if target not in self._inflight and self._blocked.get(target, 0) <= now:
+                self._inflight.add(target)
+                return target
+        return "" if len(heads) == READY_SCAN else None
+
+    def pick(self, now: float, claimed: str = "") -> tuple[str, Send[Any]] | None:
+        """The next call to make, settling duplicates and dead ends on the way; the
+        `claimed` group first."""
         seen: set[str] = set()
         heads = self.journal.ready_heads(self.name, now)
+        full = len(heads) == READY_SCAN
+        if claimed:
+            self._inflight.discard(claimed)
+            heads.insert(0, (0, claimed))
         picked = self._among(heads, seen, now)
-        if picked is None and len(heads) == READY_SCAN:
+        if picked is None and full:
             # A full page of rows may all belong to a few blocked groups (a
             # hot page backing off): fall back to one row per group. Only
             # then: that query reads the whole backlog, and a lane paying it

@@ -49,7 +49,11 @@ from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.lane")
 
-IDLE_POLL_SECONDS = 1.0
+IDLE_POLL_SECONDS = 1.0   # while the breaker is open: how often to look whether it lets a call through
+# With nothing to do, a lane sleeps until ingest wakes it (`notify`) or a blocked group (a
+# backoff, a Wait) comes due. This bound is only a safety net, for events no wake-up announces
+# (rows another process wrote, retries deferred before a restart): idle is idle.
+IDLE_MAX_SECONDS = 5.0
 WORKER_ERROR_PAUSE = 1.0
 
 
@@ -198,26 +202,29 @@ class Lane:
             # Open, or another worker is probing: no calls; events wait in the journal.
             await self._idle(self.breaker.reopens_in(now) or IDLE_POLL_SECONDS)
             return
-        picked = self._groups.pick(self.clock())
-        if picked is None:
+        claimed = self._groups.claim(self.clock())
+        if claimed is None:
             self.breaker.release()
             await self._idle()
             return
+        # The token first, then the plan: a group is read and merged once a call, after
+        # the wait, with the events that arrived meanwhile (not once before it and again after).
         try:
             wait = await self.limiter.reserve(self.clock())
+            if wait > 0:
+                await self._sleep(wait)
         except BaseException:
-            self._groups.done(picked[0])
+            self._groups.done(claimed)
             raise
-        if wait > 0:
-            # Sleep without holding the group, then plan it afresh so events
-            # that arrived meanwhile are coalesced into the same call.
-            self._groups.done(picked[0])
-            await self._sleep(wait)
-            picked = None if self._stopping else self._groups.pick(self.clock())
-            if picked is None:
-                self.limiter.not_used()  # the slot is spent, not given back: see limiter.py
-                self.breaker.release()
-                return
+        if self._stopping:
+            self._groups.done(claimed)
+        picked = None if self._stopping else self._groups.pick(self.clock(), claimed)
+        if picked is None:
+            self.limiter.not_used()  # the slot is spent, not given back: see limiter.py
+            self.breaker.release()
+            if not self._stopping:
+                await self._idle()  # settled without a call, or taken by another worker: until woken
+            return
         target, plan = picked
         try:
             await self._deliver(plan)
@@ -236,8 +243,8 @@ class Lane:
         except TimeoutError:
             pass
 
-    async def _idle(self, at_most: float = IDLE_POLL_SECONDS) -> None:
-        horizon = min([at_most, IDLE_POLL_SECONDS, *self._groups.waits(self.clock())])
+    async def _idle(self, at_most: float = IDLE_MAX_SECONDS) -> None:
+        horizon = min([at_most, IDLE_MAX_SECONDS, *self._groups.waits(self.clock())])
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=max(0.005, horizon))

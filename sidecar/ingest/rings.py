@@ -80,7 +80,7 @@ BATCH_BYTES = 64 << 20         # one batch takes at most this much from all ring
 MAX_POSITION = 1 << 62         # no honest ring gets near; a larger read position is corruption
 STALL_SECONDS = 1.0            # unreadable data behind the producer's hint for this long is corruption
 MAINTAIN_SECONDS = 0.5         # how often to look for new rings and finished ones
-RECENT_SECONDS = 0.25          # a ring that yielded a record this recently is read every time (as ingest spins)
+RECENT_SECONDS = 0.25          # a ring that yielded a record this recently is read at every ingest cycle
 IDLE_PROBE_SECONDS = 0.002     # then, found empty, it is read again after this, doubling while it stays
 IDLE_PROBE_MAX = 0.05          # empty, up to this; a doorbell: at once
 ARMED_PROBE_MAX = 0.25         # ...and this once its producer will ring (the bound for a record and
@@ -570,6 +570,7 @@ class Rings:
     _now: float = 0.0
     _in_quarantine: int = 0        # entries in quarantine/ (counted at the last tidy, plus those added since)
     _deferred_logged: float = float("-inf")
+    _dir_mtime: int = -1           # the directory's mtime when a doorbell last looked
 
     def open(self) -> None:
         """Lock the directory (raises `lock.Locked` naming the other sidecar's
@@ -771,8 +772,19 @@ class Rings:
         if n:
             self.metrics.ring_doorbells.inc(n)
             self._probe_all = True  # a doorbell does not say whose: look at every ring
-            self.scan()  # a new ring's first record rings too
+            if self._dir_changed():  # a new ring's first record rings too; else no listing (a lone event's wake)
+                self.scan()
         return n
+
+    def _dir_changed(self) -> bool:
+        """Whether the directory changed (a ring made or removed) since last asked; a
+        change within the clock's granularity is left to `maintain`, within MAINTAIN_SECONDS."""
+        try:
+            mtime = os.stat(self.directory).st_mtime_ns
+        except OSError:
+            return True
+        changed, self._dir_mtime = mtime != self._dir_mtime, mtime
+        return changed
 
     def maintain(self, now: float, *, force: bool = False) -> None:
         """Adopt new rings; remove the drained ones whose producer is gone;

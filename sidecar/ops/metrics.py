@@ -30,6 +30,8 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.received = Counter("sidecar_events_received", "Events read from the ingest socket", ["kind"], registry=r)
         self.journaled = Counter("sidecar_events_journaled", "Events committed to the journal", ["kind"], registry=r)
+        self.ingest_commits = Counter("sidecar_ingest_commits", "Journal transactions of ingest's group commits",
+                                      registry=r)
         self.rejected = Counter("sidecar_events_rejected", "Frames refused at ingest", ["reason"], registry=r)
         self.rejects_unsampled = Counter(
             "sidecar_rejects_unsampled", "Rejected frames only counted: their reason's hourly sample was full",

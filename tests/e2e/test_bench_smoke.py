@@ -37,6 +37,7 @@ TABLES = {
     "soak": "| RSS growth from",
     "floors": "| ring write of a ready frame |",
     "frozen": "| default ring (128 MiB) |",
+    "footprint": "| idle, a producer's ring open |",
 }
 
 
