@@ -36,7 +36,7 @@ TABLES = {
     "ring_stress": "| commit mark |",
     "soak": "| RSS growth from",
     "floors": "| ring write of a ready frame |",
-    "frozen": "| default ring (128 MiB) |",
+    "frozen": "| default ring (8 MiB) |",
     "footprint": "| idle, a producer's ring open |",
 }
 
