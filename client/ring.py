@@ -127,8 +127,9 @@ can pass for it (flag bit 0 in the file and in each record), and a mismatch
 means "not visible yet, read again", becoming corruption only if it lasts. The CRC costs
 about 0.2 µs an emit, so x86-64 skips it; `RingWriter(checksum=True)` forces it.
 
-Wake-up. While events flow the sidecar polls every millisecond; after a
-quarter of a second with none it bumps `wake` in every ring's ack file and
+Wake-up. While events flow the sidecar reads the rings once per commit
+window (`[ingest] commit_window`, 10 ms; sidecar/ingest/core.py); after a
+window with nothing pending it bumps `wake` in every ring's ack file and
 sleeps on a Unix datagram socket in the ring directory (`doorbell`). The
 producer compares `wake` with the last generation it answered after each
 record (a byte load from memory it already maps, ~20 ns, and no write to
@@ -136,7 +137,7 @@ the sidecar's file) and only when they differ answers and sends one
 datagram. So a busy sidecar costs the producer nothing, and an idle one
 hears of a lone event in about 0.4 ms (bench/wakeup.py). (Set-flag-then-check
 and write-then-check-flag can still cross on any CPU; the sidecar's sleep is
-bounded by 50 ms for that case.) The sidecar bumps a ring's generation only
+bounded by 250 ms for that case.) The sidecar bumps a ring's generation only
 once until that ring yields a record again, so it is never more than a few
 ahead of the producer's answer and one byte compares exactly.
 
