@@ -100,7 +100,7 @@ class Rings:
     _dir_mtime: int = -1           # the directory's mtime when a doorbell last looked
 
     def __post_init__(self) -> None:
-        self.fd_budget = self.fd_budget or fd_budget()
+        self.fd_budget = self.fd_budget or fd_budget()  # at construction now (was open): the Adopter's budget
         # The quarantine bounds are read from this module now, not bound at import: tests patch them here.
         self.place = RingDirectory(self.directory, self.metrics, inbox=self.inbox,
                                    quarantine_files=QUARANTINE_FILES, quarantine_bytes=QUARANTINE_BYTES)
