@@ -1,0 +1,173 @@
+"""Adoption: the rings in the directory found, checked and opened, within a descriptor budget.
+
+    adopter = Adopter(place, metrics, budget=fd_budget(), max_record=largest, inbox=inbox)
+    adopter.scan(rings, now)             # new rings added to `rings` (path -> Ring), live producers' first
+
+Descriptors are budgeted: at most `budget` rings are held open (by default
+half of RLIMIT_NOFILE at two descriptors a ring; the rest is for the
+journal, sockets and HTTP), rings whose producer is alive first (one read of
+/proc/locks tells which); an fd shortage defers a ring (counted in
+`sidecar_rings_deferred_total`), never quarantines it. A file that is not a
+ring, or breaks its header, is moved to ``quarantine/`` (`RingDirectory`)
+and its producer told, if it can hear.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import stat
+
+from client import ring as layout
+from client.ring import FileHeader, RingCorrupt
+from sidecar.ingest.inbox import Inbox
+from sidecar.ingest.ring_control import Control, V1Control, open_ack_file, tell_producer
+from sidecar.ingest.ring_dir import CLEAN_SECONDS, RingDirectory
+from sidecar.ingest.ring_files import reopen_rw
+from sidecar.ingest.ring_reader import MAX_POSITION, Ring
+from sidecar.ops.metrics import Metrics
+
+log = logging.getLogger("sidecar.rings")
+
+FD_RESERVE = 128               # descriptors never given to rings: journal, sockets, HTTP, metrics
+FDS_PER_RING = 2               # the ring's own, and the dup that mmap keeps of its ack file's
+_SHORT = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # out of descriptors or mappings: try later
+
+
+def fd_budget() -> int:
+    """How many rings may be held open: half the soft RLIMIT_NOFILE, with
+    FD_RESERVE left for everything else, at two descriptors a ring (its
+    file, and its mapped ack file: Python's mmap keeps a dup), but at least 8."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(8, min(soft - FD_RESERVE, soft // 2) // FDS_PER_RING)
+
+
+def flocked_inodes() -> set[int] | None:
+    """Inodes some process holds an flock on (/proc/locks), or None if unknown.
+
+    One read tells which of thousands of rings have a live producer,
+    without a descriptor for each."""
+    try:
+        with open("/proc/locks", "rb") as f:
+            text = f.read(8 << 20)
+    except OSError:
+        return None
+    inodes = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if b"FLOCK" in fields and b"->" not in fields:
+            for f_ in fields:
+                if f_.count(b":") == 2:
+                    try:
+                        inodes.add(int(f_.rsplit(b":", 1)[1]))
+                    except ValueError:
+                        pass
+                    break
+    return inodes
+
+
+class Adopter:
+    """Opens the rings of one directory as they appear, as many as `budget` allows."""
+
+    def __init__(self, place: RingDirectory, metrics: Metrics, *, budget: int, max_record: int = 0,
+                 inbox: Inbox | None = None) -> None:
+        self.place = place
+        self.metrics = metrics
+        self.budget = budget
+        self.max_record = max_record   # the longest record body ingest accepts (0: the ring's own bound)
+        self.inbox = inbox
+        self._deferred_logged = float("-inf")
+
+    def scan(self, rings: dict[str, Ring], now: float) -> None:
+        """Adopt the rings not in `rings` yet into it, as many as the fd budget allows, live producers' first."""
+        directory = self.place.directory
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            log.error("cannot list the ring directory %s: %s", directory, exc.strerror)
+            return
+        waiting = []
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or not name.endswith(layout.RING_SUFFIX) or entry.path in rings \
+                    or entry.path in self.place.ignored:
+                continue
+            try:
+                regular = entry.is_file(follow_symlinks=False)
+            except OSError:
+                continue
+            if not regular:  # a directory, symlink, FIFO, socket: moved aside, never opened
+                self.place.quarantine_path(entry.path, "not a regular file", pid=None, reason="not_a_file")
+                continue
+            waiting.append(entry)
+        room = self.budget - len(rings)
+        if len(waiting) > min(room, 8):  # more than a few: descriptors may run out before the budget does
+            live = flocked_inodes()
+            if live:
+                waiting.sort(key=lambda e: e.inode() not in live)  # stable: live producers' rings first
+        for entry in waiting[:max(room, 0)]:
+            if not self._adopt(rings, entry.path, entry.name, now):
+                break  # out of descriptors: the rest wait for the next scan
+        if len(waiting) > room:
+            self._defer("fd_budget", len(waiting) - max(room, 0), now, len(rings))
+
+    def _adopt(self, rings: dict[str, Ring], path: str, name: str, now: float) -> bool:
+        """Open, check and start reading one ring; False if descriptors ran short (try later)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True  # gone since the listing
+        except OSError as exc:
+            if exc.errno in _SHORT:
+                self._defer("fd_shortage", 1, now, len(rings))
+                return False
+            self.place.quarantine_path(path, f"cannot open it: {exc.strerror}", pid=None, reason="unopenable")
+            return True
+        control: Control | None = None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise RingCorrupt("not a regular file")
+            header = FileHeader(os.pread(fd, 128, 0), st.st_size, name)
+            if header.version == layout.VERSION_V1:
+                fd = reopen_rw(fd)  # the sidecar writes a version-1 ring's read position into it
+                control = V1Control(fd)
+            else:
+                control = open_ack_file(self.place.directory, name, header.created_ns, st.st_ino)
+            acked = control.read_pos()
+            if acked & 7 or acked > MAX_POSITION:
+                raise RingCorrupt(f"read position {acked} is not 8-aligned or is past any real ring's")
+        except OSError as exc:
+            os.close(fd)
+            if control is not None:
+                control.close()
+            if exc.errno in _SHORT:
+                self._defer("fd_shortage", 1, now, len(rings))
+                return False
+            self.place.quarantine_path(path, f"cannot read it: {exc.strerror}", pid=None, reason="unopenable")
+            return True
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, it goes aside
+            os.close(fd)
+            if control is not None:
+                control.close()
+            tell_producer(self.place.directory, path, name)
+            self.place.quarantine_path(path, str(exc), pid=None)
+            return True
+        ring = Ring(path, fd, header, acked, largest=self.max_record, control=control, owner_uid=st.st_uid,
+                    adopted_at=now, inbox=self.inbox)
+        rings[path] = ring
+        log.info("adopted ring %r (client %s, pid %d, uid %d, version %d, %d bytes, read from %d)", ring.name,
+                 header.client_id, header.pid, st.st_uid, header.version, header.capacity, acked)
+        return True
+
+
+    def _defer(self, reason: str, n: int, now: float, held: int) -> None:
+        self.metrics.rings_deferred.labels(reason=reason).inc(n)
+        if now - self._deferred_logged >= CLEAN_SECONDS:  # logged once a minute at most
+            self._deferred_logged = now
+            log.warning("%d ring(s) in %s wait for a descriptor (%s; %d rings held, budget %d): they are read "
+                        "as others finish", n, self.place.directory, reason, held, self.budget)
