@@ -82,6 +82,8 @@ class IngestConfig:
     max_message_bytes: int = setting(wire.MAX_EVENT_BYTES, check=between(1, wire.MAX_EVENT_BYTES))
     max_blob_bytes: int = setting(wire.MAX_BLOB_BYTES, check=between(0, wire.MAX_BLOB_BYTES))
     batch_max: int = setting(4096, check=AT_LEAST_1)  # events per journal transaction (group commit)
+    # A client heard of by nobody for this long is forgotten (its sequence state; the journal's clients table).
+    clients_keep_hours: float = setting(168.0, check=POSITIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
