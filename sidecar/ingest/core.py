@@ -78,7 +78,14 @@ STOP_DRAIN_SECONDS = 2.0
 # the connection and the producers' own queues (then the kernel's socket
 # buffers, RCVBUF) hold the rest: back-pressure, not loss. Throughput of small
 # events is the same (about 350k/s from one sender here at 32 or 10,000).
+# On ipc:// (the trading group only, and rings beside it) the queue stays at
+# 10,000: a producer that bursts and exits at once lost its tail (about 128
+# events, silently) at 16, when libzmq dropped what it had decoded for a full
+# queue as the peer went. So only tcp://, which any host that can connect
+# reaches, is bounded by bytes; an ipc:// sender of 1 MiB frames can still make
+# the sidecar hold up to 10,000 of them (see the report of issue 17).
 RCVHWM = 16
+RCVHWM_IPC = 10_000
 RCVBUF = 1 << 20           # the kernel's buffer per connection
 DRAIN_BYTES = 32 << 20     # one batch takes at most this much from the socket (and one message more)
 M_MMAP_THRESHOLD = -3      # glibc's mallopt parameter (malloc.h)
@@ -293,21 +300,29 @@ class Ingest:
         recv = super(zmq.Socket, sock).recv
         more = super(zmq.Socket, sock).get
         most = 2 + wire.MAX_BLOBS
-        try:
-            while len(messages) < limit and budget > 0:
+        since_wait = 0
+        while len(messages) < limit and budget > 0:
+            try:
                 frame = recv(zmq.NOBLOCK)
-                frames = [frame]
-                budget -= len(frame)
-                while more(zmq.RCVMORE):
-                    frame = recv(zmq.NOBLOCK)
-                    if len(frames) < most:
-                        frames.append(frame)
-                        budget -= len(frame)
-                    elif len(frames[1]):  # too many: refused anyway, so its blobs go now
-                        frames[1:] = [b""] * (most - 1)
-                messages.append(frames)
-        except zmq.Again:
-            pass
+            except zmq.Again:
+                # The queue holds only RCVHWM messages: if it was full, the sender is
+                # ahead of us and libzmq refills it in a moment. Wait that moment
+                # rather than commit a batch of 16.
+                if since_wait < RCVHWM // 2 or not sock.poll(1):  # (a large ipc:// queue never needs it)
+                    break
+                since_wait = 0
+                continue
+            since_wait += 1
+            frames = [frame]
+            budget -= len(frame)
+            while more(zmq.RCVMORE):
+                frame = recv(zmq.NOBLOCK)
+                if len(frames) < most:
+                    frames.append(frame)
+                    budget -= len(frame)
+                elif len(frames[1]):  # too many: refused anyway, so its blobs go now
+                    frames[1:] = [b""] * (most - 1)
+            messages.append(frames)
         return messages
 
     def process(self, messages: list[list[bytes]]) -> None:
@@ -452,7 +467,7 @@ def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics) -> tuple[zmq.So
     if endpoint.startswith("ipc://"):
         _clear_stale_ipc(ctx, endpoint[len("ipc://"):])
     sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.RCVHWM, RCVHWM)
+    sock.setsockopt(zmq.RCVHWM, RCVHWM_IPC if endpoint.startswith("ipc://") else RCVHWM)
     sock.setsockopt(zmq.RCVBUF, RCVBUF)
     # One frame larger than any valid one closes that connection, before
     # libzmq buffers it. libzmq applies it to each frame, not to a message:

@@ -569,7 +569,14 @@ def _make_private(d: Path, made: bool) -> None:
     st = d.stat()
     if st.st_uid == os.geteuid() and st.st_mode & 0o077 and (made or path.exists() or not any(d.iterdir())):
         os.chmod(d, 0o700)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))  # made 0600 before SQLite makes it 0644
+    if not path.exists():
+        # Made 0600 before SQLite makes it 0644. Only when new: closing any descriptor of a
+        # database file drops every POSIX lock this process holds on it (SQLite's own
+        # connections' too), and another process could then delete the WAL under them.
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             if name.stat().st_mode & 0o077:

@@ -330,7 +330,6 @@ def test_a_flood_into_the_socket_does_not_starve_the_rings(short_tmp: Path) -> N
     ingest.bind()
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 10_000)  # the sidecar takes 16 at a time (RCVHWM): the rest waits here
     push.connect(endpoint)
     for _ in range(5_000):
         push.send(b"garbage")

@@ -57,7 +57,6 @@ def test_1010_idle_connections_cost_no_thread_and_health_still_answers(api: ApiS
         assert get(api, "/health")[0] == 200  # a newcomer closes the oldest idle one
         assert threading.active_count() == threads
         assert len(api._conns) <= api.max_connections
-        assert api.evicted >= 1010 - api.max_connections
     finally:
         for s in idle:
             s.close()
