@@ -88,6 +88,8 @@ class IngestConfig:
     commit_window: float = setting(0.010, check=Check(lambda v: 0 <= v <= 1, "between 0 and 1"))
     # Where producers leave blobs of 64 KiB or more (client.blobs); "": beside the journal, <journal dir>.inbox.
     blob_dir: str = setting("", check=ANY)
+    # A client heard of by nobody for this long is forgotten (its sequence state; the journal's clients table).
+    clients_keep_hours: float = setting(168.0, check=POSITIVE)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from client import wire
-from client.ring import ring_dir
+from client.ring import ring_dir, valid_client_id
 from sidecar.config import IngestConfig
 from sidecar.connectors.base import Connector
 from sidecar.errors import IngestError, JournalUnavailable, Reject
@@ -85,12 +85,38 @@ SOCKET_SLEEP_MS = 50       # without rings: the socket alone wakes it, so this b
 QUIET_WINDOWS = 5          # no commit for this many commit windows: the next event commits at once
 DOORBELL_SECONDS = 0.5     # while busy, stale doorbells are emptied this often
 STOP_DRAIN_SECONDS = 2.0
-# ZeroMQ's receive queue, in messages. Bounded, so a flood cannot grow the
-# sidecar's memory; when it fills, libzmq stops reading the connection and
-# the producers' own queues (and then the kernel's socket buffers) hold the
-# rest: back-pressure, not loss. A closing producer's tail is read once the
-# queue has room, as long as it lingers (see the README).
-RCVHWM = 10_000
+# ZeroMQ's receive queue, in messages per connection. libzmq counts messages,
+# not bytes, and holds a whole message before ingest sees any of it, so the
+# bytes it holds per connection are RCVHWM x the largest frame it lets in
+# (MAXMSGSIZE, per frame): small, so four senders of 1 MiB frames hold about
+# 4 x 16 MiB, where 10,000 held gigabytes. When it fills, libzmq stops reading
+# the connection and the producers' own queues (then the kernel's socket
+# buffers, RCVBUF) hold the rest: back-pressure, not loss. Throughput of small
+# events is the same (about 350k/s from one sender here at 32 or 10,000).
+# On ipc:// (the trading group only, and rings beside it) the queue stays at
+# 10,000: a producer that bursts and exits at once lost its tail (about 128
+# events, silently) at 16, when libzmq dropped what it had decoded for a full
+# queue as the peer went. So only tcp://, which any host that can connect
+# reaches, is bounded by bytes; an ipc:// sender of 1 MiB frames can still make
+# the sidecar hold up to 10,000 of them (see the report of issue 17).
+RCVHWM = 16
+RCVHWM_IPC = 10_000
+RCVBUF = 1 << 20           # the kernel's buffer per connection
+DRAIN_BYTES = 32 << 20     # one batch takes at most this much from the socket (and one message more)
+M_MMAP_THRESHOLD = -3      # glibc's mallopt parameter (malloc.h)
+MMAP_THRESHOLD = 4 << 20   # blocks from this size on get a mapping of their own (`_fix_mmap_threshold`);
+                           # above the rings' 1 MiB reads, which the heap serves faster
+
+
+class RingMessage(list[bytes]):
+    """A message read from a ring: its frames, and the client id of the ring
+    (its header's, checked against its file name), which its frame must claim."""
+
+    __slots__ = ("client_id",)
+
+    def __init__(self, frames: list[bytes], client_id: str) -> None:
+        super().__init__(frames)
+        self.client_id = client_id
 
 
 @dataclass
@@ -128,7 +154,7 @@ class Ingest:
         self.metrics = metrics
         self.on_written = on_written
         self.rejects = Rejects(metrics)
-        self.sequences = Sequences(journal, metrics)
+        self.sequences = Sequences(journal, metrics, keep_seconds=cfg.clients_keep_hours * 3600)
         self.admission = Admission(journal, batch_max=cfg.batch_max)
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
@@ -276,10 +302,10 @@ class Ingest:
         rings = self.rings if rings_too else None
         # Each source is sure of half a batch, so a flood into the socket
         # cannot starve the rings, nor a busy ring the socket.
-        messages = rings.read(limit // 2) if rings is not None else []
+        messages = self._read_rings(rings, limit // 2) if rings is not None else []
         from_sock = self._drain(sock, limit - len(messages))
         if rings is not None and len(messages) == limit // 2 and len(messages) + len(from_sock) < limit:
-            messages += rings.read(limit - len(messages) - len(from_sock))
+            messages += self._read_rings(rings, limit - len(messages) - len(from_sock))
         messages += from_sock
         if messages:
             self.admission.take(len(messages))
@@ -306,21 +332,47 @@ class Ingest:
             self.rings.ack()
         return len(messages)
 
-    def _drain(self, sock: zmq.Socket, limit: int) -> list[list[bytes]]:
-        """Read what is waiting, up to `limit` messages, without blocking."""
+    @staticmethod
+    def _read_rings(rings: Rings, limit: int) -> list[list[bytes]]:
+        """Up to `limit` messages from the rings, each tagged with its ring's client id."""
+        return [RingMessage(frames, ring.client_id) for ring, messages in rings.read_by_ring(limit)
+                for frames in messages]
+
+    def _drain(self, sock: zmq.Socket, limit: int, budget: int = DRAIN_BYTES) -> list[list[bytes]]:
+        """Read what is waiting, up to `limit` messages and about `budget` bytes, without blocking.
+
+        A message of more frames than an event has keeps only one frame too
+        many (then `_parse` refuses it as bad_frames): the rest are let go as
+        they are read."""
         messages: list[list[bytes]] = []
         # pyzmq's Cython recv and getsockopt, without the Python layer of
         # recv_multipart: about half a microsecond an event at full speed.
         recv = super(zmq.Socket, sock).recv
         more = super(zmq.Socket, sock).get
-        try:
-            while len(messages) < limit:
-                frames = [recv(zmq.NOBLOCK)]
-                while more(zmq.RCVMORE):
-                    frames.append(recv(zmq.NOBLOCK))
-                messages.append(frames)
-        except zmq.Again:
-            pass
+        most = 2 + wire.MAX_BLOBS
+        since_wait = 0
+        while len(messages) < limit and budget > 0:
+            try:
+                frame = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                # The queue holds only RCVHWM messages: if it was full, the sender is
+                # ahead of us and libzmq refills it in a moment. Wait that moment
+                # rather than commit a batch of 16.
+                if since_wait < RCVHWM // 2 or not sock.poll(1):  # (a large ipc:// queue never needs it)
+                    break
+                since_wait = 0
+                continue
+            since_wait += 1
+            frames = [frame]
+            budget -= len(frame)
+            while more(zmq.RCVMORE):
+                frame = recv(zmq.NOBLOCK)
+                if len(frames) < most:
+                    frames.append(frame)
+                    budget -= len(frame)
+                elif len(frames[1]):  # too many: refused anyway, so its blobs go now
+                    frames[1:] = [b""] * (most - 1)
+            messages.append(frames)
         return messages
 
     def process(self, messages: list[list[bytes]]) -> None:
@@ -332,6 +384,7 @@ class Ingest:
         keeps a sample, and the log a line per reason a minute (rejects.py).
         """
         batch = _Batch(now_ns=time.time_ns())
+        self.sequences.trim()
         for frames in messages:
             error: BaseException | None = None
             try:
@@ -350,15 +403,25 @@ class Ingest:
         self.rejects.report(batch.tallies)
         if batch.lanes:
             self.on_written(batch.lanes)
+        self.sequences.prune(time.monotonic())
 
     def _one(self, frames: list[bytes], batch: _Batch) -> None:
         env, blobs = self._parse(frames)
+        # Identity: a ring's frames are its client's, whatever they say; the
+        # socket's are what they claim, within the ring's limits (64 of [A-Za-z0-9._-]).
+        from_ring = isinstance(frames, RingMessage)
+        if isinstance(frames, RingMessage):
+            if env.client_id != frames.client_id:
+                raise Reject("wrong_client", f"a frame claiming client {_clip(env.client_id)} in the ring of "
+                                             f"{frames.client_id}")
+        elif not valid_client_id(env.client_id):
+            raise Reject("bad_client_id", f"client id {_clip(env.client_id)} is not 1 to 64 of [A-Za-z0-9._-]")
         if env.kind in wire.CONTROL_KINDS:
-            self.sequences.control(env, batch.touched)
+            self.sequences.control(env, batch.touched, ring=from_ring)
             return
         # The sequence counts every event that arrived, accepted or not: a
         # rejected event is not a lost one.
-        if not self.sequences.accept(env.client_id, env.seq, batch.touched):
+        if not self.sequences.accept(env.client_id, env.seq, batch.touched, ring=from_ring):
             return
         connector = self.only_connector.get(env.kind) or self._choose(env)
         try:
@@ -392,7 +455,7 @@ class Ingest:
         try:
             if spool_error is not None:
                 raise spool_error
-            clients = {cid: (c.last_seq, c.gaps, c.closed, c.stats) for cid, c in batch.touched.items()}
+            clients = {cid: (c.last_seq, c.gaps, c.closed, c.stats, c.ring) for cid, c in batch.touched.items()}
             unsampled = {reason: t.unsampled for reason, t in batch.tallies.items() if t.unsampled}
             self.journal.write_batch(batch.rows, batch.rejects, clients, unsampled)
         except (sqlite3.Error, OSError) as exc:
@@ -453,16 +516,34 @@ def _name_thread(name: bytes) -> None:
         pass
 
 
+def _fix_mmap_threshold() -> None:
+    """Large buffers (libzmq's frames, their copies) each in their own mapping, given back when freed.
+
+    glibc raises its mmap threshold to the size of each large block freed, up to
+    32 MiB, so after one 16 MiB frame the next ones come from the heap and stay
+    resident: one message of 60 such frames left 350 MiB behind. A fixed
+    threshold keeps them out of the heap."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc: its allocator has its own rules
+        pass
+
+
 def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics,
           inbox: Inbox | None = None) -> tuple[zmq.Socket, Rings | None]:
     """The PULL socket, bound, and the rings beside an ipc:// endpoint (if it has them)."""
+    _fix_mmap_threshold()
     endpoint = cfg.endpoint
     if endpoint.startswith("ipc://"):
         _clear_stale_ipc(ctx, endpoint[len("ipc://"):])
     sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.RCVHWM, RCVHWM)
+    sock.setsockopt(zmq.RCVHWM, RCVHWM_IPC if endpoint.startswith("ipc://") else RCVHWM)
+    sock.setsockopt(zmq.RCVBUF, RCVBUF)
     # One frame larger than any valid one closes that connection, before
-    # libzmq buffers it.
+    # libzmq buffers it. libzmq applies it to each frame, not to a message:
+    # the frames of one message are bounded by `_parse` (bad_frames) only
+    # once libzmq has received them all (see the README).
     sock.setsockopt(zmq.MAXMSGSIZE, max(cfg.max_message_bytes, cfg.max_blob_bytes) + 1024)
     sock.setsockopt(zmq.LINGER, 0)
     try:
@@ -502,6 +583,11 @@ def _open_inbox(inbox: Inbox, ring_directory: str) -> None:
     except OSError as exc:
         log.error("no blob inbox at %s (%s): producers keep blobs in their rings, which then hold fewer; "
                   "set [ingest] blob_dir to a directory the sidecar can make", inbox.path, exc)
+
+
+def _clip(text: str, most: int = 80) -> str:
+    """An untrusted string for a reject's detail: quoted, and short (an id may be a megabyte)."""
+    return repr(text[:most]) + (f"... ({len(text)} characters)" if len(text) > most else "")
 
 
 def _clear_stale_ipc(ctx: zmq.Context, path: str) -> None:

@@ -60,12 +60,19 @@ class Sampler:
 
 
 class Throttle:
-    """At most one log line per key per `interval` seconds; counts what it held back."""
+    """At most one log line per key per `interval` seconds; counts what it held back.
 
-    def __init__(self, interval: float = LOG_INTERVAL_SECONDS) -> None:
+    Keys are bounded (`max_keys`): keys whose interval has passed are forgotten
+    when room is needed (at most once an interval), and a new key finding no
+    room is held back like a repeated one, so a flood of distinct keys (made-up
+    client ids) costs neither memory nor log lines."""
+
+    def __init__(self, interval: float = LOG_INTERVAL_SECONDS, max_keys: int = 10_000) -> None:
         self.interval = interval
+        self.max_keys = max_keys
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
+        self._swept = float("-inf")
 
     def due(self, key: str, now: float, count: int = 1) -> int | None:
         """Note `count` occurrences. If a line is due, return how many occurrences
@@ -75,8 +82,19 @@ class Throttle:
         if last is not None and now - last < self.interval:
             self._held[key] = self._held.get(key, 0) + count
             return None
+        if last is None and len(self._last) >= self.max_keys and not self._sweep(now):
+            return None  # no room: held back, uncounted here (the caller's counters have it)
         self._last[key] = now
         return self._held.pop(key, 0)
+
+    def _sweep(self, now: float) -> bool:
+        """Forget keys whose interval has passed; True if that made room."""
+        if now - self._swept >= self.interval:
+            self._swept = now
+            for key in [k for k, t in self._last.items() if now - t >= self.interval]:
+                del self._last[key]
+                self._held.pop(key, None)
+        return len(self._last) < self.max_keys
 
 
 @dataclass

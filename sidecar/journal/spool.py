@@ -39,14 +39,18 @@ class Spool:
         self.dir = Path(journal_dir) / "blobs"
 
     def create(self) -> None:
-        """Make the directory if needed; raises OSError if it cannot."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Make the directory if needed (0700 whatever the umask: blobs are nobody
+        else's to read); raises OSError if it cannot."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.dir.stat().st_mode & 0o077:
+            os.chmod(self.dir, 0o700)
 
     def put(self, blob: bytes) -> str:
         """Write a blob durably; returns the path the event row refers to."""
         path = os.path.join(self.dir, f"{hashlib.sha256(blob).hexdigest()}.{time.time_ns()}")
         try:
-            with open(path, "wb") as f:
+            # 0600 from the start: open()'s 0666 less a umask of 022 would let every user read it.
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
                 f.write(blob)
                 f.flush()
                 os.fsync(f.fileno())

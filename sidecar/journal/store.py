@@ -26,7 +26,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -111,7 +111,8 @@ CREATE TABLE IF NOT EXISTS clients (
     gaps        INTEGER NOT NULL,
     closed      INTEGER NOT NULL DEFAULT 0,
     stats       BLOB,
-    updated_at  REAL NOT NULL
+    updated_at  REAL NOT NULL,
+    ring        INTEGER          -- 1: a ring's id (socket frames may not claim it), 0: the socket's, NULL: unknown
 );
 """
 
@@ -219,6 +220,7 @@ class Event:
 class ClientState:
     last_seq: int
     gaps: int
+    ring: bool | None = None  # whose id: a ring's (True), the socket's (False), unknown (None)
 
 
 def is_corruption(exc: sqlite3.Error) -> bool:
@@ -273,7 +275,9 @@ class Journal:
         """
         d = Path(directory)
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            made = not d.exists()
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(d, made)
             Spool(d).create()
             probe = d / ".write-probe"
             probe.write_bytes(b"")
@@ -340,13 +344,15 @@ class Journal:
         self,
         events: Sequence[EventRow],
         rejects: Sequence[tuple[str, str, bytes | None]] = (),
-        clients: dict[str, tuple[int, int, bool, bytes | None]] | None = None,
+        clients: Mapping[str, tuple[int, int, bool, bytes | None] | tuple[int, int, bool, bytes | None, bool | None]]
+        | None = None,
         unsampled: dict[str, int] | None = None,
     ) -> None:
         """Group commit: all of it lands in one transaction, or none of it.
 
         `rejects` are the (reason, detail, frame) kept as a sample; `unsampled`
         counts, by reason, those only counted. Both add to `reject_counts`.
+        `clients` maps an id to (last_seq, gaps, closed, stats[, ring]).
         """
         now = time.time()
         with self.transaction() as c:
@@ -370,10 +376,13 @@ class Journal:
                 )
             if clients:
                 c.executemany(
-                    "INSERT INTO clients (client_id, last_seq, gaps, closed, stats, updated_at) VALUES (?,?,?,?,?,?)"
+                    "INSERT INTO clients (client_id, last_seq, gaps, closed, stats, updated_at, ring)"
+                    " VALUES (?,?,?,?,?,?,?)"
                     " ON CONFLICT(client_id) DO UPDATE SET last_seq=excluded.last_seq, gaps=excluded.gaps,"
-                    " closed=excluded.closed, stats=COALESCE(excluded.stats, clients.stats), updated_at=excluded.updated_at",
-                    [(cid, seq, gaps, int(closed), stats, now) for cid, (seq, gaps, closed, stats) in clients.items()],
+                    " closed=excluded.closed, stats=COALESCE(excluded.stats, clients.stats),"
+                    " updated_at=excluded.updated_at, ring=COALESCE(excluded.ring, clients.ring)",
+                    [(cid, st[0], st[1], int(st[2]), st[3], now, None if len(st) < 5 or st[4] is None else int(st[4]))
+                     for cid, st in clients.items()],
                 )
 
     def reject_counts(self) -> dict[str, tuple[int, int]]:
@@ -381,9 +390,27 @@ class Journal:
         return {reason: (total, unsampled) for reason, total, unsampled in
                 self.conn.execute("SELECT reason, total, unsampled FROM reject_counts")}
 
-    def client_states(self) -> dict[str, ClientState]:
-        return {cid: ClientState(seq, gaps) for cid, seq, gaps in
-                self.conn.execute("SELECT client_id, last_seq, gaps FROM clients")}
+    def client_states(self, limit: int = 1_000_000) -> dict[str, ClientState]:
+        """The `limit` most recently updated clients, oldest first (ingest loads a bounded number)."""
+        rows = self.conn.execute("SELECT client_id, last_seq, gaps, ring FROM clients"
+                                 " ORDER BY updated_at DESC LIMIT ?", (limit,)).fetchall()
+        return {cid: ClientState(seq, gaps, None if ring is None else bool(ring))
+                for cid, seq, gaps, ring in reversed(rows)}
+
+    def client_state(self, client_id: str) -> ClientState | None:
+        row = self.conn.execute("SELECT last_seq, gaps, ring FROM clients WHERE client_id=?", (client_id,)).fetchone()
+        return None if row is None else ClientState(row[0], row[1], None if row[2] is None else bool(row[2]))
+
+    def prune_clients(self, keep_seconds: float, limit: int = 10_000) -> list[str]:
+        """Delete up to `limit` clients not updated for `keep_seconds` before the latest
+        update of any (the journal's own clock: a sidecar long stopped forgets nothing
+        at its start); returns their ids."""
+        with self.transaction() as c:
+            gone = [cid for (cid,) in c.execute(
+                "SELECT client_id FROM clients WHERE updated_at < (SELECT max(updated_at) FROM clients) - ?"
+                " ORDER BY updated_at LIMIT ?", (keep_seconds, limit))]
+            c.executemany("DELETE FROM clients WHERE client_id=?", [(cid,) for cid in gone])
+        return gone
 
     # -- delivery -------------------------------------------------------------
 
@@ -537,6 +564,32 @@ class Journal:
         return Transaction(self.conn, self.health, self.role)
 
 
+def _make_private(d: Path, made: bool) -> None:
+    """The journal directory 0700 and its database files 0600, whatever the umask: events and
+    error bodies are nobody else's to read. SQLite gives -wal and -shm the database file's mode.
+
+    The directory is changed only if it is the journal's (new, empty or holding journal.db),
+    so that `[journal] dir = /srv/shared` never takes a shared directory from its other users."""
+    path = journal_file(d)
+    st = d.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077 and (made or path.exists() or not any(d.iterdir())):
+        os.chmod(d, 0o700)
+    if not path.exists():
+        # Made 0600 before SQLite makes it 0644. Only when new: closing any descriptor of a
+        # database file drops every POSIX lock this process holds on it (SQLite's own
+        # connections' too), and another process could then delete the WAL under them.
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if name.stat().st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def _connect(path: Path, space: Space, *, synchronous: str, checkpoints: bool, check: bool) -> sqlite3.Connection:
     """The journal's connection, its PRAGMAs set and its schema made (`Journal.open`)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -563,6 +616,9 @@ def _connect(path: Path, space: Space, *, synchronous: str, checkpoints: bool, c
         page = conn.execute("PRAGMA page_size").fetchone()[0]
         conn.execute(f"PRAGMA wal_autocheckpoint={space.wal_autocheckpoint(page) if checkpoints else 0}")
         conn.executescript(SCHEMA)
+        if "ring" not in {row[1] for row in conn.execute("PRAGMA table_info(clients)")}:  # a journal from before
+            conn.execute("ALTER TABLE clients ADD COLUMN ring INTEGER")
+        conn.execute("CREATE INDEX IF NOT EXISTS clients_by_update ON clients (updated_at)")
     except (sqlite3.DatabaseError, JournalCorrupt) as exc:
         conn.close()
         if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):

@@ -4,7 +4,10 @@
     m.received.labels(kind="notion.page.create").inc()
     m.value("sidecar_events_delivered_total", kind="notion.page.update")
 
-Names use base units and `_total` for counters, as Prometheus asks.
+Names use base units and `_total` for counters, as Prometheus asks. No label
+takes a value a producer chooses (client ids, keys, error bodies): one
+series per client would let a flood of made-up ids grow every scrape; label
+values are our own closed sets (kinds, lanes, reasons, status codes).
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ class Metrics:
                             ["kind", "reason"], registry=r)
         self.retried = Counter("sidecar_delivery_retries", "Calls that failed and will be retried",
                                ["lane", "reason"], registry=r)
-        self.gaps = Counter("sidecar_client_sequence_gaps", "Events lost between a client and the sidecar",
-                            ["client"], registry=r)
+        self.gaps = Counter("sidecar_client_sequence_gaps", "Events lost between the clients and the sidecar",
+                            registry=r)
         self.calls = Counter("sidecar_api_calls", "HTTP calls made, by outcome", ["api", "status"], registry=r)
         self.call_seconds = Histogram("sidecar_api_call_duration_seconds", "Duration of one API call", ["api"],
                                       buckets=LATENCY_BUCKETS, registry=r)
@@ -111,32 +114,47 @@ class Metrics:
 
 
 class ClientReports(Collector):
-    """The counters each client reports about itself, so one scrape shows both ends.
+    """The counters the clients report about themselves, summed over clients, so one
+    scrape shows both ends: `sidecar_client_sent_total` and
+    `sidecar_client_dropped_total{reason}`.
 
-    Keeps the latest report of the most recent `keep` clients (short-lived
-    emitters come and go; their labels must not grow without bound).
+    Each report is a client's running totals; what it adds since that
+    client's previous report goes into the sums. The latest report of the
+    `keep` most recent clients is kept for that (a client forgotten and heard
+    again counts its totals again: more than `keep` clients reporting at once
+    is not a real set-up). Reasons are the client's words: at most
+    MAX_REASONS distinct ones are kept as labels, and the rest sum as "other".
     """
 
-    def __init__(self, keep: int = 256) -> None:
+    MAX_REASONS = 32
+
+    def __init__(self, keep: int = 4096) -> None:
         self.keep = keep
         self.reports: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.sent = 0
+        self.dropped: dict[str, int] = {}
 
     def update(self, client_id: str, stats: dict[str, Any]) -> None:
+        before = self.reports.pop(client_id, {})
         self.reports[client_id] = stats
-        self.reports.move_to_end(client_id)
         while len(self.reports) > self.keep:
             self.reports.popitem(last=False)
+        # Ingest keeps only well-formed integer counts here.
+        self.sent += max(0, int(stats.get("sent", 0)) - int(before.get("sent", 0)))
+        was = dict(before.get("dropped") or {})
+        for reason, count in dict(stats.get("dropped") or {}).items():
+            added = int(count) - int(was.get(reason, 0))
+            if added > 0:
+                label = reason if reason in self.dropped or len(self.dropped) < self.MAX_REASONS else "other"
+                self.dropped[label] = self.dropped.get(label, 0) + added
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        sent = CounterMetricFamily("sidecar_client_sent", "Events a client queued, as it reported", labels=["client"])
-        dropped = CounterMetricFamily("sidecar_client_dropped", "Events a client dropped, by reason, as it reported",
-                                      labels=["client", "reason"])
-        for client_id, stats in list(self.reports.items()):
-            # Ingest keeps only well-formed integer counts here.
-            sent.add_metric([client_id], float(stats.get("sent", 0)))
-            for reason, count in dict(stats.get("dropped") or {}).items():
-                dropped.add_metric([client_id, str(reason)], float(count))
-        yield sent
+        yield CounterMetricFamily("sidecar_client_sent", "Events the clients queued, as they reported",
+                                  value=float(self.sent))
+        dropped = CounterMetricFamily("sidecar_client_dropped", "Events the clients dropped, by reason, as they "
+                                      "reported", labels=["reason"])
+        for reason, count in list(self.dropped.items()):
+            dropped.add_metric([reason], float(count))
         yield dropped
 
 

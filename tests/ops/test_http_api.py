@@ -1,0 +1,76 @@
+"""The metrics/health server is bounded whatever local users do (issue 17, item 4):
+one thread, a cap on open connections (the oldest gives way), timeouts."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sidecar.ops.http_api import ApiServer
+from sidecar.ops.status import Health
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture()
+def api() -> Iterator[ApiServer]:
+    server = ApiServer("127.0.0.1:0", CollectorRegistry(), lambda: None, lambda: Health(ok=True, problems=()),
+                       lambda lane, key: "page-1" if (lane, key) == ("notion", "k 1") else None,
+                       max_connections=32, timeout=1.0)
+    server.start()
+    yield server
+    server.stop()
+
+
+def get(api: ApiServer, path: str) -> tuple[int, bytes]:
+    host, port = api.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_answers_health_status_refs_and_metrics(api: ApiServer) -> None:
+    assert get(api, "/health") == (200, b'{"ok":true,"problems":[]}')
+    assert get(api, "/status")[0] == 503  # no snapshot yet
+    assert get(api, "/refs/notion/k%201")[0] == 200 and get(api, "/refs/notion/k2")[0] == 404
+    assert get(api, "/metrics")[0] == 200
+    assert get(api, "/nothing")[0] == 404
+
+
+def test_1010_idle_connections_cost_no_thread_and_health_still_answers(api: ApiServer) -> None:
+    threads = threading.active_count()
+    host, port = api.address.rsplit(":", 1)
+    idle = []
+    try:
+        for _ in range(1010):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            idle.append(s)
+        assert get(api, "/health")[0] == 200  # a newcomer closes the oldest idle one
+        assert threading.active_count() == threads
+        assert len(api._conns) <= api.max_connections
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_a_silent_connection_is_closed_after_the_timeout(api: ApiServer) -> None:
+    host, port = api.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\n")  # never finishes its request
+        assert s.recv(100) == b""  # closed by the server, within its 1 s (the recv's 5 s would raise)
+
+
+def test_a_request_too_large_is_refused(api: ApiServer) -> None:
+    host, port = api.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nX-Junk: " + b"a" * 9000)
+        assert s.recv(100).startswith(b"HTTP/1.1 431 ")
