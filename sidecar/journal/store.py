@@ -398,10 +398,13 @@ class Journal:
             sql = "SELECT id, target FROM events WHERE lane=? AND not_before<=? ORDER BY id LIMIT ?"
         return self.conn.execute(sql, (lane, now, limit)).fetchall()
 
-    def group(self, lane: str, target: str, limit: int = 10_000) -> list[Event]:
+    def group(self, lane: str, target: str, limit: int = 10_000, *, also: Sequence[str] = ()) -> list[Event]:
+        """A group's events in ingest order, at most `limit`; with `also`, those of
+        these other targets too, merged in ingest order (groups.py's aliases)."""
+        where = f"target IN ({','.join('?' * (1 + len(also)))})" if also else "target=?"
         rows = self.conn.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE lane=? AND target=? ORDER BY id LIMIT ?",
-            (lane, target, limit),
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE lane=? AND {where} ORDER BY id LIMIT ?",
+            (lane, target, *also, limit),
         ).fetchall()
         return [Event(*row) for row in rows]
 
