@@ -1,0 +1,50 @@
+"""The commit window adapts: `commit_window` when a flow starts, doubling at each commit while
+events keep coming, up to `commit_window_max`; none for the first event after a quiet spell."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client import Client
+from sidecar.config import from_dict
+from sidecar.ingest.core import Ingest
+from sidecar.journal.store import Journal
+from sidecar.ops.metrics import Metrics
+
+from .test_group_commit import commits, cycle_until_read, last_seq
+
+
+@pytest.fixture
+def ingest(short_tmp: Path) -> Iterator[tuple[Ingest, Journal, str]]:
+    endpoint = f"ipc://{short_tmp}/w.sock"
+    cfg = from_dict({"ingest": {"endpoint": endpoint, "commit_window": 0.25, "commit_window_max": 0.9},
+                     "journal": {"dir": str(short_tmp / "j")}})
+    journal = Journal.open(cfg.journal.dir, synchronous="NORMAL")
+    ingest = Ingest(cfg.ingest, journal, {}, Metrics())
+    ingest.bind()
+    yield ingest, journal, endpoint
+    ingest.stop()
+    journal.close()
+
+
+def test_the_window_grows_while_events_flow_and_starts_again_after_a_quiet_spell(
+        ingest: tuple[Ingest, Journal, str]) -> None:
+    ing, journal, endpoint = ingest
+    assert ing._sock is not None
+    windows = []
+    with Client(endpoint, strict=True) as client:
+        for n in range(1, 6):
+            assert client.emit("webhook.post", {"n": n})
+            cycle_until_read(ing, 1)
+            windows.append(ing._window)
+            ing._cycle(ing._sock, now_or_never=True)  # as the window's end does
+            assert last_seq(journal, client.client_id) == n
+        assert windows == [0.25, 0.5, 0.9, 0.9, 0.9]  # the first at once (quiet), then a flow
+        ing._last_commit -= 5 * 0.25  # five windows without a commit: quiet again
+        assert client.emit("webhook.post", {"n": 6})
+        cycle_until_read(ing, 1)
+        assert ing._window == 0.25 and last_seq(journal, client.client_id) == 6  # committed at once
+        assert commits(ing) == 6
