@@ -266,7 +266,8 @@ class Ingest:
         if self._pending_since is None:
             # The first event after a quiet spell goes at once: a lone event's hand-off
             # stays as quick as without a window, and a flow is what gets grouped.
-            quiet = now - self._last_commit >= QUIET_WINDOWS * self.cfg.commit_window
+            # (Past the current window too: a flow's commits are a window apart, the linger's.)
+            quiet = now - self._last_commit >= QUIET_WINDOWS * self.cfg.commit_window + self._window
             self._window = self._next_window(quiet)
             self._pending_since = now - self._window if quiet else now
         if not (now_or_never or room - took <= 0 or now - self._pending_since >= self._window):

@@ -20,7 +20,7 @@ from .test_group_commit import commits, cycle_until_read, last_seq
 @pytest.fixture
 def ingest(short_tmp: Path) -> Iterator[tuple[Ingest, Journal, str]]:
     endpoint = f"ipc://{short_tmp}/w.sock"
-    cfg = from_dict({"ingest": {"endpoint": endpoint, "commit_window": 0.25, "commit_window_max": 0.9},
+    cfg = from_dict({"ingest": {"endpoint": endpoint, "commit_window": 0.1, "commit_window_max": 0.9},
                      "journal": {"dir": str(short_tmp / "j")}})
     journal = Journal.open(cfg.journal.dir, synchronous="NORMAL")
     ingest = Ingest(cfg.ingest, journal, {}, Metrics())
@@ -42,9 +42,15 @@ def test_the_window_grows_while_events_flow_and_starts_again_after_a_quiet_spell
             windows.append(ing._window)
             ing._cycle(ing._sock, now_or_never=True)  # as the window's end does
             assert last_seq(journal, client.client_id) == n
-        assert windows == [0.25, 0.5, 0.9, 0.9, 0.9]  # the first at once (quiet), then a flow
-        ing._last_commit -= 5 * 0.25  # five windows without a commit: quiet again
+        assert windows == [0.1, 0.2, 0.4, 0.8, 0.9]  # the first at once (quiet), then a flow
+        # A flow's commits are a window apart (the loop lingers that long before it reads): still a flow.
+        ing._last_commit -= 0.9
         assert client.emit("webhook.post", {"n": 6})
         cycle_until_read(ing, 1)
-        assert ing._window == 0.25 and last_seq(journal, client.client_id) == 6  # committed at once
-        assert commits(ing) == 6
+        assert ing._window == 0.9 and last_seq(journal, client.client_id) == 5
+        ing._cycle(ing._sock, now_or_never=True)
+        ing._last_commit -= 5 * 0.1 + 0.9  # five windows (and the one it is at) without a commit: quiet again
+        assert client.emit("webhook.post", {"n": 7})
+        cycle_until_read(ing, 1)
+        assert ing._window == 0.1 and last_seq(journal, client.client_id) == 7  # committed at once
+        assert commits(ing) == 7
