@@ -95,9 +95,12 @@ def page(sim: NotionProcess, page_id: str) -> dict[str, Any]:
     raise SystemExit("the Notion stand-in kept answering 429")
 
 
-def drained(sc: Any, timeout: float) -> None:
+def drained(sc: Any, client: Client, timeout: float) -> None:
+    """Every event emitted journaled (a flow's last batch waits up to `commit_window_max`), then delivered."""
     deadline = time.monotonic() + timeout
-    while sc.journal_count() > 0:
+    sent = client.stats()["sent"]
+    while (sc.query("SELECT last_seq FROM clients WHERE client_id=?", client.client_id) or [(0,)])[0][0] < sent \
+            or sc.journal_count() > 0:
         if time.monotonic() > deadline:
             raise SystemExit(f"the journal still holds {sc.journal_count()} events after {timeout:.0f} s")
         time.sleep(0.1)
@@ -110,14 +113,14 @@ def run(seconds: float, loads: tuple[int, ...] = LOADS) -> dict[str, Any]:
         client.emit("notion.page.create", {"parent": {"database_id": sim.database_id},
                                            "properties": {"Name": {"title": [{"text": {"content": "EURUSD"}}]}}},
                     key=KEY)
-        drained(sc, 30)
+        drained(sc, client, 30)
         time.sleep(1.0)  # past the ingest's and the lanes' after-work lingering: idle is measured idle
         n = 0
         print(f"sidecar pid {sc.pid}", file=sys.stderr, flush=True)  # for py-spy
         for rate in loads:
             row, n = measure(sc.pid, client, rate, seconds, n)
             rows.append(row)
-            drained(sc, 60)
+            drained(sc, client, 60)
         page_id = read_ref(d / "journal" / "journal.db", "notion", KEY)
         assert page_id, "the page was never created"
         got = page(sim, page_id)["properties"]["Price"]["number"]

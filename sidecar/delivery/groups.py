@@ -30,7 +30,7 @@ from typing import Any, assert_never
 
 from sidecar.connectors.base import Connector, Dead, Moved, Send, Skip, Wait
 from sidecar.delivery.settle import Settler
-from sidecar.journal.store import Event, Journal
+from sidecar.journal.store import Event, Journal, decode_payloads
 
 READY_SCAN = 512
 MAX_ALIASES = 10_000  # groups merged by name; past it the oldest is forgotten (and found again by its plan)
@@ -96,6 +96,7 @@ class Groups:
         if sources:
             for event in events:
                 event.target = target  # as if moved: plans, backoffs and dead letters name the group
+        decode_payloads(events)  # every plan reads them: one parse, not one an event
         return events
 
     def merge(self, source: str, target: str) -> None:
