@@ -9,25 +9,15 @@ from pathlib import Path
 import pytest
 
 from client import Client
-from sidecar.config import from_dict
 from sidecar.ingest.core import Ingest
 from sidecar.journal.store import Journal
-from sidecar.ops.metrics import Metrics
 
-from .test_group_commit import commits, cycle_until_read, last_seq
+from .test_group_commit import bound_ingest, commits, cycle_until_read, last_seq
 
 
 @pytest.fixture
 def ingest(short_tmp: Path) -> Iterator[tuple[Ingest, Journal, str]]:
-    endpoint = f"ipc://{short_tmp}/w.sock"
-    cfg = from_dict({"ingest": {"endpoint": endpoint, "commit_window": 0.1, "commit_window_max": 0.9},
-                     "journal": {"dir": str(short_tmp / "j")}})
-    journal = Journal.open(cfg.journal.dir, synchronous="NORMAL")
-    ingest = Ingest(cfg.ingest, journal, {}, Metrics())
-    ingest.bind()
-    yield ingest, journal, endpoint
-    ingest.stop()
-    journal.close()
+    yield from bound_ingest(short_tmp, commit_window=0.1, commit_window_max=0.9)
 
 
 def test_the_window_grows_while_events_flow_and_starts_again_after_a_quiet_spell(
