@@ -21,6 +21,7 @@ HTTP API's threads (`read_ref`) and other processes (the CLI's `dlq`,
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import sqlite3
@@ -422,11 +423,13 @@ class Journal:
     def group(self, lane: str, target: str, limit: int = 10_000, *, also: Sequence[str] = ()) -> list[Event]:
         """A group's events in ingest order, at most `limit`; with `also`, those of
         these other targets too, merged in ingest order (groups.py's aliases)."""
-        where = f"target IN ({','.join('?' * (1 + len(also)))})" if also else "target=?"
-        rows = self.conn.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE lane=? AND {where} ORDER BY id LIMIT ?",
-            (lane, target, *also, limit),
-        ).fetchall()
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE lane=? AND target=? ORDER BY id LIMIT ?"
+        rows = self.conn.execute(sql, (lane, target, limit)).fetchall()
+        for other in also:
+            # One index range each, merged here: `target IN (...)` made SQLite walk the
+            # lane's whole backlog in id order instead (EXPLAIN QUERY PLAN: events_by_lane).
+            if more := self.conn.execute(sql, (lane, other, limit)).fetchall():
+                rows = list(heapq.merge(rows, more))[:limit]  # rows start with their unique id
         return [Event(*row) for row in rows]
 
     def start_attempt(self, ids: Iterable[int]) -> None:
