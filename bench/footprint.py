@@ -2,6 +2,7 @@
 
     python bench/footprint.py            # idle, 100, 1,000, 10,000 events/s, 10 s each
     python bench/footprint.py --smoke    # 1 s each, for CI
+    python bench/footprint.py --loads 10000 --seconds 30   # one load, longer (to profile it: py-spy)
 
 A real sidecar delivers to the Notion stand-in at 3 requests/s (its own
 process); one producer creates a page (`key=`) and then updates it (`ref=`)
@@ -15,6 +16,7 @@ dropping or reordering updates would fail here.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -27,7 +29,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import NotionProcess, bench_sidecar, parse_args, tempdir, write_json
+from bench.harness import NotionProcess, bench_args, bench_sidecar, tempdir, write_json
 from client import Client
 from sidecar.journal.store import read_ref
 
@@ -93,29 +95,32 @@ def page(sim: NotionProcess, page_id: str) -> dict[str, Any]:
     raise SystemExit("the Notion stand-in kept answering 429")
 
 
-def drained(sc: Any, timeout: float) -> None:
+def drained(sc: Any, client: Client, timeout: float) -> None:
+    """Every event emitted journaled (a flow's last batch waits up to `commit_window_max`), then delivered."""
     deadline = time.monotonic() + timeout
-    while sc.journal_count() > 0:
+    sent = client.stats()["sent"]
+    while (sc.query("SELECT last_seq FROM clients WHERE client_id=?", client.client_id) or [(0,)])[0][0] < sent \
+            or sc.journal_count() > 0:
         if time.monotonic() > deadline:
             raise SystemExit(f"the journal still holds {sc.journal_count()} events after {timeout:.0f} s")
         time.sleep(0.1)
 
 
-def run(smoke: bool) -> dict[str, Any]:
-    seconds = 1.0 if smoke else 10.0
+def run(seconds: float, loads: tuple[int, ...] = LOADS) -> dict[str, Any]:
     rows = []
     with tempdir() as d, NotionProcess(rate=3, burst=1) as sim, \
             bench_sidecar(d, notion_url=sim.api_url, token=sim.token, rate=3) as sc, Client(sc.endpoint) as client:
         client.emit("notion.page.create", {"parent": {"database_id": sim.database_id},
                                            "properties": {"Name": {"title": [{"text": {"content": "EURUSD"}}]}}},
                     key=KEY)
-        drained(sc, 30)
+        drained(sc, client, 30)
         time.sleep(1.0)  # past the ingest's and the lanes' after-work lingering: idle is measured idle
         n = 0
-        for rate in LOADS:
+        print(f"sidecar pid {sc.pid}", file=sys.stderr, flush=True)  # for py-spy
+        for rate in loads:
             row, n = measure(sc.pid, client, rate, seconds, n)
             rows.append(row)
-            drained(sc, 60)
+            drained(sc, client, 60)
         page_id = read_ref(d / "journal" / "journal.db", "notion", KEY)
         assert page_id, "the page was never created"
         got = page(sim, page_id)["properties"]["Price"]["number"]
@@ -141,8 +146,12 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    args = parse_args(__doc__)
-    result = run(args.smoke)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_args(parser)
+    parser.add_argument("--loads", type=int, nargs="+", default=list(LOADS), help="events/s; 0 is idle")
+    parser.add_argument("--seconds", type=float, help="each load's window (default 10; 1 with --smoke)")
+    args = parser.parse_args()
+    result = run(args.seconds or (1.0 if args.smoke else 10.0), tuple(args.loads))
     print(table(result))
     write_json(args, result)
     return 0

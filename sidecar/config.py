@@ -86,6 +86,11 @@ class IngestConfig:
     # ...or fewer, once the oldest of them has waited this long (seconds): at low rates a
     # commit (an fsync) for several events, not one each. 0 commits whatever a read found.
     commit_window: float = setting(0.010, check=Check(lambda v: 0 <= v <= 1, "between 0 and 1"))
+    # While events keep flowing the window doubles at each commit, up to this (seconds): at
+    # 100 events/s ten commits a second, not a hundred (an fsync each: most of ingest's CPU,
+    # bench/footprint.py). What it costs: up to this much more emit -> journal while a flow
+    # lasts; the first event after a quiet spell still commits at once. Below commit_window: commit_window.
+    commit_window_max: float = setting(0.100, check=Check(lambda v: 0 <= v <= 1, "between 0 and 1"))
     # Where producers leave blobs of 64 KiB or more (client.blobs); "": beside the journal, <journal dir>.inbox.
     blob_dir: str = setting("", check=ANY)
     # A client heard of by nobody for this long is forgotten (its sequence state; the journal's clients table).

@@ -313,10 +313,18 @@ class NotionConnector(ConnectorBase):
         body: dict[str, Any] = {}
         properties: dict[str, Any] = {}
         taken: list[Event] = []
+        measured = grown = 0  # the merge's size when last measured, and at most how much it grew since
         for event in group:
             # Each event fits alone (route checked); many distinct properties might not together.
-            if taken and len(orjson.dumps([body, properties, event.payload])) > self.cfg.max_request_bytes:
-                break
+            # Measured only when it might not fit: a hot page's thousands of updates to one
+            # property keep the merge small, and a dumps an event was as dear as the merge.
+            # An event adds at most its payload, re-encoded: under 8x its frame's bytes
+            # (a number written "1e15" is re-encoded in 18).
+            grown += 8 * len(event.frame)
+            if taken and measured + grown > self.cfg.max_request_bytes:
+                measured, grown = len(orjson.dumps([body, properties, event.payload])), 0
+                if measured > self.cfg.max_request_bytes:
+                    break
             taken.append(event)
             for name, value in event.payload.items():
                 if name == "properties":

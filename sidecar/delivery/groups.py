@@ -12,6 +12,15 @@ object). It is never in two calls at once, so per-target order holds with any
 concurrency. Planning settles what needs no call on the way: duplicates
 (Skip), dead ends (Dead), and a group that belongs to another (Moved) is
 merged into it.
+
+A Moved group is merged by name, not by moving its rows: `ref:KEY` becomes
+an alias of `page:ID`, and the page's group is read with the alias's rows
+(in ingest order, their `target` set to the page's in memory). A hot key
+updated by `ref=` thousands of times a second then costs no row writes
+before each call; moving them (`Journal.retarget`, 100 rows a transaction)
+was half the event loop's CPU at 10,000 events/s (bench/footprint.py, py-spy).
+After a restart the aliases are found again the same way: the ref group's
+oldest row comes up among the heads first, is planned, and says Moved.
 """
 
 from __future__ import annotations
@@ -21,9 +30,10 @@ from typing import Any, assert_never
 
 from sidecar.connectors.base import Connector, Dead, Moved, Send, Skip, Wait
 from sidecar.delivery.settle import Settler
-from sidecar.journal.store import Journal
+from sidecar.journal.store import Event, Journal, decode_payloads
 
 READY_SCAN = 512
+MAX_ALIASES = 10_000  # groups merged by name; past it the oldest is forgotten (and found again by its plan)
 
 
 @dataclass
@@ -54,6 +64,8 @@ class Groups:
         self.settle = settle
         self._inflight: set[str] = set()
         self._blocked: dict[str, float] = {}  # target -> not before (waits and backoffs)
+        self._alias: dict[str, str] = {}  # a Moved group's target -> the group it belongs to
+        self._sources: dict[str, list[str]] = {}  # ...and back: a group -> the targets merged into it
 
     def context(self, now: float) -> _Context:
         """What a connector's plan() may see of the journal at `now`."""
@@ -77,12 +89,43 @@ class Groups:
                 if self.journal.retarget(self.name, old, new):
                     self._blocked.pop(old, None)
 
+    def group(self, target: str) -> list[Event]:
+        """A group's waiting events in ingest order, those of the groups merged into it included."""
+        sources = self._sources.get(target)
+        events = self.journal.group(self.name, target, also=sources or ())
+        if sources:
+            for event in events:
+                event.target = target  # as if moved: plans, backoffs and dead letters name the group
+        decode_payloads(events)  # every plan reads them: one parse, not one an event
+        return events
+
+    def merge(self, source: str, target: str) -> None:
+        """`source`'s events belong to `target`'s group from now on (see the module's docstring)."""
+        if self._alias.get(source) == target:
+            return
+        while len(self._alias) >= MAX_ALIASES:  # forget the oldest: its plan says Moved again if it is needed
+            old = next(iter(self._alias))
+            self._unalias(old)
+        self._unalias(source)
+        self._alias[source] = target
+        self._sources.setdefault(target, []).append(source)
+
+    def _unalias(self, source: str) -> None:
+        target = self._alias.pop(source, None)
+        if target is not None:
+            rest = [s for s in self._sources.get(target, ()) if s != source]
+            if rest:
+                self._sources[target] = rest
+            else:
+                self._sources.pop(target, None)
+
     def claim(self, now: float) -> str | None:
         """A free group's target, held for this worker's next `pick` (so two workers never wait
         for tokens for one group), without reading or planning it: one query. None: nothing
         to do; "": a full page of blocked rows, for `pick` to look further."""
         heads = self.journal.ready_heads(self.name, now)
         for _, target in heads:
+            target = self._alias.get(target, target)
             if target not in self._inflight and self._blocked.get(target, 0) <= now:
                 self._inflight.add(target)
                 return target
@@ -109,13 +152,14 @@ class Groups:
 
     def _among(self, heads: list[tuple[int, str]], seen: set[str], now: float) -> tuple[str, Send[Any]] | None:
         for _, target in heads:
+            target = self._alias.get(target, target)
             if target in seen:
                 continue
             seen.add(target)
             while True:
                 if target in self._inflight or self._blocked.get(target, 0) > now:
                     break
-                group = self.journal.group(self.name, target)
+                group = self.group(target)
                 if not group:
                     break
                 if group[0].not_before > now:  # an older event of this group is backing off
@@ -131,7 +175,7 @@ class Groups:
                             break
                         # Merge into the group it belongs to, so one page's events
                         # are never in two groups (two orders, two backoffs).
-                        self.journal.retarget(self.name, target, plan.target)
+                        self.merge(target, plan.target)
                         self._blocked.pop(plan.target, None)
                         target = plan.target
                         continue

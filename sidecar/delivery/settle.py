@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from typing import Any
 
 from sidecar.config import RetryConfig
@@ -52,12 +53,16 @@ class Settler:
         self.journal.complete([e.id for e in events], lane=self.lane, refs=result.refs)
         now_ns = time.time_ns()
         delivered = events[: len(events) - result.duplicates]
+        # Counted by kind, each label looked up once a call, not once an event (a coalesced
+        # call settles thousands: the lookups were 5% of the event loop at 10,000 events/s).
+        for kind, n in Counter(e.kind for e in delivered).items():
+            self.metrics.delivered.labels(kind=kind).inc(n)
+        self.delivered_count += len(delivered)
+        observe = self.metrics.emit_to_delivery.labels(lane=self.lane).observe
         for event in delivered:
-            self.metrics.delivered.labels(kind=event.kind).inc()
-            self.delivered_count += 1
-            self.metrics.emit_to_delivery.labels(lane=self.lane).observe((now_ns - event.emitted_ns) / 1e9)
-        for event in events[len(delivered):]:
-            self.metrics.deduplicated.labels(kind=event.kind, reason="duplicate").inc()
+            observe((now_ns - event.emitted_ns) / 1e9)
+        for kind, n in Counter(e.kind for e in events[len(delivered):]).items():
+            self.metrics.deduplicated.labels(kind=kind, reason="duplicate").inc(n)
         if plan.merged and not result.duplicates:
             self.metrics.coalesced.labels(kind=events[0].kind).inc(plan.merged)
 

@@ -15,10 +15,13 @@ delivery loop, and libzmq and SQLite release the GIL while they wait.
 
 Group commit by size and by time: what a read finds joins the pending
 batch, which commits when it holds `batch_max` events or when its oldest
-has waited `commit_window` (10 ms): at 100 or 1,000 events a second a
+has waited the commit window: at 100 or 1,000 events a second a
 commit, and its fsync, serves several events, not one; the first event
-after QUIET_WINDOWS windows without a commit goes at once, so a lone
-event is not kept waiting for company. Until then the
+after QUIET_WINDOWS `commit_window`s without a commit goes at once, so a lone
+event is not kept waiting for company. The window starts at
+`commit_window` (10 ms) and doubles at each commit while events keep
+coming, up to `commit_window_max` (100 ms): a steady flow pays ten fsyncs
+a second, and an event of it waits up to that long for its commit. Until then the
 thread sleeps on a timer, not a poll, and the rings' read positions stay
 where the journal has them (emit never waits: the producer only writes).
 
@@ -172,6 +175,7 @@ class Ingest:
         self._pending_zmq = 0
         self._pending_since: float | None = None
         self._last_commit = float("-inf")
+        self._window = cfg.commit_window  # the commit window now: see the module's docstring
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -215,7 +219,6 @@ class Ingest:
         poller.register(sock, zmq.POLLIN)
         if rings is not None and rings.doorbell is not None:
             poller.register(rings.doorbell.fileno(), zmq.POLLIN)
-        window = self.cfg.commit_window
         last_doorbells = 0.0
         lingered = False  # the one unarmed commit window after a batch has passed
         waited = False    # ...and what the read after it finds has waited up to a window: commit it now
@@ -234,7 +237,7 @@ class Ingest:
                         rings.drain_doorbell()
                 if self._pending_since is not None:
                     # A timer, not a poll: arrivals meanwhile wait for the commit anyway.
-                    self._stop.wait(max(0.0, self._pending_since + window - time.monotonic()))
+                    self._stop.wait(max(0.0, self._pending_since + self._window - time.monotonic()))
                     continue
                 if self._held is not None:
                     self._stop.wait(max(0.0, min(self._retry_at - time.monotonic(), IDLE_SLEEP_MS / 1000)))
@@ -242,9 +245,9 @@ class Ingest:
                 if rings is None:
                     poller.poll(SOCKET_SLEEP_MS)
                     continue
-                if not lingered and window > 0:
+                if not lingered and self._window > 0:
                     lingered = waited = True  # a steady flow is found here, and its producers never ring
-                    self._stop.wait(window)
+                    self._stop.wait(self._window)
                     continue
                 rings.arm()
                 if not self._cycle(sock):  # a record written before its producer saw the generation
@@ -289,13 +292,21 @@ class Ingest:
         if self._pending_since is None:
             # The first event after a quiet spell goes at once: a lone event's hand-off
             # stays as quick as without a window, and a flow is what gets grouped.
-            quiet = now - self._last_commit >= QUIET_WINDOWS * self.cfg.commit_window
-            self._pending_since = now - self.cfg.commit_window if quiet else now
-        if not (now_or_never or room - took <= 0 or now - self._pending_since >= self.cfg.commit_window):
+            # (Past the current window too: a flow's commits are a window apart, the linger's.)
+            quiet = now - self._last_commit >= QUIET_WINDOWS * self.cfg.commit_window + self._window
+            self._window = self._next_window(quiet)
+            self._pending_since = now - self._window if quiet else now
+        if not (now_or_never or room - took <= 0 or now - self._pending_since >= self._window):
             return took
         self._pending, self._pending_since = [], None
         zmq_n, self._pending_zmq = self._pending_zmq, 0
         return self._commit(pending, zmq_n) or took
+
+    def _next_window(self, quiet: bool) -> float:
+        """The window of a batch just begun: `commit_window` after a quiet spell, else twice the
+        last one, at most `commit_window_max`."""
+        base = self.cfg.commit_window
+        return base if quiet else min(2 * self._window, max(base, self.cfg.commit_window_max))
 
     def _gather(self, sock: zmq.Socket, limit: int, rings_too: bool) -> int:
         """Add up to `limit` messages from the rings and the socket to the pending batch."""

@@ -3,6 +3,7 @@ e2e/test_notion_e2e.py)."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from sidecar.config import NotionConfig
@@ -62,3 +63,21 @@ def test_notion_resends_a_possibly_applied_append_batch_unchanged() -> None:
     group[0].unsure = group[1].unsure = 1  # these two went out together and the answer was lost
     plan = conn.plan(group, FakePlanContext())
     assert isinstance(plan, Send) and [e.id for e in plan.events] == [0, 1]
+
+
+@pytest.mark.parametrize("size", [300, 2_000])
+def test_notion_merges_updates_up_to_the_request_size_and_no_further(size: int) -> None:
+    """The merge is measured only when it might not fit: what it takes must fit, one more must not."""
+    limit = 20_000
+    conn = NotionConnector(NotionConfig(max_request_bytes=limit), "t")
+    hot = [_event(n, "notion.page.update", "update:p", {"properties": {"Price": {"number": n}}}) for n in range(500)]
+    wide = [_event(500 + n, "notion.page.update", "update:p", {"properties": {f"P{n}": "x" * size}})
+            for n in range(100)]
+    plan = conn.plan(hot + wide, FakePlanContext())
+    assert isinstance(plan, Send) and isinstance(plan.request, UpdatePage)
+    taken = len(plan.events)
+    assert 500 < taken < 600  # every hot update, then wide ones until the next would not fit
+    assert len(orjson.dumps(plan.request.body)) <= limit
+    one_more = {**plan.request.body["properties"], **wide[taken - 500].payload["properties"]}
+    assert len(orjson.dumps({"properties": one_more})) > limit - 100
+    assert plan.request.body["properties"]["Price"] == {"number": 499}

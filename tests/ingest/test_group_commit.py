@@ -18,8 +18,13 @@ from sidecar.ops.metrics import Metrics
 
 @pytest.fixture
 def ingest(short_tmp: Path) -> Iterator[tuple[Ingest, Journal, str]]:
+    yield from bound_ingest(short_tmp, commit_window=1.0)
+
+
+def bound_ingest(short_tmp: Path, **settings: float) -> Iterator[tuple[Ingest, Journal, str]]:
+    """An Ingest bound to a socket in `short_tmp`, with these [ingest] settings, and its journal."""
     endpoint = f"ipc://{short_tmp}/g.sock"
-    cfg = from_dict({"ingest": {"endpoint": endpoint, "commit_window": 1.0}, "journal": {"dir": str(short_tmp / "j")}})
+    cfg = from_dict({"ingest": {"endpoint": endpoint, **settings}, "journal": {"dir": str(short_tmp / "j")}})
     journal = Journal.open(cfg.journal.dir, synchronous="NORMAL")
     ingest = Ingest(cfg.ingest, journal, {}, Metrics())
     ingest.bind()
