@@ -339,6 +339,40 @@ def packer(size: int) -> Callable[..., None]:
     return pack
 
 
+def _build_ring_file(fd: int, tmp: str, path: str, client_id: str, capacity: int, checksum: bool, *,
+                     allocate: bool, prefault: bool) -> mmap.mmap:
+    """Size, allocate, stamp, lock and map a ring made as `tmp` (fd), then rename it to
+    `path`: the sidecar never sees it half made. Raises TransportError (the fd closed)."""
+    try:
+        os.fchmod(fd, RING_FILE_MODE)
+        os.ftruncate(fd, FILE_HEADER + capacity)
+        # On a full tmpfs a write into a sparse mapping kills the process
+        # with SIGBUS: allocate every page now, or at least see that they fit.
+        if allocate:
+            os.posix_fallocate(fd, 0, FILE_HEADER + capacity)
+        else:
+            fs = os.fstatvfs(fd)
+            if fs.f_bavail * fs.f_frsize < FILE_HEADER + capacity:
+                raise OSError(28, "no room for the ring")
+        header = _FILE.pack(MAGIC, VERSION, FILE_CHECKSUM if checksum else 0, capacity, os.getpid(), 0,
+                            time.time_ns())
+        os.pwrite(fd, header, 0)
+        os.pwrite(fd, client_id.encode(), OFF_CLIENT_ID)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        mm = mmap.mmap(fd, FILE_HEADER + capacity)
+        if prefault:
+            try:
+                mm.madvise(MADV_POPULATE_WRITE)
+            except OSError:
+                pass  # before Linux 5.14: pages are mapped as they are first written
+        os.rename(tmp, path)
+    except OSError as exc:
+        os.close(fd)
+        _unlink(tmp)
+        raise TransportError(f"cannot create ring {path}: {exc.strerror}") from None
+    return mm
+
+
 def _unadopted() -> bytearray:
     """The stand-in for an ack file not made yet: position 0, and a wake
     generation the producer has not answered, so its first record rings."""
@@ -420,33 +454,7 @@ class RingWriter(Transport):
                                   "endpoint spelled as in its configuration?") from None
         except OSError as exc:
             raise TransportError(f"cannot create a ring in {directory}: {exc.strerror}") from None
-        try:
-            os.fchmod(fd, RING_FILE_MODE)
-            os.ftruncate(fd, FILE_HEADER + capacity)
-            # On a full tmpfs a write into a sparse mapping kills the process
-            # with SIGBUS: allocate every page now, or at least see that they fit.
-            if allocate:
-                os.posix_fallocate(fd, 0, FILE_HEADER + capacity)
-            else:
-                fs = os.fstatvfs(fd)
-                if fs.f_bavail * fs.f_frsize < FILE_HEADER + capacity:
-                    raise OSError(28, "no room for the ring")
-            header = _FILE.pack(MAGIC, VERSION, FILE_CHECKSUM if checksum else 0, capacity, os.getpid(), 0,
-                                time.time_ns())
-            os.pwrite(fd, header, 0)
-            os.pwrite(fd, client_id.encode(), OFF_CLIENT_ID)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            mm = mmap.mmap(fd, FILE_HEADER + capacity)
-            if prefault:
-                try:
-                    mm.madvise(MADV_POPULATE_WRITE)
-                except OSError:
-                    pass  # before Linux 5.14: pages are mapped as they are first written
-            os.rename(tmp, path)
-        except OSError as exc:
-            os.close(fd)
-            _unlink(tmp)
-            raise TransportError(f"cannot create ring {path}: {exc.strerror}") from None
+        mm = _build_ring_file(fd, tmp, path, client_id, capacity, checksum, allocate=allocate, prefault=prefault)
         return cls(path, fd, mm, capacity, checksum, directory, sidecar_uid)
 
     # -- the hot path ---------------------------------------------------------
