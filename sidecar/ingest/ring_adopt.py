@@ -10,6 +10,14 @@ journal, sockets and HTTP), rings whose producer is alive first (one read of
 `sidecar_rings_deferred_total`), never quarantines it. A file that is not a
 ring, or breaks its header, is moved to ``quarantine/`` (`RingDirectory`)
 and its producer told, if it can hear.
+
+A client id belongs to the owner uid of its first ring adopted since the
+sidecar started: a later ring of that id owned by another uid (a
+``<victim>.1.ring`` made by someone else) is quarantined unread
+(``wrong_owner``). One uid holds at most a quarter of the budget while the
+budget's last quarter is all that is left (`UID_SHARE`): a member of the
+group filling the budget with live, empty rings still leaves room for
+another uid's producer (deferred: ``fd_budget_uid``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ log = logging.getLogger("sidecar.rings")
 
 FD_RESERVE = 128               # descriptors never given to rings: journal, sockets, HTTP, metrics
 FDS_PER_RING = 2               # the ring's own, and the dup that mmap keeps of its ack file's
+UID_SHARE = 4                  # the budget's last 1/UID_SHARE only for uids holding less than that share
+MAX_BOUND_IDS = 100_000        # client id -> owner uid bindings remembered (beyond: unheld ones forgotten)
 _SHORT = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # out of descriptors or mappings: try later
 
 
@@ -81,6 +91,7 @@ class Adopter:
         self.max_record = max_record   # the longest record body ingest accepts (0: the ring's own bound)
         self.inbox = inbox
         self._deferred_logged = float("-inf")
+        self.owners: dict[str, int] = {}  # client id -> the uid of its first adopted ring (this process)
 
     def scan(self, rings: dict[str, Ring], now: float) -> None:
         """Adopt the rings not in `rings` yet into it, as many as the fd budget allows, live producers' first."""
@@ -104,16 +115,39 @@ class Adopter:
                 self.place.quarantine_path(entry.path, "not a regular file", pid=None, reason="not_a_file")
                 continue
             waiting.append(entry)
+        # A client's first ring (no ".N" suffix) before its later ones: after a restart, the
+        # owner its id is bound to is more likely the one that made the id's first ring.
+        waiting.sort(key=lambda e: e.name.count(".") > 1)
         room = self.budget - len(rings)
         if len(waiting) > min(room, 8):  # more than a few: descriptors may run out before the budget does
             live = flocked_inodes()
             if live:
                 waiting.sort(key=lambda e: e.inode() not in live)  # stable: live producers' rings first
-        for entry in waiting[:max(room, 0)]:
+        held: dict[int, int] = {}
+        for r in rings.values():
+            held[r.owner_uid] = held.get(r.owner_uid, 0) + 1
+        share = max(1, self.budget // UID_SHARE)
+        over_uid = done = 0
+        for entry in waiting:
+            if len(rings) >= self.budget:
+                break
+            done += 1
+            try:
+                uid = entry.stat(follow_symlinks=False).st_uid
+            except OSError:
+                continue  # gone since the listing
+            if held.get(uid, 0) >= share and self.budget - len(rings) <= share:
+                over_uid += 1  # the last share of the budget is for other uids' producers
+                continue
             if not self._adopt(rings, entry.path, entry.name, now):
+                done -= 1
                 break  # out of descriptors: the rest wait for the next scan
-        if len(waiting) > room:
-            self._defer("fd_budget", len(waiting) - max(room, 0), now, len(rings))
+            if entry.path in rings:
+                held[uid] = held.get(uid, 0) + 1
+        if over_uid:
+            self._defer("fd_budget_uid", over_uid, now, len(rings))
+        if len(waiting) > done:
+            self._defer("fd_budget", len(waiting) - done, now, len(rings))
 
     def _adopt(self, rings: dict[str, Ring], path: str, name: str, now: float) -> bool:
         """Open, check and start reading one ring; False if descriptors ran short (try later)."""
@@ -133,6 +167,12 @@ class Adopter:
             if not stat.S_ISREG(st.st_mode):
                 raise RingCorrupt("not a regular file")
             header = FileHeader(os.pread(fd, 128, 0), st.st_size, name)
+            if not self._owner_ok(header.client_id, st.st_uid, rings):
+                os.close(fd)
+                self.place.quarantine_path(path, f"client id {header.client_id} belongs to uid "
+                                           f"{self.owners[header.client_id]}, but uid {st.st_uid} made this ring",
+                                           pid=header.pid, client=header.client_id, reason="wrong_owner")
+                return True
             if header.version == layout.VERSION_V1:
                 fd = reopen_rw(fd)  # the sidecar writes a version-1 ring's read position into it
                 control = V1Control(fd)
@@ -164,6 +204,17 @@ class Adopter:
                  header.client_id, header.pid, st.st_uid, header.version, header.capacity, acked)
         return True
 
+    def _owner_ok(self, client_id: str, uid: int, rings: dict[str, Ring]) -> bool:
+        """Whether `uid` may write as `client_id`: the first uid to do so since start binds it."""
+        bound = self.owners.get(client_id)
+        if bound is not None:
+            return bound == uid
+        if len(self.owners) >= MAX_BOUND_IDS:  # bounded: forget the oldest ids no ring is read for now
+            live = {r.header.client_id for r in rings.values()}
+            for cid in [c for c in self.owners if c not in live][:MAX_BOUND_IDS // 10]:
+                del self.owners[cid]
+        self.owners[client_id] = uid
+        return True
 
     def _defer(self, reason: str, n: int, now: float, held: int) -> None:
         self.metrics.rings_deferred.labels(reason=reason).inc(n)

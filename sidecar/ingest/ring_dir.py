@@ -6,7 +6,8 @@
     place.clean(held=rings.keys())       # quarantine/ bounded; leftovers of the dead removed
     place.close()                        # the lock released
 
-Nothing in the directory can stop a start: whatever stands where the
+Nothing in the directory can stop a start, but the directory itself
+must be the sidecar's (`IngestError` if another uid owns it): whatever stands where the
 sidecar's own entries belong (``acks``, ``quarantine``, ``doorbell``) is
 renamed aside, never followed, and `open()` goes on; ``quarantine/`` keeps
 at most `quarantine_files` entries and `quarantine_bytes`, oldest out first.
@@ -25,6 +26,7 @@ import time
 from collections.abc import Collection
 
 from client import ring as layout
+from sidecar.errors import IngestError
 from sidecar.ingest.inbox import Inbox
 from sidecar.ingest.ring_files import delete, held_by_other, kind, unlink
 from sidecar.ops import lock
@@ -83,11 +85,15 @@ class RingDirectory:
         st = os.lstat(self.directory)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(errno.ENOTDIR, "not a directory (nor followed if a symlink)", self.directory)
-        if st.st_uid == os.geteuid():
-            os.chmod(self.directory, layout.RING_DIR_MODE)  # whatever the umask was
-        else:
-            log.warning("the ring directory %s belongs to uid %d, not to this sidecar: producers are not "
-                        "protected from each other until it is the sidecar's (chown it)", self.directory, st.st_uid)
+        if st.st_uid != os.geteuid():
+            # Whoever owns it can read and delete every ring in it (a local user
+            # who made it first in /tmp, say): never used, whatever its mode.
+            raise IngestError(
+                f"the ring directory {self.directory} belongs to uid {st.st_uid}, not to this sidecar "
+                f"(uid {os.geteuid()}): whoever owns it could read and remove every ring in it. Remove it "
+                f"(or chown it to uid {os.geteuid()}) and start again, or run under systemd, whose "
+                f"RuntimeDirectory= makes it")
+        os.chmod(self.directory, layout.RING_DIR_MODE)  # whatever the umask was
 
     def _own_dir(self, name: str, mode: int) -> str:
         """`directory/name` as a directory of ours with `mode`; anything else there is moved aside."""

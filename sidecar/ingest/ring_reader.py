@@ -68,7 +68,8 @@ class Ring:
     broken: str | None = None
     charged: int = 0               # record bytes the last read took from its budget
     armed: bool = False            # a wake generation is out, unanswered by a record since
-    progress_at: float = 0.0       # when it last yielded a record (or was adopted)
+    progress_at: float = 0.0       # when it last yielded a record (or was first read)
+    first_read: float | None = None  # when it was first read (None: not yet; nothing removes it before)
     next_probe: float = 0.0        # an empty ring is read again from then on
     probe_every: float = IDLE_PROBE_SECONDS
     last_record: float = float("-inf")  # when a read last yielded a record (the reader's clock)

@@ -174,9 +174,11 @@ class Rings:
                     continue
                 out += got
                 bytes_left -= r.charged
+                if r.first_read is None:  # its grace with no producer counts from here (maintain)
+                    r.first_read = r.progress_at = now
                 if got:
                     by_ring.setdefault(r.path, (r, []))[1].extend(got)
-                    r.progress_at = self._now
+                    r.progress_at = now  # the clock's now, not the last maintain's: ingest may have stalled
                     r.probe_every = IDLE_PROBE_SECONDS
                     r.last_record = now
                 elif r.empty and now - r.last_record >= RECENT_SECONDS:  # less and less often while idle
@@ -242,7 +244,8 @@ class Rings:
     def maintain(self, now: float, *, force: bool = False) -> None:
         """Adopt new rings; remove the drained ones whose producer is gone;
         quarantine the ones whose data stays unreadable, and those with no
-        producer that yield nothing for GRACE_SECONDS; tidy the directory."""
+        producer that yield nothing for GRACE_SECONDS from their first read
+        (a ring not read since adoption is never judged); tidy the directory."""
         if not force and now - self._last_maintain < MAINTAIN_SECONDS:
             return
         self._last_maintain = self._now = now
@@ -250,6 +253,8 @@ class Rings:
             self._probe_all = True
         self.scan()
         for r in list(self.rings.values()):
+            if r.first_read is None:
+                continue  # adopted but not read yet: whatever it holds is read before anything is judged
             try:
                 if r.stalled(now, STALL_SECONDS):  # this module's: tests patch it here
                     self.quarantine(r, f"no readable record at {r.pos} but the producer wrote up to {r.hint()}",
@@ -288,7 +293,9 @@ class Rings:
 
     def scan(self) -> None:
         """Adopt the rings not read yet, as many as the fd budget allows, live producers' first."""
-        self.adopter.scan(self.rings, self._now)
+        # The clock's now, not the last maintain's: after a stall (a SIGSTOPped sidecar) a ring
+        # adopted through the doorbell must not look as old as the stall.
+        self.adopter.scan(self.rings, self.clock())
 
     def _remove(self, r: Ring) -> None:
         del self.rings[r.path]
