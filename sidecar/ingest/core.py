@@ -421,6 +421,10 @@ def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics,
             rings.open()
             if inbox is not None:
                 _open_inbox(inbox, directory)
+        except IngestError:
+            sock.close(0)  # a ring directory the sidecar must not use (ring_dir.py says why)
+            rings.close()
+            raise
         except OSError as exc:
             sock.close(0)
             rings.close()
