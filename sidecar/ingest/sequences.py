@@ -45,7 +45,8 @@ import orjson
 from client import wire
 from sidecar.errors import Reject
 from sidecar.ingest.rejects import Throttle
-from sidecar.journal.store import ClientState, Journal
+from sidecar.journal.clients import ClientState
+from sidecar.journal.store import Journal
 from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.ingest")
@@ -83,7 +84,7 @@ class Sequences:
         self._overall = Throttle(GAP_LOG_SECONDS)
         self._unlogged = 0  # events lost in gaps whose lines were held back since the last line
         self._pruned_at = float("-inf")
-        self._load(journal.client_states(limit=max_in_memory))
+        self._load(journal.clients.states(limit=max_in_memory))
 
     def _load(self, states: Mapping[str, ClientState]) -> None:
         self.clients = {cid: ClientSeq(st.last_seq, st.gaps, ring=st.ring) for cid, st in states.items()}
@@ -93,7 +94,7 @@ class Sequences:
         them in memory, and its retry must not count its own events as replays.
         False if the journal cannot be read either; the retry waits until it can."""
         try:
-            states = self.journal.client_states(limit=self.max_in_memory)
+            states = self.journal.clients.states(limit=self.max_in_memory)
         except sqlite3.Error:
             self.stale = True
             return False
@@ -116,7 +117,7 @@ class Sequences:
             return 0
         self._pruned_at = now
         try:
-            gone = self.journal.prune_clients(self.keep_seconds, limit=PRUNE_CHUNK)
+            gone = self.journal.clients.prune(self.keep_seconds, limit=PRUNE_CHUNK)
         except sqlite3.Error as exc:  # the journal's health reports it; try again next time
             log.warning("could not prune the clients table: %s", exc)
             return 0
@@ -144,7 +145,7 @@ class Sequences:
 
     def _lookup(self, client_id: str) -> ClientSeq:
         try:
-            st = self.journal.client_state(client_id)
+            st = self.journal.clients.state(client_id)
         except sqlite3.Error:
             self.stale = True  # the write will most likely fail too, and restore() follows
             st = None

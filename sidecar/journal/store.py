@@ -39,6 +39,7 @@ from client import wire
 from sidecar.errors import JournalCorrupt, JournalError
 from sidecar.journal import upkeep
 from sidecar.journal.access import Transaction, connect_tool, journal_file
+from sidecar.journal.clients import Clients
 from sidecar.journal.health import AnyHealth, NoHealth
 from sidecar.journal.space import Space
 from sidecar.journal.spool import Spool
@@ -238,13 +239,6 @@ class Event:
         return Spool.sha256(self.blob_paths[index])
 
 
-@dataclass(frozen=True)
-class ClientState:
-    last_seq: int
-    gaps: int
-    ring: bool | None = None  # whose id: a ring's (True), the socket's (False), unknown (None)
-
-
 def is_corruption(exc: sqlite3.Error) -> bool:
     """SQLITE_CORRUPT or SQLITE_NOTADB (and their extended codes): the file, not the disk."""
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -271,6 +265,7 @@ class Journal:
     def __init__(self, conn: sqlite3.Connection, path: Path, *, health: AnyHealth | None = None,
                  role: str = "journal") -> None:
         self.conn = conn
+        self.clients = Clients(self)  # the producers' sequence state (clients.py)
         self.path = path
         self.spool = Spool(path.parent)  # blob files beside journal.db; rows name them
         # Told of every transaction's outcome (health.py), as this `role`; nobody if not given.
@@ -411,28 +406,6 @@ class Journal:
         """Every frame ever rejected, by reason: (total, of which not kept in `rejects`)."""
         return {reason: (total, unsampled) for reason, total, unsampled in
                 self.conn.execute("SELECT reason, total, unsampled FROM reject_counts")}
-
-    def client_states(self, limit: int = 1_000_000) -> dict[str, ClientState]:
-        """The `limit` most recently updated clients, oldest first (ingest loads a bounded number)."""
-        rows = self.conn.execute("SELECT client_id, last_seq, gaps, ring FROM clients"
-                                 " ORDER BY updated_at DESC LIMIT ?", (limit,)).fetchall()
-        return {cid: ClientState(seq, gaps, None if ring is None else bool(ring))
-                for cid, seq, gaps, ring in reversed(rows)}
-
-    def client_state(self, client_id: str) -> ClientState | None:
-        row = self.conn.execute("SELECT last_seq, gaps, ring FROM clients WHERE client_id=?", (client_id,)).fetchone()
-        return None if row is None else ClientState(row[0], row[1], None if row[2] is None else bool(row[2]))
-
-    def prune_clients(self, keep_seconds: float, limit: int = 10_000) -> list[str]:
-        """Delete up to `limit` clients not updated for `keep_seconds` before the latest
-        update of any (the journal's own clock: a sidecar long stopped forgets nothing
-        at its start); returns their ids."""
-        with self.transaction() as c:
-            gone = [cid for (cid,) in c.execute(
-                "SELECT client_id FROM clients WHERE updated_at < (SELECT max(updated_at) FROM clients) - ?"
-                " ORDER BY updated_at LIMIT ?", (keep_seconds, limit))]
-            c.executemany("DELETE FROM clients WHERE client_id=?", [(cid,) for cid in gone])
-        return gone
 
     # -- delivery -------------------------------------------------------------
 

@@ -186,7 +186,7 @@ def test_row_by_row_recovery_skips_only_the_rows_of_a_broken_page(tmp_path: Path
     assert 900 < recovered == len(seqs) < 1000  # one page of ~12 rows lost, the rest back
     assert seqs == sorted(seqs) and seqs[0] == 1 and seqs[-1] == 1000 and 500 not in seqs
     # The client's sequence survives in full: a resend of any old number is a replay.
-    assert fresh.client_states()["c"].last_seq == 1000
+    assert fresh.clients.states()["c"].last_seq == 1000
     fresh.close()
 
 

@@ -228,7 +228,7 @@ def test_a_journal_from_before_gets_the_ring_column(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     journal = Journal.open(tmp_path, synchronous="NORMAL")
-    state = journal.client_states()["c1"]
+    state = journal.clients.states()["c1"]
     assert (state.last_seq, state.ring) == (7, None)
     seqs = Sequences(journal, Metrics())
     assert not seqs.accept("c1", 7, {}, ring=True)  # an old row serves a ring: the re-read is still a replay
