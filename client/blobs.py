@@ -33,6 +33,12 @@ event of the loop wait behind the blob (or go through the helper too), which
 is the path that must stay a single memcpy; one file look-up in the sidecar
 costs nothing in the loop.
 
+Names. ``<client id>.<seq>.<i>.<16 random hex>.blob`` (`blob_name`): the
+random part keeps another member of the group from planting a file (or its
+``.tmp``, or a ``.failed`` marker) under a name this producer is about to
+use. The helper thread survives any error: it leaves the ``.failed`` marker
+when it can, counts it in `Offload.failed` and logs the first.
+
 Crash safety. The helper writes ``.<name>.tmp`` and renames it to `<name>`
 when complete: a producer killed mid-blob leaves a hidden .tmp, which the
 sidecar never takes for a blob (the record's event is rejected as
@@ -50,8 +56,9 @@ on the inbox's filesystem and the sidecar may read it, it is hard-linked
 into the inbox in emit (about 10 µs, whatever its size); else the helper
 copies it (emit returns at once; the copy reads the file as it is then).
 A hard link is the same file: changes made before the sidecar journals the
-event are delivered (the sidecar copies a linked file into its journal when
-it journals it, so later changes are not), and deleting or renaming the
+event are delivered (the sidecar copies every inbox file into its journal when
+it journals it, so later changes are not; a file whose size changed since
+the sidecar checked it is rejected as ``blob_changed``), and deleting or renaming the
 original is harmless. A file that is missing at emit is refused as
 ``bad_blob``.
 """

@@ -2,16 +2,20 @@
 
     inbox = Inbox("/var/lib/trading-sidecar.inbox")
     inbox.open(ring_dir)                    # make it 3770, publish its path in <ring_dir>/acks/inbox
-    ref = inbox.resolve(b"c1.7.0.blob", "c1", owner_uid, alive=ring.producer_alive)
-    # None: not there yet, wait (the ring stops at that record); else a BlobRef (maybe `error`)
-    inbox.consumed(["c1.7.0.blob"])         # after the journal commit: the journal has its own copy
+    ref = inbox.resolve(b"c1.7.0.0123456789abcdef.blob", "c1", owner_uid, alive=ring.producer_alive)
+    # None: not there yet, wait (the ring stops at that record); else a BlobRef (maybe `error`),
+    # holding the checked file open: spool.adopt(ref.fd, ref.size) copies from it; ref.close() after
+    inbox.consumed([ref.name])              # after the journal commit: the journal has its own copy
     inbox.clean(ring_names, now)            # orphans of gone clients, half-written .tmp files
 
 Trust. Any process of the trading group may write files here, so a name in
-a ring record is checked (``<the ring's client id>.<seq>.<i>.blob``, no
-path), the file is opened without following links, must be a regular file
-of the ring's owner (the only user who can have written that ring) and at
-most `max_bytes` long. The sidecar owns the directory (sticky: nobody else
+a ring record is checked (``<the ring's client id>.<seq>.<i>.<16 random
+hex>.blob``, no path: the random part means nobody can plant a file under
+a name before its producer writes it), the file is opened once without
+following links or blocking (a FIFO), and that fd must be a regular file of
+the ring's owner (the only user who can have written that ring) and at most
+`max_bytes` long. The journal copies from that very fd, never from the path
+(a file swapped for a symlink after the check is never followed). The sidecar owns the directory (sticky: nobody else
 removes another's file) and removes files once their events are journaled.
 A producer that lives is waited for up to WAIT_SECONDS (its helper thread
 may still be writing); one that is gone with the file missing gets its event

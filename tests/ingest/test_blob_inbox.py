@@ -22,6 +22,7 @@ from client import Client, blobs, ring
 from client.core import EmitError
 from sidecar.errors import Reject
 from sidecar.ingest.inbox import BlobRef, Inbox
+from sidecar.ingest.ring_blobs import MAX_HELD
 from sidecar.ingest.rings import Rings
 from sidecar.journal.spool import Spool
 from sidecar.ops.metrics import Metrics
@@ -297,3 +298,19 @@ def test_the_helper_survives_a_failed_write_and_reports_it(tmp_path: Path, caplo
     assert offload._thread is not None and offload._thread.is_alive()
     assert (Path(inbox.path) / good).read_bytes() == b"y" * 10
     assert len([r for r in caplog.records if "could not write blob" in r.message]) == 1  # logged once
+
+
+def test_a_ring_holds_at_most_max_held_blob_files_open_until_the_ack(tmp_path: Path) -> None:
+    rings, _inbox, endpoint = setup(tmp_path)
+    n = MAX_HELD + 6
+    with Client(endpoint, strict=True) as c:
+        for k in range(n):
+            assert c.emit("s3.put", {"bucket": "b", "key": f"k{k}"}, blob=k.to_bytes(4, "big") * (blobs.THRESHOLD // 4))
+    first = drain(rings)
+    assert len(first) == MAX_HELD and all(m[1].fd >= 0 for m in first)  # the rest wait for the ack
+    rings.ack()
+    assert all(m[1].fd == -1 for m in first)  # closed at the ack
+    rest: list = []
+    wait_until(lambda: rest.extend(events(rings.read(1000))) or len(rest) >= n - MAX_HELD, timeout=10,
+               what="the records after the ack")
+    assert [m[1].head[:4] for m in first + rest] == [k.to_bytes(4, "big") for k in range(n)]
