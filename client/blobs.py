@@ -33,6 +33,12 @@ event of the loop wait behind the blob (or go through the helper too), which
 is the path that must stay a single memcpy; one file look-up in the sidecar
 costs nothing in the loop.
 
+Names. ``<client id>.<seq>.<i>.<16 random hex>.blob`` (`blob_name`): the
+random part keeps another member of the group from planting a file (or its
+``.tmp``, or a ``.failed`` marker) under a name this producer is about to
+use. The helper thread survives any error: it leaves the ``.failed`` marker
+when it can, counts it in `Offload.failed` and logs the first.
+
 Crash safety. The helper writes ``.<name>.tmp`` and renames it to `<name>`
 when complete: a producer killed mid-blob leaves a hidden .tmp, which the
 sidecar never takes for a blob (the record's event is rejected as
@@ -50,8 +56,9 @@ on the inbox's filesystem and the sidecar may read it, it is hard-linked
 into the inbox in emit (about 10 µs, whatever its size); else the helper
 copies it (emit returns at once; the copy reads the file as it is then).
 A hard link is the same file: changes made before the sidecar journals the
-event are delivered (the sidecar copies a linked file into its journal when
-it journals it, so later changes are not), and deleting or renaming the
+event are delivered (the sidecar copies every inbox file into its journal when
+it journals it, so later changes are not; a file whose size changed since
+the sidecar checked it is rejected as ``blob_changed``), and deleting or renaming the
 original is harmless. A file that is missing at emit is refused as
 ``bad_blob``.
 """
@@ -75,6 +82,7 @@ INBOX_MODE = 0o3770
 BLOB_FILE_MODE = 0o640
 FAILED_SUFFIX = ".failed"
 CHUNK = 1 << 20                    # a copy reads and writes this much at a time
+TOKEN_HEX = 16                     # random hex digits in a blob's name: not guessable by other producers
 
 
 def find_inbox(ring_dir: str) -> str | None:
@@ -99,13 +107,15 @@ def find_inbox(ring_dir: str) -> str | None:
     return path
 
 
-def blob_name(client_id: str, seq: int, index: int) -> str:
-    """The file name of an event's `index`-th blob: unique per client and sequence.
+def blob_name(client_id: str, seq: int, index: int, token: str | None = None) -> str:
+    """The file name of an event's `index`-th blob: unique per client and sequence,
+    with `TOKEN_HEX` random hex digits (from os.urandom, new each call unless given)
+    so another member of the group cannot plant a file under it beforehand.
 
-    >>> blob_name("c1", 7, 0)
-    'c1.7.0.blob'
+    >>> blob_name("c1", 7, 0, "0123456789abcdef")
+    'c1.7.0.0123456789abcdef.blob'
     """
-    return f"{client_id}.{seq}.{index}.blob"
+    return f"{client_id}.{seq}.{index}.{token or os.urandom(TOKEN_HEX // 2).hex()}.blob"
 
 
 class Offload:
@@ -117,6 +127,7 @@ class Offload:
         self.pending = 0               # bytes queued, not yet written
         self.written = 0
         self.failed = 0
+        self._logged = False           # the first failure is logged; later ones only counted
         st = os.stat(inbox)
         self._dev, self._gid, self._sidecar_uid = st.st_dev, st.st_gid, st.st_uid
         self._jobs: collections.deque[tuple[str, bytes | memoryview | str]] = collections.deque()
@@ -188,6 +199,9 @@ class Offload:
                 self._busy = True
             try:
                 self._write(name, job)
+            except Exception as exc:  # noqa: BLE001 - this thread must never die: the ring would stall
+                self._failed(name, exc)
+                self.fail(name)
             finally:
                 with self._cv:
                     self._busy = False
@@ -212,11 +226,17 @@ class Offload:
             os.rename(tmp, os.path.join(self.inbox, name))
             self.written += 1
         except OSError as exc:
-            self.failed += 1
-            log.error("could not write blob %s into %s (%s): the sidecar rejects its event as blob_write_failed",
-                      name, self.inbox, exc)
+            self._failed(name, exc)
             _unlink(tmp)
             self.fail(name)
+
+    def _failed(self, name: str, exc: BaseException) -> None:
+        """Count a blob not written; log the first (a full disk would log every one)."""
+        self.failed += 1
+        if not self._logged:
+            self._logged = True
+            log.error("could not write blob %s into %s (%s): the sidecar rejects its event as blob_write_failed "
+                      "(later failures are counted in Offload.failed, not logged)", name, self.inbox, exc)
 
     def fail(self, name: str) -> None:
         """Leave ``<name>.failed``, an empty marker: the sidecar stops waiting for
@@ -238,5 +258,5 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
-        pass
+    except OSError:
+        pass  # gone, or another user's file planted under our name (sticky: not ours to remove)

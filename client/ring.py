@@ -98,7 +98,8 @@ files in the sidecar's blob inbox (see `client.blobs` for who writes them,
 how order and crash safety are kept). Such a record always has the frame
 inline as part 0 (so nparts >= 2); its body is the u32 length table, then
 one u8 per part (0 inline, 1 reference), then the parts; a reference part
-is the file's name in the inbox, ASCII, ``<client id>.<seq>.<i>.blob``.
+is the file's name in the inbox, ASCII, ``<client id>.<seq>.<i>.<16 random hex>.blob`` (unguessable, so no other
+producer can take a name first).
 
 Ring size. Now that large blobs live in files, a ring holds events only:
 DEFAULT_RING_BYTES is 8 MiB (fallocated at create, so a full tmpfs is an

@@ -197,9 +197,8 @@ class BatchWriter:
             if isinstance(blob, BlobRef):
                 if blob.error:
                     raise Reject(blob.error, f"blob file {blob.name} in the inbox: {blob.error}")
-                # A file with another name too (a Path hard-linked by the producer) is copied:
-                # later changes through that name must not change what was journaled.
-                return self.journal.spool.adopt(blob.path, copy=blob.nlink > 1)
+                # Copied from the fd the inbox checked, never reopened by path (spool.adopt).
+                return self.journal.spool.adopt(blob.fd, blob.size)
             return self.journal.spool.put(blob)
         except FileNotFoundError:
             raise Reject("blob_missing", "the blob file left the inbox before it was journaled") from None

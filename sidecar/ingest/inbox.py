@@ -2,16 +2,20 @@
 
     inbox = Inbox("/var/lib/trading-sidecar.inbox")
     inbox.open(ring_dir)                    # make it 3770, publish its path in <ring_dir>/acks/inbox
-    ref = inbox.resolve(b"c1.7.0.blob", "c1", owner_uid, alive=ring.producer_alive)
-    # None: not there yet, wait (the ring stops at that record); else a BlobRef (maybe `error`)
-    inbox.consumed(["c1.7.0.blob"])         # after the journal commit: the journal has its own copy
+    ref = inbox.resolve(b"c1.7.0.0123456789abcdef.blob", "c1", owner_uid, alive=ring.producer_alive)
+    # None: not there yet, wait (the ring stops at that record); else a BlobRef (maybe `error`),
+    # holding the checked file open: spool.adopt(ref.fd, ref.size) copies from it; ref.close() after
+    inbox.consumed([ref.name])              # after the journal commit: the journal has its own copy
     inbox.clean(ring_names, now)            # orphans of gone clients, half-written .tmp files
 
 Trust. Any process of the trading group may write files here, so a name in
-a ring record is checked (``<the ring's client id>.<seq>.<i>.blob``, no
-path), the file is opened without following links, must be a regular file
-of the ring's owner (the only user who can have written that ring) and at
-most `max_bytes` long. The sidecar owns the directory (sticky: nobody else
+a ring record is checked (``<the ring's client id>.<seq>.<i>.<16 random
+hex>.blob``, no path: the random part means nobody can plant a file under
+a name before its producer writes it), the file is opened once without
+following links or blocking (a FIFO), and that fd must be a regular file of
+the ring's owner (the only user who can have written that ring) and at most
+`max_bytes` long. The journal copies from that very fd, never from the path
+(a file swapped for a symlink after the check is never followed). The sidecar owns the directory (sticky: nobody else
 removes another's file) and removes files once their events are journaled.
 A producer that lives is waited for up to WAIT_SECONDS (its helper thread
 may still be writing); one that is gone with the file missing gets its event
@@ -36,20 +40,35 @@ log = logging.getLogger("sidecar.inbox")
 WAIT_SECONDS = 300.0           # a live producer's blob may take this long to appear, then blob_missing
 ORPHAN_SECONDS = 600.0         # a file of a client with no ring left, or a .tmp, older than this is removed
 HEAD_BYTES = 16                # what routing may look at without reading the file (image magic numbers)
-_NAME = re.compile(rb"([A-Za-z0-9._-]{1,64})\.(\d{1,20})\.(\d{1,2})\.blob\Z")
+# <client id>.<seq>.<i>.<16 random hex>.blob: the random part keeps another group
+# member from planting a file under a name the victim is about to use.
+_NAME = re.compile(rb"([A-Za-z0-9._-]{1,64})\.(\d{1,20})\.(\d{1,2})\.[0-9a-f]{%d}\.blob\Z" % producer.TOKEN_HEX)
 
 
 class BlobRef:
     """A blob that is a file in the inbox, in place of its bytes in an event's frames.
 
     `len()` is its size and `startswith` looks at its first bytes, which is all
-    routing needs; `error` is a reject reason when the file is unusable."""
+    routing needs; `error` is a reject reason when the file is unusable. `fd`
+    is the file as it was checked (-1 if none): the journal copies from it and
+    never opens `path` again, so a file swapped after the check is never read.
+    `close()` (or the ref's end) closes it."""
 
-    __slots__ = ("error", "head", "name", "nlink", "path", "size")
+    __slots__ = ("error", "fd", "head", "name", "nlink", "path", "size")
 
     def __init__(self, path: str, name: str, size: int = 0, head: bytes = b"", nlink: int = 1,
-                 error: str | None = None) -> None:
+                 error: str | None = None, fd: int = -1) -> None:
         self.path, self.name, self.size, self.head, self.nlink, self.error = path, name, size, head, nlink, error
+        self.fd = fd
+
+    def close(self) -> None:
+        """Close the checked fd; twice is harmless (the number may be another file's by then)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return self.size
@@ -113,6 +132,8 @@ class Inbox:
         return self._open(path, name, owner_uid) or BlobRef(path, name, error="blob_missing")
 
     def _open(self, path: str, name: str, owner_uid: int) -> BlobRef | None:
+        # Opened once, never followed, never blocking (a FIFO); the fd checked here is
+        # the one the journal copies from (Spool.adopt), so nothing can be swapped in between.
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -127,9 +148,14 @@ class Inbox:
                 return BlobRef(path, name, error="blob_wrong_owner")
             if st.st_size > self.max_bytes:
                 return BlobRef(path, name, size=st.st_size, error="too_large")
-            return BlobRef(path, name, st.st_size, os.pread(fd, HEAD_BYTES, 0), st.st_nlink)
+            ref = BlobRef(path, name, st.st_size, os.pread(fd, HEAD_BYTES, 0), st.st_nlink, fd=fd)
+            fd = -1  # the ref's now
+            return ref
+        except OSError:
+            return BlobRef(path, name, error="blob_unreadable")
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def consumed(self, names: Iterable[str]) -> None:
         """Remove files whose events the journal holds (it keeps its own link or copy)."""

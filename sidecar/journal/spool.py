@@ -5,7 +5,7 @@
     spool.read(path) == jpeg_bytes
     spool.sha256(path)                             # from the name, without reading the file
     spool.remove([path])                           # once delivered or purged
-    path = spool.adopt("/var/lib/trading-sidecar.inbox/c1.7.0.blob")   # a producer's file: linked, not read whole
+    path = spool.adopt(ref.fd, ref.size)           # a producer's inbox file, by the fd it was checked by
     with spool.open(path) as f: ...                # stream it (an S3 upload), never held whole in memory
 
 A file is named `<hex sha256>.<time_ns>`: the hash is known without reading
@@ -14,22 +14,27 @@ same body apart, so deleting one never takes the other's file. Rows store the
 path itself, so any Spool (or process, like `sidecar dlq purge`) can read and
 remove what another wrote.
 
-`adopt` takes a file a producer left in the blob inbox (sidecar.ingest.inbox):
-it is hashed in CHUNK pieces (memory stays bounded whatever its size), then
-hard-linked into the spool (no copy) when it has no other name, else copied
-(a Path the producer linked: its original name could still change it; a
-copy fixes what was journaled), and fsynced before the row commits.
+`adopt` takes a file a producer left in the blob inbox (sidecar.ingest.inbox)
+through the fd the inbox opened and checked (O_NOFOLLOW, a regular file of
+the ring's owner, at most the size limit): never by its path again, never
+hard-linked (a path can be swapped for a symlink to a secret or a FIFO after
+the check; a link by path is the same race). It is copied and hashed in
+CHUNK pieces in one pass (memory bounded whatever its size), exactly the
+size seen at the check: a file that grew or shrank since is refused as
+``blob_changed`` (nor is a file ftruncated to a TiB read for minutes). The
+copy is 0600 and fsynced before the row commits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
+
+from sidecar.errors import Reject
 
 CHUNK = 1 << 20                    # a blob is hashed and copied this much at a time
 
@@ -59,32 +64,34 @@ class Spool:
             raise
         return path
 
-    def adopt(self, src: str, *, copy: bool = False) -> str:
-        """Journal an inbox file: hashed in chunks, linked (or with `copy`, or across
-        filesystems, copied), fsynced; returns the spool path. Raises OSError."""
-        with open(src, "rb", buffering=0) as f:
-            digest = hashlib.sha256()
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-            path = os.path.join(self.dir, f"{digest.hexdigest()}.{time.time_ns()}")
+    def adopt(self, fd: int, size: int) -> str:
+        """Journal an inbox file from `fd` (the checked one; not closed here): `size`
+        bytes copied and hashed, fsynced; returns the spool path. Raises
+        Reject("blob_changed") if the file is not `size` bytes long now, OSError."""
+        digest = hashlib.sha256()
+        tmp = os.path.join(self.dir, f".adopt.{time.time_ns()}.tmp")
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
             try:
-                if not copy:
-                    try:
-                        os.link(src, path, follow_symlinks=False)
-                    except OSError:
-                        copy = True  # another filesystem, or protected_hardlinks for a non-root sidecar
-                if copy:
-                    f.seek(0)
-                    with open(path, "xb") as out:
-                        shutil.copyfileobj(f, out, CHUNK)
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                self.remove([path])
-                raise
+                offset = 0
+                while offset < size:
+                    chunk = os.pread(fd, min(CHUNK, size - offset), offset)
+                    if not chunk:
+                        raise Reject("blob_changed", f"the blob file shrank from {size} to {offset} bytes "
+                                                     "after it was checked")
+                    digest.update(chunk)
+                    _write_all(out, chunk)
+                    offset += len(chunk)
+                if os.pread(fd, 1, size) or os.fstat(fd).st_size != size:
+                    raise Reject("blob_changed", f"the blob file grew past the {size} bytes it had when checked")
+                os.fsync(out)
+            finally:
+                os.close(out)
+            path = os.path.join(self.dir, f"{digest.hexdigest()}.{time.time_ns()}")
+            os.rename(tmp, path)
+        except BaseException:
+            self.remove([tmp])
+            raise
         return path
 
     @staticmethod
@@ -109,3 +116,9 @@ class Spool:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
