@@ -272,8 +272,7 @@ class Journal:
         self.health = health if health is not None else NoHealth(path.parent)
         self.role = role
         self.space = self.health.space  # the disk-full policy (space.py)
-        # How long a ref is kept after it was written or last used (the app sets it from
-        # [journal] refs_keep_hours; `expire` forgets older ones, `ref` renews a used one).
+        # Seconds a ref is kept after its last write or use ([journal] refs_keep_hours; `expire`, `ref`).
         self.refs_keep = DEFAULT_REFS_KEEP_SECONDS
 
     @classmethod
