@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -105,9 +106,16 @@ def test_a_sidecar_not_started_is_noticed_and_status_lists_the_ring_once_it_runs
             assert not c.ping(0.5)
             sc.start()
             assert c.ping(30)
-            code, body = sc.get("/status")
-            assert code == 200
-            status = orjson.loads(body)
+
+            def ring_status() -> dict[str, Any] | None:
+                # /status is housekeeping's snapshot: the one after the ack shows no backlog.
+                code, body = sc.get("/status")
+                assert code == 200
+                found = [r for r in orjson.loads(body)["rings"] if r["client_id"] == c.client_id]
+                return found[0] if found and found[0]["backlog_bytes"] == 0 else None
+
+            wait_until(lambda: ring_status() is not None, timeout=30, what="a status snapshot with the ring acknowledged")
+            status = orjson.loads(sc.get("/status")[1])
             (ring,) = [r for r in status["rings"] if r["client_id"] == c.client_id]
             assert ring["pid"] == os.getpid() and ring["uid"] == os.getuid() and ring["version"] == 2
             assert ring["backlog_bytes"] == 0 and ring["age_seconds"] >= 0
