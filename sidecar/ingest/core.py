@@ -204,6 +204,8 @@ class Ingest:
                     if rings is not None and now - last_doorbells >= DOORBELL_SECONDS:
                         last_doorbells = now
                         rings.drain_doorbell()
+                    if took >= self.cfg.batch_max:
+                        continue  # a full batch: more waits; a window's sleep here would cap throughput
                 if self._pending_since is not None:
                     # A timer, not a poll: arrivals meanwhile wait for the commit anyway.
                     self._stop.wait(max(0.0, self._pending_since + self._window - time.monotonic()))
