@@ -74,6 +74,7 @@ from sidecar.ingest.admission import RETRY_SECONDS, Admission
 from sidecar.ingest.batch import BatchWriter, RingMessage
 from sidecar.ingest.inbox import Inbox
 from sidecar.ingest.rejects import Rejects
+from sidecar.ingest.ring_adopt import Owners
 from sidecar.ingest.rings import Rings
 from sidecar.ingest.sequences import Sequences
 from sidecar.journal.store import Journal
@@ -151,7 +152,7 @@ class Ingest:
     def bind(self) -> None:
         """Bind the ZeroMQ socket and open the ring directory; IngestError if either is unusable."""
         inbox = Inbox(self.cfg.blob_dir or f"{self.journal.path.parent}.inbox", max_bytes=self.cfg.max_blob_bytes)
-        self._sock, self.rings = _bind(self.cfg, self._ctx, self.metrics, inbox)
+        self._sock, self.rings = _bind(self.cfg, self._ctx, self.metrics, inbox, owners=self.journal.clients)
 
     def start(self) -> None:
         assert self._sock is not None, "bind() first"
@@ -386,7 +387,7 @@ def _fix_mmap_threshold() -> None:
 
 
 def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics,
-          inbox: Inbox | None = None) -> tuple[zmq.Socket, Rings | None]:
+          inbox: Inbox | None = None, *, owners: Owners | None = None) -> tuple[zmq.Socket, Rings | None]:
     """The PULL socket, bound, and the rings beside an ipc:// endpoint (if it has them)."""
     _fix_mmap_threshold()
     endpoint = cfg.endpoint
@@ -418,7 +419,7 @@ def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics,
     if directory is not None:
         # The longest record a valid event makes: the frame, its blobs and their table.
         largest = cfg.max_message_bytes + cfg.max_blob_bytes + 4 * (1 + wire.MAX_BLOBS)
-        rings = Rings(directory, metrics, max_record=largest, inbox=inbox)
+        rings = Rings(directory, metrics, max_record=largest, inbox=inbox, owners=owners)
         try:
             rings.open()
             if inbox is not None:

@@ -11,10 +11,11 @@ journal, sockets and HTTP), rings whose producer is alive first (one read of
 ring, or breaks its header, is moved to ``quarantine/`` (`RingDirectory`)
 and its producer told, if it can hear.
 
-A client id belongs to the owner uid of its first ring adopted since the
-sidecar started: a later ring of that id owned by another uid (a
-``<victim>.1.ring`` made by someone else) is quarantined unread
-(``wrong_owner``). One uid holds at most a quarter of the budget while the
+A client id belongs to the owner uid of its first ring adopted: a later
+ring of that id owned by another uid (a ``<victim>.1.ring`` made by someone
+else) is quarantined unread (``wrong_owner``). The binding is kept in the
+journal (`Owners`, the `client_owners` table), so a restart does not hand
+the id to whichever ring is adopted first. One uid holds at most a quarter of the budget while the
 budget's last quarter is all that is left (`UID_SHARE`): a member of the
 group filling the budget with live, empty rings still leaves room for
 another uid's producer (deferred: ``fd_budget_uid``).
@@ -26,7 +27,9 @@ import errno
 import logging
 import os
 import resource
+import sqlite3
 import stat
+from typing import Protocol
 
 from client import ring as layout
 from client.ring import FileHeader, RingCorrupt
@@ -44,6 +47,14 @@ FDS_PER_RING = 2               # the ring's own, and the dup that mmap keeps of 
 UID_SHARE = 4                  # the budget's last 1/UID_SHARE only for uids holding less than that share
 MAX_BOUND_IDS = 100_000        # client id -> owner uid bindings remembered (beyond: unheld ones forgotten)
 _SHORT = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # out of descriptors or mappings: try later
+
+
+class Owners(Protocol):
+    """Where client id -> owner uid bindings outlive the process (the journal's `Clients`)."""
+
+    def owners(self, limit: int) -> dict[str, int]: ...
+    def owner(self, client_id: str) -> int | None: ...
+    def bind_owner(self, client_id: str, uid: int) -> None: ...
 
 
 def fd_budget() -> int:
@@ -84,18 +95,27 @@ class Adopter:
     """Opens the rings of one directory as they appear, as many as `budget` allows."""
 
     def __init__(self, place: RingDirectory, metrics: Metrics, *, budget: int, max_record: int = 0,
-                 inbox: Inbox | None = None) -> None:
+                 inbox: Inbox | None = None, owners: Owners | None = None) -> None:
         self.place = place
         self.metrics = metrics
         self.budget = budget
         self.max_record = max_record   # the longest record body ingest accepts (0: the ring's own bound)
         self.inbox = inbox
         self._deferred_logged = float("-inf")
-        self.owners: dict[str, int] = {}  # client id -> the uid of its first adopted ring (this process)
+        self.store = owners
+        self.owners: dict[str, int] = {}  # client id -> the uid of its first adopted ring
+        self._unsaved: dict[str, int] = {}  # bindings the journal could not take yet (written at the next scan)
+        if owners is not None:
+            try:
+                self.owners = owners.owners(MAX_BOUND_IDS)
+            except sqlite3.Error as exc:  # the journal's health reports it; ids bind afresh meanwhile
+                log.warning("could not read the client ids' owners from the journal: %s", exc)
 
     def scan(self, rings: dict[str, Ring], now: float) -> None:
         """Adopt the rings not in `rings` yet into it, as many as the fd budget allows, live producers' first."""
         directory = self.place.directory
+        for cid, uid in list(self._unsaved.items()):
+            self._save(cid, uid)
         try:
             entries = list(os.scandir(directory))
         except OSError as exc:
@@ -207,14 +227,32 @@ class Adopter:
     def _owner_ok(self, client_id: str, uid: int, rings: dict[str, Ring]) -> bool:
         """Whether `uid` may write as `client_id`: the first uid to do so since start binds it."""
         bound = self.owners.get(client_id)
+        if bound is None and self.store is not None:
+            try:
+                bound = self.store.owner(client_id)  # forgotten from memory (bounded), or bound before a restart
+            except sqlite3.Error:
+                bound = None
         if bound is not None:
+            self.owners[client_id] = bound
             return bound == uid
         if len(self.owners) >= MAX_BOUND_IDS:  # bounded: forget the oldest ids no ring is read for now
             live = {r.header.client_id for r in rings.values()}
             for cid in [c for c in self.owners if c not in live][:MAX_BOUND_IDS // 10]:
                 del self.owners[cid]
         self.owners[client_id] = uid
+        self._save(client_id, uid)
         return True
+
+    def _save(self, client_id: str, uid: int) -> None:
+        """Keep a new binding in the journal; if it cannot be written now, at the next scan."""
+        if self.store is None:
+            return
+        try:
+            self.store.bind_owner(client_id, uid)
+            self._unsaved.pop(client_id, None)
+        except sqlite3.Error:  # disk full, read-only: the binding holds in memory meanwhile
+            if len(self._unsaved) < MAX_BOUND_IDS:
+                self._unsaved[client_id] = uid
 
     def _defer(self, reason: str, n: int, now: float, held: int) -> None:
         self.metrics.rings_deferred.labels(reason=reason).inc(n)

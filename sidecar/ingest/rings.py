@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from client.ring import RingCorrupt
 from sidecar.ingest.inbox import Inbox
-from sidecar.ingest.ring_adopt import Adopter, fd_budget
+from sidecar.ingest.ring_adopt import Adopter, Owners, fd_budget
 from sidecar.ingest.ring_dir import (
     CLEAN_SECONDS,
     HALF_MADE_SECONDS,
@@ -89,6 +89,7 @@ class Rings:
     batch_bytes: int = BATCH_BYTES
     clock: Callable[[], float] = time.monotonic
     inbox: Inbox | None = None     # blobs that records refer to (client.blobs); None: such records are rejected
+    owners: Owners | None = None   # where client id -> owner uid bindings are kept (the journal's clients)
     rings: dict[str, Ring] = field(default_factory=dict)
     doorbell: socket.socket | None = None
     _last_maintain: float = float("-inf")
@@ -105,7 +106,7 @@ class Rings:
         self.place = RingDirectory(self.directory, self.metrics, inbox=self.inbox,
                                    quarantine_files=QUARANTINE_FILES, quarantine_bytes=QUARANTINE_BYTES)
         self.adopter = Adopter(self.place, self.metrics, budget=self.fd_budget, max_record=self.max_record,
-                               inbox=self.inbox)
+                               inbox=self.inbox, owners=self.owners)
 
     def open(self) -> None:
         """Lock the directory (raises `lock.Locked` naming the other sidecar's

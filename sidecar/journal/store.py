@@ -118,6 +118,11 @@ CREATE TABLE IF NOT EXISTS clients (
     updated_at  REAL NOT NULL,
     ring        INTEGER          -- 1: a ring's id (socket frames may not claim it), 0: the socket's, NULL: unknown
 );
+CREATE TABLE IF NOT EXISTS client_owners (
+    client_id   TEXT PRIMARY KEY,  -- a ring's client id...
+    uid         INTEGER NOT NULL,  -- ...belongs to the owner of its first ring adopted (ring_adopt.py)
+    bound_at    REAL NOT NULL
+);
 """
 
 REJECT_KEEP_BYTES = 64 * 1024

@@ -577,6 +577,48 @@ def test_a_ring_of_a_client_id_made_by_another_uid_is_quarantined_unread(tmp_pat
     rings.close()
 
 
+def test_a_client_ids_owner_outlives_a_restart_and_is_pruned_with_the_client(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another uid")
+    from sidecar.journal.store import Journal
+    rdir = tmp_path / "rings"
+    ring.make_ring_dir(str(rdir))
+    journal = Journal.open(tmp_path / "journal", synchronous="NORMAL")
+    rings = Rings(str(rdir), Metrics(), owners=journal.clients)
+    rings.open()
+    victim = RingWriter.create(str(rdir), "victim", capacity=MIN_RING_BYTES, make_dir=False)
+    victim.send(b"mine")
+    assert [m[0] for m in read_all(rings)] == [b"mine"]
+    victim.close()
+    read_all(rings)                            # its producer gone and read to the end: the ring goes
+    rings.close()
+    assert journal.clients.owner("victim") == os.geteuid()
+    # Before the next start, someone else makes the victim's next ring.
+    forged = RingWriter.create(str(rdir), "victim", capacity=MIN_RING_BYTES, make_dir=False, suffix=".1")
+    os.chown(rdir / "victim.1.ring", 12345, -1)
+    forged.send(b"forged order")
+    restarted = Rings(str(rdir), Metrics(), owners=journal.clients)
+    restarted.open()
+    assert read_all(restarted) == []
+    assert restarted.metrics.value("sidecar_rings_quarantined_total", reason="wrong_owner") == 1
+    again = RingWriter.create(str(rdir), "victim", capacity=MIN_RING_BYTES, make_dir=False, suffix=".2")
+    again.send(b"mine again")
+    assert [m[0] for m in read_all(restarted)] == [b"mine again"]
+    for w in (forged, again):
+        w.close()
+    restarted.close()
+    # A binding goes with its client when the client is pruned, and a ring that
+    # never wrote an event (no clients row) loses its binding after as long.
+    journal.write_batch(events=[], rejects=[], clients={"victim": (2, 0, True, None, True)})
+    journal.clients.bind_owner("silent", 777)
+    journal.conn.execute("UPDATE client_owners SET bound_at = bound_at - 100")
+    journal.conn.execute("UPDATE clients SET updated_at = updated_at - 100 WHERE client_id = 'victim'")
+    journal.write_batch(events=[], rejects=[], clients={"other": (1, 0, True, None, True)})
+    assert journal.clients.prune(keep_seconds=50) == ["victim"]
+    assert journal.clients.owner("victim") is None and journal.clients.owner("silent") is None
+    journal.close()
+
+
 def test_a_ring_directory_another_uid_owns_is_refused(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give a directory to another uid")
