@@ -52,7 +52,8 @@ from client.ring import BINARY_V1, NO_STRING, RingWriter
 from sidecar.ingest.decode import KINDS_JSON, binary_frame_py, client_id_json
 
 CALLS, SMOKE_CALLS, REPEATS = 200_000, 5_000, 5
-MAX_CALLS = 500_000  # what the default 128 MiB ring holds of this frame (~590,000), with no reader
+RING_BYTES = 128 << 20  # each run's ring: no reader empties it (the default, 8 MiB, holds ~37,000 calls)
+MAX_CALLS = 500_000  # what a 128 MiB ring holds of this frame (~590,000), with no reader
 BATCH = 4096
 PAGE_ID = "59833787-2cf9-4fdf-8782-e53db20768a5"
 
@@ -99,7 +100,7 @@ def emit_parts(d: Path, calls: int, repeats: int) -> dict[str, float]:
         return lambda n: time_ns()
 
     def ring_write() -> Callable[[int], object]:
-        writer = RingWriter.create(str(d), f"w{len(rings)}", prefault=True)
+        writer = RingWriter.create(str(d), f"w{len(rings)}", capacity=RING_BYTES, prefault=True)
         rings.append(writer)
         send = writer.send
         return lambda n: send(frame)
@@ -115,7 +116,7 @@ def emit_parts(d: Path, calls: int, repeats: int) -> dict[str, float]:
 
     def emit(pure: bool = False) -> Callable[[int], object]:
         (d / "ingest.rings").mkdir(exist_ok=True, mode=0o2770)
-        client = Client(f"ipc://{d}/ingest.sock", prefault=True)
+        client = Client(f"ipc://{d}/ingest.sock", ring_bytes=RING_BYTES, prefault=True)
         rings.append(client)
         # pure: the class's method, the pure-Python path, even where the compiled one is bound.
         em = Client.emit.__get__(client) if pure else client.emit
