@@ -38,6 +38,7 @@ from sidecar.ops import lock
 from sidecar.ops.credentials import read_secret
 from sidecar.ops.http_api import ApiServer
 from sidecar.ops.metrics import Metrics
+from sidecar.ops.peers import Readers
 from sidecar.ops.status import Health, Status
 
 log = logging.getLogger("sidecar")
@@ -130,7 +131,8 @@ def _build(cfg: Config, metrics: Metrics, loop: asyncio.AbstractEventLoop, recov
     if cfg.metrics.address:
         try:
             api = ApiServer(cfg.metrics.address, metrics.registry, status, health,
-                            lambda lane, key: read_ref(cfg.journal.dir, lane, key))
+                            lambda lane, key: read_ref(cfg.journal.dir, lane, key),
+                            readers=Readers(os.geteuid(), os.getegid()))
         except OSError as exc:
             ingest.stop()
             raise SidecarError(f"cannot serve metrics on {cfg.metrics.address} ({exc.strerror}); "

@@ -103,6 +103,12 @@ def _fetch(cfg: Config, path: str) -> tuple[int, Any]:
         conn.close()
 
 
+def _forbidden(body: Any) -> int:
+    """The API refused this user its /status (http_api.py says who may read it)."""
+    print(f"not allowed: {body.get('error') if isinstance(body, dict) else body} (try sudo)", file=sys.stderr)
+    return ExitCode.FAILED
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _config(args)
     try:
@@ -110,6 +116,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"sidecar not reachable at {cfg.metrics.address}: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE
+    if code == 403:
+        return _forbidden(body)
     if args.json:
         print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
         return ExitCode.OK
@@ -193,7 +201,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     try:
-        _, status = _fetch(cfg, "/status")
+        code, status = _fetch(cfg, "/status")
+        if code == 403:
+            return _forbidden(status)
         pid = int(status["process"]["pid"])
     except (OSError, KeyError, TypeError, ValueError) as exc:
         print(f"sidecar not reachable at {cfg.metrics.address}: {exc}", file=sys.stderr)

@@ -90,7 +90,7 @@ class ExitCode(IntEnum):
 
     OK = 0, "done; check: healthy"
     FAILED = 1, ("check: degraded (says why); run: ingest failed while running; emit: event refused; "
-                 "reload: not allowed to signal the sidecar; dlq, refs: nothing found")
+                 "status, reload: not allowed to read its status (403) or signal it; dlq, refs: nothing found")
     UNAVAILABLE = 2, ("check, status, reload: no sidecar reachable; "
                       "run, demo: the extra they need is not installed")
     NOT_SENT = 3, "emit: no sidecar listening, the event was not sent"

@@ -32,7 +32,13 @@ benchmarks' smoke runs); `-m "not slow"` leaves them out.
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import shutil
+import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +84,27 @@ def notion_sim() -> Iterator[NotionSimulator]:
 def fast_notion() -> Iterator[NotionSimulator]:
     """Ten times as fast, for tests that move thousands of events."""
     yield from _notion(300, 100)
+
+
+@pytest.fixture
+def two_users() -> Iterator[tuple[int, int, int]]:
+    """(uid A, uid B, gid): two users sharing a group, removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create users")
+    if shutil.which("useradd") is None or shutil.which("groupadd") is None:
+        pytest.skip("useradd/groupadd are not installed")
+    tag = uuid.uuid4().hex[:6]
+    group, users = f"h17g{tag}", [f"h17a{tag}", f"h17b{tag}"]
+    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    try:
+        for u in users:
+            subprocess.run(["useradd", "-M", "-N", "-g", group, "-s", "/usr/sbin/nologin", u], check=True,
+                           capture_output=True)
+        yield pwd.getpwnam(users[0]).pw_uid, pwd.getpwnam(users[1]).pw_uid, grp.getgrnam(group).gr_gid
+    finally:
+        for u in users:
+            subprocess.run(["userdel", u], check=False, capture_output=True)
+        subprocess.run(["groupdel", group], check=False, capture_output=True)
 
 
 @pytest.fixture(autouse=True)

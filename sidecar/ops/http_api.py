@@ -19,6 +19,10 @@ once made 1,009 threads and ran out of descriptors), at most
 connections cannot lock out `sidecar check`), `timeout` seconds for a
 connection to send its request and again to take the answer, a request of
 MAX_REQUEST_BYTES at most, and one request a connection (`Connection: close`).
+/status and /refs name producers and what delivery made: with `readers`
+(the sidecar passes its uid and group, peers.py) they answer only root, the
+sidecar's uid and its group's members, anyone else 403; /metrics and
+/health answer all.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from urllib.parse import unquote
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sidecar.ops.peers import Readers, peer_uid
 from sidecar.ops.status import Health, Status
 
 log = logging.getLogger("sidecar.http")
@@ -57,7 +62,8 @@ class _Conn:
 class ApiServer:
     def __init__(self, address: str, registry: CollectorRegistry, status: Callable[[], Status | None],
                  health: Callable[[], Health], lookup_ref: Callable[[str, str], str | None], *,
-                 max_connections: int = MAX_CONNECTIONS, timeout: float = TIMEOUT_SECONDS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, timeout: float = TIMEOUT_SECONDS,
+                 readers: Readers | None = None) -> None:
         host, _, port = address.rpartition(":")
         self.registry = registry
         self.status = status
@@ -65,6 +71,7 @@ class ApiServer:
         self.lookup_ref = lookup_ref
         self.max_connections = max_connections
         self.timeout = timeout
+        self.readers = readers  # who may read /status and /refs (None: anyone who can connect)
         self.evicted = 0  # connections closed to make room for a newer one
         self._listener = socket.create_server((host or "127.0.0.1", int(port)), backlog=128)
         self._listener.setblocking(False)
@@ -138,7 +145,7 @@ class ApiServer:
                 end = conn.request.find(b"\r\n\r\n")
                 if end < 0 and len(conn.request) < MAX_REQUEST_BYTES:
                     return
-                status, body, ctype = (self.answer(bytes(conn.request[:end])) if end >= 0 else
+                status, body, ctype = (self.answer(bytes(conn.request[:end]), conn.sock) if end >= 0 else
                                        (431, b'{"error": "request too large"}', JSON))
                 conn.answer = memoryview(_response(status, body, ctype))
                 conn.deadline = time.monotonic() + self.timeout
@@ -162,8 +169,8 @@ class ApiServer:
 
     # -- what is asked ----------------------------------------------------------
 
-    def answer(self, head: bytes) -> tuple[int, bytes, str]:
-        """(status, body, content type) for a request's head (request line and headers)."""
+    def answer(self, head: bytes, sock: socket.socket | None = None) -> tuple[int, bytes, str]:
+        """(status, body, content type) for a request's head (request line and headers), asked on `sock`."""
         try:
             method, target, _version = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
         except ValueError:
@@ -171,17 +178,21 @@ class ApiServer:
         if method != "GET":
             return 405, b'{"error": "GET only"}', JSON
         try:
-            return self._route(target.split("?", 1)[0])
+            return self._route(target.split("?", 1)[0], sock)
         except Exception:  # one bad answer, not a stopped server
             log.exception("HTTP API failed to answer %s", target[:200])
             return 500, b'{"error": "internal error"}', JSON
 
-    def _route(self, path: str) -> tuple[int, bytes, str]:
+    def _route(self, path: str, sock: socket.socket | None) -> tuple[int, bytes, str]:
         if path == "/metrics":
             return 200, generate_latest(self.registry), CONTENT_TYPE_LATEST
         if path == "/health":
             health = self.health()
             return 200 if health.ok else 503, orjson.dumps(health.to_dict()), JSON
+        if self.readers is not None and (path == "/status" or path.startswith("/refs/")) \
+                and not self.readers.allow(None if sock is None else peer_uid(sock)):
+            return 403, orjson.dumps({"error": f"{path.split('/')[1]} answers {self.readers.describe()} "
+                                               "on this host; /metrics and /health answer anyone"}), JSON
         if path == "/status":
             status = self.status()
             if status is None:  # before the first snapshot: only the health, and 503

@@ -14,8 +14,6 @@ import sys
 import tempfile
 import textwrap
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -365,29 +363,6 @@ def test_a_batch_takes_at_most_its_byte_budget_and_one_record_however_many_rings
 
 
 # -- producers of the group, as two real users ---------------------------------------------
-
-
-@pytest.fixture
-def two_users() -> Iterator[tuple[int, int, int]]:
-    """(uid A, uid B, gid): two users sharing a group, removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create users")
-    if shutil.which("useradd") is None or shutil.which("groupadd") is None:
-        pytest.skip("useradd/groupadd are not installed")
-    tag = uuid.uuid4().hex[:6]
-    group, users = f"h17g{tag}", [f"h17a{tag}", f"h17b{tag}"]
-    subprocess.run(["groupadd", group], check=True, capture_output=True)
-    try:
-        for u in users:
-            subprocess.run(["useradd", "-M", "-N", "-g", group, "-s", "/usr/sbin/nologin", u], check=True,
-                           capture_output=True)
-        import grp
-        import pwd
-        yield pwd.getpwnam(users[0]).pw_uid, pwd.getpwnam(users[1]).pw_uid, grp.getgrnam(group).gr_gid
-    finally:
-        for u in users:
-            subprocess.run(["userdel", u], check=False, capture_output=True)
-        subprocess.run(["groupdel", group], check=False, capture_output=True)
 
 
 def python_for_others() -> list[str]:
