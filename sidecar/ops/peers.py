@@ -58,8 +58,10 @@ def peer_uid(sock: socket.socket, tables: tuple[str, ...] = PROC_TABLES) -> int 
                 next(f, None)  # the header
                 for line in f:
                     fields = line.split()
-                    if len(fields) > 7 and fields[1] in theirs and fields[2] in mine:
-                        return int(fields[7])
+                    if len(fields) > 9 and fields[1] in theirs and fields[2] in mine:
+                        # A socket its process closed may be listed as a time-wait
+                        # entry, with uid 0 and inode 0: not root, and nobody to answer.
+                        return None if fields[9] == "0" else int(fields[7])
         except (OSError, ValueError):
             continue
     return None
