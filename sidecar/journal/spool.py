@@ -7,6 +7,7 @@
     spool.remove([path])                           # once delivered or purged
     path = spool.adopt(ref.fd, ref.size)           # a producer's inbox file, by the fd it was checked by
     with spool.open(path) as f: ...                # stream it (an S3 upload), never held whole in memory
+    spool.remove_leftovers()                       # half-made copies a crash left (create() does it too)
 
 A file is named `<hex sha256>.<time_ns>`: the hash is known without reading
 the body again (S3 signs with it), and the suffix keeps two events with the
@@ -37,6 +38,7 @@ from typing import BinaryIO
 from sidecar.errors import Reject
 
 CHUNK = 1 << 20                    # a blob is hashed and copied this much at a time
+LEFTOVER_SECONDS = 3600.0          # an `.adopt.*.tmp` this old is a crash's leftover (a copy takes seconds)
 
 
 class Spool:
@@ -49,6 +51,20 @@ class Spool:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.dir.stat().st_mode & 0o077:
             os.chmod(self.dir, 0o700)
+        self.remove_leftovers()
+
+    def remove_leftovers(self, older_than: float = LEFTOVER_SECONDS) -> int:
+        """Delete the half-made copies a crash left mid-`adopt` (none of them is
+        named by a row: the row commits after the rename); how many went."""
+        cutoff = time.time() - older_than
+        gone = 0
+        with os.scandir(self.dir) as entries:
+            for e in entries:
+                if e.name.startswith(".adopt.") and e.name.endswith(".tmp") \
+                        and e.stat(follow_symlinks=False).st_mtime < cutoff:
+                    self.remove([e.path])
+                    gone += 1
+        return gone
 
     def put(self, blob: bytes) -> str:
         """Write a blob durably; returns the path the event row refers to."""

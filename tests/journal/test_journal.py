@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import time
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,6 +47,19 @@ def test_spool_names_files_by_sha256_and_removes_what_is_there(tmp_path: Path) -
     assert spool.sha256(a) == hashlib.sha256(b"body").hexdigest() == Path(a).name.split(".")[0]
     spool.remove([a, a, b])  # already gone is fine
     assert list((tmp_path / "blobs").iterdir()) == []
+
+
+def test_a_copy_a_crash_left_mid_adopt_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.create()
+    kept = spool.put(b"a journaled blob")
+    old = spool.dir / ".adopt.1.tmp"           # a crash mid-copy, an hour ago
+    old.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    fresh = spool.dir / ".adopt.2.tmp"         # a copy under way now (a tool opening the journal meanwhile)
+    fresh.write_bytes(b"half")
+    Journal.open(tmp_path, synchronous="NORMAL").close()
+    assert sorted(p.name for p in spool.dir.iterdir()) == sorted([Path(kept).name, ".adopt.2.tmp"])
 
 
 def test_a_row_survives_dead_letter_and_retry_and_complete_removes_its_blob(tmp_path: Path) -> None:
