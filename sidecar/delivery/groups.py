@@ -30,7 +30,7 @@ from typing import Any, assert_never
 
 from sidecar.connectors.base import Connector, Dead, Moved, Send, Skip, Wait
 from sidecar.delivery.settle import Settler
-from sidecar.journal.store import Event, Journal, decode_payloads
+from sidecar.journal.store import Event, Journal
 
 READY_SCAN = 512
 MAX_ALIASES = 10_000  # groups merged by name; past it the oldest is forgotten (and found again by its plan)
@@ -90,13 +90,13 @@ class Groups:
                     self._blocked.pop(old, None)
 
     def group(self, target: str) -> list[Event]:
-        """A group's waiting events in ingest order, those of the groups merged into it included."""
+        """A group's waiting events in ingest order, those of the groups merged into it included,
+        their payloads parsed (every plan reads them: `Journal.group` parses the group at once)."""
         sources = self._sources.get(target)
         events = self.journal.group(self.name, target, also=sources or ())
         if sources:
             for event in events:
                 event.target = target  # as if moved: plans, backoffs and dead letters name the group
-        decode_payloads(events)  # every plan reads them: one parse, not one an event
         return events
 
     def merge(self, source: str, target: str) -> None:

@@ -12,8 +12,9 @@ values are our own closed sets (kinds, lanes, reasons, status codes).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psutil
@@ -111,6 +112,33 @@ class Metrics:
                 if sample.name == name:
                     total += sample.value
         return total
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """`histogram.observe(a)` for each of `amounts`, as one add a bucket and one to the sum.
+
+    A coalesced call settles thousands of events; observing each (a lock and a
+    bucket search each time) was 1 µs an event of the event loop. The buckets are
+    the histogram's own (prometheus_client's `_upper_bounds`, `_buckets`, `_sum`,
+    as its `observe` uses them); a histogram without them is observed one by one.
+    """
+    if not amounts:
+        return
+    bounds, buckets, total = (getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    ordered = sorted(amounts)
+    below = 0
+    for bound, bucket in zip(bounds, buckets, strict=True):
+        upto = bisect_right(ordered, bound)  # observe() puts an amount in the first bucket it is <= to
+        if upto > below:
+            bucket.inc(upto - below)
+            below = upto
+        if below == len(ordered):
+            break
+    total.inc(sum(ordered))
 
 
 class ClientReports(Collector):
