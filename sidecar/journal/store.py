@@ -196,7 +196,7 @@ def decode_payloads(events: Sequence[Event]) -> None:
         return
     for event, doc in zip(events, docs, strict=True):
         if type(doc) is list and len(doc) == ENVELOPE_ITEMS:
-            event.__dict__["payload"] = doc[-1]  # what the cached_property would hold
+            event.payload = doc[-1]  # what the cached_property would hold (it has no setter)
 
 
 def split_blob_paths(joined: str | None) -> list[str]:
@@ -477,7 +477,7 @@ class Journal:
                 return None
             event = Event(id_, lane, doc[3], target, doc[4], doc[5], doc[1], seq, emitted_ns, received_ns, frame,
                           blob_path, attempts, unsure, not_before)
-            event.__dict__["payload"] = doc[7]  # what the cached_property would hold
+            event.payload = doc[7]  # what the cached_property would hold (it has no setter)
             events.append(event)
         return events
 
