@@ -435,10 +435,11 @@ class Journal:
         The read takes the row's numbers and its frame, and the rest from the frame, which
         is the envelope ingest decoded those columns from (batch.py): one orjson parse of
         the group's frames gives the payloads every plan reads and the strings (kind, key,
-        ref, client id) that SQLite would otherwise copy out once a row, a third of a
-        hot group's read. A row whose frame does not say its own seq and emit time (or
-        does not parse) sends the whole group the long way (every column; payloads
-        parsed as one array where they can be, else each on its own).
+        ref, client id) that SQLite would otherwise copy out once a row, about half of
+        a hot group's read (2.1 -> 1.05 us a row in process). A row whose frame does not
+        say its own seq and emit time (or does not parse) sends the whole group the long
+        way (every column; payloads parsed as one array where they can be, else each on
+        its own).
         """
         events = self._group_from_frames(lane, target, limit)
         for other in also:
