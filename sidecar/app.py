@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -113,6 +114,11 @@ class Sidecar:
                       status=self.status, health=self.health)
         self.lanes = parts.lanes
         tasks = self._start(parts)
+        # What start-up built lives as long as the process: out of the collector's sight, a
+        # full collection walks only what came since. Delivery allocates by the group (a
+        # coalesced call of thousands of parsed events), which triggered a full collection
+        # about every 2.5 s at 10,000 events/s, 43 ms each over the whole heap (gc.callbacks).
+        gc.freeze()
         self._parts = parts
         if self._reload_pending:
             self.reload()

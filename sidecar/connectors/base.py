@@ -41,11 +41,19 @@ async def unpaced() -> None:
 @dataclass
 class Send(Generic[R]):
     """One call to make. `events` all leave the journal when it succeeds;
-    `merged` says how many were folded into the call beyond the first."""
+    `merged` says how many were folded into the call beyond the first.
+
+    `idempotent`: making the call twice has the effect of making it once (a
+    merged page PATCH that sets values). The lane then writes nothing before
+    it (no attempt counted, nothing marked unsure: a transaction and an fsync
+    a call saved); a failure counts the attempt when it defers the events, and
+    a crash mid-call simply sends it again. Leave it False for anything that
+    creates or appends: those are checked before a resend."""
 
     events: list[Event]
     request: R
     merged: int = 0
+    idempotent: bool = False
 
 
 @dataclass

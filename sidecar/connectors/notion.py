@@ -334,7 +334,8 @@ class NotionConnector(ConnectorBase):
                     body["in_trash" if name == "archived" and self.version >= V2026 else name] = value
         if properties:
             body["properties"] = properties
-        return Send(taken, UpdatePage(page_id, body), merged=len(taken) - 1)
+        # Setting properties is idempotent: a resend after a crash or a timeout lands the same values.
+        return Send(taken, UpdatePage(page_id, body), merged=len(taken) - 1, idempotent=True)
 
     def _batch_appends(self, group: list[Event], block_id: str) -> Send[NotionRequest]:
         taken: list[Event] = []

@@ -30,9 +30,10 @@ from typing import Any, assert_never
 
 from sidecar.connectors.base import Connector, Dead, Moved, Send, Skip, Wait
 from sidecar.delivery.settle import Settler
-from sidecar.journal.store import Event, Journal, decode_payloads
+from sidecar.journal.store import Event, Journal
 
-READY_SCAN = 512
+FIRST_SCAN = 16  # the oldest ready rows looked at first: their group is almost always free
+READY_SCAN = 512  # then a page of them, when those all belong to groups in a call or blocked
 MAX_ALIASES = 10_000  # groups merged by name; past it the oldest is forgotten (and found again by its plan)
 
 
@@ -90,13 +91,13 @@ class Groups:
                     self._blocked.pop(old, None)
 
     def group(self, target: str) -> list[Event]:
-        """A group's waiting events in ingest order, those of the groups merged into it included."""
+        """A group's waiting events in ingest order, those of the groups merged into it included,
+        their payloads parsed (every plan reads them: `Journal.group` parses the group at once)."""
         sources = self._sources.get(target)
         events = self.journal.group(self.name, target, also=sources or ())
         if sources:
             for event in events:
                 event.target = target  # as if moved: plans, backoffs and dead letters name the group
-        decode_payloads(events)  # every plan reads them: one parse, not one an event
         return events
 
     def merge(self, source: str, target: str) -> None:
@@ -121,25 +122,33 @@ class Groups:
 
     def claim(self, now: float) -> str | None:
         """A free group's target, held for this worker's next `pick` (so two workers never wait
-        for tokens for one group), without reading or planning it: one query. None: nothing
-        to do; "": a full page of blocked rows, for `pick` to look further."""
-        heads = self.journal.ready_heads(self.name, now)
-        for _, target in heads:
-            target = self._alias.get(target, target)
-            if target not in self._inflight and self._blocked.get(target, 0) <= now:
-                self._inflight.add(target)
-                return target
-        return "" if len(heads) == READY_SCAN else None
+        for tokens for one group), without reading or planning it: a query or two. None:
+        nothing to do; "": a full page of blocked rows, for `pick` to look further."""
+        for limit in (FIRST_SCAN, READY_SCAN):
+            # A hot group's rows fill any page of heads: FIRST_SCAN rows, not 512 (ids and target
+            # strings) a call, unless those few all belong to groups that cannot go now.
+            heads = self.journal.ready_heads(self.name, now, limit)
+            for _, target in heads:
+                target = self._alias.get(target, target)
+                if target not in self._inflight and self._blocked.get(target, 0) <= now:
+                    self._inflight.add(target)
+                    return target
+            if len(heads) < limit:
+                return None
+        return ""
 
     def pick(self, now: float, claimed: str = "") -> tuple[str, Send[Any]] | None:
         """The next call to make, settling duplicates and dead ends on the way; the
         `claimed` group first."""
         seen: set[str] = set()
-        heads = self.journal.ready_heads(self.name, now)
-        full = len(heads) == READY_SCAN
         if claimed:
+            # The claimed group first, on its own: it almost always makes the call, and
+            # the page of heads is read only if it does not.
             self._inflight.discard(claimed)
-            heads.insert(0, (0, claimed))
+            if (picked := self._among([(0, claimed)], seen, now)) is not None:
+                return picked
+        heads = self.journal.ready_heads(self.name, now, READY_SCAN)
+        full = len(heads) == READY_SCAN
         picked = self._among(heads, seen, now)
         if picked is None and full:
             # A full page of rows may all belong to a few blocked groups (a

@@ -254,7 +254,9 @@ class Lane:
     async def _deliver(self, plan: Send[Any]) -> bool:
         """Make one call and settle it; True if its events are settled (delivered or dead)."""
         events = plan.events
-        self.journal.start_attempt([e.id for e in events])
+        counted = not plan.idempotent  # an idempotent call is counted only if it fails (base.Send)
+        if counted:
+            self.journal.start_attempt([e.id for e in events])
         started = time.perf_counter()
         status = "error"
         reloads = self._pause.reloads
@@ -266,7 +268,7 @@ class Lane:
             status = str(exc.status) if exc.status else exc.reason
             self.breaker.record(True, self.clock())  # the API answered: it is up, the credential is not
             # A call sent before a reload was refused the old credential: try the new one at once.
-            self._pause_for_credentials(events, exc, retry_now=reloads != self._pause.reloads)
+            self._pause_for_credentials(events, exc, retry_now=reloads != self._pause.reloads, counted=counted)
             return False
         except DeliveryError as exc:
             status = str(exc.status) if exc.status else exc.reason
@@ -279,7 +281,7 @@ class Lane:
                 self.recent.add(REFUSED, self.clock(), describe(exc))
                 return await bisect(events, deliver=self._deliver, pace=self._take_token,
                                     plan_part=lambda part: self.connector.plan(part, self._groups.context(self.clock())))
-            dead = self._failed(events, exc)
+            dead = self._failed(events, exc, counted)
             if dead:
                 self.recent.add(DEAD, self.clock(), describe(exc))
             return dead
@@ -292,7 +294,7 @@ class Lane:
             status = "internal_error"
             self.breaker.record(False, self.clock())
             failure = Retryable("internal_error", type(exc).__name__)
-            if self._failed(events, failure):
+            if self._failed(events, failure, counted):
                 self.recent.add(DEAD, self.clock(), describe(failure))
             return False
         finally:
@@ -311,17 +313,20 @@ class Lane:
         self._groups.follow(result.refs)
         return True
 
-    def _failed(self, events: list[Event], exc: DeliveryError) -> bool:
-        """Settle a failed call; True if its events were dead-lettered (settled), False if they wait."""
-        not_before = self._settle.failed(events, exc, self.clock())
+    def _failed(self, events: list[Event], exc: DeliveryError, counted: bool = True) -> bool:
+        """Settle a failed call; True if its events were dead-lettered (settled), False if they wait.
+        `counted`: the journal counted the attempt before the call (not so for an idempotent one)."""
+        not_before = self._settle.failed(events, exc, self.clock(), counted=counted)
         if not_before is None:
             return True
         self._groups.block(events[0].target, not_before)
         return False
 
-    def _pause_for_credentials(self, events: list[Event], exc: CredentialsRefused, *, retry_now: bool = False) -> None:
+    def _pause_for_credentials(self, events: list[Event], exc: CredentialsRefused, *, retry_now: bool = False,
+                               counted: bool = True) -> None:
         """Keep the events as they were and pause the lane until the credential changes or the next probe."""
-        self.journal.uncount_attempt(events, str(exc))
+        if counted:
+            self.journal.uncount_attempt(events, str(exc))
         first = self._pause.refuse(exc.pause_reason, self.clock(), retry_now=retry_now)
         if retry_now:
             self._wake.set()

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from client import wire
-from sidecar.journal.store import EventRow, Journal, decode_payloads, id_list
+from sidecar.journal.store import EVENT_COLUMNS, Event, EventRow, Journal, decode_payloads, id_list
 
 from ..support import journaled
 
@@ -48,4 +48,40 @@ def test_a_group_read_with_another_target_is_both_in_ingest_order_up_to_the_limi
     assert [e.seq for e in journal.group("l", "a", also=["b"])] == [1, 2, 4, 5, 6, 7]
     assert [e.seq for e in journal.group("l", "a", limit=3, also=["b"])] == [1, 2, 4]
     assert [e.seq for e in journal.group("l", "b", limit=2)] == [2, 4]
+    journal.close()
+
+
+def _rows(n: int, target: str = "update:p") -> list[EventRow]:
+    return [EventRow("notion", "notion.page.update", target, f"k{i}" if i % 2 else None, "r" if i % 3 else None,
+                     f"client-{i % 2}", i, 10 + i, 20 + i, wire.encode(f"client-{i % 2}", i, "notion.page.update",
+                                                                      f"k{i}" if i % 2 else None,
+                                                                      "r" if i % 3 else None, 10 + i, p), None)
+            for i, p in enumerate(PAYLOADS[:n], 1)]
+
+
+def _long_way(journal: Journal, target: str) -> list[Event]:
+    return [Event(*row) for row in journal.conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE lane='notion' AND target=? ORDER BY id", (target,))]
+
+
+def test_a_group_read_the_short_way_is_its_rows_with_their_payloads_parsed(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    journal.write_batch(_rows(20))
+    journal.defer([3, 4], 7.5, "boom", unsure=True, count=True)
+    events = journal.group("notion", "update:p")
+    assert events == _long_way(journal, "update:p")  # every column, as the row holds it
+    assert all("payload" in e.__dict__ for e in events) and [e.payload for e in events] == PAYLOADS[:20]
+    assert [(e.attempts, e.unsure, e.not_before) for e in events[2:4]] == [(1, 1, 7.5)] * 2
+    journal.close()
+
+
+@pytest.mark.parametrize("frame", [b'[1,"other",99,"k",null,null,0,{}]', b"not json"])
+def test_a_frame_that_is_not_its_rows_sends_the_group_the_long_way(tmp_path: Path, frame: bytes) -> None:
+    journal = Journal.open(tmp_path, synchronous="NORMAL")
+    rows = _rows(3)
+    rows[1] = rows[1]._replace(frame=frame)
+    journal.write_batch(rows)
+    events = journal.group("notion", "update:p")
+    assert events == _long_way(journal, "update:p")  # the row's own columns, not the frame's
+    assert events[0].payload == PAYLOADS[0] and events[2].payload == PAYLOADS[2]
     journal.close()
