@@ -405,6 +405,69 @@ json_string(char *o, const unsigned char *s, Py_ssize_t n)
     return o;
 }
 
+/* A binary v1 body's fixed fields, checked against its length and the kinds. */
+typedef struct {
+    uint64_t seq, ns;
+    uint16_t kn, rn;
+    Py_ssize_t klen, rlen, jn;
+    unsigned code;
+    const unsigned char *key, *ref, *payload;
+} BinaryFields;
+
+/* 0 and the fields, or -1 if the body breaks the layout (no Python error set). */
+static int
+binary_fields(const unsigned char *b, Py_ssize_t n, Py_ssize_t nkinds, BinaryFields *f)
+{
+    if (n < BIN_FIXED)
+        return -1;
+    memcpy(&f->seq, b, 8);
+    memcpy(&f->ns, b + 8, 8);
+    memcpy(&f->kn, b + 16, 2);
+    memcpy(&f->rn, b + 18, 2);
+    f->code = b[20];
+    f->klen = f->kn == NO_STRING ? 0 : f->kn;
+    f->rlen = f->rn == NO_STRING ? 0 : f->rn;
+    if (f->code >= nkinds || BIN_FIXED + f->klen + f->rlen > n)
+        return -1;
+    f->key = b + BIN_FIXED;
+    f->ref = f->key + f->klen;
+    f->payload = f->ref + f->rlen;
+    f->jn = n - BIN_FIXED - f->klen - f->rlen;
+    return 0;
+}
+
+/* The envelope [1,CID,seq,KIND,key,ref,ns,payload] of checked fields; NULL with an error set
+ * (memory). *payload_at gets the payload's offset in it. */
+static PyObject *
+envelope_of(const BinaryFields *f, const char *cid, Py_ssize_t cid_n, PyObject *kind, Py_ssize_t *payload_at)
+{
+    const char *kind_s = PyBytes_AS_STRING(kind);
+    Py_ssize_t kind_n = PyBytes_GET_SIZE(kind);
+    /* 6 escapes a byte at most, two 20-digit numbers */
+    Py_ssize_t cap = 16 + cid_n + 21 + kind_n + 2 + 6 * (f->klen + f->rlen) + 4 + 21 + f->jn + 8;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    char *start = o;
+    memcpy(o, "[1,", 3); o += 3;
+    memcpy(o, cid, cid_n); o += cid_n;
+    o += sprintf(o, ",%llu,", (unsigned long long)f->seq);
+    memcpy(o, kind_s, kind_n); o += kind_n;
+    *o++ = ',';
+    if (f->kn == NO_STRING) { memcpy(o, "null", 4); o += 4; } else o = json_string(o, f->key, f->klen);
+    *o++ = ',';
+    if (f->rn == NO_STRING) { memcpy(o, "null", 4); o += 4; } else o = json_string(o, f->ref, f->rlen);
+    o += sprintf(o, ",%llu,", (unsigned long long)f->ns);
+    if (payload_at != NULL)
+        *payload_at = o - start;
+    memcpy(o, f->payload, f->jn); o += f->jn;
+    *o++ = ']';
+    if (_PyBytes_Resize(&out, o - start) < 0)
+        return NULL;
+    return out;
+}
+
 static PyObject *
 binary_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -419,66 +482,124 @@ binary_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&body);
         return NULL;
     }
-    PyObject *out = NULL;
-    const unsigned char *b = body.buf;
-    Py_ssize_t n = body.len;
-    uint64_t seq, ns;
-    uint16_t kn, rn;
-    Py_ssize_t klen, rlen;
+    PyObject *out;
+    BinaryFields f;
     PyObject *kind;
-    const char *kind_s;
-    Py_ssize_t kind_n;
-    if (n < BIN_FIXED)
-        goto refuse;
-    memcpy(&seq, b, 8);
-    memcpy(&ns, b + 8, 8);
-    memcpy(&kn, b + 16, 2);
-    memcpy(&rn, b + 18, 2);
-    klen = kn == NO_STRING ? 0 : kn;
-    rlen = rn == NO_STRING ? 0 : rn;
-    if (b[20] >= PyTuple_GET_SIZE(args[2]) || BIN_FIXED + klen + rlen > n)
-        goto refuse;
-    kind = PyTuple_GET_ITEM(args[2], b[20]);
-    if (!PyBytes_Check(kind))
-        goto refuse;
-    kind_s = PyBytes_AS_STRING(kind);
-    kind_n = PyBytes_GET_SIZE(kind);
-    Py_ssize_t jn = n - BIN_FIXED - klen - rlen;
-    /* [1,CID,seq,KIND,key,ref,ns,payload]: 6 escapes a byte at most, two 20-digit numbers */
-    Py_ssize_t cap = 16 + cid.len + 21 + kind_n + 2 + 6 * (klen + rlen) + 4 + 21 + jn + 8;
-    out = PyBytes_FromStringAndSize(NULL, cap);
-    if (out == NULL)
-        goto done;
-    char *o = PyBytes_AS_STRING(out);
-    char *start = o;
-    memcpy(o, "[1,", 3); o += 3;
-    memcpy(o, cid.buf, cid.len); o += cid.len;
-    o += sprintf(o, ",%llu,", (unsigned long long)seq);
-    memcpy(o, kind_s, kind_n); o += kind_n;
-    *o++ = ',';
-    const unsigned char *s = b + BIN_FIXED;
-    if (kn == NO_STRING) { memcpy(o, "null", 4); o += 4; } else o = json_string(o, s, klen);
-    *o++ = ',';
-    s += klen;
-    if (rn == NO_STRING) { memcpy(o, "null", 4); o += 4; } else o = json_string(o, s, rlen);
-    s += rlen;
-    o += sprintf(o, ",%llu,", (unsigned long long)ns);
-    memcpy(o, s, jn); o += jn;
-    *o++ = ']';
-    if (_PyBytes_Resize(&out, o - start) < 0)
-        out = NULL;
-    goto done;
-refuse:
-    out = PyBytes_FromStringAndSize("", 0);  /* no envelope: ingest rejects it as bad_json */
-done:
+    if (binary_fields(body.buf, body.len, PyTuple_GET_SIZE(args[2]), &f) < 0
+            || !PyBytes_Check(kind = PyTuple_GET_ITEM(args[2], f.code)))
+        out = PyBytes_FromStringAndSize("", 0);  /* no envelope: ingest rejects it as bad_json */
+    else
+        out = envelope_of(&f, cid.buf, cid.len, kind, NULL);
     PyBuffer_Release(&body);
     PyBuffer_Release(&cid);
+    return out;
+}
+
+/* A string of the body as str, or None for NO_STRING; NULL without an error: not UTF-8. */
+static PyObject *
+maybe_str(uint16_t len_field, const unsigned char *s, Py_ssize_t n)
+{
+    if (len_field == NO_STRING)
+        Py_RETURN_NONE;
+    PyObject *out = PyUnicode_DecodeUTF8((const char *)s, n, NULL);
+    if (out == NULL)
+        PyErr_Clear();
+    return out;
+}
+
+#define MAX_INT 0x7FFFFFFFFFFFFFFFULL
+/* A payload this long or longer is parsed inside its envelope (the slow path): only from
+ * 2 x 1,024 bytes can it nest deep enough for orjson to take it alone and refuse it one level
+ * deeper, in the envelope. */
+#define FAST_PAYLOAD_MAX 2048
+
+/* ring_event(body, ctx) -> (frame, env or None): decode.py's `ring_event_py`, in C (its docstring). */
+static PyObject *
+ring_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *ctx;
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_Check(ctx = args[1]) || PyTuple_GET_SIZE(ctx) != 6
+            || !PyBytes_Check(PyTuple_GET_ITEM(ctx, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(ctx, 2))
+            || !PyTuple_Check(PyTuple_GET_ITEM(ctx, 3)) || !PyType_Check(PyTuple_GET_ITEM(ctx, 4))
+            || !PyType_IsSubtype((PyTypeObject *)PyTuple_GET_ITEM(ctx, 4), &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "ring_event(body: bytes, (cid_json, cid, kinds_json, kinds, Envelope, loads))");
+        return NULL;
+    }
+    PyObject *cid_json = PyTuple_GET_ITEM(ctx, 0), *cid = PyTuple_GET_ITEM(ctx, 1);
+    PyObject *kinds_json = PyTuple_GET_ITEM(ctx, 2), *kinds = PyTuple_GET_ITEM(ctx, 3);
+    PyTypeObject *envelope_t = (PyTypeObject *)PyTuple_GET_ITEM(ctx, 4);
+    PyObject *loads = PyTuple_GET_ITEM(ctx, 5);
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    PyObject *frame, *env = NULL;
+    BinaryFields f;
+    PyObject *kind_json;
+    Py_ssize_t payload_at = 0;
+    if (binary_fields(b, n, PyTuple_GET_SIZE(kinds_json), &f) < 0 || f.code >= PyTuple_GET_SIZE(kinds)
+            || !PyBytes_Check(kind_json = PyTuple_GET_ITEM(kinds_json, f.code)))
+        return Py_BuildValue("(yO)", "", Py_None);  /* no envelope: ingest rejects it as bad_json */
+    frame = envelope_of(&f, PyBytes_AS_STRING(cid_json), PyBytes_GET_SIZE(cid_json), kind_json, &payload_at);
+    if (frame == NULL)
+        return NULL;
+    /* The fields as wire.decode would give them, or no env: the frame then goes
+     * through wire.decode, whose reasons and details stay the only ones. */
+    if (f.seq <= MAX_INT && f.ns <= MAX_INT && f.jn < FAST_PAYLOAD_MAX) {
+        PyObject *key = maybe_str(f.kn, f.key, f.klen);
+        PyObject *ref = key == NULL ? NULL : maybe_str(f.rn, f.ref, f.rlen);
+        PyObject *payload = NULL;
+        if (ref != NULL) {
+            PyObject *raw = PyMemoryView_FromMemory(PyBytes_AS_STRING(frame) + payload_at, f.jn, PyBUF_READ);
+            if (raw == NULL)
+                goto fail;
+            payload = PyObject_CallOneArg(loads, raw);  /* the frame outlives raw: we hold it */
+            Py_DECREF(raw);
+            if (payload == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_ValueError))  /* orjson.JSONDecodeError is one */
+                    goto fail;
+                PyErr_Clear();
+            }
+        }
+        if (payload != NULL) {
+            PyObject *seq = PyLong_FromUnsignedLongLong(f.seq), *ns = PyLong_FromUnsignedLongLong(f.ns);
+            PyObject *kind = PyTuple_GET_ITEM(kinds, f.code);
+            /* tuple.__new__(Envelope, fields): the NamedTuple without its Python-level __new__ */
+            PyObject *fields = seq && ns ? PyTuple_Pack(7, cid, seq, kind, key, ref, ns, payload) : NULL;
+            PyObject *targs = fields ? PyTuple_Pack(1, fields) : NULL;
+            Py_XDECREF(seq); Py_XDECREF(ns); Py_XDECREF(fields);
+            Py_DECREF(key); Py_DECREF(ref); Py_DECREF(payload);
+            if (targs == NULL) {
+                Py_DECREF(frame);
+                return NULL;
+            }
+            env = PyTuple_Type.tp_new(envelope_t, targs, NULL);
+            Py_DECREF(targs);
+            if (env == NULL) {
+                Py_DECREF(frame);
+                return NULL;
+            }
+        } else {
+            Py_XDECREF(key);
+            Py_XDECREF(ref);
+        }
+        goto done;
+    fail:
+        Py_XDECREF(key);
+        Py_XDECREF(ref);
+        Py_DECREF(frame);
+        return NULL;
+    }
+done:;
+    PyObject *out = PyTuple_Pack(2, frame, env != NULL ? env : Py_None);
+    Py_DECREF(frame);
+    Py_XDECREF(env);
     return out;
 }
 
 static PyMethodDef module_methods[] = {
     {"binary_frame", (PyCFunction)(void (*)(void))binary_frame, METH_FASTCALL,
      "binary_frame(body, client_id_json, kinds_json) -> bytes: a binary v1 body as its JSON envelope."},
+    {"ring_event", (PyCFunction)(void (*)(void))ring_event, METH_FASTCALL,
+     "ring_event(body, ctx) -> (frame, env or None): a binary v1 body as its JSON envelope, and that decoded."},
     {NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "client._fastemit",

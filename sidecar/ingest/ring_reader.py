@@ -32,7 +32,7 @@ from client.ring import (
     RingCorrupt,
     record_bytes,
 )
-from sidecar.ingest.decode import KINDS_JSON, binary_frame, client_id_json
+from sidecar.ingest.decode import RingMessage, ring_context
 from sidecar.ingest.inbox import Inbox
 from sidecar.ingest.ring_blobs import RingBlobs
 from sidecar.ingest.ring_control import Control
@@ -82,7 +82,7 @@ class Ring:
         cap_largest = layout.max_record_body(self.header.capacity)
         self.largest = min(self.largest, cap_largest) if self.largest else cap_largest
         self.progress_at = self.adopted_at
-        self._cid_json = client_id_json(self.header.client_id)
+        self._ctx = ring_context(self.header.client_id)
         self.blobs = RingBlobs(self.inbox, self.header.client_id, self.owner_uid, alive=self.producer_alive)
 
     @property
@@ -96,9 +96,10 @@ class Ring:
 
     # -- reading --------------------------------------------------------------
 
-    def read(self, limit: int, budget: int = BATCH_BYTES, *, within: bool = False) -> list[list[bytes]]:
+    def read(self, limit: int, budget: int = BATCH_BYTES, *, within: bool = False) -> list[RingMessage]:
         """Committed records from `pos` on, at most `limit` of them, each as its
-        frames, taken while fewer than `budget` bytes are (so the last one may
+        frames (a `RingMessage` of this ring's client id), taken while fewer
+        than `budget` bytes are (so the last one may
         go past it, by one record at most; with `within`, not even that one:
         a batch that already holds records takes no record beyond its budget).
 
@@ -107,7 +108,7 @@ class Ring:
         holds, the error is a RingCorrupt: nothing else escapes."""
         if self.broken:
             raise RingCorrupt(self.broken)
-        out: list[list[bytes]] = []
+        out: list[RingMessage] = []
         self.charged = 0
         self.held_back = False
         try:
@@ -123,7 +124,7 @@ class Ring:
         self.frames_read += len(out)
         return out
 
-    def _read_into(self, out: list[list[bytes]], limit: int, budget: int, within: bool = False) -> None:
+    def _read_into(self, out: list[RingMessage], limit: int, budget: int, within: bool = False) -> None:
         cap = self.header.capacity
         chunk = PROBE_BYTES if self.empty else CHUNK_BYTES  # an idle ring costs a small read
         while len(out) < limit and self.charged < budget:
@@ -229,10 +230,11 @@ class Ring:
             trailer = os.pread(self.fd, TRAILER, layout.FILE_HEADER + (pos & self.mask) + rec - TRAILER)
         return len(trailer) == TRAILER and U64.unpack(trailer)[0] == pos + rec
 
-    def _parse(self, buf: bytes, off: int, limit: int, out: list[list[bytes]]) -> int:
+    def _parse(self, buf: bytes, off: int, limit: int, out: list[RingMessage]) -> int:
         """Append the records of `buf` to `out`; return the bytes consumed."""
         pos = self.pos
         checksum = self.header.checksum
+        ctx, cid = self._ctx, self.header.client_id
         i = 0
         n = len(buf)
         while i < n and limit:
@@ -257,15 +259,15 @@ class Ring:
                 # Started from the record's end: an earlier lap's record at this place cannot pass.
                 if _zlib_crc32(body, (pos + i + rec) & 0xFFFFFFFF) != crc:
                     break  # not visible in full yet on a weakly ordered CPU; see stalled()
-            if flags & FORMAT_BINARY_V1:  # the compiled client's record: as the JSON envelope (decode.py)
+            if flags & FORMAT_BINARY_V1:  # the compiled client's record: ingest makes its envelope (decode.py)
                 if nparts != 1:
                     raise RingCorrupt(f"binary record at {pos + i} has {nparts} parts")
-                out.append([binary_frame(body, self._cid_json, KINDS_JSON)])
+                out.append(RingMessage([body], cid, ctx))
             else:
                 parts = split_parts(body, nparts, pos + i, refs=bool(flags & layout.REC_PART_REFS))
                 if flags & layout.REC_PART_REFS and not self.blobs.resolve(parts, pos + i):
                     break  # its blob is still being written: this record, and the ring's order, wait
-                out.append(parts)
+                out.append(RingMessage(parts, cid))
             limit -= 1
             i += rec
         return i
