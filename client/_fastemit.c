@@ -1,10 +1,13 @@
-/* client._fastemit: the common case of `Client.emit` into a ring, and the
- * reader's conversion of a binary record back into a JSON envelope, in C.
+/* client._fastemit: the common case of `Client.emit` into a ring, and on the
+ * sidecar's side the reader's common records and the conversion of a binary
+ * record back into its JSON envelope (decoded on the way), in C.
  *
  *     from client import _fastemit               # absent: the pure-Python path runs
  *     em = _fastemit.Emitter(client, writer, client._emit_pure, {"webhook.post": 6, ...}, TransportError)
  *     em.emit("webhook.post", {"text": "hi"}, key=None, ref=None)   # Client.emit's signature
  *     _fastemit.binary_frame(body, b'"client-id"', (b'"notion.page.create"', ...))  # -> b'[1,"client-id",...]'
+ *     _fastemit.ring_event(body, ctx)            # -> (that frame, its wire.Envelope or None): decode.py
+ *     _fastemit.scan_run(...), parse_run(...)    # Ring._scan's and Ring._parse's loops: ring_reader.py
  *
  * Why C with the CPython API rather than Cython: the module is two functions
  * and one small type, the probe in issue 20 was this code, and it needs only
@@ -46,6 +49,7 @@ static PyObject *dumps;
 static PyObject *s_seq, *s_transport, *s_next_stats, *s_pos, *s_read, *s_ack, *s_answered, *s_wake,
     *s_transport_failed, *s_mm, *s_max_event, *s_rang, *s_next_look;
 static PyObject *kw_key, *kw_ref, *kw_blob;
+static PyObject *s_client_id, *s_ctx;
 
 typedef struct {
     PyObject_HEAD
@@ -595,9 +599,137 @@ done:;
     return out;
 }
 
+/* -- the ring reader's common records (sidecar/ingest/ring_reader.py) ------------
+ *
+ * Two loops of `Ring` over a copy of the ring, for the records every producer
+ * writes: each walks while the record in front of it is one it takes, by the very
+ * tests of the Python loop it stands for, and stops at the first other one,
+ * leaving it (and all that Python alone does: wraps, checksums, blobs,
+ * corruption) to that loop, which goes on from there. */
+
+#define REC_HEADER 16
+#define REC_MIN 24             /* header and trailer */
+#define REC_WRAP 1
+#define REC_KNOWN 0x113        /* wrap, CRC, binary v1, part refs */
+
+static int
+int64_args(PyObject *const *args, Py_ssize_t from, Py_ssize_t to, int64_t *out)
+{
+    for (Py_ssize_t k = from; k < to; k++) {
+        long long v = PyLong_AsLongLong(args[k]);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        out[k - from] = v;
+    }
+    return 0;
+}
+
+static inline uint64_t
+record_len(uint32_t size)
+{
+    return ((uint64_t)size + REC_MIN + 7) & ~(uint64_t)7;
+}
+
+/* scan_run(buf, i, pos, off, cap, largest, budget, records) -> (i, records): `Ring._scan`'s loop
+ * over committed records that are not wraps. */
+static PyObject *
+scan_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t v[7];
+    if (nargs != 8 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "scan_run(buf: bytes, i, pos, off, cap, largest, budget, records)");
+        return NULL;
+    }
+    if (int64_args(args, 1, 8, v) < 0)
+        return NULL;
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    int64_t n = PyBytes_GET_SIZE(args[0]);
+    int64_t i = v[0], pos = v[1], off = v[2], cap = v[3], largest = v[4], budget = v[5], records = v[6];
+    if (i < 0 || pos < 0 || off < 0)
+        return Py_BuildValue("(LL)", (long long)i, (long long)records);
+    while (n - i >= REC_MIN && i < budget && records > 0) {
+        uint32_t size;
+        uint16_t flags;
+        uint64_t end;
+        memcpy(&size, b + i, 4);
+        memcpy(&flags, b + i + 6, 2);
+        int64_t rec = (int64_t)record_len(size);
+        if ((flags & REC_WRAP) || (int64_t)size > largest || off + i + rec > cap || (flags & ~REC_KNOWN)
+                || i + rec > n)
+            break;
+        memcpy(&end, b + i + rec - 8, 8);
+        if (end != (uint64_t)(pos + i + rec))
+            break;
+        i += rec;
+        records--;
+    }
+    return Py_BuildValue("(LL)", (long long)i, (long long)records);
+}
+
+/* parse_run(buf, i, pos, largest, limit, out, client_id, ctx, RingMessage) -> (i, limit): `Ring._parse`'s
+ * loop over binary v1 records of one part and no checksum, each appended to `out` as
+ * RingMessage([body], client_id, ctx). Only for a ring without checksums. */
+static PyObject *
+parse_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t v[4];
+    if (nargs != 9 || !PyBytes_Check(args[0]) || !PyList_Check(args[5]) || !PyType_Check(args[8])
+            || !PyType_IsSubtype((PyTypeObject *)args[8], &PyList_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "parse_run(buf: bytes, i, pos, largest, limit, out: list, client_id, ctx, RingMessage)");
+        return NULL;
+    }
+    if (int64_args(args, 1, 5, v) < 0)
+        return NULL;
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    int64_t n = PyBytes_GET_SIZE(args[0]);
+    int64_t i = v[0], pos = v[1], largest = v[2], limit = v[3];
+    PyObject *out = args[5], *cid = args[6], *ctx = args[7];
+    PyTypeObject *message_t = (PyTypeObject *)args[8];
+    if (i < 0 || pos < 0)
+        return Py_BuildValue("(LL)", (long long)i, (long long)limit);
+    PyObject *empty = PyTuple_New(0);
+    if (empty == NULL)
+        return NULL;
+    while (i < n && limit > 0 && n - i >= REC_MIN) {
+        uint32_t size;
+        uint16_t nparts, flags;
+        uint64_t end;
+        memcpy(&size, b + i, 4);
+        memcpy(&nparts, b + i + 4, 2);
+        memcpy(&flags, b + i + 6, 2);
+        int64_t rec = (int64_t)record_len(size);
+        if ((int64_t)size > largest || i + rec > n)
+            break;
+        memcpy(&end, b + i + rec - 8, 8);
+        if (end != (uint64_t)(pos + i + rec) || flags != REC_FLAGS_BINARY_V1 || nparts != 1)
+            break;
+        PyObject *body = PyBytes_FromStringAndSize((const char *)b + i + REC_HEADER, size);
+        /* RingMessage([body]) with its slots set, without its Python-level __init__ */
+        PyObject *message = body == NULL ? NULL : PyList_Type.tp_new(message_t, empty, NULL);
+        if (message == NULL || PyList_Append(message, body) < 0 || PyObject_SetAttr(message, s_client_id, cid) < 0
+                || PyObject_SetAttr(message, s_ctx, ctx) < 0 || PyList_Append(out, message) < 0) {
+            Py_XDECREF(body);
+            Py_XDECREF(message);
+            Py_DECREF(empty);
+            return NULL;
+        }
+        Py_DECREF(body);
+        Py_DECREF(message);
+        i += rec;
+        limit--;
+    }
+    Py_DECREF(empty);
+    return Py_BuildValue("(LL)", (long long)i, (long long)limit);
+}
+
 static PyMethodDef module_methods[] = {
     {"binary_frame", (PyCFunction)(void (*)(void))binary_frame, METH_FASTCALL,
      "binary_frame(body, client_id_json, kinds_json) -> bytes: a binary v1 body as its JSON envelope."},
+    {"scan_run", (PyCFunction)(void (*)(void))scan_run, METH_FASTCALL,
+     "scan_run(buf, i, pos, off, cap, largest, budget, records) -> (i, records): Ring._scan's common records."},
+    {"parse_run", (PyCFunction)(void (*)(void))parse_run, METH_FASTCALL,
+     "parse_run(buf, i, pos, largest, limit, out, client_id, ctx, RingMessage) -> (i, limit): Ring._parse's."},
     {"ring_event", (PyCFunction)(void (*)(void))ring_event, METH_FASTCALL,
      "ring_event(body, ctx) -> (frame, env or None): a binary v1 body as its JSON envelope, and that decoded."},
     {NULL}};
@@ -633,6 +765,8 @@ PyInit__fastemit(void)
     INTERN(kw_key, "key");
     INTERN(kw_ref, "ref");
     INTERN(kw_blob, "blob");
+    INTERN(s_client_id, "client_id");
+    INTERN(s_ctx, "ctx");
     if (PyType_Ready(&EmitterType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);

@@ -19,6 +19,7 @@ import zlib
 from dataclasses import dataclass
 
 from client import ring as layout
+from client.compiled import fastemit
 from client.ring import (
     FORMAT_BINARY_V1,
     HEADER,
@@ -46,6 +47,10 @@ STALL_SECONDS = 1.0            # unreadable data behind the producer's hint for 
 IDLE_PROBE_SECONDS = 0.002     # an empty ring is read again after this at first (rings.py: then less often)
 BODY = RECORD.size             # where a record's body starts
 _zlib_crc32 = zlib.crc32
+# The compiled loops over the common records (client/_fastemit.c), or None: Python's loops alone.
+# Each stops where the Python loop would do anything but take the record, so both read alike.
+_scan_run = fastemit.scan_run if fastemit is not None else None
+_parse_run = fastemit.parse_run if fastemit is not None else None
 
 
 @dataclass
@@ -187,6 +192,10 @@ class Ring:
         i = 0
         n = len(buf)
         while n - i >= HEADER and i < budget and records > 0:
+            if _scan_run is not None:  # C walks the common records; the one it stops at is this loop's
+                i, records = _scan_run(buf, i, pos, off, cap, largest, budget, records)
+                if not (n - i >= HEADER and i < budget and records > 0):
+                    break
             size, _nparts, flags, _crc, _ = RECORD.unpack_from(buf, i)
             rec = record_bytes(size)
             if flags & REC_WRAP:  # padding up to the ring's end; may be longer than any record
@@ -235,9 +244,14 @@ class Ring:
         pos = self.pos
         checksum = self.header.checksum
         ctx, cid = self._ctx, self.header.client_id
+        parse_run = None if checksum else _parse_run
         i = 0
         n = len(buf)
         while i < n and limit:
+            if parse_run is not None:  # C takes the binary records; the one it stops at is this loop's
+                i, limit = parse_run(buf, i, pos, self.largest, limit, out, cid, ctx, RingMessage)
+                if not (i < n and limit):
+                    break
             if n - i < HEADER:
                 raise RingCorrupt(f"record at {pos + i} changed under the reader")
             size, nparts, flags, crc, _ = RECORD.unpack_from(buf, i)

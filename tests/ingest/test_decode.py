@@ -102,6 +102,13 @@ def test_the_c_and_python_decoders_agree_on_a_fuzzed_sample() -> None:
     assert run(20_000, seed=20) == 0
 
 
+@pytest.mark.skipif(fastemit is None, reason="client._fastemit is not built")
+def test_the_readers_compiled_loops_read_fuzzed_records_as_its_python_loops() -> None:
+    from bench.fuzz_decode import run_records  # the long run: python bench/fuzz_decode.py --records
+
+    assert run_records(2_000, seed=5) == 0
+
+
 def test_a_ring_message_settles_once_into_its_frame() -> None:
     ctx = ring_context("c-1")
     message = RingMessage([body()], "c-1", ctx)
