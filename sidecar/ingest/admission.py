@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 
 from sidecar.journal.health import FULL, JournalUnavailable
 from sidecar.journal.space import ROW_OVERHEAD
@@ -71,7 +72,7 @@ class Admission:
     def learn(self, rows: Sequence[EventValues]) -> None:
         """Follow the usual frame size: quickly up, slowly down."""
         if rows:
-            avg = sum(len(row[FRAME]) for row in rows) // len(rows)
+            avg = sum(map(len, map(itemgetter(FRAME), rows))) // len(rows)  # in C: ingest calls it per batch
             self.frame_bytes = max(avg, (self.frame_bytes * 7 + avg) // 8)
 
     def committed(self) -> None:
