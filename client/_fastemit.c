@@ -440,6 +440,21 @@ binary_fields(const unsigned char *b, Py_ssize_t n, Py_ssize_t nkinds, BinaryFie
     return 0;
 }
 
+/* `v` in decimal at `o`; returns the new end (sprintf's "%llu", without its parsing of a format). */
+static inline char *
+decimal(char *o, uint64_t v)
+{
+    char digits[20];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *o++ = digits[--n];
+    return o;
+}
+
 /* The envelope [1,CID,seq,KIND,key,ref,ns,payload] of checked fields; NULL with an error set
  * (memory). *payload_at gets the payload's offset in it. */
 static PyObject *
@@ -456,13 +471,17 @@ envelope_of(const BinaryFields *f, const char *cid, Py_ssize_t cid_n, PyObject *
     char *start = o;
     memcpy(o, "[1,", 3); o += 3;
     memcpy(o, cid, cid_n); o += cid_n;
-    o += sprintf(o, ",%llu,", (unsigned long long)f->seq);
+    *o++ = ',';
+    o = decimal(o, f->seq);
+    *o++ = ',';
     memcpy(o, kind_s, kind_n); o += kind_n;
     *o++ = ',';
     if (f->kn == NO_STRING) { memcpy(o, "null", 4); o += 4; } else o = json_string(o, f->key, f->klen);
     *o++ = ',';
     if (f->rn == NO_STRING) { memcpy(o, "null", 4); o += 4; } else o = json_string(o, f->ref, f->rlen);
-    o += sprintf(o, ",%llu,", (unsigned long long)f->ns);
+    *o++ = ',';
+    o = decimal(o, f->ns);
+    *o++ = ',';
     if (payload_at != NULL)
         *payload_at = o - start;
     memcpy(o, f->payload, f->jn); o += f->jn;
@@ -566,21 +585,23 @@ ring_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (payload != NULL) {
             PyObject *seq = PyLong_FromUnsignedLongLong(f.seq), *ns = PyLong_FromUnsignedLongLong(f.ns);
             PyObject *kind = PyTuple_GET_ITEM(kinds, f.code);
-            /* tuple.__new__(Envelope, fields): the NamedTuple without its Python-level __new__ */
-            PyObject *fields = seq && ns ? PyTuple_Pack(7, cid, seq, kind, key, ref, ns, payload) : NULL;
-            PyObject *targs = fields ? PyTuple_Pack(1, fields) : NULL;
-            Py_XDECREF(seq); Py_XDECREF(ns); Py_XDECREF(fields);
-            Py_DECREF(key); Py_DECREF(ref); Py_DECREF(payload);
-            if (targs == NULL) {
-                Py_DECREF(frame);
-                return NULL;
-            }
-            env = PyTuple_Type.tp_new(envelope_t, targs, NULL);
-            Py_DECREF(targs);
+            /* The NamedTuple made as tuple.__new__(Envelope, ...) makes a tuple subclass
+             * (tp_alloc, then the items), without its Python-level __new__. */
+            env = seq && ns ? envelope_t->tp_alloc(envelope_t, 7) : NULL;
             if (env == NULL) {
-                Py_DECREF(frame);
+                Py_XDECREF(seq); Py_XDECREF(ns);
+                Py_DECREF(key); Py_DECREF(ref); Py_DECREF(payload); Py_DECREF(frame);
                 return NULL;
             }
+            Py_INCREF(cid);
+            Py_INCREF(kind);
+            PyTuple_SET_ITEM(env, 0, cid);   /* each reference moves into the tuple */
+            PyTuple_SET_ITEM(env, 1, seq);
+            PyTuple_SET_ITEM(env, 2, kind);
+            PyTuple_SET_ITEM(env, 3, key);
+            PyTuple_SET_ITEM(env, 4, ref);
+            PyTuple_SET_ITEM(env, 5, ns);
+            PyTuple_SET_ITEM(env, 6, payload);
         } else {
             Py_XDECREF(key);
             Py_XDECREF(ref);

@@ -46,6 +46,7 @@ MAX_POSITION = 1 << 62         # no honest ring gets near; a larger read positio
 STALL_SECONDS = 1.0            # unreadable data behind the producer's hint for this long is corruption
 IDLE_PROBE_SECONDS = 0.002     # an empty ring is read again after this at first (rings.py: then less often)
 BODY = RECORD.size             # where a record's body starts
+RECORD_SLACK = 64              # added to the mean record of a read for the next one's estimate
 _zlib_crc32 = zlib.crc32
 # The compiled loops over the common records (client/_fastemit.c), or None: Python's loops alone.
 # Each stops where the Python loop would do anything but take the record, so both read alike.
@@ -80,6 +81,7 @@ class Ring:
     last_record: float = float("-inf")  # when a read last yielded a record (the reader's clock)
     inbox: Inbox | None = None     # where records with REC_PART_REFS find their blobs
     held_back: bool = False        # the last read stopped at a record over the batch's budget
+    record_guess: int = 512        # bytes a record takes here, about: the last read's mean, and some
 
     def __post_init__(self) -> None:
         self.pos = self.acked
@@ -140,7 +142,11 @@ class Ring:
             if tail < HEADER:   # too short for a header: the producer skipped it too
                 self.pos += tail
                 continue
-            want = min(tail, chunk)
+            # No more than the records this read may take, by the size of the last ones (and
+            # again if they were larger): four rings, each given a quarter of a batch, copied a
+            # whole chunk each, four times what the batch took (issue 20: four producers cost
+            # more an event than one).
+            want = min(tail, chunk, max(PROBE_BYTES, (limit - len(out)) * self.record_guess))
             chunk = CHUNK_BYTES
             first = os.pread(self.fd, want, layout.FILE_HEADER + off)
             if len(first) < want:
@@ -170,6 +176,8 @@ class Ring:
                     raise RingCorrupt("file ends early (truncated)")
                 before = len(out)
                 got = self._parse(second, off, limit - len(out), out)
+                if len(out) > before:
+                    self.record_guess = got // (len(out) - before) + RECORD_SLACK
                 self.pos += got
                 self.charged += got  # record bytes: wrap padding is not charged
                 if got < committed or len(out) == before:
