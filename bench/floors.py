@@ -64,7 +64,8 @@ from sidecar.ingest.decode import (
 )
 
 CALLS, SMOKE_CALLS, REPEATS = 200_000, 5_000, 5
-MAX_CALLS = 500_000  # what the default 128 MiB ring holds of this frame (~590,000), with no reader
+MAX_CALLS = 500_000  # what a 128 MiB ring holds of this frame (~590,000), with no reader
+RING_BYTES = 128 << 20  # not the default ring (8 MiB since issue 19): it would fill after ~30,000 calls
 BATCH = 4096
 PAGE_ID = "59833787-2cf9-4fdf-8782-e53db20768a5"
 
@@ -111,7 +112,7 @@ def emit_parts(d: Path, calls: int, repeats: int) -> dict[str, float]:
         return lambda n: time_ns()
 
     def ring_write() -> Callable[[int], object]:
-        writer = RingWriter.create(str(d), f"w{len(rings)}", prefault=True)
+        writer = RingWriter.create(str(d), f"w{len(rings)}", capacity=RING_BYTES, prefault=True)
         rings.append(writer)
         send = writer.send
         return lambda n: send(frame)
@@ -127,7 +128,7 @@ def emit_parts(d: Path, calls: int, repeats: int) -> dict[str, float]:
 
     def emit(pure: bool = False) -> Callable[[int], object]:
         (d / "ingest.rings").mkdir(exist_ok=True, mode=0o2770)
-        client = Client(f"ipc://{d}/ingest.sock", prefault=True)
+        client = Client(f"ipc://{d}/ingest.sock", prefault=True, ring_bytes=RING_BYTES)
         rings.append(client)
         # pure: the class's method, the pure-Python path, even where the compiled one is bound.
         em = Client.emit.__get__(client) if pure else client.emit
