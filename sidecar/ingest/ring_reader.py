@@ -1,7 +1,7 @@
 """One ring's reader: its records scanned, checked and parsed, read with `pread` (see `client/ring.py`).
 
     ring = Ring(path, fd, FileHeader(...), acked, control=open_ack_file(...), owner_uid=st.st_uid)
-    messages = ring.read(limit=4096)     # [frames, ...] from `pos` on; RingCorrupt at a broken record
+    messages = ring.read(limit=4096)     # [RingMessage, ...] from `pos` on; RingCorrupt at a broken record
     ...journal commits...
     ring.ack()                           # tells the producer; `acked` catches up with `pos`
 
@@ -9,6 +9,14 @@ A ring is untrusted input, so it is never mapped (a file truncated under a
 mapping would kill the sidecar with SIGBUS): every length and position is
 bounded before use, and whatever a file holds, reading it raises nothing but
 `RingCorrupt`. `Rings` (rings.py) reads many of these, fairly, in batches.
+
+Each message is a `RingMessage` (decode.py) tagged with the ring's client id;
+a binary v1 record's stays its body, with the ring's decode context, until
+ingest takes it (`RingMessage.settle`). Where `client._fastemit` is built,
+the loops over the common records run in C (`scan_run`, `parse_run`): each
+stops at the first record its Python loop would do anything with but take,
+and the Python loop goes on from there, so both read every file alike
+(bench/fuzz_decode.py --records compares them).
 """
 
 from __future__ import annotations
@@ -257,9 +265,12 @@ class Ring:
         n = len(buf)
         while i < n and limit:
             if parse_run is not None:  # C takes the binary records; the one it stops at is this loop's
+                at = i
                 i, limit = parse_run(buf, i, pos, self.largest, limit, out, cid, ctx, RingMessage)
                 if not (i < n and limit):
                     break
+                if i == at:  # not one binary record: a pure-Python producer's ring, most likely; not again
+                    parse_run = None
             if n - i < HEADER:
                 raise RingCorrupt(f"record at {pos + i} changed under the reader")
             size, nparts, flags, crc, _ = RECORD.unpack_from(buf, i)
