@@ -32,9 +32,9 @@ from sidecar.journal.health import classify
 from sidecar.journal.store import BLOB_PATH_SEPARATOR, EventValues, Journal
 from sidecar.ops.metrics import Metrics
 
-__all__ = ["BatchWriter", "RingMessage"]
+__all__ = ["BatchWriter", "RingMessage"]  # RingMessage is decode.py's (the reader makes them), named here too
 
-CONTROL_KINDS = wire.CONTROL_KINDS  # RingMessage: decode.py's, imported from here by core.py's callers
+CONTROL_KINDS = wire.CONTROL_KINDS
 
 
 @dataclass

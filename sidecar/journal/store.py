@@ -166,8 +166,7 @@ def insert_events(conn: sqlite3.Connection, events: Sequence[EventValues]) -> No
             sql = _insert_rows(rows)
             chain = itertools.chain.from_iterable
             for at in range(done, end, rows):
-                c_params = list(chain(events[at:at + rows]))  # one flat list: the parameters of `rows` rows
-                conn.execute(sql, c_params)
+                conn.execute(sql, list(chain(events[at:at + rows])))  # one flat list: `rows` rows' parameters
             done = end
     if done < len(events):
         # As plain tuples: the sqlite3 module binds a tuple subclass by the slow,
