@@ -19,7 +19,9 @@ does nothing, the overhead every other row includes):
 - ingest's parts, per event, in batches of 4,096 as ingest commits them:
   `orjson.loads` of a frame, `wire.decode` (parse and check the envelope),
   a binary v1 body turned into its envelope (`sidecar.ingest.decode`, C and Python),
-  `Ingest.process` whole (decode, route, validate, the journal write), the
+  `Ingest.process` whole (decode, route, validate, the journal write) of
+  those frames and of the same events as ring records in binary v1 (what
+  the compiled client writes: no envelope to parse, `decode.ring_event`), the
   journal write alone (`Journal.write_batch` of the same rows, with the
   events table's two indexes), and the same rows into a table without
   indexes, in WAL mode with synchronous=FULL as the sidecar runs by
@@ -49,11 +51,21 @@ from bench.harness import bench_args, tempdir, update_body, write_json
 from client import Client, wire
 from client.compiled import fastemit
 from client.ring import BINARY_V1, NO_STRING, RingWriter
-from sidecar.ingest.decode import KINDS_JSON, binary_frame_py, client_id_json
+from sidecar.ingest import batch as batch_module
+from sidecar.ingest.decode import (
+    KINDS_JSON,
+    RingContext,
+    RingMessage,
+    binary_frame_py,
+    client_id_json,
+    ring_context,
+    ring_event,
+    ring_event_py,
+)
 
 CALLS, SMOKE_CALLS, REPEATS = 200_000, 5_000, 5
-RING_BYTES = 128 << 20  # each run's ring: no reader empties it (the default, 8 MiB, holds ~37,000 calls)
 MAX_CALLS = 500_000  # what a 128 MiB ring holds of this frame (~590,000), with no reader
+RING_BYTES = 128 << 20  # not the default ring (8 MiB since issue 19): it would fill after ~30,000 calls
 BATCH = 4096
 PAGE_ID = "59833787-2cf9-4fdf-8782-e53db20768a5"
 
@@ -116,7 +128,7 @@ def emit_parts(d: Path, calls: int, repeats: int) -> dict[str, float]:
 
     def emit(pure: bool = False) -> Callable[[int], object]:
         (d / "ingest.rings").mkdir(exist_ok=True, mode=0o2770)
-        client = Client(f"ipc://{d}/ingest.sock", ring_bytes=RING_BYTES, prefault=True)
+        client = Client(f"ipc://{d}/ingest.sock", prefault=True, ring_bytes=RING_BYTES)
         rings.append(client)
         # pure: the class's method, the pure-Python path, even where the compiled one is bound.
         em = Client.emit.__get__(client) if pure else client.emit
@@ -184,13 +196,25 @@ def ingest_parts(d: Path, events: int, repeats: int) -> dict[str, float]:
         # As the sidecar's ingest journal: it never checkpoints (the main thread does).
         return Journal.open(d / f"j{made}", synchronous=sync, checkpoints=False)
 
-    def process() -> tuple[Callable[[], None], Callable[[], None]]:
+    def process(ring: Callable[[bytes, RingContext], tuple[bytes, Any]] | None = None,
+                ) -> tuple[Callable[[], None], Callable[[], None]]:
+        """`ring`: the ring's messages (binary v1 bodies, as the compiled client writes them), settled
+        by this `ring_event` (C or Python); else the frames, as the socket or a format-0 record gives them."""
         journal = fresh()
         ingest = Ingest(Config().ingest, journal, connectors, Metrics())
+        todo: list[list[list[bytes]]] = batches
+        if ring is not None:  # fresh messages a run: ingest settles each in place
+            ctx = ring_context("bench-1")
+            todo = [[RingMessage([body], "bench-1", ctx) for body in bodies[i:i + BATCH]]
+                    for i in range(0, events, BATCH)]
 
         def run() -> None:
-            for b in batches:
-                ingest.process(b)
+            batch_module.ring_event = ring or ring_event  # type: ignore[assignment]
+            try:
+                for b in todo:
+                    ingest.process(b)
+            finally:
+                batch_module.ring_event = ring_event
 
         def close() -> None:
             ingest.stop()
@@ -253,6 +277,10 @@ def ingest_parts(d: Path, events: int, repeats: int) -> dict[str, float]:
         **compiled,
         "binary v1 body → envelope, pure Python": per_event(binary(binary_frame_py)),
         "Ingest.process (decode, route, validate, journal)": per_event(process),
+        **({"Ingest.process of ring records (binary v1, compiled ring_event)":
+            per_event(lambda: process(fastemit.ring_event))} if fastemit is not None else {}),
+        "Ingest.process of ring records (binary v1, pure-Python ring_event)":
+            per_event(lambda: process(ring_event_py)),
         "Journal.write_batch of the rows (two indexes)": per_event(write_batch("FULL")),
         "the same rows into a table without indexes": per_event(no_index("FULL")),
         "Journal.write_batch, synchronous=NORMAL (no fsync a commit)": per_event(write_batch("NORMAL")),

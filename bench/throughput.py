@@ -24,7 +24,9 @@ The profile runs `Ingest.process` in this process, under cProfile, on the
 same recorded frames in batches of `batch_max`, against a journal in a
 temporary directory, and times the receive of those frames apart: from a
 ZeroMQ PULL socket, and from a ring with the sidecar's reader
-(`sidecar.ingest.rings`, acknowledging after each batch as ingest does).
+(`sidecar.ingest.rings`, acknowledging after each batch as ingest does);
+then the same events as a `Client` writes them into a ring (binary v1
+records with the compiled emit), read as ingest reads them and processed.
 """
 
 from __future__ import annotations
@@ -181,6 +183,37 @@ def ring_receive(directory: Path, frames: list[bytes], batch: int) -> float:
     return elapsed / len(frames)
 
 
+def ring_receive_binary(directory: Path, events: int, batch: int) -> tuple[list[list[bytes]], float]:
+    """The messages ingest takes from a ring of `events` page updates written by a `Client`
+    (binary v1 records where the compiled emit is built), read `batch` at a time as ingest
+    reads them (`read_by_ring`, acknowledged after each batch), and the seconds per message."""
+    from client import Client
+    from sidecar.ingest.rings import Rings
+    from sidecar.ops.metrics import Metrics
+
+    rings_dir = directory / "ingest.rings"
+    rings_dir.mkdir(mode=0o2770, parents=True)
+    client = Client(f"ipc://{directory}/ingest.sock", ring_bytes=1 << 28)
+    bodies = [update_body(PAGE_ID, n) for n in range(1000)]
+    for n in range(events):
+        client.emit("notion.page.update", bodies[n % 1000])
+    rings = Rings(str(rings_dir), Metrics())
+    rings.open()
+    rings.maintain(time.monotonic(), force=True)
+    got: list[list[bytes]] = []
+    t = time.perf_counter()
+    while True:
+        messages = [m for _ring, ms in rings.read_by_ring(batch) for m in ms]
+        rings.ack()
+        if not messages:
+            break
+        got += messages
+    elapsed = time.perf_counter() - t
+    client.close(0)
+    rings.close()
+    return got, elapsed / max(1, len(got))
+
+
 def profile(events: int, top: int = 12) -> tuple[str, dict[str, float]]:
     """cProfile of Ingest.process on recorded frames; the receive timed apart."""
     import zmq
@@ -227,6 +260,15 @@ def profile(events: int, top: int = 12) -> tuple[str, dict[str, float]]:
         pull.close(0)
         ctx.term()
         timings["receive (ring read + ack)"] = ring_receive(Path(d) / "bench.rings", frames, batch)
+        binary, per = ring_receive_binary(Path(d) / "binary", events, batch)
+        timings["receive (ring read + ack), the Client's records (binary v1 if compiled)"] = per
+        journal = Journal.open(Path(d) / "binary" / "journal", synchronous="FULL")
+        ingest = Ingest(Config().ingest, journal, connectors, Metrics())
+        t = time.perf_counter()
+        for i in range(0, len(binary), batch):
+            ingest.process(binary[i:i + batch])
+        timings["process those records, synchronous=FULL"] = (time.perf_counter() - t) / len(binary)
+        journal.close()
         batches = [got[i:i + batch] for i in range(0, events, batch)]
         for name, sync in (("process, synchronous=FULL", "FULL"), ("process, synchronous=NORMAL", "NORMAL")):
             journal = Journal.open(Path(d) / sync, synchronous=sync)

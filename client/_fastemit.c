@@ -1,10 +1,13 @@
-/* client._fastemit: the common case of `Client.emit` into a ring, and the
- * reader's conversion of a binary record back into a JSON envelope, in C.
+/* client._fastemit: the common case of `Client.emit` into a ring, and on the
+ * sidecar's side the reader's common records and the conversion of a binary
+ * record back into its JSON envelope (decoded on the way), in C.
  *
  *     from client import _fastemit               # absent: the pure-Python path runs
  *     em = _fastemit.Emitter(client, writer, client._emit_pure, {"webhook.post": 6, ...}, TransportError)
  *     em.emit("webhook.post", {"text": "hi"}, key=None, ref=None)   # Client.emit's signature
  *     _fastemit.binary_frame(body, b'"client-id"', (b'"notion.page.create"', ...))  # -> b'[1,"client-id",...]'
+ *     _fastemit.ring_event(body, ctx)            # -> (that frame, its wire.Envelope or None): decode.py
+ *     _fastemit.scan_run(...), parse_run(...)    # Ring._scan's and Ring._parse's loops: ring_reader.py
  *
  * Why C with the CPython API rather than Cython: the module is two functions
  * and one small type, the probe in issue 20 was this code, and it needs only
@@ -46,6 +49,7 @@ static PyObject *dumps;
 static PyObject *s_seq, *s_transport, *s_next_stats, *s_pos, *s_read, *s_ack, *s_answered, *s_wake,
     *s_transport_failed, *s_mm, *s_max_event, *s_rang, *s_next_look;
 static PyObject *kw_key, *kw_ref, *kw_blob;
+static PyObject *s_client_id, *s_ctx;
 
 typedef struct {
     PyObject_HEAD
@@ -405,6 +409,88 @@ json_string(char *o, const unsigned char *s, Py_ssize_t n)
     return o;
 }
 
+/* A binary v1 body's fixed fields, checked against its length and the kinds. */
+typedef struct {
+    uint64_t seq, ns;
+    uint16_t kn, rn;
+    Py_ssize_t klen, rlen, jn;
+    unsigned code;
+    const unsigned char *key, *ref, *payload;
+} BinaryFields;
+
+/* 0 and the fields, or -1 if the body breaks the layout (no Python error set). */
+static int
+binary_fields(const unsigned char *b, Py_ssize_t n, Py_ssize_t nkinds, BinaryFields *f)
+{
+    if (n < BIN_FIXED)
+        return -1;
+    memcpy(&f->seq, b, 8);
+    memcpy(&f->ns, b + 8, 8);
+    memcpy(&f->kn, b + 16, 2);
+    memcpy(&f->rn, b + 18, 2);
+    f->code = b[20];
+    f->klen = f->kn == NO_STRING ? 0 : f->kn;
+    f->rlen = f->rn == NO_STRING ? 0 : f->rn;
+    if (f->code >= nkinds || BIN_FIXED + f->klen + f->rlen > n)
+        return -1;
+    f->key = b + BIN_FIXED;
+    f->ref = f->key + f->klen;
+    f->payload = f->ref + f->rlen;
+    f->jn = n - BIN_FIXED - f->klen - f->rlen;
+    return 0;
+}
+
+/* `v` in decimal at `o`; returns the new end (sprintf's "%llu", without its parsing of a format). */
+static inline char *
+decimal(char *o, uint64_t v)
+{
+    char digits[20];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *o++ = digits[--n];
+    return o;
+}
+
+/* The envelope [1,CID,seq,KIND,key,ref,ns,payload] of checked fields; NULL with an error set
+ * (memory). *payload_at gets the payload's offset in it. */
+static PyObject *
+envelope_of(const BinaryFields *f, const char *cid, Py_ssize_t cid_n, PyObject *kind, Py_ssize_t *payload_at)
+{
+    const char *kind_s = PyBytes_AS_STRING(kind);
+    Py_ssize_t kind_n = PyBytes_GET_SIZE(kind);
+    /* 6 escapes a byte at most, two 20-digit numbers */
+    Py_ssize_t cap = 16 + cid_n + 21 + kind_n + 2 + 6 * (f->klen + f->rlen) + 4 + 21 + f->jn + 8;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    char *start = o;
+    memcpy(o, "[1,", 3); o += 3;
+    memcpy(o, cid, cid_n); o += cid_n;
+    *o++ = ',';
+    o = decimal(o, f->seq);
+    *o++ = ',';
+    memcpy(o, kind_s, kind_n); o += kind_n;
+    *o++ = ',';
+    if (f->kn == NO_STRING) { memcpy(o, "null", 4); o += 4; } else o = json_string(o, f->key, f->klen);
+    *o++ = ',';
+    if (f->rn == NO_STRING) { memcpy(o, "null", 4); o += 4; } else o = json_string(o, f->ref, f->rlen);
+    *o++ = ',';
+    o = decimal(o, f->ns);
+    *o++ = ',';
+    if (payload_at != NULL)
+        *payload_at = o - start;
+    memcpy(o, f->payload, f->jn); o += f->jn;
+    *o++ = ']';
+    if (_PyBytes_Resize(&out, o - start) < 0)
+        return NULL;
+    return out;
+}
+
 static PyObject *
 binary_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -419,66 +505,254 @@ binary_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&body);
         return NULL;
     }
-    PyObject *out = NULL;
-    const unsigned char *b = body.buf;
-    Py_ssize_t n = body.len;
-    uint64_t seq, ns;
-    uint16_t kn, rn;
-    Py_ssize_t klen, rlen;
+    PyObject *out;
+    BinaryFields f;
     PyObject *kind;
-    const char *kind_s;
-    Py_ssize_t kind_n;
-    if (n < BIN_FIXED)
-        goto refuse;
-    memcpy(&seq, b, 8);
-    memcpy(&ns, b + 8, 8);
-    memcpy(&kn, b + 16, 2);
-    memcpy(&rn, b + 18, 2);
-    klen = kn == NO_STRING ? 0 : kn;
-    rlen = rn == NO_STRING ? 0 : rn;
-    if (b[20] >= PyTuple_GET_SIZE(args[2]) || BIN_FIXED + klen + rlen > n)
-        goto refuse;
-    kind = PyTuple_GET_ITEM(args[2], b[20]);
-    if (!PyBytes_Check(kind))
-        goto refuse;
-    kind_s = PyBytes_AS_STRING(kind);
-    kind_n = PyBytes_GET_SIZE(kind);
-    Py_ssize_t jn = n - BIN_FIXED - klen - rlen;
-    /* [1,CID,seq,KIND,key,ref,ns,payload]: 6 escapes a byte at most, two 20-digit numbers */
-    Py_ssize_t cap = 16 + cid.len + 21 + kind_n + 2 + 6 * (klen + rlen) + 4 + 21 + jn + 8;
-    out = PyBytes_FromStringAndSize(NULL, cap);
-    if (out == NULL)
-        goto done;
-    char *o = PyBytes_AS_STRING(out);
-    char *start = o;
-    memcpy(o, "[1,", 3); o += 3;
-    memcpy(o, cid.buf, cid.len); o += cid.len;
-    o += sprintf(o, ",%llu,", (unsigned long long)seq);
-    memcpy(o, kind_s, kind_n); o += kind_n;
-    *o++ = ',';
-    const unsigned char *s = b + BIN_FIXED;
-    if (kn == NO_STRING) { memcpy(o, "null", 4); o += 4; } else o = json_string(o, s, klen);
-    *o++ = ',';
-    s += klen;
-    if (rn == NO_STRING) { memcpy(o, "null", 4); o += 4; } else o = json_string(o, s, rlen);
-    s += rlen;
-    o += sprintf(o, ",%llu,", (unsigned long long)ns);
-    memcpy(o, s, jn); o += jn;
-    *o++ = ']';
-    if (_PyBytes_Resize(&out, o - start) < 0)
-        out = NULL;
-    goto done;
-refuse:
-    out = PyBytes_FromStringAndSize("", 0);  /* no envelope: ingest rejects it as bad_json */
-done:
+    if (binary_fields(body.buf, body.len, PyTuple_GET_SIZE(args[2]), &f) < 0
+            || !PyBytes_Check(kind = PyTuple_GET_ITEM(args[2], f.code)))
+        out = PyBytes_FromStringAndSize("", 0);  /* no envelope: ingest rejects it as bad_json */
+    else
+        out = envelope_of(&f, cid.buf, cid.len, kind, NULL);
     PyBuffer_Release(&body);
     PyBuffer_Release(&cid);
     return out;
 }
 
+/* A string of the body as str, or None for NO_STRING; NULL without an error: not UTF-8. */
+static PyObject *
+maybe_str(uint16_t len_field, const unsigned char *s, Py_ssize_t n)
+{
+    if (len_field == NO_STRING)
+        Py_RETURN_NONE;
+    PyObject *out = PyUnicode_DecodeUTF8((const char *)s, n, NULL);
+    if (out == NULL)
+        PyErr_Clear();
+    return out;
+}
+
+#define MAX_INT 0x7FFFFFFFFFFFFFFFULL
+/* A payload this long or longer is parsed inside its envelope (the slow path): only from
+ * 2 x 1,024 bytes can it nest deep enough for orjson to take it alone and refuse it one level
+ * deeper, in the envelope. */
+#define FAST_PAYLOAD_MAX 2048
+
+/* ring_event(body, ctx) -> (frame, env or None): decode.py's `ring_event_py`, in C (its docstring). */
+static PyObject *
+ring_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *ctx;
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_Check(ctx = args[1]) || PyTuple_GET_SIZE(ctx) != 6
+            || !PyBytes_Check(PyTuple_GET_ITEM(ctx, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(ctx, 2))
+            || !PyTuple_Check(PyTuple_GET_ITEM(ctx, 3)) || !PyType_Check(PyTuple_GET_ITEM(ctx, 4))
+            || !PyType_IsSubtype((PyTypeObject *)PyTuple_GET_ITEM(ctx, 4), &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "ring_event(body: bytes, (cid_json, cid, kinds_json, kinds, Envelope, loads))");
+        return NULL;
+    }
+    PyObject *cid_json = PyTuple_GET_ITEM(ctx, 0), *cid = PyTuple_GET_ITEM(ctx, 1);
+    PyObject *kinds_json = PyTuple_GET_ITEM(ctx, 2), *kinds = PyTuple_GET_ITEM(ctx, 3);
+    PyTypeObject *envelope_t = (PyTypeObject *)PyTuple_GET_ITEM(ctx, 4);
+    PyObject *loads = PyTuple_GET_ITEM(ctx, 5);
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    PyObject *frame, *env = NULL;
+    BinaryFields f;
+    PyObject *kind_json;
+    Py_ssize_t payload_at = 0;
+    if (binary_fields(b, n, PyTuple_GET_SIZE(kinds_json), &f) < 0 || f.code >= PyTuple_GET_SIZE(kinds)
+            || !PyBytes_Check(kind_json = PyTuple_GET_ITEM(kinds_json, f.code)))
+        return Py_BuildValue("(yO)", "", Py_None);  /* no envelope: ingest rejects it as bad_json */
+    frame = envelope_of(&f, PyBytes_AS_STRING(cid_json), PyBytes_GET_SIZE(cid_json), kind_json, &payload_at);
+    if (frame == NULL)
+        return NULL;
+    /* The fields as wire.decode would give them, or no env: the frame then goes
+     * through wire.decode, whose reasons and details stay the only ones. */
+    if (f.seq <= MAX_INT && f.ns <= MAX_INT && f.jn < FAST_PAYLOAD_MAX) {
+        PyObject *key = maybe_str(f.kn, f.key, f.klen);
+        PyObject *ref = key == NULL ? NULL : maybe_str(f.rn, f.ref, f.rlen);
+        PyObject *payload = NULL;
+        if (ref != NULL) {
+            PyObject *raw = PyMemoryView_FromMemory(PyBytes_AS_STRING(frame) + payload_at, f.jn, PyBUF_READ);
+            if (raw == NULL)
+                goto fail;
+            payload = PyObject_CallOneArg(loads, raw);  /* the frame outlives raw: we hold it */
+            Py_DECREF(raw);
+            if (payload == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_ValueError))  /* orjson.JSONDecodeError is one */
+                    goto fail;
+                PyErr_Clear();
+            }
+        }
+        if (payload != NULL) {
+            PyObject *seq = PyLong_FromUnsignedLongLong(f.seq), *ns = PyLong_FromUnsignedLongLong(f.ns);
+            PyObject *kind = PyTuple_GET_ITEM(kinds, f.code);
+            /* The NamedTuple made as tuple.__new__(Envelope, ...) makes a tuple subclass
+             * (tp_alloc, then the items), without its Python-level __new__. */
+            env = seq && ns ? envelope_t->tp_alloc(envelope_t, 7) : NULL;
+            if (env == NULL) {
+                Py_XDECREF(seq); Py_XDECREF(ns);
+                Py_DECREF(key); Py_DECREF(ref); Py_DECREF(payload); Py_DECREF(frame);
+                return NULL;
+            }
+            Py_INCREF(cid);
+            Py_INCREF(kind);
+            PyTuple_SET_ITEM(env, 0, cid);   /* each reference moves into the tuple */
+            PyTuple_SET_ITEM(env, 1, seq);
+            PyTuple_SET_ITEM(env, 2, kind);
+            PyTuple_SET_ITEM(env, 3, key);
+            PyTuple_SET_ITEM(env, 4, ref);
+            PyTuple_SET_ITEM(env, 5, ns);
+            PyTuple_SET_ITEM(env, 6, payload);
+        } else {
+            Py_XDECREF(key);
+            Py_XDECREF(ref);
+        }
+        goto done;
+    fail:
+        Py_XDECREF(key);
+        Py_XDECREF(ref);
+        Py_DECREF(frame);
+        return NULL;
+    }
+done:;
+    PyObject *out = PyTuple_Pack(2, frame, env != NULL ? env : Py_None);
+    Py_DECREF(frame);
+    Py_XDECREF(env);
+    return out;
+}
+
+/* -- the ring reader's common records (sidecar/ingest/ring_reader.py) ------------
+ *
+ * Two loops of `Ring` over a copy of the ring, for the records every producer
+ * writes: each walks while the record in front of it is one it takes, by the very
+ * tests of the Python loop it stands for, and stops at the first other one,
+ * leaving it (and all that Python alone does: wraps, checksums, blobs,
+ * corruption) to that loop, which goes on from there. */
+
+#define REC_HEADER 16
+#define REC_MIN 24             /* header and trailer */
+#define REC_WRAP 1
+#define REC_KNOWN 0x113        /* wrap, CRC, binary v1, part refs */
+
+static int
+int64_args(PyObject *const *args, Py_ssize_t from, Py_ssize_t to, int64_t *out)
+{
+    for (Py_ssize_t k = from; k < to; k++) {
+        long long v = PyLong_AsLongLong(args[k]);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        out[k - from] = v;
+    }
+    return 0;
+}
+
+static inline uint64_t
+record_len(uint32_t size)
+{
+    return ((uint64_t)size + REC_MIN + 7) & ~(uint64_t)7;
+}
+
+/* scan_run(buf, i, pos, off, cap, largest, budget, records) -> (i, records): `Ring._scan`'s loop
+ * over committed records that are not wraps. */
+static PyObject *
+scan_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t v[7];
+    if (nargs != 8 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "scan_run(buf: bytes, i, pos, off, cap, largest, budget, records)");
+        return NULL;
+    }
+    if (int64_args(args, 1, 8, v) < 0)
+        return NULL;
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    int64_t n = PyBytes_GET_SIZE(args[0]);
+    int64_t i = v[0], pos = v[1], off = v[2], cap = v[3], largest = v[4], budget = v[5], records = v[6];
+    if (i < 0 || pos < 0 || off < 0)
+        return Py_BuildValue("(LL)", (long long)i, (long long)records);
+    while (n - i >= REC_MIN && i < budget && records > 0) {
+        uint32_t size;
+        uint16_t flags;
+        uint64_t end;
+        memcpy(&size, b + i, 4);
+        memcpy(&flags, b + i + 6, 2);
+        int64_t rec = (int64_t)record_len(size);
+        if ((flags & REC_WRAP) || (int64_t)size > largest || off + i + rec > cap || (flags & ~REC_KNOWN)
+                || i + rec > n)
+            break;
+        memcpy(&end, b + i + rec - 8, 8);
+        if (end != (uint64_t)(pos + i + rec))
+            break;
+        i += rec;
+        records--;
+    }
+    return Py_BuildValue("(LL)", (long long)i, (long long)records);
+}
+
+/* parse_run(buf, i, pos, largest, limit, out, client_id, ctx, RingMessage) -> (i, limit): `Ring._parse`'s
+ * loop over binary v1 records of one part and no checksum, each appended to `out` as
+ * RingMessage([body], client_id, ctx). Only for a ring without checksums. */
+static PyObject *
+parse_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t v[4];
+    if (nargs != 9 || !PyBytes_Check(args[0]) || !PyList_Check(args[5]) || !PyType_Check(args[8])
+            || !PyType_IsSubtype((PyTypeObject *)args[8], &PyList_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "parse_run(buf: bytes, i, pos, largest, limit, out: list, client_id, ctx, RingMessage)");
+        return NULL;
+    }
+    if (int64_args(args, 1, 5, v) < 0)
+        return NULL;
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    int64_t n = PyBytes_GET_SIZE(args[0]);
+    int64_t i = v[0], pos = v[1], largest = v[2], limit = v[3];
+    PyObject *out = args[5], *cid = args[6], *ctx = args[7];
+    PyTypeObject *message_t = (PyTypeObject *)args[8];
+    if (i < 0 || pos < 0)
+        return Py_BuildValue("(LL)", (long long)i, (long long)limit);
+    PyObject *empty = PyTuple_New(0);
+    if (empty == NULL)
+        return NULL;
+    while (i < n && limit > 0 && n - i >= REC_MIN) {
+        uint32_t size;
+        uint16_t nparts, flags;
+        uint64_t end;
+        memcpy(&size, b + i, 4);
+        memcpy(&nparts, b + i + 4, 2);
+        memcpy(&flags, b + i + 6, 2);
+        int64_t rec = (int64_t)record_len(size);
+        if ((int64_t)size > largest || i + rec > n)
+            break;
+        memcpy(&end, b + i + rec - 8, 8);
+        if (end != (uint64_t)(pos + i + rec) || flags != REC_FLAGS_BINARY_V1 || nparts != 1)
+            break;
+        PyObject *body = PyBytes_FromStringAndSize((const char *)b + i + REC_HEADER, size);
+        /* RingMessage([body]) with its slots set, without its Python-level __init__ */
+        PyObject *message = body == NULL ? NULL : PyList_Type.tp_new(message_t, empty, NULL);
+        if (message == NULL || PyList_Append(message, body) < 0 || PyObject_SetAttr(message, s_client_id, cid) < 0
+                || PyObject_SetAttr(message, s_ctx, ctx) < 0 || PyList_Append(out, message) < 0) {
+            Py_XDECREF(body);
+            Py_XDECREF(message);
+            Py_DECREF(empty);
+            return NULL;
+        }
+        Py_DECREF(body);
+        Py_DECREF(message);
+        i += rec;
+        limit--;
+    }
+    Py_DECREF(empty);
+    return Py_BuildValue("(LL)", (long long)i, (long long)limit);
+}
+
 static PyMethodDef module_methods[] = {
     {"binary_frame", (PyCFunction)(void (*)(void))binary_frame, METH_FASTCALL,
      "binary_frame(body, client_id_json, kinds_json) -> bytes: a binary v1 body as its JSON envelope."},
+    {"scan_run", (PyCFunction)(void (*)(void))scan_run, METH_FASTCALL,
+     "scan_run(buf, i, pos, off, cap, largest, budget, records) -> (i, records): Ring._scan's common records."},
+    {"parse_run", (PyCFunction)(void (*)(void))parse_run, METH_FASTCALL,
+     "parse_run(buf, i, pos, largest, limit, out, client_id, ctx, RingMessage) -> (i, limit): Ring._parse's."},
+    {"ring_event", (PyCFunction)(void (*)(void))ring_event, METH_FASTCALL,
+     "ring_event(body, ctx) -> (frame, env or None): a binary v1 body as its JSON envelope, and that decoded."},
     {NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "client._fastemit",
@@ -512,6 +786,8 @@ PyInit__fastemit(void)
     INTERN(kw_key, "key");
     INTERN(kw_ref, "ref");
     INTERN(kw_blob, "blob");
+    INTERN(s_client_id, "client_id");
+    INTERN(s_ctx, "ctx");
     if (PyType_Ready(&EmitterType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);

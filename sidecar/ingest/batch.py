@@ -24,23 +24,17 @@ from sidecar.config import IngestConfig
 from sidecar.connectors.base import Connector
 from sidecar.errors import JournalUnavailable, Reject
 from sidecar.ingest.admission import Admission
+from sidecar.ingest.decode import RingMessage, ring_event
 from sidecar.ingest.inbox import BlobRef
 from sidecar.ingest.rejects import Rejects, RejectTally
 from sidecar.ingest.sequences import ClientSeq, Sequences
 from sidecar.journal.health import classify
-from sidecar.journal.store import BLOB_PATH_SEPARATOR, EventRow, Journal
+from sidecar.journal.store import BLOB_PATH_SEPARATOR, EventValues, Journal
 from sidecar.ops.metrics import Metrics
 
+__all__ = ["BatchWriter", "RingMessage"]  # RingMessage is decode.py's (the reader makes them), named here too
 
-class RingMessage(list[bytes]):
-    """A message read from a ring: its frames, and the client id of the ring
-    (its header's, checked against its file name), which its frame must claim."""
-
-    __slots__ = ("client_id",)
-
-    def __init__(self, frames: list[bytes], client_id: str) -> None:
-        super().__init__(frames)
-        self.client_id = client_id
+CONTROL_KINDS = wire.CONTROL_KINDS
 
 
 @dataclass
@@ -48,7 +42,7 @@ class _Batch:
     """What one group commit writes."""
 
     now_ns: int
-    rows: list[EventRow] = field(default_factory=list)
+    rows: list[EventValues] = field(default_factory=list)  # EventRow's fields, as plain tuples (cheaper to make)
     rejects: list[tuple[str, str, bytes | None]] = field(default_factory=list)  # the sample kept as rows
     tallies: dict[str, RejectTally] = field(default_factory=dict)  # every reject, by reason
     touched: dict[str, ClientSeq] = field(default_factory=dict)
@@ -109,37 +103,50 @@ class BatchWriter:
         self.sequences.prune(time.monotonic())
 
     def _one(self, frames: list[bytes], batch: _Batch) -> None:
-        env, blobs = self._parse(frames)
         # Identity: a ring's frames are its client's, whatever they say; the
         # socket's are what they claim, within the ring's limits (64 of [A-Za-z0-9._-]).
-        from_ring = isinstance(frames, RingMessage)
-        if isinstance(frames, RingMessage):
-            if env.client_id != frames.client_id:
-                raise Reject("wrong_client", f"a frame claiming client {_clip(env.client_id)} in the ring of "
-                                             f"{frames.client_id}")
-        elif not valid_client_id(env.client_id):
-            raise Reject("bad_client_id", f"client id {_clip(env.client_id)} is not 1 to 64 of [A-Za-z0-9._-]")
-        if env.kind in wire.CONTROL_KINDS:
+        if type(frames) is RingMessage:
+            from_ring = True
+            env = None
+            if frames.ctx is not None:  # a binary body: its frame and envelope at once (RingMessage.settle, inline)
+                frames[0], env = ring_event(frames[0], frames.ctx)
+                frames.ctx = None  # the frame from now on (a reject's sample, a retry of the batch)
+            if env is not None and len(frames[0]) <= self.cfg.max_message_bytes:
+                blobs: list[bytes] = []  # binary records carry none; what `_parse` checks holds by construction
+            else:
+                env, blobs = self._parse(frames)
+                if env.client_id != frames.client_id:
+                    raise Reject("wrong_client", f"a frame claiming client {_clip(env.client_id)} in the ring of "
+                                                 f"{frames.client_id}")
+        else:
+            from_ring = False
+            env, blobs = self._parse(frames)
+            if not valid_client_id(env.client_id):
+                raise Reject("bad_client_id", f"client id {_clip(env.client_id)} is not 1 to 64 of [A-Za-z0-9._-]")
+        client_id, seq, kind, key, ref, emitted_ns, _ = env  # one unpacking, not six attribute loads
+        if kind in CONTROL_KINDS:
             self.sequences.control(env, batch.touched, ring=from_ring)
             return
         # The sequence counts every event that arrived, accepted or not: a
         # rejected event is not a lost one.
-        if not self.sequences.accept(env.client_id, env.seq, batch.touched, ring=from_ring):
+        if not self.sequences.accept(client_id, seq, batch.touched, ring=from_ring):
             return
-        connector = self.only_connector.get(env.kind) or self._choose(env)
+        connector = self.only_connector.get(kind) or self._choose(env)
         try:
             target = connector.route(env, blobs)
         except Reject as exc:
-            raise Reject(exc.reason, f"{env.kind}: {exc.detail}") from None
+            raise Reject(exc.reason, f"{kind}: {exc.detail}") from None
         blob_path = None
         if blobs:
             paths = [self._spool(blob) for blob in blobs]
             batch.spooled += paths
             blob_path = BLOB_PATH_SEPARATOR.join(paths)
-        batch.rows.append(EventRow(connector.lane, env.kind, target, env.key, env.ref, env.client_id, env.seq,
-                                   env.emitted_ns, batch.now_ns, frames[0], blob_path))
-        batch.lanes.add(connector.lane)
-        batch.kinds[env.kind] = batch.kinds.get(env.kind, 0) + 1
+        lane = connector.lane
+        batch.rows.append((lane, kind, target, key, ref, client_id, seq, emitted_ns, batch.now_ns, frames[0],
+                           blob_path))
+        batch.lanes.add(lane)
+        kinds = batch.kinds
+        kinds[kind] = kinds.get(kind, 0) + 1
 
     def _choose(self, env: wire.Envelope) -> Connector:
         """The lane for a kind that several lanes share (one per webhook)."""

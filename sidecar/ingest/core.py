@@ -71,7 +71,7 @@ from sidecar.config import IngestConfig
 from sidecar.connectors.base import Connector
 from sidecar.errors import IngestError, JournalUnavailable
 from sidecar.ingest.admission import RETRY_SECONDS, Admission
-from sidecar.ingest.batch import BatchWriter, RingMessage
+from sidecar.ingest.batch import BatchWriter
 from sidecar.ingest.inbox import Inbox
 from sidecar.ingest.rejects import Rejects
 from sidecar.ingest.ring_adopt import Owners
@@ -321,9 +321,8 @@ class Ingest:
 
     @staticmethod
     def _read_rings(rings: Rings, limit: int) -> list[list[bytes]]:
-        """Up to `limit` messages from the rings, each tagged with its ring's client id."""
-        return [RingMessage(frames, ring.client_id) for ring, messages in rings.read_by_ring(limit)
-                for frames in messages]
+        """Up to `limit` messages from the rings, each a `RingMessage` tagged with its ring's client id."""
+        return [frames for _ring, messages in rings.read_by_ring(limit) for frames in messages]
 
     def _drain(self, sock: zmq.Socket, limit: int, budget: int = DRAIN_BYTES) -> list[list[bytes]]:
         """Read what is waiting, up to `limit` messages and about `budget` bytes, without blocking.

@@ -1,7 +1,7 @@
 """One ring's reader: its records scanned, checked and parsed, read with `pread` (see `client/ring.py`).
 
     ring = Ring(path, fd, FileHeader(...), acked, control=open_ack_file(...), owner_uid=st.st_uid)
-    messages = ring.read(limit=4096)     # [frames, ...] from `pos` on; RingCorrupt at a broken record
+    messages = ring.read(limit=4096)     # [RingMessage, ...] from `pos` on; RingCorrupt at a broken record
     ...journal commits...
     ring.ack()                           # tells the producer; `acked` catches up with `pos`
 
@@ -9,6 +9,14 @@ A ring is untrusted input, so it is never mapped (a file truncated under a
 mapping would kill the sidecar with SIGBUS): every length and position is
 bounded before use, and whatever a file holds, reading it raises nothing but
 `RingCorrupt`. `Rings` (rings.py) reads many of these, fairly, in batches.
+
+Each message is a `RingMessage` (decode.py) tagged with the ring's client id;
+a binary v1 record's stays its body, with the ring's decode context, until
+ingest takes it (`RingMessage.settle`). Where `client._fastemit` is built,
+the loops over the common records run in C (`scan_run`, `parse_run`): each
+stops at the first record its Python loop would do anything with but take,
+and the Python loop goes on from there, so both read every file alike
+(bench/fuzz_decode.py --records compares them).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import zlib
 from dataclasses import dataclass
 
 from client import ring as layout
+from client.compiled import fastemit
 from client.ring import (
     FORMAT_BINARY_V1,
     HEADER,
@@ -32,7 +41,7 @@ from client.ring import (
     RingCorrupt,
     record_bytes,
 )
-from sidecar.ingest.decode import KINDS_JSON, binary_frame, client_id_json
+from sidecar.ingest.decode import RingMessage, ring_context
 from sidecar.ingest.inbox import Inbox
 from sidecar.ingest.ring_blobs import RingBlobs
 from sidecar.ingest.ring_control import Control
@@ -45,7 +54,12 @@ MAX_POSITION = 1 << 62         # no honest ring gets near; a larger read positio
 STALL_SECONDS = 1.0            # unreadable data behind the producer's hint for this long is corruption
 IDLE_PROBE_SECONDS = 0.002     # an empty ring is read again after this at first (rings.py: then less often)
 BODY = RECORD.size             # where a record's body starts
+RECORD_SLACK = 64              # added to the mean record of a read for the next one's estimate
 _zlib_crc32 = zlib.crc32
+# The compiled loops over the common records (client/_fastemit.c), or None: Python's loops alone.
+# Each stops where the Python loop would do anything but take the record, so both read alike.
+_scan_run = fastemit.scan_run if fastemit is not None else None
+_parse_run = fastemit.parse_run if fastemit is not None else None
 
 
 @dataclass
@@ -75,6 +89,7 @@ class Ring:
     last_record: float = float("-inf")  # when a read last yielded a record (the reader's clock)
     inbox: Inbox | None = None     # where records with REC_PART_REFS find their blobs
     held_back: bool = False        # the last read stopped at a record over the batch's budget
+    record_guess: int = 512        # bytes a record takes here, about: the last read's mean, and some
 
     def __post_init__(self) -> None:
         self.pos = self.acked
@@ -82,7 +97,7 @@ class Ring:
         cap_largest = layout.max_record_body(self.header.capacity)
         self.largest = min(self.largest, cap_largest) if self.largest else cap_largest
         self.progress_at = self.adopted_at
-        self._cid_json = client_id_json(self.header.client_id)
+        self._ctx = ring_context(self.header.client_id)
         self.blobs = RingBlobs(self.inbox, self.header.client_id, self.owner_uid, alive=self.producer_alive)
 
     @property
@@ -96,9 +111,10 @@ class Ring:
 
     # -- reading --------------------------------------------------------------
 
-    def read(self, limit: int, budget: int = BATCH_BYTES, *, within: bool = False) -> list[list[bytes]]:
+    def read(self, limit: int, budget: int = BATCH_BYTES, *, within: bool = False) -> list[RingMessage]:
         """Committed records from `pos` on, at most `limit` of them, each as its
-        frames, taken while fewer than `budget` bytes are (so the last one may
+        frames (a `RingMessage` of this ring's client id), taken while fewer
+        than `budget` bytes are (so the last one may
         go past it, by one record at most; with `within`, not even that one:
         a batch that already holds records takes no record beyond its budget).
 
@@ -107,7 +123,7 @@ class Ring:
         holds, the error is a RingCorrupt: nothing else escapes."""
         if self.broken:
             raise RingCorrupt(self.broken)
-        out: list[list[bytes]] = []
+        out: list[RingMessage] = []
         self.charged = 0
         self.held_back = False
         try:
@@ -123,7 +139,7 @@ class Ring:
         self.frames_read += len(out)
         return out
 
-    def _read_into(self, out: list[list[bytes]], limit: int, budget: int, within: bool = False) -> None:
+    def _read_into(self, out: list[RingMessage], limit: int, budget: int, within: bool = False) -> None:
         cap = self.header.capacity
         chunk = PROBE_BYTES if self.empty else CHUNK_BYTES  # an idle ring costs a small read
         while len(out) < limit and self.charged < budget:
@@ -134,7 +150,11 @@ class Ring:
             if tail < HEADER:   # too short for a header: the producer skipped it too
                 self.pos += tail
                 continue
-            want = min(tail, chunk)
+            # No more than the records this read may take, by the size of the last ones (and
+            # again if they were larger): four rings, each given a quarter of a batch, copied a
+            # whole chunk each, four times what the batch took (issue 20: four producers cost
+            # more an event than one).
+            want = min(tail, chunk, max(PROBE_BYTES, (limit - len(out)) * self.record_guess))
             chunk = CHUNK_BYTES
             first = os.pread(self.fd, want, layout.FILE_HEADER + off)
             if len(first) < want:
@@ -164,6 +184,8 @@ class Ring:
                     raise RingCorrupt("file ends early (truncated)")
                 before = len(out)
                 got = self._parse(second, off, limit - len(out), out)
+                if len(out) > before:
+                    self.record_guess = got // (len(out) - before) + RECORD_SLACK
                 self.pos += got
                 self.charged += got  # record bytes: wrap padding is not charged
                 if got < committed or len(out) == before:
@@ -186,6 +208,10 @@ class Ring:
         i = 0
         n = len(buf)
         while n - i >= HEADER and i < budget and records > 0:
+            if _scan_run is not None:  # C walks the common records; the one it stops at is this loop's
+                i, records = _scan_run(buf, i, pos, off, cap, largest, budget, records)
+                if not (n - i >= HEADER and i < budget and records > 0):
+                    break
             size, _nparts, flags, _crc, _ = RECORD.unpack_from(buf, i)
             rec = record_bytes(size)
             if flags & REC_WRAP:  # padding up to the ring's end; may be longer than any record
@@ -229,13 +255,22 @@ class Ring:
             trailer = os.pread(self.fd, TRAILER, layout.FILE_HEADER + (pos & self.mask) + rec - TRAILER)
         return len(trailer) == TRAILER and U64.unpack(trailer)[0] == pos + rec
 
-    def _parse(self, buf: bytes, off: int, limit: int, out: list[list[bytes]]) -> int:
+    def _parse(self, buf: bytes, off: int, limit: int, out: list[RingMessage]) -> int:
         """Append the records of `buf` to `out`; return the bytes consumed."""
         pos = self.pos
         checksum = self.header.checksum
+        ctx, cid = self._ctx, self.header.client_id
+        parse_run = None if checksum else _parse_run
         i = 0
         n = len(buf)
         while i < n and limit:
+            if parse_run is not None:  # C takes the binary records; the one it stops at is this loop's
+                at = i
+                i, limit = parse_run(buf, i, pos, self.largest, limit, out, cid, ctx, RingMessage)
+                if not (i < n and limit):
+                    break
+                if i == at:  # not one binary record: a pure-Python producer's ring, most likely; not again
+                    parse_run = None
             if n - i < HEADER:
                 raise RingCorrupt(f"record at {pos + i} changed under the reader")
             size, nparts, flags, crc, _ = RECORD.unpack_from(buf, i)
@@ -257,15 +292,15 @@ class Ring:
                 # Started from the record's end: an earlier lap's record at this place cannot pass.
                 if _zlib_crc32(body, (pos + i + rec) & 0xFFFFFFFF) != crc:
                     break  # not visible in full yet on a weakly ordered CPU; see stalled()
-            if flags & FORMAT_BINARY_V1:  # the compiled client's record: as the JSON envelope (decode.py)
+            if flags & FORMAT_BINARY_V1:  # the compiled client's record: ingest makes its envelope (decode.py)
                 if nparts != 1:
                     raise RingCorrupt(f"binary record at {pos + i} has {nparts} parts")
-                out.append([binary_frame(body, self._cid_json, KINDS_JSON)])
+                out.append(RingMessage([body], cid, ctx))
             else:
                 parts = split_parts(body, nparts, pos + i, refs=bool(flags & layout.REC_PART_REFS))
                 if flags & layout.REC_PART_REFS and not self.blobs.resolve(parts, pos + i):
                     break  # its blob is still being written: this record, and the ring's order, wait
-                out.append(parts)
+                out.append(RingMessage(parts, cid))
             limit -= 1
             i += rec
         return i

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from client.ring import RingCorrupt
+from sidecar.ingest.decode import RingMessage
 from sidecar.ingest.inbox import Inbox
 from sidecar.ingest.ring_adopt import Adopter, Owners, fd_budget
 from sidecar.ingest.ring_dir import (
@@ -128,11 +129,16 @@ class Rings:
 
     # -- the ingest thread's calls --------------------------------------------
 
-    def read(self, limit: int) -> list[list[bytes]]:
-        """`read_by_ring`'s messages, one list (each ring's in its order)."""
-        return [m for _ring, messages in self.read_by_ring(limit) for m in messages]
+    def read(self, limit: int) -> list[RingMessage]:
+        """`read_by_ring`'s messages, one list (each ring's in its order), each
+        settled: its [0] the frame, a binary record's too (ingest settles them
+        one at a time, as it takes them: `BatchWriter`)."""
+        out = [m for _ring, messages in self.read_by_ring(limit) for m in messages]
+        for m in out:
+            m.settle()
+        return out
 
-    def read_by_ring(self, limit: int) -> list[tuple[Ring, list[list[bytes]]]]:
+    def read_by_ring(self, limit: int) -> list[tuple[Ring, list[RingMessage]]]:
         """Up to `limit` messages from all rings, with the ring each came from
         (`ring.client_id` is the identity its frames must claim), fairly: no
         ring starves the others; `batch_bytes` at most in all, and one record more.
@@ -144,8 +150,8 @@ class Rings:
         A ring found empty is looked at again after a while (module docstring),
         or after a doorbell.
         """
-        out: list[list[bytes]] = []
-        by_ring: dict[str, tuple[Ring, list[list[bytes]]]] = {}
+        out: list[RingMessage] = []
+        by_ring: dict[str, tuple[Ring, list[RingMessage]]] = {}
         now = self.clock()
         probe_all, self._probe_all = self._probe_all, False
         order = list(self.rings.values())

@@ -20,7 +20,7 @@ from sidecar.journal.dlq import list_dead, purge_dead, retry_dead
 from sidecar.journal.health import FULL, OK, JournalHealth, JournalUnavailable
 from sidecar.journal.repair import acknowledge
 from sidecar.journal.spool import Spool
-from sidecar.journal.store import EVENT_FIELDS, INSERT_EVENT, Event, EventRow, Journal, read_ref
+from sidecar.journal.store import EVENT_FIELDS, FRAME, INSERT_EVENT, Event, EventRow, Journal, read_ref
 from sidecar.ops.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(30)
@@ -34,6 +34,7 @@ def _row(n: int, blob_path: str | None = None) -> EventRow:
 
 def test_event_is_the_row_plus_delivery_state() -> None:
     assert tuple(f.name for f in fields(Event)) == EVENT_FIELDS
+    assert EventRow._fields[FRAME] == "frame"
     assert INSERT_EVENT == ("INSERT INTO events (lane, kind, target, key, ref, client_id, seq, emitted_ns,"
                             " received_ns, frame, blob_path) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
 
@@ -227,4 +228,16 @@ def test_a_journal_from_before_auto_vacuum_is_converted_at_start_if_small(tmp_pa
     journal.checkpoint()
     assert (tmp_path / "journal.db").stat().st_size < before  # now the file shrinks
     assert not journal.give_back_free_pages()  # once is enough
+    journal.close()
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 255, 256, 257, 300, 529])
+def test_a_group_commit_keeps_its_rows_and_their_order_however_many_a_statement_takes(tmp_path: Path,
+                                                                                        n: int) -> None:
+    journal = Journal.open(tmp_path, synchronous="OFF")
+    rows = [_row(i) for i in range(1, n + 1)]
+    journal.write_batch(rows[:1])
+    journal.write_batch([tuple(r) for r in rows[1:]])  # plain tuples, as ingest makes them
+    got = journal.conn.execute(f"SELECT {', '.join(EventRow._fields)} FROM events ORDER BY id").fetchall()
+    assert got == [tuple(r) for r in rows]
     journal.close()
