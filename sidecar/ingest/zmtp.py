@@ -34,7 +34,7 @@ end of file, so what a producer wrote before exiting is all read:
   `Limits.frame` (MAXMSGSIZE, as before) closes the connection; a message
   of more than 1 + MAX_BLOBS frames (`bad_frames`), an event frame over
   `max_message_bytes` or blobs over `max_blob_bytes` (`too_large`) is
-  skipped, its bodies read and dropped, never held, and counted: the
+  counted and skipped, its bodies read and dropped, never held: the
   connection and the messages behind it go on, as they did when libzmq
   delivered such a message whole for ingest to refuse.
 - The bodies held across all connections (partial messages and complete
@@ -43,8 +43,8 @@ end of file, so what a producer wrote before exiting is all read:
   A connection mid-message or mid-handshake that sends nothing for
   STALL_SECONDS is closed (`stalled`), so a silent one cannot keep room.
 - At most `Limits.connections` connections: one more closes the longest
-  idle of those between messages, or, if none is, the new one
-  (`too_many_connections`). A producer closed while idle reconnects
+  idle of those that hold no message (between messages, or in their
+  handshake), or, if none is, the new one (`too_many_connections`). A producer closed while idle reconnects
   (libzmq does) and loses nothing: nothing of its was in flight.
 - Back-pressure is the kernel's: while ingest does not read (a journal it
   cannot write), nothing is read from the sockets, their buffers (RCVBUF)
@@ -131,8 +131,8 @@ _GREETING, _HANDSHAKE, _OPEN = 0, 1, 2
 
 
 class _Conn:
-    __slots__ = ("blobs", "body", "body_more", "frames", "got", "last", "pending", "reserved", "skip", "skip_detail",
-                 "sock", "state", "view")
+    __slots__ = ("blobs", "body", "body_more", "frames", "got", "last", "pending", "reserved", "skip", "sock",
+                 "state", "view")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
@@ -141,7 +141,6 @@ class _Conn:
         self.frames: list[bytes] = []     # the message so far
         self.blobs = 0                    # bytes of its frames after the first
         self.skip: str | None = None      # the reason it is refused: its frames are read and dropped
-        self.skip_detail = ""
         self.reserved = 0                 # bytes of `Limits.held` reserved for this message
         self.body: bytearray | None = None  # a large frame's body, received into it directly...
         self.view: memoryview | None = None
@@ -215,6 +214,11 @@ class Receiver:
     @property
     def connections(self) -> int:
         return len(self._conns)
+
+    @property
+    def held(self) -> int:
+        """Bytes reserved for messages: partial ones, and complete ones not yet read."""
+        return self._held
 
     def close(self) -> None:
         for conn in list(self._conns.values()):
@@ -294,8 +298,9 @@ class Receiver:
         return took
 
     def _make_room(self) -> bool:
-        """Close the longest idle connection between messages; False if every one is mid-message."""
-        idle = [c for c in self._conns.values() if not c.mid]
+        """Close the longest idle connection that holds no message (between messages or still
+        in its handshake); False if every one is mid-message."""
+        idle = [c for c in self._conns.values() if not c.frames and c.skip is None and c.body is None]
         if not idle:
             return False
         oldest = min(idle, key=lambda c: c.last)
@@ -424,12 +429,11 @@ class Receiver:
             conn.reserved += size
             self._held += size
             return
-        conn.skip, conn.skip_detail = reason, detail
+        conn.skip = reason
+        self._refuse(reason, detail, conn.frames[0][:SAMPLE_BYTES] if conn.frames else b"")
         self._held -= conn.reserved
         conn.reserved = 0
-        if conn.frames:
-            first = conn.frames[0]
-            conn.frames = [first[:SAMPLE_BYTES]]  # kept as the sample; the rest is let go now
+        conn.frames = []  # let go now: the rest of the message is read and dropped
 
     def _body_done(self, conn: _Conn) -> None:
         body = conn.body
@@ -444,8 +448,6 @@ class Receiver:
             return
         if conn.skip is None:
             self._ready.append(conn.frames)  # its bytes stay reserved until `read` hands it out
-        else:
-            self._refuse(conn.skip, conn.skip_detail, conn.frames[0][:SAMPLE_BYTES] if conn.frames else b"")
         conn.frames, conn.blobs, conn.reserved, conn.skip = [], 0, 0, None
 
     def _command(self, conn: _Conn, body: bytes) -> None:
