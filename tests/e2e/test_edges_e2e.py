@@ -111,46 +111,30 @@ def test_four_senders_of_1_mib_frames_keep_rss_under_300_mib(short_tmp: Path) ->
     assert sc.stop() == 0
 
 
-def test_one_message_of_60_frames_of_16_mib_is_refused_without_being_held(short_tmp: Path) -> None:
+@pytest.mark.parametrize(("message", "reason"), [
+    # Refused from its first frame's header (an event of 16 MiB): its bodies are read and dropped, never held.
+    ('[b"y" * (16 << 20)] * 60', "too_large"),
+    # Refused at its 18th frame; the 200,000 frames after it are read and dropped.
+    (f'[{create(1)!r}, *[b"z" * 1024] * 200_000]', "bad_frames"),
+], ids=["60 frames of 16 MiB", "200,001 frames"])
+def test_one_huge_message_is_refused_without_being_held_and_the_next_one_arrives(
+        short_tmp: Path, message: str, reason: str) -> None:
     sc, endpoint = tcp_sidecar(short_tmp)
     big = f"""
         import zmq
         ctx = zmq.Context()
         s = ctx.socket(zmq.PUSH)
         s.connect({endpoint!r})
-        s.send_multipart([b"y" * (16 << 20)] * 60, copy=False)
-        s.send({create(1)!r})
-        s.close(linger=60000)
-        ctx.term()
-    """
-    with PeakRss(sc.pid) as rss, senders(big, 1):
-        wait_until(lambda: sc.query("SELECT seq FROM events WHERE client_id='probe'") == [(1,)], timeout=120,
-                   what="the event sent after the large message")
-    # Refused from its first frame's header (an event of 16 MiB): its bodies are read and dropped, never held.
-    assert sample(sc, 'sidecar_events_rejected_total{reason="too_large"}') == 1
-    print(f"peak RSS, 60 x 16 MiB in one message: {rss.peak / MiB:.0f} MiB")
-    assert rss.peak < RSS_BOUND
-    assert_a_good_producer_gets_through(sc, endpoint)
-    assert sc.stop() == 0
-
-
-def test_one_message_of_endless_small_frames_is_refused_at_its_18th(short_tmp: Path) -> None:
-    sc, endpoint = tcp_sidecar(short_tmp)
-    many = f"""
-        import zmq
-        ctx = zmq.Context()
-        s = ctx.socket(zmq.PUSH)
-        s.connect({endpoint!r})
-        s.send_multipart([{create(1)!r}, *[b"z" * 1024] * 200_000])
+        s.send_multipart({message}, copy=False)
         s.send({create(2)!r})
         s.close(linger=60000)
         ctx.term()
     """
-    with PeakRss(sc.pid) as rss, senders(many, 1):
+    with PeakRss(sc.pid) as rss, senders(big, 1):
         wait_until(lambda: sc.query("SELECT seq FROM events WHERE client_id='probe'") == [(2,)], timeout=120,
-                   what="the event sent after the message of 200,001 frames")
-    assert sample(sc, 'sidecar_events_rejected_total{reason="bad_frames"}') == 1
-    print(f"peak RSS, 200,001 frames in one message: {rss.peak / MiB:.0f} MiB")
+                   what="the event sent after the large message")
+    assert sample(sc, f'sidecar_events_rejected_total{{reason="{reason}"}}') == 1
+    print(f"peak RSS, one message of {message[:40]}: {rss.peak / MiB:.0f} MiB")
     assert rss.peak < RSS_BOUND
     assert_a_good_producer_gets_through(sc, endpoint)
     assert sc.stop() == 0
