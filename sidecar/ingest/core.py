@@ -355,7 +355,7 @@ def _name_thread(name: bytes) -> None:
 
 
 def _fix_mmap_threshold() -> None:
-    """Large buffers (libzmq's frames, their copies) each in their own mapping, given back when freed.
+    """Large buffers (the socket's frames, their copies) each in their own mapping, given back when freed.
 
     glibc raises its mmap threshold to the size of each large block freed, up to
     32 MiB, so after one 16 MiB frame the next ones come from the heap and stay

@@ -23,9 +23,12 @@ one message of 60 frames of 16 MiB was a gigabyte, and a queue of 10,000
 (the first design): its RCVHWM counts chunks of 8 KiB per connection, so
 the bound is connections x RCVHWM x 8 KiB, and it keeps libzmq's tail
 loss on ipc:// (a peer that hangs up while libzmq has stopped reading its
-connection for a full queue: libzmq's engine takes the hang-up as an I/O
-error and never reads what the kernel still holds, the ~128 events a
-burst-then-exit producer lost at RCVHWM 16). Reading the sockets ourselves,
+connection for a full queue: `stream_engine_base_t::in_event`, with
+input stopped, takes the hang-up as an I/O error and never reads what the
+kernel still holds, the ~128 events a burst-then-exit producer lost at
+RCVHWM 16; a Unix socket's peer closing raises EPOLLHUP, a TCP FIN alone
+does not, hence ipc:// only). ZMQ_STREAM does work over ipc:// in libzmq
+4.3.5; it is the tail and the per-connection chunk count that rule it out. Reading the sockets ourselves,
 every byte ingest holds is one it parsed, and a connection is read until its
 end of file, so what a producer wrote before exiting is all read:
 
