@@ -315,3 +315,19 @@ def test_ipc_endpoints_work_the_same_and_the_socket_file_goes_with_close(short_t
     c.destroy(linger=0)
     r.close()
     assert not (short_tmp / "r.sock").exists()
+
+
+def test_while_nothing_is_read_the_sender_is_pushed_back_and_loses_nothing(rx: Receiver, ctx: zmq.Context) -> None:
+    p = push(ctx, rx, SNDHWM=100)
+    p.send(b"0")
+    assert collect(rx, 1, "the handshake and the first message") == [[b"0"]]
+    sent = 1
+    while True:  # ingest reads nothing (a journal it cannot write): the kernel's buffers, then the sender's queue
+        try:
+            p.send(b"%d" % sent + b"." * 1000, zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        sent += 1
+    assert rx.held == 0  # all of it waits outside this process
+    got = collect(rx, sent - 1, "everything sent, once reading resumes")
+    assert [m[0].split(b".")[0] for m in got] == [b"%d" % n for n in range(1, sent)]
