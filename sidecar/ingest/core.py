@@ -98,6 +98,7 @@ STOP_DRAIN_SECONDS = 2.0
 # A connection is read until its end, so a producer that bursts and exits
 # at once loses no tail (libzmq's PULL dropped the rest of a connection
 # whose peer hung up while its full queue had stopped the reading).
+REFILL_BYTES = 64 << 10   # a read that found this much: the sender is ahead, so wait 1 ms for more
 DRAIN_BYTES = 32 << 20     # one batch takes at most this much from the socket (and one message more)
 M_MMAP_THRESHOLD = -3      # glibc's mallopt parameter (malloc.h)
 MMAP_THRESHOLD = 4 << 20   # blocks from this size on get a mapping of their own (`_fix_mmap_threshold`);
@@ -323,6 +324,16 @@ class Ingest:
         broke the protocol or one too many) is counted and sampled like a
         frame refused in a batch, in a transaction of its own."""
         messages = sock.read(limit, budget)
+        while 0 < len(messages) < limit and sock.last_bytes >= REFILL_BYTES and budget > sock.last_bytes:
+            # As much as the kernel's socket buffers hold: the sender is ahead of us and
+            # refills them in a moment. Wait that moment rather than commit a small batch.
+            budget -= sock.last_bytes
+            if not sock.poll(1):
+                break
+            more = sock.read(limit - len(messages), budget)
+            if not more:
+                break
+            messages += more
         refused = sock.take_refused()
         if refused:
             self._record_refused(refused)
