@@ -40,15 +40,19 @@ end of file, so what a producer wrote before exiting is all read:
   counted and skipped, its bodies read and dropped, never held: the
   connection and the messages behind it go on, as they did when libzmq
   delivered such a message whole for ingest to refuse.
-- The bodies held across all connections (partial messages and complete
-  ones not yet taken) are at most `Limits.held` bytes, reserved from each
-  frame's header; a message that would need more is skipped (`no_room`).
+- The bodies of partial messages across all connections are at most
+  `Limits.held` bytes, reserved from each frame's header; a message that
+  would need more is skipped (`no_room`). Complete messages not yet taken
+  are about READY_BYTES (reading stops there), apart from that room, so
+  small events are never refused for room that large messages in flight
+  hold.
   A connection mid-message or mid-handshake that sends nothing for
   STALL_SECONDS is closed (`stalled`), so a silent one cannot keep room.
 - At most `Limits.connections` connections: one more closes the longest
   idle of those that hold no message (between messages, or in their
-  handshake), or, if none is, the new one (`too_many_connections`). A producer closed while idle reconnects
-  (libzmq does) and loses nothing: nothing of its was in flight.
+  handshake), or, if none is, the new one (`too_many_connections`). A
+  producer closed while idle reconnects (libzmq does) and loses nothing:
+  nothing of its was in flight.
 - Back-pressure is the kernel's: while ingest does not read (a journal it
   cannot write), nothing is read from the sockets, their buffers (RCVBUF)
   fill and the producers' libzmq queues hold the rest, as before.
@@ -80,6 +84,7 @@ GREETING = SIGNATURE + bytes([3, 1]) + b"NULL".ljust(20, b"\0") + b"\0" + bytes(
 MORE, LONG, COMMAND = 1, 2, 4
 COMMAND_MAX = 4096         # a command's body at most (READY with metadata; PING is 23)
 READ_BYTES = 256 << 10     # one recv per ready connection per round
+READY_BYTES = 8 << 20      # complete messages waiting for a `read`: no more reads once this much is parsed
 DIRECT_BYTES = 64 << 10    # a frame body larger than this is received straight into its own buffer
 SAMPLE_BYTES = 256         # of a refused connection or message, what is kept as its reject sample
 STALL_SECONDS = 30.0       # mid-handshake or mid-message, silent this long: closed
@@ -170,7 +175,8 @@ class Receiver:
         self._epoll.register(listener.fileno(), select.EPOLLIN)
         self._conns: dict[int, _Conn] = {}
         self._ready: deque[tuple[list[bytes], int]] = deque()  # complete messages, with their bytes
-        self._held = 0  # bytes reserved by partial messages and complete ones not yet taken
+        self._held = 0  # bytes reserved by partial messages and complete ones not yet taken...
+        self._ready_bytes = 0  # ...of which complete ones (about READY_BYTES at most)
         self._refused: dict[str, Refused] = {}
         self._swept = clock()
         self.last_bytes = 0  # what the last `read` handed out
@@ -255,6 +261,7 @@ class Receiver:
             while ready and len(out) < limit and budget > 0:
                 frames, size = ready.popleft()
                 self._held -= size
+                self._ready_bytes -= size
                 budget -= size
                 self.last_bytes += size
                 out.append(frames)
@@ -269,6 +276,8 @@ class Receiver:
                     conn = self._conns.get(fd)
                     if conn is not None:
                         progress |= self._read_one(conn, now)
+                if self._ready_bytes >= READY_BYTES:
+                    break  # the rest wait in the kernel (epoll takes them first next time)
             if not progress:
                 return out
 
@@ -373,9 +382,10 @@ class Receiver:
                 # The common case, inline: an event alone in its message, whole here, within the limits.
                 size = data[pos + 1] if end - pos >= 2 else DIRECT_BYTES + 1
                 start = pos + 2
-                if start + size <= end and size <= limits.event and self._held + size <= limits.held:
+                if start + size <= end and size <= limits.event:
                     pos = start + size
                     self._held += size
+                    self._ready_bytes += size
                     ready.append(([data[start:pos]], size))
                     continue
             if flags & LONG:
@@ -436,8 +446,9 @@ class Receiver:
             reason, detail = "too_large", f"event of {size} bytes, limit {limits.event}"
         elif index and conn.blobs + size > limits.blobs:
             reason, detail = "too_large", f"blobs of over {conn.blobs + size} bytes, limit {limits.blobs}"
-        elif self._held + size > limits.held:
-            reason, detail = "no_room", f"{self._held} bytes held for other messages, limit {limits.held}"
+        elif self._held - self._ready_bytes + size > limits.held:
+            reason, detail = "no_room", f"{self._held - self._ready_bytes} bytes held for other partial messages, " \
+                                        f"limit {limits.held}"
         else:
             if index:
                 conn.blobs += size
@@ -463,6 +474,7 @@ class Receiver:
             return
         if conn.skip is None:
             self._ready.append((conn.frames, conn.reserved))  # reserved until `read` hands it out
+            self._ready_bytes += conn.reserved
         conn.frames, conn.blobs, conn.reserved, conn.skip = [], 0, 0, None
 
     def _command(self, conn: _Conn, body: bytes) -> None:
