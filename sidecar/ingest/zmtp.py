@@ -50,7 +50,7 @@ end of file, so what a producer wrote before exiting is all read:
   STALL_SECONDS is closed (`stalled`), so a silent one cannot keep room.
 - At most `Limits.connections` connections: one more closes the longest
   idle of those that hold no message (between messages, or in their
-  handshake), or, if none is, the new one (`too_many_connections`). A
+  handshake) and have nothing unread in the kernel, or, if none is, the new one (`too_many_connections`). A
   producer closed while idle reconnects (libzmq does) and loses nothing:
   nothing of its was in flight.
 - Back-pressure is the kernel's: while ingest does not read (a journal it
@@ -66,9 +66,12 @@ socket file's mode, tcp:// by where it is bound.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
 import select
 import socket
+import termios
 import time
 from collections import deque
 from collections.abc import Callable
@@ -314,10 +317,12 @@ class Receiver:
     def _make_room(self) -> bool:
         """Close the longest idle connection that holds no message (between messages or still
         in its handshake); False if every one is mid-message."""
-        idle = [c for c in self._conns.values() if not c.frames and c.skip is None and c.body is None]
-        if not idle:
+        idle = sorted((c for c in self._conns.values() if not c.frames and c.skip is None and c.body is None),
+                      key=lambda c: c.last)
+        # One with bytes unread in the kernel is not idle: closing it would lose them.
+        oldest = next((c for c in idle if not _unread(c.sock)), None)
+        if oldest is None:
             return False
-        oldest = min(idle, key=lambda c: c.last)
         self._refuse("too_many_connections", f"over {self.limits.connections} connections: the longest idle "
                                              "closed", b"")
         self._drop(oldest)
@@ -516,6 +521,16 @@ class Receiver:
         except (OSError, ValueError):
             pass
         conn.sock.close()
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes waiting in the kernel for this socket (SIOCINQ); -1 if it cannot tell."""
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    except OSError:
+        return -1
+    return count[0]
 
 
 def _check_greeting(data: bytes) -> None:
