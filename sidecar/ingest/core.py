@@ -1,4 +1,4 @@
-"""Ingest: read events from the producers' rings and the PULL socket, and
+"""Ingest: read events from the producers' rings and the ZeroMQ socket, and
 group-commit them to the journal.
 
     ingest = Ingest(cfg.ingest, journal, connectors, metrics, on_written=wake_lanes)
@@ -10,8 +10,10 @@ Two sources, one transaction per batch: the shared-memory rings of local
 producers (`sidecar.ingest.rings`), whose read positions advance only after the
 commit, so a crash re-reads them and the sequence numbers drop what the
 journal already holds; and the ZeroMQ socket, for remote producers and old
-clients. Runs in its own thread so that a journal fsync never delays the
-delivery loop, and libzmq and SQLite release the GIL while they wait.
+clients, whose protocol (ZMTP) ingest speaks itself so that what it holds
+is bounded in bytes (`Receiver`, zmtp.py). Runs in its own thread so that
+a journal fsync never delays the delivery loop, and SQLite and the poller
+release the GIL while they wait.
 
 Group commit by size and by time: what a read finds joins the pending
 batch, which commits when it holds `batch_max` events or when its oldest
@@ -48,7 +50,7 @@ that failed is held (one batch, so memory stays bounded) and retried every
 RETRY_SECONDS; until it commits nothing new is read. The rings' read
 positions stay where the journal has them, so producers keep emitting into
 their rings until those fill (then `queue_full`); the ZeroMQ socket is not
-read, so its RCVHWM pushes back on the senders. Blobs spooled for the failed
+read, so the kernel's socket buffers fill and push back on the senders. Blobs spooled for the failed
 batch are removed at once, and each client's sequence state is restored
 from the journal, so the retry is not taken for a replay.
 """
@@ -59,6 +61,7 @@ import ctypes
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -73,10 +76,11 @@ from sidecar.errors import IngestError, JournalUnavailable
 from sidecar.ingest.admission import RETRY_SECONDS, Admission
 from sidecar.ingest.batch import BatchWriter
 from sidecar.ingest.inbox import Inbox
-from sidecar.ingest.rejects import Rejects
+from sidecar.ingest.rejects import Rejects, RejectTally
 from sidecar.ingest.ring_adopt import Owners
 from sidecar.ingest.rings import Rings
 from sidecar.ingest.sequences import Sequences
+from sidecar.ingest.zmtp import Limits, Receiver, Refused
 from sidecar.journal.store import Journal
 from sidecar.ops.metrics import Metrics
 
@@ -88,23 +92,14 @@ SOCKET_SLEEP_MS = 50       # without rings: the socket alone wakes it, so this b
 QUIET_WINDOWS = 5          # no commit for this many commit windows: the next event commits at once
 DOORBELL_SECONDS = 0.5     # while busy, stale doorbells are emptied this often
 STOP_DRAIN_SECONDS = 2.0
-# ZeroMQ's receive queue, in messages per connection. libzmq counts messages,
-# not bytes, and holds a whole message before ingest sees any of it, so the
-# bytes it holds per connection are RCVHWM x the largest frame it lets in
-# (MAXMSGSIZE, per frame): small, so four senders of 1 MiB frames hold about
-# 4 x 16 MiB, where 10,000 held gigabytes. When it fills, libzmq stops reading
-# the connection and the producers' own queues (then the kernel's socket
-# buffers, RCVBUF) hold the rest: back-pressure, not loss. Throughput of small
-# events is the same (about 350k/s from one sender here at 32 or 10,000).
-# On ipc:// (the trading group only, and rings beside it) the queue stays at
-# 10,000: a producer that bursts and exits at once lost its tail (about 128
-# events, silently) at 16, when libzmq dropped what it had decoded for a full
-# queue as the peer went. So only tcp://, which any host that can connect
-# reaches, is bounded by bytes; an ipc:// sender of 1 MiB frames can still make
-# the sidecar hold up to 10,000 of them (see the report of issue 17).
-RCVHWM = 16
-RCVHWM_IPC = 10_000
-RCVBUF = 1 << 20           # the kernel's buffer per connection
+# The ZeroMQ socket holds at most `Limits.held` bytes of messages, whoever
+# sends them, over tcp:// and ipc:// alike: ingest reads the connections
+# itself (zmtp.py, whose docstring says why not libzmq's PULL, whose queue
+# counted messages of up to MAXMSGSIZE each, nor a ZMQ_STREAM socket).
+# A connection is read until its end, so a producer that bursts and exits
+# at once loses no tail (libzmq's PULL dropped the rest of a connection
+# whose peer hung up while its full queue had stopped the reading).
+REFILL_BYTES = 64 << 10   # a read that found this much: the sender is ahead, so wait 1 ms for more
 DRAIN_BYTES = 32 << 20     # one batch takes at most this much from the socket (and one message more)
 M_MMAP_THRESHOLD = -3      # glibc's mallopt parameter (malloc.h)
 MMAP_THRESHOLD = 4 << 20   # blocks from this size on get a mapping of their own (`_fix_mmap_threshold`);
@@ -130,8 +125,7 @@ class Ingest:
         self.admission = Admission(journal, batch_max=cfg.batch_max)
         self.batches = BatchWriter(cfg, journal, connectors, metrics, self.sequences, self.rejects, self.admission,
                                    on_written)
-        self._ctx = zmq.Context()
-        self._sock: zmq.Socket | None = None
+        self._sock: Receiver | None = None
         self.rings: Rings | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -152,7 +146,7 @@ class Ingest:
     def bind(self) -> None:
         """Bind the ZeroMQ socket and open the ring directory; IngestError if either is unusable."""
         inbox = Inbox(self.cfg.blob_dir or f"{self.journal.path.parent}.inbox", max_bytes=self.cfg.max_blob_bytes)
-        self._sock, self.rings = _bind(self.cfg, self._ctx, self.metrics, inbox, owners=self.journal.clients)
+        self._sock, self.rings = _bind(self.cfg, self.metrics, inbox, owners=self.journal.clients)
 
     def start(self) -> None:
         assert self._sock is not None, "bind() first"
@@ -169,10 +163,9 @@ class Ingest:
                 return
         else:
             if self._sock is not None:
-                self._sock.close(0)
+                self._sock.close()
             if self.rings is not None:
                 self.rings.close()
-        self._ctx.term()
 
     @property
     def alive(self) -> bool:
@@ -186,7 +179,7 @@ class Ingest:
         assert sock is not None
         rings = self.rings
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        poller.register(sock.fileno(), zmq.POLLIN)
         if rings is not None and rings.doorbell is not None:
             poller.register(rings.doorbell.fileno(), zmq.POLLIN)
         last_doorbells = 0.0
@@ -240,11 +233,11 @@ class Ingest:
             self.error = exc
             log.exception("ingest stopped on an unexpected error")
         finally:
-            sock.close(0)  # in this thread: a socket must not be closed under its user
+            sock.close()  # in this thread: a socket must not be closed under its user
             if rings is not None:
                 rings.close()
 
-    def _cycle(self, sock: zmq.Socket, *, rings_too: bool = True, now_or_never: bool = False) -> int:
+    def _cycle(self, sock: Receiver, *, rings_too: bool = True, now_or_never: bool = False) -> int:
         """Read what waits into the pending batch and commit it once it is full
         or its oldest has waited `commit_window` (at once with `now_or_never`),
         then acknowledge the rings; returns how many messages it read or committed."""
@@ -280,7 +273,7 @@ class Ingest:
         base = self.cfg.commit_window
         return base if quiet else min(2 * self._window, max(base, self.cfg.commit_window_max))
 
-    def _gather(self, sock: zmq.Socket, limit: int, rings_too: bool) -> int:
+    def _gather(self, sock: Receiver, limit: int, rings_too: bool) -> int:
         """Add up to `limit` messages from the rings and the socket to the pending batch."""
         rings = self.rings if rings_too else None
         # Each source is sure of half a batch, so a flood into the socket
@@ -324,42 +317,43 @@ class Ingest:
         """Up to `limit` messages from the rings, each a `RingMessage` tagged with its ring's client id."""
         return [frames for _ring, messages in rings.read_by_ring(limit) for frames in messages]
 
-    def _drain(self, sock: zmq.Socket, limit: int, budget: int = DRAIN_BYTES) -> list[list[bytes]]:
+    def _drain(self, sock: Receiver, limit: int, budget: int = DRAIN_BYTES) -> list[list[bytes]]:
         """Read what is waiting, up to `limit` messages and about `budget` bytes, without blocking.
 
-        A message of more frames than an event has keeps only one frame too
-        many (then `_parse` refuses it as bad_frames): the rest are let go as
-        they are read."""
-        messages: list[list[bytes]] = []
-        # pyzmq's Cython recv and getsockopt, without the Python layer of
-        # recv_multipart: about half a microsecond an event at full speed.
-        recv = super(zmq.Socket, sock).recv
-        more = super(zmq.Socket, sock).get
-        most = 2 + wire.MAX_BLOBS
-        since_wait = 0
-        while len(messages) < limit and budget > 0:
-            try:
-                frame = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                # The queue holds only RCVHWM messages: if it was full, the sender is
-                # ahead of us and libzmq refills it in a moment. Wait that moment
-                # rather than commit a batch of 16.
-                if since_wait < RCVHWM // 2 or not sock.poll(1):  # (a large ipc:// queue never needs it)
-                    break
-                since_wait = 0
-                continue
-            since_wait += 1
-            frames = [frame]
-            budget -= len(frame)
-            while more(zmq.RCVMORE):
-                frame = recv(zmq.NOBLOCK)
-                if len(frames) < most:
-                    frames.append(frame)
-                    budget -= len(frame)
-                elif len(frames[1]):  # too many: refused anyway, so its blobs go now
-                    frames[1:] = [b""] * (most - 1)
-            messages.append(frames)
+        What the socket refused (a message over the limits, a connection that
+        broke the protocol or one too many) is counted and sampled like a
+        frame refused in a batch, in a transaction of its own."""
+        messages = sock.read(limit, budget)
+        while 0 < len(messages) < limit and sock.last_bytes >= REFILL_BYTES and budget > sock.last_bytes:
+            # As much as the kernel's socket buffers hold: the sender is ahead of us and
+            # refills them in a moment. Wait that moment rather than commit a small batch.
+            budget -= sock.last_bytes
+            if not sock.poll(1):
+                break
+            more = sock.read(limit - len(messages), budget)
+            if not more:
+                break
+            messages += more
+        refused = sock.take_refused()
+        if refused:
+            self._record_refused(refused)
         return messages
+
+    def _record_refused(self, refused: dict[str, Refused]) -> None:
+        tallies: dict[str, RejectTally] = {}
+        sample: list[tuple[str, str, bytes | None]] = []
+        for reason, r in refused.items():
+            self.rejects.add(tallies, sample, reason, r.detail, r.sample)
+            tallies[reason].count += r.count - 1
+            tallies[reason].unsampled += r.count - 1
+        if self._held is None:  # a journal that refuses batches would refuse this too: counted only
+            unsampled = {reason: t.unsampled for reason, t in tallies.items() if t.unsampled}
+            try:
+                self.journal.write_batch([], sample, {}, unsampled)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("could not journal %d refused message(s): %s; they are counted in metrics only",
+                            sum(r.count for r in refused.values()), exc)
+        self.rejects.report(tallies)
 
 
 def _name_thread(name: bytes) -> None:
@@ -372,7 +366,7 @@ def _name_thread(name: bytes) -> None:
 
 
 def _fix_mmap_threshold() -> None:
-    """Large buffers (libzmq's frames, their copies) each in their own mapping, given back when freed.
+    """Large buffers (the socket's frames, their copies) each in their own mapping, given back when freed.
 
     glibc raises its mmap threshold to the size of each large block freed, up to
     32 MiB, so after one 16 MiB frame the next ones come from the heap and stay
@@ -385,28 +379,14 @@ def _fix_mmap_threshold() -> None:
         pass
 
 
-def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics,
-          inbox: Inbox | None = None, *, owners: Owners | None = None) -> tuple[zmq.Socket, Rings | None]:
-    """The PULL socket, bound, and the rings beside an ipc:// endpoint (if it has them)."""
+def _bind(cfg: IngestConfig, metrics: Metrics, inbox: Inbox | None = None, *,
+          owners: Owners | None = None) -> tuple[Receiver, Rings | None]:
+    """The ZeroMQ socket, bound, and the rings beside an ipc:// endpoint (if it has them)."""
     _fix_mmap_threshold()
     endpoint = cfg.endpoint
     if endpoint.startswith("ipc://"):
-        _clear_stale_ipc(ctx, endpoint[len("ipc://"):])
-    sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.RCVHWM, RCVHWM_IPC if endpoint.startswith("ipc://") else RCVHWM)
-    sock.setsockopt(zmq.RCVBUF, RCVBUF)
-    # One frame larger than any valid one closes that connection, before
-    # libzmq buffers it. libzmq applies it to each frame, not to a message:
-    # the frames of one message are bounded by `_parse` (bad_frames) only
-    # once libzmq has received them all (see the README).
-    sock.setsockopt(zmq.MAXMSGSIZE, max(cfg.max_message_bytes, cfg.max_blob_bytes) + 1024)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close(0)
-        raise IngestError(f"cannot bind ingest endpoint {endpoint}: {exc}; "
-                          "is another sidecar running, or is [ingest] endpoint wrong?") from None
+        _clear_stale_ipc(endpoint[len("ipc://"):])
+    sock = Receiver.bind(endpoint, Limits.of(cfg))  # IngestError if it cannot
     if endpoint.startswith("ipc://"):
         # The unit's RuntimeDirectory= decides who may reach the socket;
         # the socket itself is writable by the group (the trading user's).
@@ -424,11 +404,11 @@ def _bind(cfg: IngestConfig, ctx: zmq.Context, metrics: Metrics,
             if inbox is not None:
                 _open_inbox(inbox, directory)
         except IngestError:
-            sock.close(0)  # a ring directory the sidecar must not use (ring_dir.py says why)
+            sock.close()  # a ring directory the sidecar must not use (ring_dir.py says why)
             rings.close()
             raise
         except OSError as exc:
-            sock.close(0)
+            sock.close()
             rings.close()
             raise IngestError(f"cannot use the ring directory {directory}: {exc}") from None
         return sock, rings
@@ -445,7 +425,7 @@ def _open_inbox(inbox: Inbox, ring_directory: str) -> None:
 
 
 
-def _clear_stale_ipc(ctx: zmq.Context, path: str) -> None:
+def _clear_stale_ipc(path: str) -> None:
     """Remove a socket file left by a dead sidecar; refuse if one still listens."""
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

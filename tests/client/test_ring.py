@@ -330,6 +330,7 @@ def test_a_flood_into_the_socket_does_not_starve_the_rings(short_tmp: Path) -> N
     ingest.bind()
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 0)  # ingest answers the handshake when it reads: until then they wait here
     push.connect(endpoint)
     for _ in range(5_000):
         push.send(b"garbage")

@@ -115,7 +115,7 @@ def test_a_corrupt_ring_beside_a_good_one_is_quarantined_and_the_good_one_flows(
 
 
 def test_zmq_burst_then_exit_into_the_bounded_receive_queue_loses_nothing(short_tmp: Path) -> None:
-    # The sidecar's RCVHWM is bounded (10,000); a burst ten times that from a
+    # The sidecar holds a bounded number of bytes (zmtp.py); a burst of 25 MB from a
     # producer that exits at once must still arrive whole (README: the sidecar).
     sc = sidecar(short_tmp).start()
     count = 100_000

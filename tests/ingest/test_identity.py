@@ -75,7 +75,7 @@ def rejected(ing: Ingest, reason: str) -> float:
 
 
 def push(ing: Ingest) -> zmq.Socket:
-    sock = ing._ctx.socket(zmq.PUSH)
+    sock = zmq.Context.instance().socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(ing.cfg.endpoint)
     return sock
