@@ -26,7 +26,10 @@ in this process instead. Every drop is counted by reason in
 - ``ring_quarantined``: the sidecar found this client's ring corrupt and set
   it aside; the event that learnt it is lost and the next one goes to a new ring;
 - ``linger_expired``: at ``close()``, ZeroMQ only: events still queued when
-  `linger` ran out (all of them are counted when no sidecar was connected);
+  `linger` ran out (all of them are counted when no sidecar was connected;
+  with one connected but not done reading, libzmq does not tell how many were
+  left, so the queue's bound, at most `queue_size`, is counted and a warning
+  says so);
 - ``blob_backlog``: more blob bytes wait for the helper thread that writes
   them to disk than it holds (`client.blobs.MAX_PENDING_BYTES`);
 - ``unknown_kind``, ``unserializable``, ``too_large``, ``bad_blob``: the call
@@ -370,6 +373,10 @@ class Client:
         lost = transport.close(self.linger if linger is None else linger, self._seq)
         if lost:
             self._dropped["linger_expired"] += lost
+            if transport.peer_connected_at_close:
+                log.warning("client %s closed before the sidecar at %s took all its queued events "
+                            "(linger %.1f s ran out): up to %d may be lost; close(linger=...) longer",
+                            self.client_id, self.endpoint, self.linger if linger is None else linger, lost)
 
     def _after_fork_in_child(self) -> None:
         # The parent's ring or socket stays the parent's. The child gets its

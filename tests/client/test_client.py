@@ -189,6 +189,27 @@ def test_zmq_close_counts_only_what_was_sent_after_the_sidecar_left(short_tmp: P
     assert t.close(0.1, 15) == 5
 
 
+def test_zmq_close_with_a_reader_connected_but_behind_counts_the_queue_and_warns(
+        short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    endpoint = f"ipc://{short_tmp}/slow.sock"
+    ctx = zmq.Context()
+    slow = ctx.socket(zmq.PULL)            # connected, and never reads: the queue stays full
+    slow.setsockopt(zmq.RCVHWM, 1)
+    slow.setsockopt(zmq.RCVBUF, 4096)
+    slow.bind(endpoint)
+    c = Client(endpoint, transport="zmq", queue_size=50_000)
+    wait_until(lambda: c._transport is not None and c._transport.peer_connected(), timeout=10,
+               what="the client to see the reader")
+    for n in range(20_000):
+        assert c.emit("webhook.post", {"n": n, "pad": "x" * 200})
+    c.close(linger=0.2)
+    lost = c.stats()["dropped"].get("linger_expired", 0)
+    assert 0 < lost <= 20_000               # counted (at most what could be queued), never silently 0
+    assert "up to" in caplog.text and endpoint in caplog.text
+    slow.close(0)
+    ctx.term()
+
+
 class Recorder(Transport):
     """A transport of one's own: only what Transport leaves abstract."""
 
