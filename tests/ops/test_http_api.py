@@ -126,6 +126,7 @@ def test_peer_uid_finds_the_connecting_process_over_ipv4_and_ipv6() -> None:
         with listener, socket.create_connection(listener.getsockname()[:2]):
             conn, _ = listener.accept()
             with conn:
-                assert peer_uid(conn) == os.geteuid()
-                assert peer_uid(conn, tables=()) is None       # nothing to look in: unknown, so refused
+                assert peer_uid(conn) == os.geteuid()                              # sock_diag
+                assert peer_uid(conn, diag=False) == os.geteuid()                  # the /proc tables
+                assert peer_uid(conn, diag=False, tables=()) is None  # nothing to look in: unknown, so refused
     assert not Readers(os.geteuid(), os.getegid()).allow(None)
