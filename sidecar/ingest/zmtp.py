@@ -40,19 +40,33 @@ end of file, so what a producer wrote before exiting is all read:
   counted and skipped, its bodies read and dropped, never held: the
   connection and the messages behind it go on, as they did when libzmq
   delivered such a message whole for ingest to refuse.
-- The bodies of partial messages across all connections are at most
-  `Limits.held` bytes, reserved from each frame's header; a message that
-  would need more is skipped (`no_room`). Complete messages not yet taken
-  are about READY_BYTES (reading stops there), apart from that room, so
-  small events are never refused for room that large messages in flight
-  hold.
-  A connection mid-message or mid-handshake that sends nothing for
-  STALL_SECONDS is closed (`stalled`), so a silent one cannot keep room.
-- At most `Limits.connections` connections: one more closes the longest
-  idle of those that hold no message (between messages, or in their
-  handshake) and have nothing unread in the kernel, or, if none is, the new one (`too_many_connections`). A
-  producer closed while idle reconnects (libzmq does) and loses nothing:
-  nothing of its was in flight.
+- A message of at most SMALL_BYTES (64 KiB, all its frames) is held from
+  its own allowance, at most one partial message per connection, so
+  `Limits.connections` x SMALL_BYTES: small events are never refused for
+  room that large messages in flight hold. The bodies of larger partial
+  messages across all connections are at most `Limits.held` bytes,
+  reserved from each frame's header (a message crossing SMALL_BYTES moves
+  all it holds there); a message that would need more is skipped
+  (`no_room`). A frame's buffer is not allocated at its header: it grows
+  as the body arrives, so headers alone cost nothing but the reservation.
+  Complete messages not yet taken are about READY_BYTES (reading stops
+  there), apart from that room.
+- A connection mid-message or mid-handshake that sends nothing for
+  STALL_SECONDS, or whose handshake or message is not whole MESSAGE_SECONDS
+  after its first byte (however it trickles), is closed (`stalled`), so
+  neither a silent nor a trickling one keeps room or a slot for long.
+- At most `Limits.connections` connections: one more closes, in this order,
+  the oldest still in its handshake, else the one whose partial message is
+  oldest, else the longest idle that has nothing unread in the kernel,
+  else the new one (`too_many_connections`). An idle producer is only
+  chosen when every other connection is idle too; closed, it reconnects
+  (libzmq does). On ipc://, a peer uid (SO_PEERCRED) holding a quarter
+  of the connections (UID_SHARE) makes room from its own connections
+  only, and another uid from those of uids over their share first, so a
+  group member filling the slots leaves room for others. Residual: an
+  idle connection is checked for unread bytes (FIONREAD) and then closed;
+  bytes that arrive between the two are lost though libzmq counted them
+  sent (a window of microseconds, and only when every connection is idle).
 - Back-pressure is the kernel's: while ingest does not read (a journal it
   cannot write), nothing is read from the sockets, their buffers (RCVBUF)
   fill and the producers' libzmq queues hold the rest, as before.
@@ -115,7 +129,7 @@ class Limits:
     event: int          # the first frame of a message
     blobs: int          # the frames after it, together
     frames: int = 1 + wire.MAX_BLOBS
-    held: int           # bodies held across all connections
+    held: int           # bodies of partial messages over SMALL_BYTES, across all connections
     connections: int = MAX_CONNECTIONS
 
     @classmethod
