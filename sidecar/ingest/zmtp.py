@@ -40,19 +40,33 @@ end of file, so what a producer wrote before exiting is all read:
   counted and skipped, its bodies read and dropped, never held: the
   connection and the messages behind it go on, as they did when libzmq
   delivered such a message whole for ingest to refuse.
-- The bodies of partial messages across all connections are at most
-  `Limits.held` bytes, reserved from each frame's header; a message that
-  would need more is skipped (`no_room`). Complete messages not yet taken
-  are about READY_BYTES (reading stops there), apart from that room, so
-  small events are never refused for room that large messages in flight
-  hold.
-  A connection mid-message or mid-handshake that sends nothing for
-  STALL_SECONDS is closed (`stalled`), so a silent one cannot keep room.
-- At most `Limits.connections` connections: one more closes the longest
-  idle of those that hold no message (between messages, or in their
-  handshake) and have nothing unread in the kernel, or, if none is, the new one (`too_many_connections`). A
-  producer closed while idle reconnects (libzmq does) and loses nothing:
-  nothing of its was in flight.
+- A message of at most SMALL_BYTES (64 KiB, all its frames) is held from
+  its own allowance, at most one partial message per connection, so
+  `Limits.connections` x SMALL_BYTES: small events are never refused for
+  room that large messages in flight hold. The bodies of larger partial
+  messages across all connections are at most `Limits.held` bytes,
+  reserved from each frame's header (a message crossing SMALL_BYTES moves
+  all it holds there); a message that would need more is skipped
+  (`no_room`). A frame's buffer is not allocated at its header: it grows
+  as the body arrives, so headers alone cost nothing but the reservation.
+  Complete messages not yet taken are about READY_BYTES (reading stops
+  there), apart from that room.
+- A connection mid-message or mid-handshake that sends nothing for
+  STALL_SECONDS, or whose handshake or message is not whole MESSAGE_SECONDS
+  after its first byte (however it trickles), is closed (`stalled`), so
+  neither a silent nor a trickling one keeps room or a slot for long.
+- At most `Limits.connections` connections: one more closes, in this order,
+  the oldest still in its handshake, else the one whose partial message is
+  oldest, else the longest idle that has nothing unread in the kernel,
+  else the new one (`too_many_connections`). An idle producer is only
+  chosen when every other connection is idle too; closed, it reconnects
+  (libzmq does). On ipc://, a peer uid (SO_PEERCRED) holding a quarter
+  of the connections (UID_SHARE) makes room from its own connections
+  only, and another uid from those of uids over their share first, so a
+  group member filling the slots leaves room for others. Residual: an
+  idle connection is checked for unread bytes (FIONREAD) and then closed;
+  bytes that arrive between the two are lost though libzmq counted them
+  sent (a window of microseconds, and only when every connection is idle).
 - Back-pressure is the kernel's: while ingest does not read (a journal it
   cannot write), nothing is read from the sockets, their buffers (RCVBUF)
   fill and the producers' libzmq queues hold the rest, as before.
@@ -71,6 +85,7 @@ import fcntl
 import os
 import select
 import socket
+import struct
 import termios
 import time
 from collections import deque
@@ -88,11 +103,14 @@ MORE, LONG, COMMAND = 1, 2, 4
 COMMAND_MAX = 4096         # a command's body at most (READY with metadata; PING is 23)
 READ_BYTES = 256 << 10     # one recv per ready connection per round
 READY_BYTES = 8 << 20      # complete messages waiting for a `read`: no more reads once this much is parsed
-DIRECT_BYTES = 64 << 10    # a frame body larger than this is received straight into its own buffer
+DIRECT_BYTES = 64 << 10    # a frame body larger than this goes into its own buffer, grown as it arrives
 SAMPLE_BYTES = 256         # of a refused connection or message, what is kept as its reject sample
 STALL_SECONDS = 30.0       # mid-handshake or mid-message, silent this long: closed
+MESSAGE_SECONDS = 30.0     # a handshake or a message not whole this long after its first byte: closed
+SMALL_BYTES = 64 << 10     # a message up to this is held from its own allowance, never refused for room
 SWEEP_SECONDS = 1.0        # stalled connections are looked for this often
 MAX_CONNECTIONS = 256
+UID_SHARE = 4              # on ipc://, when full, a uid holding 1/UID_SHARE of the connections makes room from its own
 LISTEN_BACKLOG = 128
 RCVBUF = 1 << 20           # the kernel's buffer per connection
 
@@ -111,7 +129,7 @@ class Limits:
     event: int          # the first frame of a message
     blobs: int          # the frames after it, together
     frames: int = 1 + wire.MAX_BLOBS
-    held: int           # bodies held across all connections
+    held: int           # bodies of partial messages over SMALL_BYTES, across all connections
     connections: int = MAX_CONNECTIONS
 
     @classmethod
@@ -142,27 +160,31 @@ _GREETING, _HANDSHAKE, _OPEN = 0, 1, 2
 
 
 class _Conn:
-    __slots__ = ("blobs", "body", "body_more", "frames", "got", "last", "pending", "reserved", "skip", "sock",
-                 "state", "view")
+    __slots__ = ("blobs", "body", "body_more", "frames", "got", "large", "last", "pending", "reserved", "size",
+                 "skip", "sock", "started", "state", "uid")
 
-    def __init__(self, sock: socket.socket, now: float) -> None:
+    def __init__(self, sock: socket.socket, now: float, uid: int | None = None) -> None:
         self.sock = sock
+        self.uid = uid                    # the peer's uid (ipc://), for its share of the connections
         self.state = _GREETING
         self.pending = b""                # bytes read and not yet parsed (a header, a greeting, a short frame)
         self.frames: list[bytes] = []     # the message so far
         self.blobs = 0                    # bytes of its frames after the first
         self.skip: str | None = None      # the reason it is refused: its frames are read and dropped
         self.reserved = 0                 # bytes of `Limits.held` reserved for this message
-        self.body: bytearray | None = None  # a large frame's body, received into it directly...
-        self.view: memoryview | None = None
-        self.got = 0                      # ...this much of it so far (or of a skipped one)
+        self.large = False                # `reserved` counts against `Limits.held` (over SMALL_BYTES)
+        self.body: bytearray | None = None  # a large frame's body so far, grown as it arrives...
+        self.size = 0                     # ...to this size
+        self.got = 0                      # what is left of a skipped body
         self.body_more = False
         self.last = now                   # when it last sent anything
+        self.started: float | None = now  # when the handshake or the partial message began (None: between messages)
 
     @property
     def mid(self) -> bool:
         """Within a handshake or a message: silent now, it would hold the sidecar's room."""
-        return self.state != _OPEN or bool(self.frames) or self.skip is not None or self.body is not None
+        return (self.state != _OPEN or bool(self.frames) or self.skip is not None or self.body is not None
+                or bool(self.pending))
 
 
 class Receiver:
@@ -180,6 +202,8 @@ class Receiver:
         self._ready: deque[tuple[list[bytes], int]] = deque()  # complete messages, with their bytes
         self._held = 0  # bytes reserved by partial messages and complete ones not yet taken...
         self._ready_bytes = 0  # ...of which complete ones (about READY_BYTES at most)
+        self._large = 0  # bytes reserved by partial messages over SMALL_BYTES (at most `Limits.held`)
+        self._uids: dict[int, int] = {}  # ipc://: connections per peer uid
         self._refused: dict[str, Refused] = {}
         self._swept = clock()
         self.last_bytes = 0  # what the last `read` handed out
@@ -296,7 +320,8 @@ class Receiver:
                 self._refuse("too_many_connections", f"accept failed: {exc.strerror}", b"")
                 return took
             took = True
-            if len(self._conns) >= self.limits.connections and not self._make_room():
+            uid = _peer_uid(sock) if sock.family == socket.AF_UNIX else None
+            if len(self._conns) >= self.limits.connections and not self._make_room(uid):
                 self._refuse("too_many_connections", f"over {self.limits.connections} connections: the new one "
                                                      "closed", b"")
                 sock.close()
@@ -309,40 +334,67 @@ class Receiver:
             if sent != len(GREETING) + len(READY):
                 sock.close()
                 continue
-            conn = _Conn(sock, now)
+            conn = _Conn(sock, now, uid)
             self._conns[sock.fileno()] = conn
+            if uid is not None:
+                self._uids[uid] = self._uids.get(uid, 0) + 1
             self._epoll.register(sock.fileno(), select.EPOLLIN)
         return took
 
-    def _make_room(self) -> bool:
-        """Close the longest idle connection that holds no message (between messages or still
-        in its handshake); False if every one is mid-message."""
-        idle = sorted((c for c in self._conns.values() if not c.frames and c.skip is None and c.body is None),
-                      key=lambda c: c.last)
-        # One with bytes unread in the kernel is not idle: closing it would lose them.
-        oldest = next((c for c in idle if not _unread(c.sock)), None)
-        if oldest is None:
+    def _make_room(self, uid: int | None = None) -> bool:
+        """Close one connection for a new one (from `uid` on ipc://): one still in its handshake, else the one
+        whose partial message is oldest, else the longest idle with nothing unread in the kernel; False if none.
+        On ipc://, a uid holding its share (1/UID_SHARE) makes room from its own connections; another from those
+        of uids over their share, if any."""
+        conns = list(self._conns.values())
+        if uid is not None:
+            share = max(1, self.limits.connections // UID_SHARE)
+            if self._uids.get(uid, 0) >= share:
+                conns = [c for c in conns if c.uid == uid]
+            else:
+                over = [c for c in conns if self._uids.get(c.uid, 0) > share]  # type: ignore[arg-type]
+                conns = over or conns
+        handshake = [c for c in conns if c.state != _OPEN]
+        partial = [c for c in conns if c.state == _OPEN and c.mid]
+        victim: _Conn | None = None
+        if handshake:
+            victim, why = min(handshake, key=lambda c: c.started or 0.0), "one in its handshake"
+        elif partial:
+            victim, why = min(partial, key=lambda c: c.started or 0.0), "the oldest partial message's"
+        else:
+            # One with bytes unread in the kernel is not idle: closing it would lose them.
+            why = "the longest idle"
+            victim = next((c for c in sorted(conns, key=lambda c: c.last) if not _unread(c.sock)), None)
+        if victim is None:
             return False
-        self._refuse("too_many_connections", f"over {self.limits.connections} connections: the longest idle "
-                                             "closed", b"")
-        self._drop(oldest)
+        self._refuse("too_many_connections", f"over {self.limits.connections} connections: {why} closed", b"")
+        self._drop(victim)
         return True
 
     def _sweep(self, now: float) -> None:
-        for conn in [c for c in self._conns.values() if c.mid and now - c.last >= STALL_SECONDS]:
-            self._refuse("stalled", f"{'mid-message' if conn.state == _OPEN else 'mid-handshake'}, silent for "
-                                    f"{now - conn.last:.0f} s", conn.pending[:SAMPLE_BYTES])
+        for conn in list(self._conns.values()):
+            if not conn.mid:
+                continue
+            what = "mid-message" if conn.state == _OPEN else "mid-handshake"
+            if now - conn.last >= STALL_SECONDS:
+                detail = f"{what}, silent for {now - conn.last:.0f} s"
+            elif conn.started is not None and now - conn.started >= MESSAGE_SECONDS:
+                detail = f"{what}, not whole {now - conn.started:.0f} s after its first byte"
+            else:
+                continue
+            self._refuse("stalled", detail, conn.pending[:SAMPLE_BYTES])
             self._drop(conn)
 
     def _read_one(self, conn: _Conn, now: float) -> bool:
         """One recv from a readable connection, and what it completes; False if it had nothing."""
         data = b""
         try:
-            if conn.view is not None:  # a large body: straight into its buffer
-                n = conn.sock.recv_into(conn.view[conn.got:], min(len(conn.view) - conn.got, READ_BYTES))
+            if conn.body is not None:  # a large body: grown as it arrives, never beyond what was sent
+                chunk = conn.sock.recv(min(conn.size - len(conn.body), READ_BYTES))
+                n = len(chunk)
                 if n:
-                    conn.got += n
-                    if conn.got == len(conn.view):
+                    conn.body += chunk
+                    if len(conn.body) == conn.size:
                         self._body_done(conn)
             elif conn.body is None and conn.got:  # a skipped body: read and dropped
                 n = conn.sock.recv_into(self._scratch, min(conn.got, READ_BYTES))
@@ -365,6 +417,8 @@ class Receiver:
             n = 0
         if n:
             conn.last = now
+            if conn.started is None and conn.mid:
+                conn.started = now  # a message begun in this read
         else:  # the peer is gone: a partial message goes with it, as with libzmq
             self._drop(conn)
         return True
@@ -392,6 +446,7 @@ class Receiver:
                     self._held += size
                     self._ready_bytes += size
                     ready.append(([data[start:pos]], size))
+                    conn.started = None
                     continue
             if flags & LONG:
                 if end - pos < 9:
@@ -431,11 +486,9 @@ class Receiver:
             conn.pending, conn.body_more = b"", more
             if conn.skip is not None:
                 conn.got = size - len(have)
-            else:
-                conn.body = bytearray(size)
-                conn.view = memoryview(conn.body)
-                conn.view[:len(have)] = have
-                conn.got = len(have)
+            else:  # reserved in full from the header, allocated as it comes
+                conn.body = bytearray(have)
+                conn.size = size
             return
         conn.pending = data[pos:]
 
@@ -451,25 +504,41 @@ class Receiver:
             reason, detail = "too_large", f"event of {size} bytes, limit {limits.event}"
         elif index and conn.blobs + size > limits.blobs:
             reason, detail = "too_large", f"blobs of over {conn.blobs + size} bytes, limit {limits.blobs}"
-        elif self._held - self._ready_bytes + size > limits.held:
-            reason, detail = "no_room", f"{self._held - self._ready_bytes} bytes held for other partial messages, " \
-                                        f"limit {limits.held}"
-        else:
+        elif not conn.large and conn.reserved + size <= SMALL_BYTES:  # small: its own allowance, never refused
             if index:
                 conn.blobs += size
             conn.reserved += size
             self._held += size
             return
+        elif self._large + size + (0 if conn.large else conn.reserved) > limits.held:
+            reason, detail = "no_room", f"{self._large} bytes held for other large partial messages, " \
+                                        f"limit {limits.held}"
+        else:
+            if not conn.large:  # over SMALL_BYTES now: all of it counts against `Limits.held`
+                conn.large = True
+                self._large += conn.reserved
+            if index:
+                conn.blobs += size
+            conn.reserved += size
+            self._held += size
+            self._large += size
+            return
         conn.skip = reason
         self._refuse(reason, detail, conn.frames[0][:SAMPLE_BYTES] if conn.frames else b"")
-        self._held -= conn.reserved
-        conn.reserved = 0
+        self._unreserve(conn)
         conn.frames = []  # let go now: the rest of the message is read and dropped
+
+    def _unreserve(self, conn: _Conn) -> None:
+        self._held -= conn.reserved
+        if conn.large:
+            self._large -= conn.reserved
+            conn.large = False
+        conn.reserved = 0
 
     def _body_done(self, conn: _Conn) -> None:
         body = conn.body
         assert body is not None
-        conn.body, conn.view, conn.got = None, None, 0
+        conn.body, conn.size = None, 0
         self._frame_done(conn, bytes(body), conn.body_more)  # one copy, for a moment: the frames are bytes
 
     def _frame_done(self, conn: _Conn, frame: bytes, more: bool) -> None:
@@ -480,7 +549,10 @@ class Receiver:
         if conn.skip is None:
             self._ready.append((conn.frames, conn.reserved))  # reserved until `read` hands it out
             self._ready_bytes += conn.reserved
-        conn.frames, conn.blobs, conn.reserved, conn.skip = [], 0, 0, None
+            if conn.large:
+                self._large -= conn.reserved
+        conn.frames, conn.blobs, conn.reserved, conn.skip, conn.large = [], 0, 0, None, False
+        conn.started = None
 
     def _command(self, conn: _Conn, body: bytes) -> None:
         name_len = body[0] if body else 0
@@ -491,7 +563,7 @@ class Receiver:
             socket_type = _properties(data).get("socket-type")
             if socket_type != b"PUSH":
                 raise _Close("bad_socket_type", f"Socket-Type {socket_type!r:.40}: only PUSH sends here")
-            conn.state = _OPEN
+            conn.state, conn.started = _OPEN, None
             return
         if conn.frames or conn.skip is not None:
             raise _Close("bad_zmtp", "a command within a message")
@@ -511,9 +583,13 @@ class Receiver:
             refused.count += 1
 
     def _drop(self, conn: _Conn) -> None:
-        self._held -= conn.reserved
-        conn.reserved = 0
-        conn.frames, conn.body, conn.view = [], None, None
+        self._unreserve(conn)
+        conn.frames, conn.body = [], None
+        if conn.uid is not None:
+            left = self._uids.pop(conn.uid, 1) - 1
+            if left:
+                self._uids[conn.uid] = left
+            conn.uid = None
         fd = conn.sock.fileno()
         self._conns.pop(fd, None)
         try:
@@ -531,6 +607,16 @@ def _unread(sock: socket.socket) -> int:
     except OSError:
         return -1
     return count[0]
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    """The uid of a Unix socket's peer (SO_PEERCRED); None if it cannot tell."""
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                              struct.calcsize("3i")))
+    except OSError:
+        return None
+    return int(uid)
 
 
 def _check_greeting(data: bytes) -> None:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import socket
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
 
-from sidecar.ingest.zmtp import GREETING, READY, STALL_SECONDS, Limits, Receiver
+from sidecar.ingest import zmtp
+from sidecar.ingest.zmtp import GREETING, MESSAGE_SECONDS, READY, STALL_SECONDS, Limits, Receiver
 
 from ..support import wait_until
 
@@ -331,3 +333,112 @@ def test_while_nothing_is_read_the_sender_is_pushed_back_and_loses_nothing(rx: R
     assert rx.held == 0  # all of it waits outside this process
     got = collect(rx, sent - 1, "everything sent, once reading resumes")
     assert [m[0].split(b".")[0] for m in got] == [b"%d" % n for n in range(1, sent)]
+
+
+def test_a_message_trickled_in_past_message_seconds_is_closed_as_stalled(rx: Receiver, clock: Clock) -> None:
+    s = raw(rx)
+    s.sendall(frame(b"x", more=True))  # mid-message from now on...
+    wait_until(lambda: (rx.poll(20), rx.read(10, 1 << 20), rx.held)[2] == 1, timeout=10, what="the frame read")
+    assert STALL_SECONDS > 10
+    for _ in range(int(MESSAGE_SECONDS // 10) + 2):  # ...a frame every 10 s: never silent for STALL_SECONDS
+        clock.now += 10
+        try:
+            s.sendall(frame(b"", more=True))
+        except OSError:
+            break
+        if closed(s, rx):
+            break
+    assert closed(s, rx) or closed(s, rx)
+    assert rx.take_refused()["stalled"].detail.startswith("mid-message, not whole")
+    assert rx.connections == 0 and rx.held == 0
+
+
+def test_when_full_a_new_connection_closes_the_oldest_partial_message_not_an_idle_producer(
+        clock: Clock, ctx: zmq.Context) -> None:
+    rx = Receiver.bind("tcp://127.0.0.1:0", Limits(frame=2 * MiB, event=64 * KiB, blobs=1 * MiB, held=3 * MiB,
+                                                    connections=4), clock=clock)
+    try:
+        p = push(ctx, rx)
+        p.send(b"first")
+        assert collect(rx, 1, "the producer's first message") == [[b"first"]]
+        crowd = []
+        for n in range(8):  # each always mid-message: the producer, idle, is the only one holding nothing
+            clock.now += 1
+            s = raw(rx)
+            s.sendall(frame(b"x", more=True))
+            crowd.append(s)
+            held = min(n + 1, 3)  # the oldest of four closed for the fifth: three hold a frame each
+            wait_until(lambda k=held: (rx.poll(20), rx.read(10, 1 << 20), rx.held)[2] == k, timeout=10,
+                       what="the attacker's frame read")
+        assert rx.connections == 4
+        p.send(b"second")
+        assert collect(rx, 1, "the idle producer's next message") == [[b"second"]]
+        refused = rx.take_refused()["too_many_connections"]
+        assert refused.count == 5 and "oldest partial" in refused.detail
+        assert [closed(s, rx) for s in crowd] == [True] * 5 + [False] * 3  # the oldest first
+        # One still in its handshake goes before any partial message.
+        host, port = rx.address[len("tcp://"):].rsplit(":", 1)
+        slow = socket.create_connection((host, int(port)), timeout=10)
+        slow.sendall(GREETING[:20])
+        wait_until(lambda: closed(crowd[5], rx), timeout=10, what="room made for the half greeting")
+        crowd.append(raw(rx))
+        wait_until(lambda: closed(slow, rx), timeout=10, what="the half greeting closed")
+        assert not closed(crowd[6], rx)
+    finally:
+        rx.close()
+
+
+def test_on_ipc_a_uid_over_its_share_makes_room_from_its_own_connections(
+        short_tmp: Path, clock: Clock, ctx: zmq.Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    uids = iter([1000])  # the producer's uid (SO_PEERCRED), then an attacker's
+    monkeypatch.setattr(zmtp, "_peer_uid", lambda sock: next(uids, 2000))
+    rx = Receiver.bind(f"ipc://{short_tmp}/r.sock", Limits(frame=2 * MiB, event=64 * KiB, blobs=1 * MiB,
+                                                             held=3 * MiB, connections=4), clock=clock)
+    try:
+        p = push(ctx, rx)
+        p.send(b"first")
+        assert collect(rx, 1, "the producer's first message") == [[b"first"]]
+        crowd = []
+        for _ in range(6):  # idle too, and newer: without the share the producer would be the longest idle
+            clock.now += 1
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(f"{short_tmp}/r.sock")
+            body = b"\x05READY\x0bSocket-Type" + (4).to_bytes(4, "big") + b"PUSH"
+            s.sendall(GREETING + bytes([4, len(body)]) + body)
+            crowd.append(s)
+            wait_until(lambda: (rx.poll(20), rx.read(10, 1 << 20), rx.connections)[2] == min(len(crowd) + 1, 4)
+                       and not any(c.state != zmtp._OPEN for c in rx._conns.values()), timeout=10,
+                       what="the connection accepted")
+        assert [closed(s, rx) for s in crowd] == [True] * 3 + [False] * 3
+        p.send(b"second")
+        assert collect(rx, 1, "the producer's next message") == [[b"second"]]
+        assert rx.connections == 4 and rx.take_refused()["too_many_connections"].count == 3
+    finally:
+        rx.close()
+
+
+def test_small_messages_are_admitted_while_large_ones_hold_all_the_room_and_headers_allocate_nothing(
+        rx: Receiver, ctx: zmq.Context) -> None:
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        hogs = []
+        for size in (MiB, MiB, LIMITS.held - 2 * (MiB + 5) - 5):  # headers only: the room exactly full
+            s = raw(rx)
+            s.sendall(frame(b"event", more=True) + b"\x02" + size.to_bytes(8, "big") + b"b")
+            hogs.append(s)
+        wait_until(lambda: (rx.poll(20), rx.read(10, 1 << 20), rx.held)[2] == LIMITS.held, timeout=10,
+                   what="the room reserved")
+        assert tracemalloc.get_traced_memory()[0] - base < 512 * KiB  # reserved, not allocated
+    finally:
+        tracemalloc.stop()
+    p = push(ctx, rx)
+    for n in range(20):
+        p.send_multipart([b"e%d" % n + b"." * 400, b"b" * 1000])  # a LONG event frame and a blob: small
+    got = collect(rx, 20, "the small messages")
+    assert got == [[b"e%d" % n + b"." * 400, b"b" * 1000] for n in range(20)]
+    assert "no_room" not in rx.take_refused()
+    p.send_multipart([b"event", b"b" * (200 * KiB)])  # a large one still waits for room: refused
+    assert refused_until(rx, "no_room") == {"no_room": 1}
+    for s in hogs:
+        s.close()
