@@ -77,7 +77,7 @@ LOADS = ("none", "emit", "emit (pure)", "emit (zmq)", "queue + thread")
 PLACEMENTS = ("pinned", "unpinned")
 BLOCK_SECONDS = 2.0
 FULL_SECONDS = 10.0  # per configuration
-RING_BYTES = 128 << 20  # the Clients' rings, as the latency benchmark's (README: sizing a ring for bursts)
+RING_BYTES = 128 << 20  # the Clients' rings, prefaulted, as the latency benchmark's (README: a long-running loop)
 SMOKE_SECONDS = 0.3
 STALL_NS = 100_000  # a tick this long is a stall worth counting
 PRICES = 128
@@ -191,9 +191,9 @@ def main() -> int:
                    "Content-Type": "application/json"}
         worker = Worker(httpx.Client(base_url=sim.api_url + "/", headers=headers, timeout=10), sim.page_id)
         worker.start()
-        client = Client(sidecar.endpoint, ring_bytes=RING_BYTES)  # an ipc:// endpoint: the ring
+        client = Client(sidecar.endpoint, ring_bytes=RING_BYTES, prefault=True)  # an ipc:// endpoint: the ring
         zclient = Client(sidecar.endpoint, transport="zmq")
-        pclient = Client(sidecar.endpoint, ring_bytes=RING_BYTES)  # its emit called on the pure-Python path (the class's method)
+        pclient = Client(sidecar.endpoint, ring_bytes=RING_BYTES, prefault=True)  # emit called on the pure path
         emits = {"emit": client.emit, "emit (pure)": Client.emit.__get__(pclient), "emit (zmq)": zclient.emit}
         bodies = [update_body(sim.page_id, n) for n in range(1000)]
         client.emit("notion.page.update", bodies[0])
