@@ -260,7 +260,9 @@ class Ingest:
             # (Past the current window too: a flow's commits are a window apart, the linger's.)
             quiet = now - self._last_commit >= QUIET_WINDOWS * self.cfg.commit_window + self._window
             self._window = self._next_window(quiet)
-            self._pending_since = now - self._window if quiet else now
+            # (-inf, not now - window: with a monotonic clock hours past boot, now - (now - w) can come out
+            # a hair under w, and the lone event then waited for the next cycle.)
+            self._pending_since = float("-inf") if quiet else now
         if not (now_or_never or room - took <= 0 or now - self._pending_since >= self._window):
             return took
         self._pending, self._pending_since = [], None
