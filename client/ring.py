@@ -34,7 +34,9 @@ Ring file, version 2 (little-endian; the producer writes all of it)::
     64    client id, 64 bytes, NUL-padded: 1 to 64 of [A-Za-z0-9._-]; the file's name
           is ``<client id>.ring`` or ``<client id>.<n>.ring`` (n: its n-th ring, after
           a quarantine), else the ring is corrupt. Identity comes from the ring:
-          the sidecar checks every frame's claimed id against it.
+          the sidecar checks every frame's claimed id against it. A Client's id
+          is ``<uid>u<pid>-<12 hex>`` (`new_client_id`): a ring whose id claims a
+          uid other than the file's owner is refused (``wrong_owner``).
     256   u64 write_hint  producer: its position, written on the slow paths only (doorbell, full, close)
     264   u8  closed      producer: no more records will follow
     4096  data: `capacity` bytes of records
@@ -463,8 +465,10 @@ class RingWriter(Transport):
                allocate: bool = True, make_dir: bool = True) -> RingWriter:
         """Make `directory/<client_id><suffix>.ring` and map it.
 
-        The file is built under a hidden name and renamed into place, so the
-        sidecar never adopts a half-made ring; an exclusive flock held until
+        The file is built under a hidden random name (`temp_ring_name`: it
+        must not reveal the id to a group member polling the directory) and
+        renamed into place, so the sidecar never adopts a half-made ring; a
+        name taken by a file this process cannot replace raises NameTaken; an exclusive flock held until
         close (or death) tells the sidecar that the producer is alive.
         With `allocate`, the file's pages are allocated at once
         (`posix_fallocate`, ~0.25 ms per MiB here), so a full tmpfs is an

@@ -21,9 +21,11 @@ its first ring adopted, and a later ring of that id owned by another uid is
 quarantined unread (``wrong_owner``). That binding is kept in the journal
 (`Owners`, the `client_owners` table), so a restart does not hand the id to
 whichever ring is adopted first; a uid adds at most MAX_SAVED_PER_UID of
-them to the journal, counting those it had at start (beyond: in memory only, said once), so
-a member of the group making rings in bulk cannot grow the table unbounded. One uid holds at most a quarter of the budget while the
-budget's last quarter is all that is left (`UID_SHARE`): a member of the
+them to the journal, counting those it had at start (beyond: in memory
+only, said once), so a member of the group making rings in bulk cannot grow
+the table unbounded.
+
+One uid holds at most a quarter of the budget while the budget's last quarter is all that is left (`UID_SHARE`): a member of the
 group filling the budget with live, empty rings still leaves room for
 another uid's producer (deferred: ``fd_budget_uid``).
 """
