@@ -63,7 +63,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -103,8 +102,9 @@ class EmitError(ValueError):
 
 
 def _new_client_id() -> str:
-    # Host-unique and restart-unique: the sidecar tracks sequence gaps per id.
-    return f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    # Host-unique and restart-unique (the sidecar tracks sequence gaps per id),
+    # and carrying this process's uid, which the sidecar checks against the ring's owner.
+    return ring.new_client_id()
 
 
 class Client:
@@ -193,8 +193,15 @@ class Client:
     def _connect(self, *, in_emit: bool = False) -> Transport | None:
         """A transport (`client.dial`), attached, with the record limits of the one made."""
         made = self._dialer.connect(self.client_id, in_emit=in_emit)
+        self._take_id()
         self._connect_limits(made)
         return made
+
+    def _take_id(self) -> None:
+        """The id the dialer went on with: a fresh one, numbered from 1, if the ring's name was taken."""
+        if self._dialer.client_id and self._dialer.client_id != self.client_id:
+            self.client_id = self._dialer.client_id
+            self._seq = 0
 
     def _connect_limits(self, made: Transport | None) -> None:
         self._attach(made)
@@ -330,6 +337,7 @@ class Client:
                     return False
                 made = self._dialer.ring_now(self.client_id, self._seq, self._transport)
                 if made is not None:
+                    self._take_id()
                     if self._transport is not None:
                         self._transport.close(0.0)  # only the counters' notes were queued there
                     self._connect_limits(made)

@@ -28,6 +28,7 @@ from .transport import Transport, TransportError, ZmqTransport
 log = logging.getLogger("client")
 
 RETRY_TRANSPORT_NS = 1_000_000_000  # a ring that could not be made is tried again this often
+FRESH_ID_TRIES = 2                   # a ring name taken by another uid: this many fresh ids tried
 
 
 class Dialer:
@@ -43,6 +44,7 @@ class Dialer:
         self.ring_bytes = ring_bytes
         self.prefault = prefault
         self.rings_made = 0
+        self.client_id = ""              # the id the last connect used: a fresh one if the name was taken
         self.retry_ns = 0                # a failed connect is not tried again before this (time.time_ns)
         self.name = "ring" if ring_dir else "zmq"
         self.max_record = 0
@@ -52,20 +54,30 @@ class Dialer:
         `in_emit`: made inside an emit (after a fork, a quarantine or a
         failure), so nothing that takes milliseconds."""
         self.presence.fallback = None
+        self.client_id = client_id
         try:
             if self.ring_dir is None:
                 return self._zmq()
             # A ring's file name carries the client id; a replacement for a
             # quarantined ring gets a suffix and continues the sequence.
-            suffix = f".{self.rings_made}" if self.rings_made else ""
-            try:
-                made = ring.RingWriter.create(self.ring_dir, client_id, capacity=self.ring_bytes, suffix=suffix,
-                                              prefault=self.prefault and not in_emit, allocate=not in_emit,
-                                              make_dir=False)
-            except ring.NoRingDirectory:
-                if self.mode == "ring":
-                    raise
-                return self._fall_back(client_id)
+            # A name taken by a file of another uid (someone who saw the id)
+            # cannot be replaced in the sticky directory: a fresh id, not a drop.
+            for tries_left in range(FRESH_ID_TRIES, -1, -1):
+                suffix = f".{self.rings_made}" if self.rings_made else ""
+                try:
+                    made = ring.RingWriter.create(self.ring_dir, self.client_id, capacity=self.ring_bytes,
+                                                  suffix=suffix, prefault=self.prefault and not in_emit,
+                                                  allocate=not in_emit, make_dir=False)
+                    break
+                except ring.NoRingDirectory:
+                    if self.mode == "ring":
+                        raise
+                    return self._fall_back(self.client_id)
+                except ring.NameTaken as exc:
+                    if not tries_left:
+                        raise
+                    log.warning("client %s: %s; going on as a fresh client id", self.client_id, exc)
+                    self.client_id, self.rings_made = ring.new_client_id(), 0
             self.rings_made += 1
             self.name, self.max_record = "ring", made.max_body  # a record holds the frame and the blobs
             return made

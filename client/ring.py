@@ -34,7 +34,9 @@ Ring file, version 2 (little-endian; the producer writes all of it)::
     64    client id, 64 bytes, NUL-padded: 1 to 64 of [A-Za-z0-9._-]; the file's name
           is ``<client id>.ring`` or ``<client id>.<n>.ring`` (n: its n-th ring, after
           a quarantine), else the ring is corrupt. Identity comes from the ring:
-          the sidecar checks every frame's claimed id against it.
+          the sidecar checks every frame's claimed id against it. A Client's id
+          is ``<uid>u<pid>-<12 hex>`` (`new_client_id`): a ring whose id claims a
+          uid other than the file's owner is refused (``wrong_owner``).
     256   u64 write_hint  producer: its position, written on the slow paths only (doorbell, full, close)
     264   u8  closed      producer: no more records will follow
     4096  data: `capacity` bytes of records
@@ -154,11 +156,13 @@ new rings are version 2.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
 import platform
 import re
+import secrets
 import socket
 import stat
 import struct
@@ -239,11 +243,18 @@ MAX_RING_BYTES = 1 << 34
 # x86-64's total store order makes the commit mark enough; elsewhere, check.
 CHECKSUM_BY_DEFAULT = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+_UID_MARK = re.compile(r"(\d{1,10})u")  # an id that starts "<digits>u" claims that uid (`id_uid`)
+NAME_TAKEN = (errno.EEXIST, errno.EPERM, errno.EACCES, errno.EISDIR, errno.ENOTEMPTY)  # rename into place refused
 
 
 class NoRingDirectory(TransportError):
     """The ring directory does not exist: no sidecar made it (a mistyped
     endpoint, or none ever started). A Client does not make one."""
+
+
+class NameTaken(TransportError):
+    """The ring's name is taken by a file the producer cannot replace (another
+    uid's, in the sticky directory): a Client tries again with a fresh id."""
 
 
 def ring_dir(endpoint: str) -> str | None:
@@ -288,6 +299,37 @@ def valid_client_id(client_id: str) -> bool:
     (True, False, False)
     """
     return _CLIENT_ID.match(client_id) is not None
+
+
+def new_client_id() -> str:
+    """A fresh id that carries its maker's uid: ``<uid>u<pid>-<12 hex>``.
+
+    The sidecar quarantines (``wrong_owner``) a ring whose id claims a uid
+    other than the file's owner, so nobody else can take a new id's rings;
+    such ids need no binding kept in the journal.
+
+    >>> id_uid(new_client_id()) == os.getuid()
+    True
+    """
+    return f"{os.getuid()}u{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def id_uid(client_id: str) -> int | None:
+    """The uid an id claims (``<uid>u...``), or None for an id without the
+    mark (a client before this rule: ``<pid>-<12 hex>``).
+
+    >>> id_uid("1001u4242-0a1b2c3d4e5f"), id_uid("4242-0a1b2c3d4e5f"), id_uid("c1")
+    (1001, None, None)
+    """
+    m = _UID_MARK.match(client_id)
+    return None if m is None else int(m.group(1))
+
+
+def temp_ring_name() -> str:
+    """A hidden name to build a ring under, random so that it does not reveal
+    the client id (``.tmp-<32 hex>.ring.tmp``: the ``.ring.tmp`` ending that
+    the sidecar's cleanup of half-made rings knows, old and new)."""
+    return f".tmp-{secrets.token_hex(16)}{RING_SUFFIX}.tmp"
 
 
 def name_matches(name: str, client_id: str) -> bool:
@@ -370,6 +412,8 @@ def _build_ring_file(fd: int, tmp: str, path: str, client_id: str, capacity: int
     except OSError as exc:
         os.close(fd)
         _unlink(tmp)
+        if exc.errno in NAME_TAKEN and os.path.lexists(path):
+            raise NameTaken(f"cannot create ring {path}: the name is taken") from None
         raise TransportError(f"cannot create ring {path}: {exc.strerror}") from None
     return mm
 
@@ -421,8 +465,10 @@ class RingWriter(Transport):
                allocate: bool = True, make_dir: bool = True) -> RingWriter:
         """Make `directory/<client_id><suffix>.ring` and map it.
 
-        The file is built under a hidden name and renamed into place, so the
-        sidecar never adopts a half-made ring; an exclusive flock held until
+        The file is built under a hidden random name (`temp_ring_name`: it
+        must not reveal the id to a group member polling the directory) and
+        renamed into place, so the sidecar never adopts a half-made ring; a
+        name taken by a file this process cannot replace raises NameTaken; an exclusive flock held until
         close (or death) tells the sidecar that the producer is alive.
         With `allocate`, the file's pages are allocated at once
         (`posix_fallocate`, ~0.25 ms per MiB here), so a full tmpfs is an
@@ -444,7 +490,7 @@ class RingWriter(Transport):
         if not name_matches(name, client_id):
             raise ValueError(f"ring suffix {suffix!r} is not '.<n>'")
         path = os.path.join(directory, name)
-        tmp = os.path.join(directory, f".{name}.tmp")
+        tmp = os.path.join(directory, temp_ring_name())  # random: it must not reveal the id
         try:
             if make_dir:
                 make_ring_dir(directory)

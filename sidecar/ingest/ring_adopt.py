@@ -11,12 +11,21 @@ journal, sockets and HTTP), rings whose producer is alive first (one read of
 ring, or breaks its header, is moved to ``quarantine/`` (`RingDirectory`)
 and its producer told, if it can hear.
 
-A client id belongs to the owner uid of its first ring adopted: a later
-ring of that id owned by another uid (a ``<victim>.1.ring`` made by someone
-else) is quarantined unread (``wrong_owner``). The binding is kept in the
-journal (`Owners`, the `client_owners` table), so a restart does not hand
-the id to whichever ring is adopted first. One uid holds at most a quarter of the budget while the
-budget's last quarter is all that is left (`UID_SHARE`): a member of the
+A client id names its owner: a Client's id is ``<uid>u<pid>-<12 hex>``
+(`client.ring.new_client_id`), and a ring whose id claims a uid other than
+the file's owner (a ``<victim>.ring`` or ``<victim>.1.ring`` made by someone
+who saw the id) is quarantined unread (``wrong_owner``); such ids are not
+remembered anywhere, the id itself is the proof. An id without the mark (a
+client from before it, ``<pid>-<12 hex>``) still belongs to the owner uid of
+its first ring adopted, and a later ring of that id owned by another uid is
+quarantined unread (``wrong_owner``). That binding is kept in the journal
+(`Owners`, the `client_owners` table), so a restart does not hand the id to
+whichever ring is adopted first; a uid adds at most MAX_SAVED_PER_UID of
+them to the journal, counting those it had at start (beyond: in memory
+only, said once), so a member of the group making rings in bulk cannot grow
+the table unbounded.
+
+One uid holds at most a quarter of the budget while the budget's last quarter is all that is left (`UID_SHARE`): a member of the
 group filling the budget with live, empty rings still leaves room for
 another uid's producer (deferred: ``fd_budget_uid``).
 """
@@ -46,6 +55,7 @@ FD_RESERVE = 128               # descriptors never given to rings: journal, sock
 FDS_PER_RING = 2               # the ring's own, and the dup that mmap keeps of its ack file's
 UID_SHARE = 4                  # the budget's last 1/UID_SHARE only for uids holding less than that share
 MAX_BOUND_IDS = 100_000        # client id -> owner uid bindings remembered (beyond: unheld ones forgotten)
+MAX_SAVED_PER_UID = 4096       # legacy-id bindings a uid may add to the journal (beyond: kept in memory only)
 _SHORT = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # out of descriptors or mappings: try later
 
 
@@ -105,9 +115,13 @@ class Adopter:
         self.store = owners
         self.owners: dict[str, int] = {}  # client id -> the uid of its first adopted ring
         self._unsaved: dict[str, int] = {}  # bindings the journal could not take yet (written at the next scan)
+        self._saved: dict[int, int] = {}  # uid -> bindings it has in the journal (as far as loaded)
+        self._told_full: set[int] = set()
         if owners is not None:
             try:
                 self.owners = owners.owners(MAX_BOUND_IDS)
+                for bound_uid in self.owners.values():
+                    self._saved[bound_uid] = self._saved.get(bound_uid, 0) + 1
             except sqlite3.Error as exc:  # the journal's health reports it; ids bind afresh meanwhile
                 log.warning("could not read the client ids' owners from the journal: %s", exc)
 
@@ -189,8 +203,10 @@ class Adopter:
             header = FileHeader(os.pread(fd, 128, 0), st.st_size, name)
             if not self._owner_ok(header.client_id, st.st_uid, rings):
                 os.close(fd)
+                claimed = layout.id_uid(header.client_id)
+                owner = self.owners[header.client_id] if claimed is None else claimed
                 self.place.quarantine_path(path, f"client id {header.client_id} belongs to uid "
-                                           f"{self.owners[header.client_id]}, but uid {st.st_uid} made this ring",
+                                           f"{owner}, but uid {st.st_uid} made this ring",
                                            pid=header.pid, client=header.client_id, reason="wrong_owner")
                 return True
             if header.version == layout.VERSION_V1:
@@ -225,7 +241,11 @@ class Adopter:
         return True
 
     def _owner_ok(self, client_id: str, uid: int, rings: dict[str, Ring]) -> bool:
-        """Whether `uid` may write as `client_id`: the first uid to do so since start binds it."""
+        """Whether `uid` may write as `client_id`: the uid the id claims (``<uid>u...``),
+        else (an id of a client before that mark) the first uid to write as it binds it."""
+        claimed = layout.id_uid(client_id)
+        if claimed is not None:
+            return claimed == uid  # the id proves its owner: nothing to remember
         bound = self.owners.get(client_id)
         if bound is None and self.store is not None:
             try:
@@ -240,7 +260,14 @@ class Adopter:
             for cid in [c for c in self.owners if c not in live][:MAX_BOUND_IDS // 10]:
                 del self.owners[cid]
         self.owners[client_id] = uid
-        self._save(client_id, uid)
+        if self._saved.get(uid, 0) < MAX_SAVED_PER_UID:
+            self._saved[uid] = self._saved.get(uid, 0) + 1
+            self._save(client_id, uid)
+        elif uid not in self._told_full:
+            self._told_full.add(uid)
+            log.warning("uid %d has bound %d client ids without the uid mark; more are bound in memory only "
+                        "(an old client version, or a member of the group making rings in bulk)", uid,
+                        MAX_SAVED_PER_UID)
         return True
 
     def _save(self, client_id: str, uid: int) -> None:

@@ -39,6 +39,7 @@ QUARANTINE_FILES = 64          # quarantine/ keeps at most this many entries...
 QUARANTINE_BYTES = 1 << 30     # ...and bytes (tmpfs: memory), oldest out first
 TOMBSTONE_SECONDS = 3600.0     # a quarantined ring's ack file stays this long for its producer to see
 HALF_MADE_SECONDS = 60.0       # a hidden .tmp ring nobody holds, older than this, is a dead producer's
+                               # (".tmp-<32 hex>.ring.tmp", or the previous clients' ".<id>.ring.tmp")
 QUARANTINE = "quarantine"
 LOCK = ".lock"                 # in acks/, which only the sidecar writes
 OWN = (layout.ACKS, QUARANTINE, layout.DOORBELL)
