@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -21,12 +22,28 @@ from client import ring
 from client.ring import MIN_RING_BYTES, RingWriter
 from sidecar.ingest import ring_adopt
 from sidecar.ingest.rings import Rings
+from sidecar.journal.store import Journal
 from sidecar.ops.metrics import Metrics
 
 from ..client.test_ring import read_all, reader
 from .test_ring_trust import python_for_others
 
 pytestmark = pytest.mark.timeout(300)
+
+Opened = tuple[Journal, Path, Rings]
+
+
+@pytest.fixture
+def journaled(tmp_path: Path) -> Iterator[Opened]:
+    """A journal and a ring directory read with its owner bindings, closed after the test."""
+    journal = Journal.open(tmp_path / "journal", synchronous="NORMAL")
+    rdir = tmp_path / "rings"
+    ring.make_ring_dir(str(rdir))
+    rings = Rings(str(rdir), Metrics(), owners=journal.clients)
+    rings.open()
+    yield journal, rdir, rings
+    rings.close()
+    journal.close()
 
 
 def test_a_new_client_id_names_its_uid_within_the_id_rules() -> None:
@@ -36,15 +53,10 @@ def test_a_new_client_id_names_its_uid_within_the_id_rules() -> None:
     assert ring.id_uid("4242-0a1b2c3d4e5f") is None  # the previous format claims nothing
 
 
-def test_a_ring_whose_id_claims_another_uid_is_quarantined_unread(tmp_path: Path) -> None:
+def test_a_ring_whose_id_claims_another_uid_is_quarantined_unread(journaled: Opened) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give a file to another uid")
-    from sidecar.journal.store import Journal
-    journal = Journal.open(tmp_path / "journal", synchronous="NORMAL")
-    rdir = tmp_path / "rings"
-    ring.make_ring_dir(str(rdir))
-    rings = Rings(str(rdir), Metrics(), owners=journal.clients)
-    rings.open()
+    journal, rdir, rings = journaled
     victim_id = "4321u77-0a1b2c3d4e5f"
     forged = RingWriter.create(str(rdir), victim_id, capacity=MIN_RING_BYTES, make_dir=False)
     os.chown(rdir / f"{victim_id}.ring", 12345, -1)   # uid 12345 made it, claiming uid 4321's id
@@ -59,19 +71,12 @@ def test_a_ring_whose_id_claims_another_uid_is_quarantined_unread(tmp_path: Path
     assert journal.clients.owner(mine_id) is None and journal.clients.owner(victim_id) is None
     for w in (forged, mine):
         w.close()
-    rings.close()
-    journal.close()
 
 
-def test_a_previous_format_id_still_works_and_is_bound_in_the_journal(tmp_path: Path) -> None:
+def test_a_previous_format_id_still_works_and_is_bound_in_the_journal(journaled: Opened) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give a file to another uid")
-    from sidecar.journal.store import Journal
-    journal = Journal.open(tmp_path / "journal", synchronous="NORMAL")
-    rdir = tmp_path / "rings"
-    ring.make_ring_dir(str(rdir))
-    rings = Rings(str(rdir), Metrics(), owners=journal.clients)
-    rings.open()
+    journal, rdir, rings = journaled
     old_id = "4242-0a1b2c3d4e5f"                       # a ring of the previous client version
     w = RingWriter.create(str(rdir), old_id, capacity=MIN_RING_BYTES, make_dir=False)
     w.send(b"old client")
@@ -84,18 +89,11 @@ def test_a_previous_format_id_still_works_and_is_bound_in_the_journal(tmp_path: 
     assert rings.metrics.value("sidecar_rings_quarantined_total", reason="wrong_owner") == 1
     for x in (w, forged):
         x.close()
-    rings.close()
-    journal.close()
 
 
-def test_legacy_bindings_a_uid_adds_to_the_journal_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sidecar.journal.store import Journal
+def test_legacy_bindings_a_uid_adds_to_the_journal_are_capped(journaled: Opened, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ring_adopt, "MAX_SAVED_PER_UID", 3)
-    journal = Journal.open(tmp_path / "journal", synchronous="NORMAL")
-    rdir = tmp_path / "rings"
-    ring.make_ring_dir(str(rdir))
-    rings = Rings(str(rdir), Metrics(), owners=journal.clients)
-    rings.open()
+    journal, rdir, rings = journaled
     writers = []
     for n in range(6):
         w = RingWriter.create(str(rdir), f"{n}-0a1b2c3d4e5f", capacity=MIN_RING_BYTES, make_dir=False)
@@ -106,8 +104,6 @@ def test_legacy_bindings_a_uid_adds_to_the_journal_are_capped(tmp_path: Path, mo
     assert count == 3
     for w in writers:
         w.close()
-    rings.close()
-    journal.close()
 
 
 def test_the_temporary_name_does_not_reveal_the_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
